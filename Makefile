@@ -1,0 +1,28 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PY := .venv/bin/python
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup demo test clean
+
+setup: .venv/.installed $(FMNIST)/.checked
+
+.venv/.installed: setup.cfg pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# Debian ships real Fashion-MNIST; install it when we can (root) and it is missing.
+$(FMNIST)/.checked:
+	@if [ ! -f $(FMNIST)/train-images-idx3-ubyte.gz ] && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -q && apt-get install -y -q dataset-fashion-mnist; fi
+	@true
+
+demo: setup
+	.venv/bin/dcvit demo --out runs/demo
+
+test: setup
+	$(PY) -m pytest tests
+
+clean:
+	rm -rf runs .pytest_cache

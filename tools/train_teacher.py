@@ -1,0 +1,135 @@
+#!/usr/bin/env python
+"""Train the shipped Fashion-MNIST models (fmnist_vit12, fmnist_vit_tiny, fmnist_cnn) from scratch on CPU.
+
+Checkpoints after every epoch (safetensors + JSON, atomic) and resumes from the last one, so training
+can span interrupted sessions. The finished weights are exported to dcvit/models/weights/NAME.safetensors.
+
+Example (the command behind the shipped teacher; see BENCHMARKS.md):
+    python tools/train_teacher.py --model fmnist_vit12 --epochs 30
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+
+import dcvit  # noqa: F401  registers the models
+from dcvit.data import DEBIAN_FMNIST, FashionMNIST
+from dcvit.fileio import optimizer_tensors, read_json, read_tensors, restore_optimizer, write_json, write_tensors
+from dcvit.models import FMNIST_MEAN, FMNIST_STD, weights_path
+
+
+def augment(images: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:
+    """Batched random crop (zero padding `pad`) and horizontal flip of uint8 images B x 28 x 28."""
+    b, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h))[:, :, None]
+    cols = (dx[:, None] + torch.arange(w))[:, None, :]
+    out = padded[torch.arange(b)[:, None, None], rows, cols]
+    flip = torch.rand(b, generator=gen) < 0.5
+    return torch.where(flip[:, None, None], out.flip(-1), out)
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    return ((images.float() / 255.0) - FMNIST_MEAN[0]).div(FMNIST_STD[0]).unsqueeze(1)
+
+
+def lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return 0.5 * base * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+@torch.no_grad()
+def evaluate(model, images, targets, batch_size=1000) -> float:
+    model.eval()
+    correct = sum((model(normalize(images[i:i + batch_size])).argmax(1) == targets[i:i + batch_size]).sum().item()
+                  for i in range(0, len(targets), batch_size))
+    return correct / len(targets)
+
+
+def save_checkpoint(ckpt: Path, model, optimizer, epoch: int, history: list) -> None:
+    opt_tensors, opt_meta = optimizer_tensors(optimizer)
+    write_tensors(ckpt / "state.safetensors", {**{f"model.{k}": v for k, v in model.state_dict().items()}, **opt_tensors})
+    write_json(ckpt / "state.json", {"epoch": epoch, "optimizer": opt_meta, "history": history})
+
+
+def load_checkpoint(ckpt: Path, model, optimizer) -> tuple[int, list]:
+    if not (ckpt / "state.json").is_file():
+        return 0, []
+    meta = read_json(ckpt / "state.json")
+    tensors = read_tensors(ckpt / "state.safetensors")
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    restore_optimizer(optimizer, tensors, meta["optimizer"])
+    return meta["epoch"], meta["history"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="fmnist_vit12", choices=["fmnist_vit12", "fmnist_vit_tiny", "fmnist_cnn"])
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--data", default=str(DEBIAN_FMNIST), help="Fashion-MNIST root (idx files)")
+    p.add_argument("--checkpoints", default="checkpoints", help="folder for per-epoch checkpoints")
+    p.add_argument("--max-epochs-this-run", type=int, default=None, help="stop after this many epochs (resume later)")
+    args = p.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    train, test = FashionMNIST(args.data, train=True), FashionMNIST(args.data, train=False)
+    model = timm.create_model(args.model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    ckpt = Path(args.checkpoints) / args.model
+    start, history = load_checkpoint(ckpt, model, optimizer)
+    if start:
+        print(f"resumed {args.model} after epoch {start}")
+
+    steps_per_epoch = len(train) // args.batch_size
+    total, warmup = args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch)
+    stop = args.epochs if args.max_epochs_this_run is None else min(args.epochs, start + args.max_epochs_this_run)
+    for epoch in range(start, stop):
+        # One generator per epoch, seeded from (seed, epoch): a resumed run sees the same batches.
+        gen = torch.Generator().manual_seed(args.seed * 1000 + epoch)
+        order = torch.randperm(len(train), generator=gen)
+        model.train()
+        t0, running = time.time(), 0.0
+        for i in range(steps_per_epoch):
+            step = epoch * steps_per_epoch + i
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total, warmup, args.lr)
+            idx = order[i * args.batch_size:(i + 1) * args.batch_size]
+            x = normalize(augment(train.images[idx], gen))
+            loss = F.cross_entropy(model(x), train.targets[idx], label_smoothing=args.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            running += loss.item()
+        acc = evaluate(model, test.images, test.targets)
+        history.append({"epoch": epoch + 1, "loss": running / steps_per_epoch, "test_top1": acc,
+                        "seconds": round(time.time() - t0, 1)})
+        print(json.dumps(history[-1]), flush=True)
+        save_checkpoint(ckpt, model, optimizer, epoch + 1, history)
+
+    if stop == args.epochs:
+        write_tensors(weights_path(args.model), model.state_dict())
+        write_json(weights_path(args.model).with_suffix(".json"), {"model": args.model, "args": vars(args), "history": history})
+        print(f"exported {weights_path(args.model)}")
+
+
+if __name__ == "__main__":
+    main()
