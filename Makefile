@@ -22,7 +22,7 @@ demo: setup
 	.venv/bin/dcvit demo --out runs/demo
 
 test: setup
-	$(PY) -m pytest tests
+	$(PY) -m pytest -q tests
 
 clean:
 	rm -rf runs .pytest_cache

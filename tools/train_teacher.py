@@ -5,7 +5,7 @@ Checkpoints after every epoch (safetensors + JSON, atomic) and resumes from the 
 can span interrupted sessions. The finished weights are exported to dcvit/models/weights/NAME.safetensors.
 
 Example (the command behind the shipped teacher; see BENCHMARKS.md):
-    python tools/train_teacher.py --model fmnist_vit12 --epochs 30
+    python tools/train_teacher.py --model fmnist_vit12 --epochs 20 --batch-size 256 --lr 2e-3 --bf16
 """
 from __future__ import annotations
 
@@ -82,6 +82,7 @@ def main() -> None:
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward pass (about 1.4x faster on CPUs with AVX512-BF16)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data", default=str(DEBIAN_FMNIST), help="Fashion-MNIST root (idx files)")
     p.add_argument("--checkpoints", default="checkpoints", help="folder for per-epoch checkpoints")
@@ -113,7 +114,9 @@ def main() -> None:
                 group["lr"] = lr_at(step, total, warmup, args.lr)
             idx = order[i * args.batch_size:(i + 1) * args.batch_size]
             x = normalize(augment(train.images[idx], gen))
-            loss = F.cross_entropy(model(x), train.targets[idx], label_smoothing=args.label_smoothing)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), train.targets[idx], label_smoothing=args.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

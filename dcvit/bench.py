@@ -1,0 +1,89 @@
+"""Latency of the original, the DC-ViT structure and the block-dropped structure at equal MACs.
+
+Models are timed interleaved (one forward of each per round) and summarised by medians, so slow
+drifts of a noisy machine hit every model alike; speed is reported as ratios from the same run.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .arch import get_adapter
+from .macs import count_macs
+from .plan import default_candidates, plan as make_plan
+from .surgery import apply_plan, drop_blocks
+
+
+@dataclass(frozen=True)
+class LatencyRow:
+    name: str
+    macs: int
+    batch_size: int
+    median_ms: float
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+@torch.no_grad()
+def time_interleaved(models: dict[str, nn.Module], input_size, batch_size: int, repeats: int = 20,
+                     warmup: int = 3) -> dict[str, float]:
+    """Median milliseconds per forward pass of each model, measured in interleaved rounds."""
+    x = torch.randn(batch_size, *input_size)
+    for model in models.values():
+        model.eval()
+        for _ in range(warmup):
+            model(x)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model(x)
+            times[name].append(1000 * (time.perf_counter() - start))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def equal_macs_structures(model: nn.Module, drop: int) -> dict[str, nn.Module]:
+    """The block-dropped model (first `drop` candidate blocks) and the DC-ViT structure at its MACs."""
+    num_blocks = len(get_adapter(model).blocks(model))
+    candidates = default_candidates(num_blocks)
+    dropped = drop_blocks(model, candidates[:drop])
+    plan = make_plan(model, count_macs(dropped))
+    return {f"drop{drop}": dropped, f"dcvit{drop}": apply_plan(model, plan, candidates[:plan.n_blocks])}
+
+
+def latency_table(model: nn.Module, drops: Sequence[int] = (1, 2, 3), batch_sizes: Sequence[int] = (1, 32),
+                  repeats: int = 20) -> list[LatencyRow]:
+    from .macs import default_input_size
+    input_size = default_input_size(model)
+    models = {"original": model}
+    for k in drops:
+        models.update(equal_macs_structures(model, k))
+    macs = {name: count_macs(m, input_size) for name, m in models.items()}
+    rows = []
+    for bs in batch_sizes:
+        medians = time_interleaved(models, input_size, bs, repeats)
+        rows += [LatencyRow(name, macs[name], bs, medians[name]) for name in models]
+    return rows
+
+
+def format_latency(rows: Sequence[LatencyRow]) -> str:
+    """Markdown table: MACs ratio and latency ratio to the original, and DC-ViT vs block dropping."""
+    base = {r.batch_size: r for r in rows if r.name == "original"}
+    by_name = {(r.name, r.batch_size): r for r in rows}
+    lines = ["| model | batch | MACs (M) | MACs ratio | median ms | latency ratio | vs drop at equal MACs |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        b = base[r.batch_size]
+        versus = ""
+        if r.name.startswith("dcvit"):
+            drop = by_name[("drop" + r.name[5:], r.batch_size)]
+            versus = f"{r.median_ms / drop.median_ms:.3f}"
+        lines.append(f"| {r.name} | {r.batch_size} | {r.macs / 1e6:.1f} | {r.macs / b.macs:.3f} | "
+                     f"{r.median_ms:.2f} | {r.median_ms / b.median_ms:.3f} | {versus} |")
+    return "\n".join(lines)

@@ -1,0 +1,126 @@
+"""Structure from a target MACs (METHOD.md §2, Eq. 1-2).
+
+Eq. 1: n = ceil((M_o - M_p) / (M_attn + M_mlp)) blocks lose their attention;
+Eq. 2: their MLPs keep H' = floor((1 - r) * H) units, r = ((M_o - M_p) - n * M_attn) / (n * M_mlp).
+Per-block values are used, taking the blocks that save least, so any choice of n candidates fits the target.
+"""
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from torch import nn
+
+from .macs import MacsProfile, count_macs, macs_profile
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to compress: n blocks, attention removed or not, MLP width kept in each."""
+    n_blocks: int
+    mlp_hidden: int            # kept hidden units per compressed block (for blocks of width mlp_hidden_original)
+    remove_attention: bool
+    macs_original: int
+    macs_target: int
+    macs_planned: int          # measured on the compressed module, not taken from the formula
+    candidate_blocks: tuple[int, ...]
+    mlp_hidden_original: int
+    input_size: tuple[int, int, int]
+
+    @property
+    def keep_ratio(self) -> float:
+        return self.mlp_hidden / self.mlp_hidden_original
+
+    def hidden_for(self, hidden: int) -> int:
+        """Kept units for a block of `hidden` units (differs from mlp_hidden only in non-uniform models)."""
+        if hidden == self.mlp_hidden_original:
+            return self.mlp_hidden
+        return max(1, math.floor(self.keep_ratio * hidden))
+
+    def describe(self) -> str:
+        what = "attention removed" if self.remove_attention else "attention kept"
+        return (f"compress {self.n_blocks} block(s), {what}, MLP {self.mlp_hidden_original} -> {self.mlp_hidden} units; "
+                f"MACs {self.macs_original / 1e6:.2f}M -> {self.macs_planned / 1e6:.2f}M "
+                f"(target {self.macs_target / 1e6:.2f}M, {100 * self.macs_planned / self.macs_original:.1f}%)")
+
+
+def resolve_target(target_macs: float, macs_original: int) -> int:
+    """A fraction in (0, 1) of the original, or absolute MACs above 1."""
+    try:
+        target = float(target_macs)
+    except (TypeError, ValueError):
+        raise ValueError(f"target MACs must be a number: a fraction in (0, 1) or absolute MACs; got {target_macs!r}") from None
+    if not math.isfinite(target) or target <= 0:
+        raise ValueError(f"target MACs must be positive: a fraction in (0, 1) or absolute MACs; got {target_macs}")
+    absolute = int(target * macs_original) if target < 1 else int(target)
+    if target == 1 or absolute >= macs_original:
+        raise ValueError(f"target MACs {target_macs} is not below the original model's {macs_original} MACs; "
+                         f"give a fraction in (0, 1) or fewer MACs")
+    return absolute
+
+
+def default_candidates(num_blocks: int) -> tuple[int, ...]:
+    """All blocks but the first and the last (the reference uses blocks 1..10 of 12)."""
+    return tuple(range(1, num_blocks - 1)) if num_blocks > 2 else tuple(range(num_blocks))
+
+
+def floor_macs(profile: MacsProfile, candidates: Sequence[int]) -> int:
+    """The smallest reachable MACs: every candidate without attention and with a 1-unit MLP."""
+    return profile.total - sum(profile.attn[b] + profile.mlp[b] - profile.mlp_unit(b) for b in candidates)
+
+
+def _structure(profile: MacsProfile, candidates: Sequence[int], delta: int, forced: Optional[int]):
+    """(n, remove_attention, kept units) for a MACs reduction `delta`, or None if n blocks cannot reach it."""
+    # Conservative order: blocks that save the least first, so the plan fits whichever blocks are picked.
+    order = sorted(candidates, key=lambda b: profile.attn[b] + profile.mlp[b])
+    hidden = profile.mlp_hidden[order[0]]
+    if forced is None and delta < min(profile.attn[b] for b in order) and delta < profile.mlp[order[0]]:
+        # Less than one attention module: keep every attention, narrow one MLP (dense small reductions).
+        return 1, False, hidden - math.ceil(Fraction(delta) / Fraction(profile.mlp[order[0]], hidden))
+    n = forced or next(k for k in range(1, len(order) + 1)
+                       if sum(profile.attn[b] + profile.mlp[b] for b in order[:k]) >= delta)
+    chosen = order[:n]
+    mlp_savings_needed = max(0, delta - sum(profile.attn[b] for b in chosen))
+    # Eq. 2 in exact arithmetic, so that floor() never rounds a width up past the target.
+    drop_ratio = Fraction(mlp_savings_needed, sum(profile.mlp[b] for b in chosen))
+    kept = math.floor((1 - drop_ratio) * hidden)
+    return n, True, kept
+
+
+def plan(model: nn.Module, target_macs: float, *, blocks: Optional[int] = None,
+         input_size: Optional[Sequence[int]] = None, candidate_blocks: Optional[Sequence[int]] = None) -> Plan:
+    """Plan the compressed structure for `target_macs` (fraction in (0, 1), or absolute MACs).
+
+    `blocks=n` forces the number of compressed blocks. Raises ValueError for unreachable targets.
+    """
+    from .surgery import apply_plan  # surgery needs Plan; import here to keep the modules acyclic
+
+    profile = macs_profile(model, input_size)
+    num_blocks = len(profile.attn)
+    candidates = tuple(candidate_blocks) if candidate_blocks is not None else default_candidates(num_blocks)
+    if not candidates or any(not 0 <= b < num_blocks for b in candidates):
+        raise ValueError(f"candidate blocks must be a non-empty subset of 0..{num_blocks - 1}; got {list(candidates)}")
+    target = resolve_target(target_macs, profile.total)
+    floor = floor_macs(profile, candidates)
+    if target < floor:
+        raise ValueError(f"target {target / 1e6:.3f}M MACs is below the floor of {floor / 1e6:.3f}M MACs "
+                         f"({100 * floor / profile.total:.1f}% of the original: all {len(candidates)} candidate "
+                         f"blocks without attention and with 1 MLP unit)")
+    if blocks is not None and not 1 <= blocks <= len(candidates):
+        raise ValueError(f"blocks must be between 1 and {len(candidates)} (the candidate blocks); got {blocks}")
+
+    delta = profile.total - target
+    n, remove_attention, kept = _structure(profile, candidates, delta, blocks)
+    if kept <= 0 and blocks is None and n < len(candidates):
+        # Degenerate plan (plain block dropping): compress one more block instead, as the paper's matched-MACs runs do.
+        n, remove_attention, kept = _structure(profile, candidates, delta, n + 1)
+    if kept <= 0:
+        raise ValueError(f"compressing {n} blocks leaves no MLP units to reach {target} MACs; "
+                         f"use more blocks (blocks={n + 1}) or drop_blocks for plain block dropping")
+    hidden = profile.mlp_hidden[candidates[0]]
+    draft = Plan(n, min(kept, hidden), remove_attention, profile.total, target, 0, candidates, hidden, profile.input_size)
+    order = sorted(candidates, key=lambda b: profile.attn[b] + profile.mlp[b])[:n]
+    planned = count_macs(apply_plan(model, draft, order), profile.input_size)
+    return Plan(**{**draft.__dict__, "macs_planned": planned})

@@ -1,0 +1,54 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dcvit.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_plan_json(capsys):
+    code, out, err = run_cli(capsys, "plan", "--model", "fmnist_vit12", "--target-macs", "0.75", "--json")
+    assert code == 0
+    payload = json.loads(out)
+    assert payload["macs_planned"] <= payload["macs_target"] and payload["n_blocks"] >= 1
+
+
+def test_macs_text(capsys):
+    code, out, _ = run_cli(capsys, "macs", "--model", "fmnist_vit12")
+    assert code == 0 and "GMACs" in out and len(out.splitlines()) == 14
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["plan", "--model", "fmnist_vit12", "--target-macs", "0"], "positive"),
+    (["plan", "--model", "fmnist_vit12", "--target-macs", "-1"], "positive"),
+    (["plan", "--model", "fmnist_vit12", "--target-macs", "1"], "not below"),
+    (["plan", "--model", "fmnist_vit12", "--target-macs", "0.05"], "floor"),
+    (["plan", "--model", "fmnist_vit12", "--target-macs", "lots"], "number"),
+    (["plan", "--model", "no_such_model", "--target-macs", "0.5"], "unknown model"),
+    (["macs", "--model", "fmnist_cnn"], "unsupported architecture"),
+])
+def test_bad_input_one_line_error(capsys, argv, fragment):
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and fragment in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_console_script_exit_code_and_no_traceback():
+    proc = subprocess.run([sys.executable, "-m", "dcvit.cli", "plan", "--model", "resnet18", "--target-macs", "0.5"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "unsupported" in proc.stderr
+
+
+def test_bench_runs_and_reports_ratios(capsys):
+    code, out, _ = run_cli(capsys, "bench", "--model", "fmnist_vit12", "--drop", "1", "--batch-sizes", "2",
+                           "--repeats", "2", "--json")
+    rows = json.loads(out)["rows"]
+    assert code == 0 and [r["name"] for r in rows] == ["original", "drop1", "dcvit1"]
+    assert abs(rows[1]["macs"] - rows[2]["macs"]) / rows[0]["macs"] < 0.01
