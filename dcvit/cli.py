@@ -99,6 +99,37 @@ def run_bench(args) -> None:
          format_latency(rows))
 
 
+# --- eval -------------------------------------------------------------------------------------
+def _eval_arguments(p: argparse.ArgumentParser) -> None:
+    model_argument(p)
+    p.add_argument("--data", default="fashion-mnist", help="dataset spec: fashion-mnist[:ROOT], imagefolder:PATH, "
+                                                           "cifar10:PATH, cifar100:PATH (default fashion-mnist)")
+    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--limit", type=int, help="evaluate the first N images only")
+    p.add_argument("--batch-size", type=int, default=256)
+
+
+@command("eval", "top-1, top-5, MACs, params and CPU throughput of a model on a dataset")
+@arguments(_eval_arguments)
+def run_eval(args) -> None:
+    from .data import eval_transform, load_dataset
+    from .evaluate import evaluate, loader_for, throughput
+    from .io import resolve_model
+    from .macs import count_macs, default_input_size
+    if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
+        raise ValueError("--batch-size and --limit must be positive integers")
+    model = resolve_model(args.model, weights="pretrained")
+    data = load_dataset(args.data, train=args.split == "train", transform=eval_transform(model))
+    result = evaluate(model, loader_for(data, args.batch_size, args.limit))
+    size = args.input_size or default_input_size(model)
+    result.update(model=args.model, data=args.data, split=args.split, macs=count_macs(model, size),
+                  params=sum(p.numel() for p in model.parameters()),
+                  images_per_second=round(throughput(model, size, args.batch_size), 1))
+    emit(args, result, f"{args.model} on {args.data} {args.split} ({result['n']} images): top-1 {100 * result['top1']:.2f}%  "
+                       f"top-5 {100 * result['top5']:.2f}%  {result['macs'] / 1e6:.2f}M MACs  "
+                       f"{result['params'] / 1e6:.3f}M params  {result['images_per_second']:.0f} img/s (batch {args.batch_size})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcvit", description="Few-shot compression of vision transformers "
                                      "(DC-ViT) and cascades of compressed companions. See README.md.")

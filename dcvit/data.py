@@ -60,3 +60,143 @@ class FashionMNIST(Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, int(self.targets[i])
+
+
+# --- specs ------------------------------------------------------------------------------------
+def parse_spec(spec: str) -> tuple[str, Optional[Path]]:
+    """'fashion-mnist', 'fashion-mnist:ROOT', 'imagefolder:PATH', 'cifar10:PATH', 'cifar100:PATH'."""
+    kind, _, path = str(spec).partition(":")
+    kind = kind.lower()
+    if kind not in ("fashion-mnist", "imagefolder", "cifar10", "cifar100"):
+        raise ValueError(f"unknown dataset spec '{spec}'; {SPEC_HELP}")
+    if kind != "fashion-mnist" and not path:
+        raise ValueError(f"dataset spec '{spec}' needs a path ({kind}:PATH); {SPEC_HELP}")
+    root = Path(path) if path else None
+    if root is not None and not root.exists():
+        raise FileNotFoundError(f"dataset path {root} does not exist (spec '{spec}')")
+    return kind, root
+
+
+def _imagefolder(root: Path, train: bool, transform):
+    from torchvision.datasets import ImageFolder
+    names = ("train",) if train else ("val", "test")
+    folder = next((root / n for n in names if (root / n).is_dir()), root)
+    try:
+        return ImageFolder(str(folder), transform=transform)
+    except (FileNotFoundError, RuntimeError) as err:
+        raise FileNotFoundError(f"image folder {folder} has no usable class sub-folders with images ({err})") from None
+
+
+def load_dataset(spec: str, train: bool = True, transform: Optional[Callable] = None) -> Dataset:
+    """A labelled dataset by spec; every dataset exposes `targets` (labels without loading images)."""
+    kind, root = parse_spec(spec)
+    if kind == "fashion-mnist":
+        try:
+            return FashionMNIST(root or DEBIAN_FMNIST, train=train, transform=transform)
+        except FileNotFoundError:
+            if root is None:
+                raise
+            from torchvision.datasets import FashionMNIST as TorchvisionFMNIST  # downloads where the network allows
+            return TorchvisionFMNIST(str(root), train=train, transform=transform, download=True)
+    if kind == "imagefolder":
+        return _imagefolder(root, train, transform)
+    from torchvision import datasets
+    cls = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100
+    try:
+        return cls(str(root), train=train, transform=transform, download=False)
+    except RuntimeError as err:
+        raise FileNotFoundError(f"{kind} files not found under {root} ({err})") from None
+
+
+# --- transforms from the model's data config --------------------------------------------------
+def data_config(model: torch.nn.Module) -> dict:
+    from timm.data import resolve_data_config
+    from .macs import default_input_size
+    cfg = resolve_data_config(model=model)
+    cfg["input_size"] = default_input_size(model)
+    return cfg
+
+
+class _ToMode:
+    """Convert PIL images to the model's channel count (gray data for an RGB model and vice versa)."""
+
+    def __init__(self, channels: int):
+        self.mode = "L" if channels == 1 else "RGB"
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return image if image.mode == self.mode else image.convert(self.mode)
+
+
+def eval_transform(model: torch.nn.Module) -> Callable:
+    from timm.data import create_transform
+    from torchvision import transforms
+    cfg = data_config(model)
+    return transforms.Compose([_ToMode(cfg["input_size"][0]), create_transform(**cfg, is_training=False)])
+
+
+# The reference policy is rand-m9-mstd0.5-inc1. With magnitude noise a level can reach 10, where timm's
+# increasing posterize keeps 0 bits, which Pillow >= 11 rejects; capping the level at 9 (mmax9) avoids that.
+DEFAULT_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1-mmax9"
+
+
+def train_transform(model: torch.nn.Module, auto_augment: Optional[str] = DEFAULT_AUTO_AUGMENT,
+                    scale=(0.08, 1.0), hflip: float = 0.5) -> Callable:
+    """RandomResizedCrop + flip + RandAugment (the reference mimicking augmentation), timm's implementation."""
+    from timm.data import create_transform
+    from torchvision import transforms
+    cfg = data_config(model)
+    cfg.pop("crop_pct", None), cfg.pop("crop_mode", None)
+    aug = create_transform(**cfg, is_training=True, auto_augment=auto_augment, scale=scale, hflip=hflip,
+                           vflip=0.0, color_jitter=None, re_prob=0.0)
+    return transforms.Compose([_ToMode(cfg["input_size"][0]), aug])
+
+
+# --- splits (METHOD.md §5) --------------------------------------------------------------------
+def targets_of(dataset: Dataset) -> torch.Tensor:
+    if isinstance(dataset, Subset):
+        return targets_of(dataset.dataset)[torch.as_tensor(dataset.indices)]
+    return torch.as_tensor(dataset.targets)
+
+
+def calibration_indices(num_images: int, size: int, seed: int = 0) -> list[int]:
+    """A seeded held-out part of the training set (for cascade calibration); never used for compression."""
+    if not 0 < size < num_images:
+        raise ValueError(f"calibration size must be between 1 and {num_images - 1}; got {size}")
+    gen = torch.Generator().manual_seed(10_007 + seed)
+    return sorted(torch.randperm(num_images, generator=gen)[:size].tolist())
+
+
+def few_shot_indices(targets: Sequence[int] | torch.Tensor, shots: int, seed: int = 0,
+                     exclude: Sequence[int] = ()) -> list[int]:
+    """The reference sampling: under 1000 shots draw a random class, then a random unused image of it,
+    `shots` times; from 1000 shots on, an equal number per class (remainder to random classes)."""
+    targets = torch.as_tensor(targets)
+    available = torch.ones(len(targets), dtype=torch.bool)
+    available[torch.as_tensor(list(exclude), dtype=torch.long)] = False
+    if not isinstance(shots, int) or shots < 1 or shots > int(available.sum()):
+        raise ValueError(f"shots must be an integer between 1 and {int(available.sum())} (the images available); got {shots}")
+    gen = torch.Generator().manual_seed(seed)
+    pools = {int(c): (torch.nonzero(available & (targets == c)).flatten()) for c in targets.unique()}
+    pools = {c: p[torch.randperm(len(p), generator=gen)].tolist() for c, p in pools.items() if len(p)}
+    classes = sorted(pools)
+    if shots >= 1000:
+        per_class, rest = divmod(shots, len(classes))
+        draws = [c for c in classes for _ in range(per_class)]
+        draws += [classes[i] for i in torch.randperm(len(classes), generator=gen)[:rest].tolist()]
+    else:
+        draws = [classes[i] for i in torch.randint(len(classes), (shots,), generator=gen).tolist()]
+    chosen = []
+    for c in draws:
+        if not pools[c]:  # that class ran out: take any class that still has images
+            c = next(k for k in classes if pools[k])
+        chosen.append(pools[c].pop())
+    return chosen
+
+
+def few_shot_set(spec: str, model: torch.nn.Module, shots: int, seed: int = 0, calibration_size: int = 0,
+                 augment: bool = False) -> Subset:
+    """`shots` unlabelled training images (labels kept only for bookkeeping), disjoint from the calibration split."""
+    transform = train_transform(model) if augment else eval_transform(model)
+    train = load_dataset(spec, train=True, transform=transform)
+    held_out = calibration_indices(len(train), calibration_size, seed) if calibration_size else []
+    return Subset(train, few_shot_indices(targets_of(train), shots, seed, exclude=held_out))

@@ -1,0 +1,45 @@
+"""Top-1 / top-5 accuracy over a loader, and throughput in images per second."""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: Optional[str] = None, progress: bool = True) -> dict:
+    """{'top1', 'top5', 'n'} of `model` over (images, labels) batches."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    correct1 = correct5 = n = 0
+    for x, y in tqdm(loader, desc="evaluating", leave=False, disable=not progress):
+        logits = model(x.to(device))
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices.cpu()
+        correct1 += (top[:, 0] == y).sum().item()
+        correct5 += (top == y[:, None]).any(dim=1).sum().item()
+        n += len(y)
+    return {"top1": correct1 / n, "top5": correct5 / n, "n": n}
+
+
+def loader_for(dataset: Dataset, batch_size: int = 256, limit: Optional[int] = None) -> DataLoader:
+    """A plain, ordered loader; `limit` keeps the first images (a fixed subset, not a random one)."""
+    if limit is not None and limit < len(dataset):
+        dataset = Subset(dataset, range(limit))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+
+
+@torch.no_grad()
+def throughput(model: nn.Module, input_size, batch_size: int = 256, seconds: float = 2.0) -> float:
+    """Images per second of forward passes on random input (after one warm-up pass)."""
+    model.eval()
+    x = torch.randn(batch_size, *input_size, device=next(model.parameters()).device)
+    model(x)
+    images, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or images == 0:
+        model(x)
+        images += batch_size
+    return images / (time.perf_counter() - start)
