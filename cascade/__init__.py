@@ -1,0 +1,18 @@
+"""Model-agnostic little/big cascades: batched N-pass inference, threshold calibration, TinySaver saver
+selection and reports (METHOD.md §9).
+
+Depends on torch only (tqdm for record's progress bar, matplotlib inside plot_curves, both imported lazily).
+Costs are plain numbers (MACs per sample) given by the caller; confidence = max softmax, and a sample
+exits at a stage when confidence >= that stage's threshold.
+"""
+from .calibration import Calibration, SweepResult, calibrate, sweep
+from .record import Recorded, record
+from .report import format_table, plot_curves, report_table
+from .routing import Cascade, CascadeStats
+from .saver import SaverRow, delta_cost, match_ratio, select_saver
+
+__all__ = [
+    "Calibration", "Cascade", "CascadeStats", "Recorded", "SaverRow", "SweepResult",
+    "calibrate", "delta_cost", "format_table", "match_ratio", "plot_curves", "record", "report_table",
+    "select_saver", "sweep",
+]

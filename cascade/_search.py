@@ -1,0 +1,142 @@
+"""Vectorised evaluation of threshold grids on cached confidences (METHOD.md §9).
+
+The engine behind sweep, calibrate and report_table: every threshold tuple of a product of per-stage
+grids is evaluated at once from a histogram and cumulative sums, never by re-running a model or
+looping over samples. Confidences are float32 and a sample exits when confidence >= t, as in Cascade.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .routing import CascadeStats
+
+
+def _exact_grid(conf: torch.Tensor) -> torch.Tensor:
+    # Accuracy and cost only change where t crosses an observed confidence, so the distinct observed
+    # values (plus the end points 0 and 1) reach every achievable operating point; a finer grid cannot
+    # find anything better and a coarser one can miss the optimum.
+    return torch.unique(torch.cat([conf, conf.new_tensor([0.0, 1.0])]))
+
+
+def _stage_grid(conf: torch.Tensor, grid_size: int) -> torch.Tensor:
+    """Exact grid when it has at most grid_size + 2 values, else grid_size quantiles plus 0 and 1."""
+    grid = _exact_grid(conf)
+    if grid.numel() <= grid_size + 2:
+        return grid
+    # Too many distinct values for a product search: observed quantiles keep points where samples are.
+    q = torch.linspace(0.0, 1.0, grid_size, dtype=torch.float64)
+    picked = torch.quantile(conf.double(), q, interpolation="lower").float()
+    return torch.unique(torch.cat([picked, conf.new_tensor([0.0, 1.0])]))
+
+
+def _suffix(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """out[..., j, ...] = sum of t[..., b, ...] over b > j along dim (length shrinks by one)."""
+    rev = t.flip(dim).cumsum(dim).flip(dim)  # rev[b] = sum over indices >= b
+    return rev.narrow(dim, 1, t.shape[dim] - 1)
+
+
+def _prefix(t: torch.Tensor, dims: range) -> torch.Tensor:
+    """out[..., j, ...] = sum of t[..., b, ...] over b <= j along each dim in dims (length shrinks by one)."""
+    for d in dims:
+        t = t.cumsum(d).narrow(d, 0, t.shape[d] - 1)
+    return t
+
+
+@dataclass(frozen=True)
+class _Candidates:
+    """Every threshold tuple of the product of per-stage grids (grids[i]: stage i, ascending), with its
+    correct count, per-stage exit counts and total cost (sum over samples), all of shape G_0 x ... x G_{S-2}."""
+
+    grids: list[torch.Tensor]
+    correct: torch.Tensor  # int64
+    exits: torch.Tensor  # int64, S x G_0 x ... x G_{S-2}
+    cost: torch.Tensor  # float64
+
+    def thresholds(self, k: int) -> tuple[float, ...]:
+        """Thresholds of the candidate at flat (C-order) index k."""
+        out = []
+        for g in reversed(self.grids):
+            k, j = divmod(k, g.numel())
+            out.append(float(g[j]))
+        return tuple(reversed(out))
+
+
+def _grid_candidates(conf: torch.Tensor, correct: torch.Tensor, costs: Sequence[float],
+                     grids: list[torch.Tensor]) -> _Candidates:
+    """Evaluate every threshold tuple in the product of grids at once, in O(N + prod(G_i)).
+
+    With b_i = #(grid_i values <= conf_i), threshold grids[i][j] lets a sample exit at stage i iff
+    j < b_i. A sample answered by stage i under tuple (j_0, ...) therefore has b_k <= j_k for all
+    k < i and b_i > j_i: prefix sums over the earlier axes and a suffix sum over axis i of a histogram of
+    (b_0, ..., b_i) count them for all tuples together; no loop over samples or thresholds.
+    """
+    n_stages, n = conf.shape
+    free = n_stages - 1
+    sizes = [g.numel() for g in grids]
+    bins = [torch.searchsorted(grids[i], conf[i], right=True) for i in range(free)]  # 0..G_i
+    exits, right = [], []
+    for i in range(n_stages):
+        axes = min(i + 1, free)  # the last stage is decided by the earlier axes only
+        shape = [size + 1 for size in sizes[:axes]]
+        flat = torch.zeros(n, dtype=torch.long)
+        for a in range(axes):
+            flat = flat * shape[a] + bins[a]
+        per_stage = []
+        for weight in (torch.ones(n, dtype=torch.long), correct[i].long()):
+            hist = torch.zeros(math.prod(shape), dtype=torch.long).index_add_(0, flat, weight).view(shape)
+            if i < free:
+                hist = _suffix(_prefix(hist, range(i)), i)
+            else:
+                hist = _prefix(hist, range(free))
+            per_stage.append(hist.reshape(hist.shape + (1,) * (free - hist.ndim)).expand(sizes))
+        exits.append(per_stage[0])
+        right.append(per_stage[1])
+    # Sum of (samples reaching stage i) x cost_i, in the same order as CascadeStats.avg_cost.
+    cost = torch.zeros(sizes, dtype=torch.float64)
+    reach = torch.full(sizes, n, dtype=torch.long)
+    for i in range(n_stages):
+        cost = cost + reach.double() * costs[i]
+        reach = reach - exits[i]
+    return _Candidates(list(grids), torch.stack(right).sum(0), torch.stack(exits), cost)
+
+
+def _candidates(conf: torch.Tensor, correct: torch.Tensor, costs: Sequence[float], grid_size: int) -> _Candidates:
+    """The threshold search space: exact for 2 models (every observed confidence); for N models the
+    product of per-stage grids of <= grid_size + 2 values each (grows as grid_size ** (N - 1))."""
+    if conf.shape[0] == 2:
+        grids = [_exact_grid(conf[0])]
+    else:
+        grids = [_stage_grid(conf[i], grid_size) for i in range(conf.shape[0] - 1)]
+    return _grid_candidates(conf, correct, costs, grids)
+
+
+def _min_correct(big_correct: int, max_acc_drop: float, n: int) -> int:
+    # Integer counts avoid float noise such as 0.95 - 0.01 < 0.94; the epsilon absorbs drop * n rounding.
+    return math.ceil(big_correct - max_acc_drop * n - 1e-9)
+
+
+def _pick_cheapest(cands: _Candidates, min_correct: int) -> int | None:
+    """Flat index of the cheapest candidate with >= min_correct; ties: more accurate, then larger thresholds
+    (on unseen data a larger threshold lets fewer samples exit early, the safer side)."""
+    correct, cost = cands.correct.flatten(), cands.cost.flatten()
+    ok = correct >= min_correct
+    if not bool(ok.any()):
+        return None
+    ok &= cost == cost[ok].min()
+    ok &= correct == correct[ok].max()
+    return int(ok.nonzero().max())  # grids ascend, so the largest index has the largest thresholds
+
+
+def _evaluate(conf: torch.Tensor, correct: torch.Tensor, costs: Sequence[float] | None,
+              thresholds: Sequence[float]) -> tuple[int, CascadeStats]:
+    """Correct count and statistics of fixed thresholds, vectorised over samples (loop over stages only)."""
+    n_stages, n = conf.shape
+    stage = torch.full((n,), n_stages - 1, dtype=torch.long)
+    for i in reversed(range(n_stages - 1)):  # reversed so the earliest confident stage wins
+        stage = torch.where(conf[i] >= thresholds[i], i, stage)
+    n_correct = int(correct.gather(0, stage[None]).sum())
+    return n_correct, CascadeStats.from_counts(torch.bincount(stage, minlength=n_stages).tolist(), costs)

@@ -1,0 +1,144 @@
+"""Threshold sweeps and Little-Big calibration on cached probabilities (METHOD.md §9).
+
+Everything here works on recorded softmax outputs (see cascade.record), never on models; every
+threshold (tuple) of a grid is evaluated at once (cascade._search), so a sweep over thousands of
+thresholds costs about one pass over the samples. Confidences are compared in float32 with the same
+">= t" rule as Cascade, so a threshold chosen here routes identically at inference.
+Thresholds are chosen on calibration data only; test tensors are evaluated with the chosen thresholds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ._checks import (check_big_cost, check_costs, check_fraction, check_grid_size, check_stage_probs,
+                      conf_correct)
+from ._search import _candidates, _evaluate, _exact_grid, _grid_candidates, _min_correct, _pick_cheapest
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """One entry per threshold of a 2-model cascade; float64 CPU tensors of equal length."""
+
+    thresholds: torch.Tensor
+    accuracy: torch.Tensor
+    avg_cost: torch.Tensor
+    exit_ratio: torch.Tensor  # share of samples answered by the little (first) model
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Thresholds picked on calibration data and how they do there and, if given, on the test split.
+
+    cost_reduction = 1 - avg_cost / big_cost (big_cost: the last model alone); it is negative when the
+    cascade costs more than the big model alone, e.g. in the fallback.
+    fallback: every threshold is 1.0, i.e. no cheaper routing kept accuracy within max_acc_drop and all
+    samples go to the big model (cost = sum of all costs, unless some confidences are exactly 1.0).
+    meets_tolerance: calibration accuracy >= big's calibration accuracy - max_acc_drop.
+    """
+
+    thresholds: tuple[float, ...]
+    max_acc_drop: float
+    big_cost: float
+    calib_accuracy: float
+    calib_avg_cost: float
+    calib_big_accuracy: float
+    calib_cost_reduction: float
+    calib_exit_ratios: tuple[float, ...]
+    meets_tolerance: bool
+    fallback: bool
+    note: str
+    test_accuracy: float | None = None
+    test_avg_cost: float | None = None
+    test_big_accuracy: float | None = None
+    test_cost_reduction: float | None = None
+    test_exit_ratios: tuple[float, ...] | None = None
+
+
+def sweep(stage_probs: Sequence[torch.Tensor], labels: torch.Tensor, costs: Sequence[float],
+          thresholds_grid: Sequence[float] | torch.Tensor | None = None) -> SweepResult:
+    """Accuracy, average cost and exit ratio of a little -> big cascade for every threshold.
+
+    Default grid: the distinct observed confidences of the little model plus 0 and 1, ascending.
+    That grid is exact: each of its points is a distinct operating point and no other threshold gives
+    a point that is not already on it (see _exact_grid). A user grid is kept in the given order.
+    """
+    probs, labels = check_stage_probs(stage_probs, labels, min_stages=2)
+    if len(probs) != 2:
+        raise ValueError(f"sweep takes exactly 2 models (little, big), got {len(probs)}; "
+                         f"for N-pass cascades use calibrate or report_table")
+    costs = check_costs(costs, 2, required=True)
+    conf, correct = conf_correct(probs, labels)
+    if thresholds_grid is None:
+        grid = _exact_grid(conf[0]).double()
+    else:
+        grid = torch.as_tensor(thresholds_grid, dtype=torch.float64).detach().cpu().flatten()
+        if grid.numel() == 0 or not bool(((grid >= 0) & (grid <= 1)).all()):
+            raise ValueError("thresholds_grid must be a non-empty sequence of numbers in [0, 1]")
+    n = labels.numel()
+    # Compare in float32, like Cascade; evaluate on the sorted distinct values, then map back.
+    uniq, inverse = torch.unique(grid.float(), return_inverse=True)
+    cands = _grid_candidates(conf, correct, costs, [uniq])
+    return SweepResult(thresholds=grid, accuracy=cands.correct[inverse].double() / n,
+                       avg_cost=cands.cost[inverse] / n, exit_ratio=cands.exits[0][inverse].double() / n)
+
+
+def calibrate(calib_probs: Sequence[torch.Tensor], calib_labels: torch.Tensor, costs: Sequence[float],
+              max_acc_drop: float = 0.0, test_probs: Sequence[torch.Tensor] | None = None,
+              test_labels: torch.Tensor | None = None, *, grid_size: int = 100) -> Calibration:
+    """Cheapest thresholds whose calibration accuracy >= big-alone calibration accuracy - max_acc_drop.
+
+    calib_probs / test_probs: one N x K probability tensor per model, cheapest first, big last.
+    max_acc_drop: a fraction (0.01 = one accuracy point; 0 = lossless). 2 models: exact search over
+    every observed confidence. N models: product of per-stage grids (all distinct confidences, or
+    grid_size quantiles when there are more); time and memory grow as grid_size ** (N - 1), fine for
+    N <= 4.
+    No feasible thresholds except all-1.0: returns thresholds all 1.0 with fallback=True (see Calibration).
+    """
+    probs, labels = check_stage_probs(calib_probs, calib_labels, min_stages=2, what="calib_probs")
+    costs = check_costs(costs, len(probs), required=True)
+    big_cost = check_big_cost(costs)
+    drop = check_fraction(max_acc_drop, "max_acc_drop")
+    check_grid_size(grid_size)
+    if (test_probs is None) != (test_labels is None):
+        raise ValueError("give both test_probs and test_labels, or neither")
+    if test_probs is not None:
+        test_probs, test_labels = check_stage_probs(test_probs, test_labels, what="test_probs")
+        if len(test_probs) != len(probs) or test_probs[0].shape[1] != probs[0].shape[1]:
+            raise ValueError(f"test_probs must have one N x {probs[0].shape[1]} tensor per model "
+                             f"({len(probs)}), like calib_probs")
+
+    conf, correct = conf_correct(probs, labels)
+    n = labels.numel()
+    min_correct = _min_correct(int(correct[-1].sum()), drop, n)
+    cands = _candidates(conf, correct, costs, grid_size)
+    k = _pick_cheapest(cands, min_correct)
+    thresholds = cands.thresholds(k) if k is not None else (1.0,) * (len(probs) - 1)
+    n_correct, stats = _evaluate(conf, correct, costs, thresholds)
+    meets = n_correct >= min_correct
+    fallback = all(t == 1.0 for t in thresholds)
+    if not fallback:
+        note = f"cheapest thresholds within {drop * 100:g} accuracy points of the big model on calibration data"
+    elif meets:
+        note = ("no cheaper thresholds stay within tolerance: thresholds 1.0 send everything to the big model "
+                "(cost = sum of all costs)")
+        if stats.exit_counts[-1] < n:
+            note += f", except {n - stats.exit_counts[-1]} samples whose confidence is exactly 1.0"
+    else:
+        note = (f"no thresholds meet the tolerance: even at 1.0, {n - stats.exit_counts[-1]} samples with "
+                f"confidence exactly 1.0 exit early and lose accuracy; use the big model alone")
+
+    test = {}
+    if test_probs is not None:
+        t_conf, t_correct = conf_correct(test_probs, test_labels)
+        t_n = test_labels.numel()
+        t_right, t_stats = _evaluate(t_conf, t_correct, costs, thresholds)
+        test = dict(test_accuracy=t_right / t_n, test_avg_cost=t_stats.avg_cost,
+                    test_big_accuracy=int(t_correct[-1].sum()) / t_n,
+                    test_cost_reduction=1.0 - t_stats.avg_cost / big_cost, test_exit_ratios=t_stats.exit_ratios)
+    return Calibration(thresholds=thresholds, max_acc_drop=drop, big_cost=big_cost, calib_accuracy=n_correct / n,
+                       calib_avg_cost=stats.avg_cost, calib_big_accuracy=int(correct[-1].sum()) / n,
+                       calib_cost_reduction=1.0 - stats.avg_cost / big_cost, calib_exit_ratios=stats.exit_ratios,
+                       meets_tolerance=meets, fallback=fallback, note=note, **test)

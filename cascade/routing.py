@@ -1,0 +1,140 @@
+"""Batched N-pass cascade inference (METHOD.md §9).
+
+Model 1 sees the whole batch; a sample leaves the cascade at the first stage whose confidence
+(max softmax) is >= that stage's threshold, otherwise the next, larger model runs on it. The last
+model always answers. Routing uses boolean masks and index_select only: there is no loop over samples,
+so a batch of 256 costs one call per stage, not 256.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ._checks import check_costs, check_thresholds
+
+
+@dataclass(frozen=True)
+class CascadeStats:
+    """Where samples left the cascade.
+
+    exit_counts[i] / exit_ratios[i]: samples answered by model i (they ran models 0..i).
+    run_counts[i]: samples model i ran on. avg_cost: MACs per sample, the sum over samples of the costs
+    of the models each sample ran divided by n (None when the cascade has no costs; 0.0 when n == 0).
+    """
+
+    exit_counts: tuple[int, ...]
+    exit_ratios: tuple[float, ...]
+    run_counts: tuple[int, ...]
+    avg_cost: float | None
+    n: int
+
+    @classmethod
+    def from_counts(cls, exit_counts: Sequence[int], costs: Sequence[float] | None = None) -> "CascadeStats":
+        counts = tuple(int(c) for c in exit_counts)
+        n = sum(counts)
+        # A sample answered by model i ran models 0..i, so model i ran on everything not answered before it.
+        runs = tuple(n - sum(counts[:i]) for i in range(len(counts)))
+        ratios = tuple(c / n if n else 0.0 for c in counts)
+        avg = None
+        if costs is not None:
+            avg = sum(run * float(c) for run, c in zip(runs, costs)) / n if n else 0.0
+        return cls(exit_counts=counts, exit_ratios=ratios, run_counts=runs, avg_cost=avg, n=n)
+
+
+class Cascade(nn.Module):
+    """N-pass cascade that replaces a classifier: forward(x) returns B x K logits, each row from the
+    model that answered that sample.
+
+    models: cheapest first, the big model last. thresholds: one per model except the last, each in
+    [0, 1]; a sample exits at stage i when max softmax >= thresholds[i]. Threshold 0 sends everything
+    out at that stage; threshold 1 lets only samples whose float32 confidence is exactly 1.0 exit (it
+    happens for very large logit gaps), so in practice everything goes on. costs: optional MACs per
+    sample of each model, for `avg_cost` in the statistics.
+
+    After every call `last_stats` holds that batch's CascadeStats; `total_stats` accumulates over calls
+    until `reset_stats()`. Call it in eval mode under torch.no_grad()/inference_mode for inference;
+    the cascade does not switch modes itself, as that is the caller's decision.
+    """
+
+    def __init__(self, models: Sequence[nn.Module], thresholds: Sequence[float],
+                 costs: Sequence[float] | None = None) -> None:
+        super().__init__()
+        models = list(models)
+        if len(models) < 1:
+            raise ValueError("a Cascade needs at least 1 model (cheapest first, big model last), got 0")
+        for i, m in enumerate(models):
+            if not isinstance(m, nn.Module):
+                raise ValueError(f"models[{i}] must be a torch.nn.Module, got {type(m).__name__}")
+        self.models = nn.ModuleList(models)
+        self.thresholds = thresholds  # validated by the property setter
+        self.costs = check_costs(costs, len(models))
+        self.last_stats: CascadeStats | None = None
+        self._total_counts = [0] * len(models)
+
+    @property
+    def thresholds(self) -> tuple[float, ...]:
+        return self._thresholds
+
+    @thresholds.setter
+    def thresholds(self, value: Sequence[float]) -> None:
+        # Settable so a calibrated Calibration.thresholds can be dropped in without rebuilding the module.
+        self._thresholds = check_thresholds(value, len(self.models))
+
+    def extra_repr(self) -> str:
+        return f"thresholds={self.thresholds}, costs={self.costs}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        device = x.device
+        n_models = len(self.models)
+        exit_counts = [0] * n_models
+        out: torch.Tensor | None = None
+        idx: torch.Tensor | None = None  # rows of the batch still undecided; None means all of them
+        xs = x
+        for i, model in enumerate(self.models):
+            logits = model(xs)
+            if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != xs.shape[0]:
+                shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+                raise ValueError(f"models[{i}] must return B x num_classes logits for a batch of {xs.shape[0]}, "
+                                 f"got {shape}")
+            logits = logits.to(device)
+            if out is None:
+                out = logits
+            else:
+                if logits.shape[1] != out.shape[1]:
+                    raise ValueError(f"models[{i}] returns {logits.shape[1]} classes but models[0] returns "
+                                     f"{out.shape[1]}; all models must share the label space")
+                dtype = torch.promote_types(out.dtype, logits.dtype)  # e.g. fp16 little, fp32 big
+                if out.dtype != dtype:
+                    out = out.to(dtype)
+                out.index_copy_(0, idx, logits.to(dtype))
+            if i == n_models - 1:
+                exit_counts[i] = logits.shape[0]  # the last model answers everything that reached it
+                break
+            # float32 softmax: half-precision confidences would round near the threshold.
+            conf = torch.softmax(logits.float(), dim=-1).amax(dim=-1)
+            go_on = ~(conf >= self.thresholds[i])  # written this way so a NaN confidence goes on
+            n_on = int(go_on.sum())  # one sync per stage, needed anyway to skip empty batches
+            exit_counts[i] = logits.shape[0] - n_on
+            if n_on == 0:
+                break  # never call a model on an empty batch
+            sel = go_on.nonzero().squeeze(1)
+            idx = sel if idx is None else idx.index_select(0, sel)
+            xs = xs.index_select(0, sel)
+            if out is logits:
+                out = out.clone()  # never write into the tensor the model returned
+        stats = CascadeStats.from_counts(exit_counts, self.costs)
+        self.last_stats = stats
+        self._total_counts = [a + b for a, b in zip(self._total_counts, exit_counts)]
+        return out
+
+    @property
+    def total_stats(self) -> CascadeStats:
+        """Statistics accumulated over every forward call since construction or reset_stats()."""
+        return CascadeStats.from_counts(self._total_counts, self.costs)
+
+    def reset_stats(self) -> None:
+        self._total_counts = [0] * len(self.models)
+        self.last_stats = None

@@ -1,0 +1,98 @@
+"""One frozen dataclass holds every setting of a compression run (Algorithm 1), ablations included.
+
+Defaults are the ones measured for the shipped Fashion-MNIST teacher (BENCHMARKS.md); the paper's
+ImageNet settings are `CompressConfig.paper()` (2000 epochs, lr 3e-5, batch 64, RandAugment).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Optional
+
+SURGERIES = ("compress", "drop")
+METRICS = ("kl", "mse", "train_loss")
+TOKENS = ("all", "cls")
+UNIT_CHOICES = ("random", "activation")
+SCOPES = ("front", "all")
+PRECISIONS = ("no", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    # Feature mimicking (Eq. 3)
+    epochs: int = 40                 # per progressive step; one epoch = one pass over the few-shot set
+    trial_epochs: Optional[int] = None  # per block-wise trial candidate (default: same as epochs)
+    batch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    loss_warmup: float = 0.01        # loss x min(epoch / (loss_warmup * epochs), 1); the reference: 20 of 2000 epochs
+    clip_grad: float = 1.0
+    augment: bool = False            # RandomResizedCrop + flip + RandAugment on the few-shot images
+    mixed_precision: str = "no"      # Accelerate: no | bf16 | fp16
+    # Selection (Eq. 6) on the synthetic metric set (Eq. 4-5)
+    synth_images: int = 50
+    synth_iterations: int = 200
+    candidate_blocks: Optional[tuple[int, ...]] = None
+    # Algorithm 1 and its ablations (METHOD.md §8)
+    surgery: str = "compress"        # "drop": the block-dropping baseline
+    metric: str = "kl"               # kl (the paper) | mse (features on the synthetic set) | train_loss (few-shot)
+    progressive: bool = True         # False: "top-k", all n blocks at once, fine-tuned for n steps' epochs
+    train_scope: str = "front"       # "all": fine-tune every block (head stays frozen)
+    mimic_tokens: str = "all"        # "cls": mimic the class token only
+    unit_choice: str = "random"      # "activation": keep the units with the largest mean |GELU| on the few-shot set
+    reinit_mlp: bool = False         # re-initialise the kept MLP weights instead of reusing them
+    extra_blocks: int = 0            # compress more blocks than Eq. 1 needs
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.trial_epochs is None or self.trial_epochs >= 1, "trial_epochs must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.lr > 0 and self.weight_decay >= 0, "lr must be > 0 and weight_decay >= 0"),
+            (self.clip_grad > 0, "clip_grad must be > 0"),
+            (self.synth_images >= 1 and self.synth_iterations >= 1, "synth_images and synth_iterations must be >= 1"),
+            (self.surgery in SURGERIES, f"surgery must be one of {SURGERIES}"),
+            (self.metric in METRICS, f"metric must be one of {METRICS}"),
+            (self.train_scope in SCOPES, f"train_scope must be one of {SCOPES}"),
+            (self.mimic_tokens in TOKENS, f"mimic_tokens must be one of {TOKENS}"),
+            (self.unit_choice in UNIT_CHOICES, f"unit_choice must be one of {UNIT_CHOICES}"),
+            (self.mixed_precision in PRECISIONS, f"mixed_precision must be one of {PRECISIONS}"),
+            (self.extra_blocks >= 0, "extra_blocks must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def epochs_per_trial(self) -> int:
+        return self.trial_epochs or self.epochs
+
+    def replace(self, **changes) -> "CompressConfig":
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def paper(cls, **changes) -> "CompressConfig":
+        """The reference ImageNet settings (METHOD.md §4, §6)."""
+        return cls(**{"epochs": 2000, "lr": 3e-5, "batch_size": 64, "augment": True, "loss_warmup": 0.01,
+                      "synth_iterations": 2000, **changes})
+
+
+# The ablations of METHOD.md §8 (paper Tab. 6) as config changes relative to a base config.
+ABLATIONS: dict[str, dict] = {
+    "top-k": {"progressive": False},
+    "finetune-all": {"train_scope": "all"},
+    "reinit-mlp": {"reinit_mlp": True},
+    "activation-units": {"unit_choice": "activation"},
+    "mse-metric": {"metric": "mse"},
+    "cls-only": {"mimic_tokens": "cls"},
+    "train-loss-ranking": {"metric": "train_loss"},
+    "extra-block": {"extra_blocks": 1},
+}
+
+# PRACTISE-style block dropping: drop whole blocks chosen by few-shot feature MSE after a short recovery,
+# all at once, then recover with the same total fine-tune budget as DC-ViT.
+BLOCK_DROP = {"surgery": "drop", "metric": "train_loss", "progressive": False}
