@@ -131,6 +131,7 @@ def run_eval(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import cli_compress  # noqa: F401  registers compress, family, synth
     parser = argparse.ArgumentParser(prog="dcvit", description="Few-shot compression of vision transformers "
                                      "(DC-ViT) and cascades of compressed companions. See README.md.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -142,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import cli_compress  # noqa: F401  registers compress, family, synth
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
     args = build_parser().parse_args(argv)

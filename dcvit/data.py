@@ -193,10 +193,8 @@ def few_shot_indices(targets: Sequence[int] | torch.Tensor, shots: int, seed: in
     return chosen
 
 
-def few_shot_set(spec: str, model: torch.nn.Module, shots: int, seed: int = 0, calibration_size: int = 0,
-                 augment: bool = False) -> Subset:
-    """`shots` unlabelled training images (labels kept only for bookkeeping), disjoint from the calibration split."""
-    transform = train_transform(model) if augment else eval_transform(model)
-    train = load_dataset(spec, train=True, transform=transform)
+def few_shot_subset(spec: str, shots: int, seed: int = 0, calibration_size: int = 0) -> Subset:
+    """`shots` training images (PIL, no transform; used without labels), disjoint from the calibration split."""
+    train = load_dataset(spec, train=True)
     held_out = calibration_indices(len(train), calibration_size, seed) if calibration_size else []
     return Subset(train, few_shot_indices(targets_of(train), shots, seed, exclude=held_out))

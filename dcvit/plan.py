@@ -124,3 +124,22 @@ def plan(model: nn.Module, target_macs: float, *, blocks: Optional[int] = None,
     order = sorted(candidates, key=lambda b: profile.attn[b] + profile.mlp[b])[:n]
     planned = count_macs(apply_plan(model, draft, order), profile.input_size)
     return Plan(**{**draft.__dict__, "macs_planned": planned})
+
+
+def plan_block_drop(model: nn.Module, target_macs: float, *, input_size: Optional[Sequence[int]] = None,
+                    candidate_blocks: Optional[Sequence[int]] = None) -> Plan:
+    """The block-dropping baseline's structure: the fewest whole candidate blocks whose removal reaches the target."""
+    from .surgery import drop_blocks
+
+    profile = macs_profile(model, input_size)
+    candidates = tuple(candidate_blocks) if candidate_blocks is not None else default_candidates(len(profile.attn))
+    target = resolve_target(target_macs, profile.total)
+    order = sorted(candidates, key=lambda b: profile.blocks[b])
+    removed = 0
+    for n, b in enumerate(order, start=1):
+        removed += profile.blocks[b]
+        if profile.total - removed <= target:
+            planned = count_macs(drop_blocks(model, order[:n]), profile.input_size)
+            hidden = profile.mlp_hidden[candidates[0]]
+            return Plan(n, 0, True, profile.total, target, planned, candidates, hidden, profile.input_size)
+    raise ValueError(f"dropping all {len(candidates)} candidate blocks cannot reach {target} MACs")

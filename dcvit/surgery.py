@@ -134,3 +134,30 @@ def replay_edits(model: nn.Module, edits: Sequence[Mapping]) -> nn.Module:
         else:
             raise ValueError(f"unknown edit '{edit['op']}' in model file; accepted: compress, drop")
     return model
+
+
+@torch.no_grad()
+def activation_units(model: nn.Module, block: int, images: torch.Tensor, keep: int) -> list[int]:
+    """Ablation (paper Tab. 6): keep the MLP units with the largest mean |GELU(fc1 x)| on the few-shot images."""
+    adapter = get_adapter(model)
+    fc1, _ = adapter.mlp_linears(adapter.blocks(model)[block])
+    totals = []
+    handle = fc1.register_forward_hook(lambda m, i, out: totals.append(torch.nn.functional.gelu(out).abs().flatten(0, -2).mean(0)))
+    try:
+        model.eval()(images)
+    finally:
+        handle.remove()
+    return sorted(torch.stack(totals).mean(0).topk(keep).indices.tolist())
+
+
+@torch.no_grad()
+def reinit_mlps(model: nn.Module, blocks: Iterable[int], seed: int = 0) -> nn.Module:
+    """Ablation (paper Tab. 6): re-initialise the narrowed MLPs (timm's ViT init) instead of reusing weights."""
+    adapter = get_adapter(model)
+    gen = torch.Generator().manual_seed(seed)
+    for b in blocks:
+        for linear in adapter.mlp_linears(adapter.blocks(model)[b]):
+            linear.weight.copy_(torch.randn(linear.weight.shape, generator=gen).clamp_(-2, 2) * 0.02)
+            if linear.bias is not None:
+                linear.bias.zero_()
+    return model

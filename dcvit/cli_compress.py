@@ -1,0 +1,113 @@
+"""`dcvit compress`, `dcvit family` and `dcvit synth`: thin wrappers over dcvit.compress and synth."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .cli import arguments, command, emit, model_argument
+
+
+def _engine_arguments(p: argparse.ArgumentParser) -> None:
+    from .config import CompressConfig
+    d = CompressConfig()
+    model_argument(p)
+    p.add_argument("--data", default="fashion-mnist", help="few-shot source (dataset spec; labels are never used)")
+    p.add_argument("--shots", type=int, default=100, help="number of unlabeled images (default 100)")
+    p.add_argument("--out", required=True, help="output folder: the model (dcvit.load-able), result.json, checkpoints")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"mimicking epochs per step (default {d.epochs})")
+    p.add_argument("--trial-epochs", type=int, help="epochs per block-wise trial candidate (default: --epochs)")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--augment", action="store_true", help="RandomResizedCrop + flip + RandAugment on the few shots")
+    p.add_argument("--synth-iterations", type=int, default=d.synth_iterations)
+    p.add_argument("--baseline", action="store_true", help="block dropping (PRACTISE-style) instead of DC-ViT")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _config(args):
+    from .config import BLOCK_DROP, CompressConfig
+    extra = BLOCK_DROP if args.baseline else {}
+    return CompressConfig(epochs=args.epochs, trial_epochs=args.trial_epochs, lr=args.lr, batch_size=args.batch_size,
+                          augment=args.augment, synth_iterations=args.synth_iterations, seed=args.seed,
+                          progress=not args.quiet, **extra)
+
+
+def _summary(result) -> dict:
+    return {"macs": result.macs, "macs_original": result.plan.macs_original,
+            "macs_fraction": result.macs / result.plan.macs_original, "blocks": list(result.blocks),
+            "mlp_hidden": result.plan.mlp_hidden, "remove_attention": result.plan.remove_attention,
+            "scores": {str(b): s for b, s in result.scores.items()}, "seconds": result.seconds,
+            "history": list(result.history)}
+
+
+def _run_targets(args, targets: list[str]) -> list[dict]:
+    from .compress import compress_family, plan_for
+    from .data import few_shot_subset
+    from .fileio import write_json
+    from .io import resolve_model, save
+    config = _config(args)  # config and targets are checked before any data or model work
+    model = resolve_model(args.model, weights="pretrained")
+    for t in targets:
+        plan_for(model, t, config)
+    data = few_shot_subset(args.data, args.shots, seed=args.seed)
+    out = Path(args.out)
+    results = compress_family(model, targets, data, config, workdir=out / "checkpoints", resume=args.resume)
+    summaries = []
+    for target, result in zip(targets, results):
+        folder = out if len(targets) == 1 else out / f"target-{target}"
+        save(result.model, folder / "model")
+        summaries.append({"target": target, "model_dir": str(folder / "model"), **_summary(result)})
+        write_json(folder / "result.json", summaries[-1])
+    return summaries
+
+
+def _line(s: dict) -> str:
+    return (f"target {s['target']}: {s['macs'] / 1e6:.2f}M MACs ({100 * s['macs_fraction']:.1f}%), blocks {s['blocks']}, "
+            f"MLP width {s['mlp_hidden']} -> {s['model_dir']}")
+
+
+@command("compress", "compress a ViT to a target MACs with a few unlabeled images (DC-ViT, Algorithm 1)")
+@arguments(lambda p: (_engine_arguments(p), p.add_argument(
+    "--target-macs", required=True, help="fraction of the original in (0, 1), or absolute MACs")))
+def run_compress(args) -> None:
+    (summary,) = _run_targets(args, [args.target_macs])
+    emit(args, summary, _line(summary))
+
+
+@command("family", "a dense family: one compressed model per target MACs, trials shared where plans allow")
+@arguments(lambda p: (_engine_arguments(p), p.add_argument(
+    "--targets", nargs="+", required=True, help="target MACs, each a fraction in (0, 1) or absolute MACs")))
+def run_family(args) -> None:
+    summaries = _run_targets(args, args.targets)
+    emit(args, {"family": summaries}, "\n".join(_line(s) for s in summaries))
+
+
+def _synth_arguments(p: argparse.ArgumentParser) -> None:
+    model_argument(p)
+    p.add_argument("--num-images", type=int, default=50)
+    p.add_argument("--iterations", type=int, default=2000, help="optimisation steps (default 2000, the reference)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="folder for the set (safetensors + JSON) and grid.png")
+
+
+@command("synth", "synthesize a DeepInversion-style metric set from a classifier (Eq. 4-5)")
+@arguments(_synth_arguments)
+def run_synth(args) -> None:
+    import torch
+    import synth
+    from .io import resolve_model
+    model = resolve_model(args.model, weights="pretrained")
+    made = synth.synthesize(model, args.num_images, iterations=args.iterations, warmup=max(1, args.iterations // 20),
+                            seed=args.seed, image_size=args.input_size)
+    made.save(Path(args.out))
+    made.save_grid(Path(args.out) / "grid.png")
+    with torch.no_grad():
+        probs = model.eval()(made.images).softmax(1)
+    hit = (probs.argmax(1) == made.labels).float().mean().item()
+    conf = probs.gather(1, made.labels[:, None]).mean().item()
+    payload = {"out": args.out, "num_images": len(made), "target_hit_rate": hit, "mean_target_confidence": conf}
+    emit(args, payload, f"{len(made)} images -> {args.out} (grid.png); classified as their target: {100 * hit:.1f}%, "
+                        f"mean target confidence {conf:.3f}")

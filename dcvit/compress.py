@@ -1,0 +1,128 @@
+"""The progressive driver (METHOD.md §1, Algorithm 1) and dense families.
+
+1. plan the structure for the target (Eq. 1-2);
+2. block-wise trial: fine-tune and score one candidate per block (Eq. 6, dcvit.select);
+3. progressive pruning: start from the best candidate, compress the next-best block, fine-tune, repeat
+   until n blocks are compressed. Every finished step is checkpointed, so `resume=True` continues a
+   killed run and ends with exactly the model an uninterrupted run makes.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from .config import CompressConfig
+from .engine import Engine
+from .macs import count_macs
+from .plan import Plan, plan as make_plan, plan_block_drop
+from .select import Trial, rank, run_trials, trial_key
+
+
+@dataclass(frozen=True)
+class CompressionResult:
+    model: nn.Module
+    plan: Plan
+    blocks: tuple[int, ...]              # compressed (or dropped) blocks, in the order they were done
+    scores: dict[int, float]             # selection metric per candidate block (lower is better)
+    trials: dict[int, Trial]
+    history: tuple[dict, ...]            # one record per progressive step
+    macs: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def plan_for(model: nn.Module, target_macs: float, config: CompressConfig) -> Plan:
+    if config.surgery == "drop":
+        return plan_block_drop(model, target_macs, candidate_blocks=config.candidate_blocks)
+    base = make_plan(model, target_macs, candidate_blocks=config.candidate_blocks)
+    if config.extra_blocks:
+        return make_plan(model, target_macs, blocks=base.n_blocks + config.extra_blocks,
+                         candidate_blocks=config.candidate_blocks)
+    return base
+
+
+def _step_key(plan: Plan, blocks: Sequence[int], surgery: str, progressive: bool) -> str:
+    mode = "prog" if progressive else "topk"
+    return f"{mode}-{surgery}-h{plan.mlp_hidden}-a{int(plan.remove_attention)}-" + "-".join(map(str, blocks))
+
+
+def _progressive(engine: Engine, plan: Plan, order: list[int]) -> tuple[nn.Module, list[dict]]:
+    """Algorithm 1, step 3: grow the compressed set one block at a time from the best candidate."""
+    surgery = engine.config.surgery
+    model = engine.workspace.load(trial_key(plan, order[0], surgery))
+    history = [{"blocks": order[:1], **engine.workspace.meta(trial_key(plan, order[0], surgery))}]
+    for i in range(1, len(order)):
+        key = _step_key(plan, order[:i + 1], surgery, True)
+        if not engine.workspace.has(key):
+            start = time.perf_counter()
+            model = engine.build(model, plan, [order[i]])
+            fit = engine.fine_tune(model, order[:i + 1], engine.config.epochs, key)
+            engine.workspace.save(key, model, {"blocks": order[:i + 1], "train_loss": fit.final_loss,
+                                               "seconds": time.perf_counter() - start,
+                                               "images_per_second": fit.images_per_second})
+        model = engine.workspace.load(key)
+        history.append(engine.workspace.meta(key))
+    return model, history
+
+
+def _all_at_once(engine: Engine, plan: Plan, order: list[int]) -> tuple[nn.Module, list[dict]]:
+    """Top-k ablation and PRACTISE-style dropping: all n blocks at once, fine-tuned for n steps' epochs."""
+    key = _step_key(plan, sorted(order), engine.config.surgery, False)
+    if not engine.workspace.has(key):
+        start = time.perf_counter()
+        model = engine.build(engine.teacher, plan, order)
+        fit = engine.fine_tune(model, order, engine.config.epochs * len(order), key)
+        engine.workspace.save(key, model, {"blocks": order, "train_loss": fit.final_loss,
+                                           "seconds": time.perf_counter() - start,
+                                           "images_per_second": fit.images_per_second})
+    return engine.workspace.load(key), [engine.workspace.meta(key)]
+
+
+def _run(engine: Engine, plan: Plan) -> CompressionResult:
+    timings = {}
+    start = time.perf_counter()
+    trials = run_trials(engine, plan, plan.candidate_blocks)
+    timings["trials"] = time.perf_counter() - start
+    order = rank(trials)[:plan.n_blocks]
+    start = time.perf_counter()
+    if engine.accelerator.is_main_process:
+        step = _progressive if engine.config.progressive else _all_at_once
+        model, history = step(engine, plan, order)
+    engine.accelerator.wait_for_everyone()
+    if not engine.accelerator.is_main_process:  # the other processes read the main process's result
+        step = _progressive if engine.config.progressive else _all_at_once
+        model, history = step(engine, plan, order)
+    timings["progressive"] = time.perf_counter() - start
+    return CompressionResult(model=model, plan=plan, blocks=tuple(order),
+                             scores={b: t.score for b, t in trials.items()}, trials=trials,
+                             history=tuple(history), macs=count_macs(model, plan.input_size),
+                             seconds={**engine.timings, **timings})
+
+
+def compress(model: nn.Module, target_macs: float, data: Dataset, config: CompressConfig = CompressConfig(), *,
+             workdir: Optional[str | Path] = None, resume: bool = False) -> CompressionResult:
+    """Compress `model` to `target_macs` (fraction in (0, 1) or absolute MACs) with the unlabeled few-shot `data`.
+
+    `data` yields (image, label) pairs; labels are ignored. PIL images get the model's transforms (and
+    augmentation when `config.augment`); tensors are used as they are. `workdir` keeps checkpoints.
+    """
+    return compress_family(model, [target_macs], data, config, workdir=workdir, resume=resume)[0]
+
+
+def compress_family(model: nn.Module, targets: Sequence[float], data: Dataset,
+                    config: CompressConfig = CompressConfig(), *, workdir: Optional[str | Path] = None,
+                    resume: bool = False) -> list[CompressionResult]:
+    """A dense family: one result per target, sharing the synthetic set, teacher tokens and any trial
+    whose plan (width, attention) matches."""
+    if not targets:
+        raise ValueError("give at least one target MACs")
+    plans = [plan_for(model, t, config) for t in targets]  # fail on bad targets before any work
+    engine = Engine(model, data, config, Path(workdir) if workdir else None, resume)
+    try:
+        return [_run(engine, p) for p in plans]
+    finally:
+        engine.workspace.cleanup()

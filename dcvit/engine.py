@@ -1,0 +1,109 @@
+"""Everything one compression run shares: teacher, few-shot images and their teacher tokens, the synthetic
+metric set, the Accelerate state, the checkpoint workspace, and the surgery/fine-tune/score steps
+configured by CompressConfig (so the driver and the trial read as the paper's Algorithm 1).
+"""
+from __future__ import annotations
+
+import copy
+import time
+import zlib
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+import synth
+
+from .arch import get_adapter
+from .config import CompressConfig
+from .mimic import FewShotImages, MimicResult, TeacherTokens, mimic
+from .select import Trial, feature_mse, kl_score
+from .surgery import activation_units, apply_plan, drop_blocks, reinit_mlps
+from .workspace import Workspace
+
+
+def derived_seed(seed: int, key: str) -> int:
+    """A seed per fine-tune, from the run seed and the step's name: reruns and resumes repeat it exactly."""
+    return (seed * 1_000_003 + zlib.crc32(key.encode())) % 2**31
+
+
+class Engine:
+    def __init__(self, teacher: nn.Module, data: Dataset, config: CompressConfig,
+                 workdir: Optional[Path] = None, resume: bool = False):
+        if len(data) == 0:
+            raise ValueError("the few-shot set is empty; give at least one image")
+        self.config = config
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
+        self.teacher = copy.deepcopy(teacher).eval().requires_grad_(False).to(self.accelerator.device)
+        self.adapter = get_adapter(teacher)
+        settings = {"config": {k: v for k, v in config.as_dict().items() if k != "progress"},
+                    "shots": len(data), "teacher_macs_blocks": len(self.adapter.blocks(teacher))}
+        self.workspace = self._workspace(workdir, settings, resume)
+        self.timings: dict[str, float] = {}
+        start = time.perf_counter()
+        self.images = FewShotImages(data, teacher, config.augment)
+        self.targets = TeacherTokens(self.teacher, self.images, self.accelerator)
+        self.metric_set = self._metric_set()
+        with torch.no_grad():
+            x = self.metric_set.images.to(self.accelerator.device)
+            self.metric_logits = self.teacher(x).float()
+            self.metric_features = self.adapter.features(self.teacher, x).float()
+        self.timings["setup_and_synth"] = time.perf_counter() - start
+
+    def _workspace(self, workdir: Optional[Path], settings: dict, resume: bool) -> Workspace:
+        """The main process creates (or checks) the run folder first; the others join it afterwards."""
+        acc = self.accelerator
+        if acc.num_processes > 1 and workdir is None:
+            raise ValueError("a multi-process run needs a shared workdir (--out) for its candidates")
+        workspace = Workspace(workdir, settings, resume) if acc.is_main_process else None
+        acc.wait_for_everyone()
+        return workspace or Workspace(workdir, settings, resume=True, is_main=False)
+
+    def _metric_set(self) -> "synth.SyntheticSet":
+        """The synthetic metric set (Eq. 4-5): made once by the main process, shared through the workspace."""
+        path = self.workspace.root / "metric_set"
+        if self.accelerator.is_main_process and not (path / "meta.json").is_file():
+            iters = self.config.synth_iterations
+            start = time.perf_counter()
+            made = synth.synthesize(self.teacher, self.config.synth_images, iterations=iters,
+                                    warmup=max(1, iters // 20), seed=self.config.seed, progress=self.config.progress)
+            self.timings["synth"] = time.perf_counter() - start
+            made.save(path)
+        self.accelerator.wait_for_everyone()
+        return synth.load(path)
+
+    def progress(self, items: Iterable, desc: str):
+        return tqdm(list(items), desc=desc, disable=not self.config.progress or not self.accelerator.is_main_process)
+
+    # --- the three steps of every trial and progressive step ------------------------------------
+    def build(self, base: nn.Module, plan, blocks: Sequence[int]) -> nn.Module:
+        """Surgery on `base`: compress (or, for the baseline, drop) `blocks` as `plan` says."""
+        if self.config.surgery == "drop":
+            return drop_blocks(base, blocks)
+        units = None
+        if self.config.unit_choice == "activation":
+            x = self.images.fixed.to(self.accelerator.device)
+            hidden = lambda b: plan.hidden_for(self.adapter.mlp_hidden(self.adapter.blocks(base)[b]))
+            units = {b: activation_units(base, b, x, hidden(b)) for b in blocks}
+        model = apply_plan(base, plan, blocks, seed=self.config.seed, units=units)
+        if self.config.reinit_mlp:
+            reinit_mlps(model, blocks, seed=self.config.seed)
+        return model
+
+    def fine_tune(self, model: nn.Module, compressed: Sequence[int], epochs: int, key: str) -> MimicResult:
+        """Eq. 3, training the blocks up to the one right after the last compressed block."""
+        last = len(self.adapter.blocks(model)) - 1
+        upto = min(max(compressed) + 1, last)
+        return mimic(model, self.targets, self.images, self.config, epochs=epochs, upto=upto,
+                     seed=derived_seed(self.config.seed, key), accelerator=self.accelerator, desc=key)
+
+    def score(self, model: nn.Module, block: int, train_loss: float, seconds: float, process: int = 0) -> Trial:
+        x = self.metric_set.images.to(self.accelerator.device)
+        kl = kl_score(self.metric_logits, model, x)
+        metric = self.config.metric
+        score = kl if metric == "kl" else train_loss if metric == "train_loss" else feature_mse(self.metric_features, model, x)
+        return Trial(block=block, score=score, kl=kl, train_loss=train_loss, seconds=seconds, process=process)

@@ -1,0 +1,143 @@
+"""Feature mimicking (METHOD.md §6, Eq. 3): fine-tune a student to reproduce the teacher's output tokens.
+
+Loss: MSE (mean) between all output tokens after the final norm, before pooling and head (or the class
+token only, an ablation). Trainable: everything before the blocks (patch/position embeddings, class token)
+and the blocks up to and including the one right after the last compressed block; later blocks and the
+tail (final norm, head) are frozen. AdamW, cosine schedule, loss warm-up, gradient clipping applied.
+Accelerate places tensors and handles mixed precision.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from .arch import get_adapter
+from .config import CompressConfig
+from .data import eval_transform, train_transform
+
+
+class FewShotImages:
+    """The few-shot set as model inputs: a fixed tensor (eval transform) and, when augmenting, fresh views."""
+
+    def __init__(self, dataset: Dataset, model: nn.Module, augment: bool):
+        items = [dataset[i][0] for i in range(len(dataset))]
+        self.is_pil = not torch.is_tensor(items[0])
+        if augment and not self.is_pil:
+            raise ValueError("augmentation needs PIL images; pass a dataset without a transform (e.g. dcvit.data.few_shot_subset)")
+        self.raw = items
+        self.augment = augment
+        to_tensor = eval_transform(model) if self.is_pil else (lambda t: t)
+        self.fixed = torch.stack([to_tensor(item) for item in items])
+        self.train_view = train_transform(model) if augment else None
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def epoch(self, gen: torch.Generator, batch_size: int):
+        """(indices, images) batches for one epoch, shuffled; augmented views when augmenting."""
+        order = torch.randperm(len(self), generator=gen)
+        for start in range(0, len(self), batch_size):
+            idx = order[start:start + batch_size]
+            if self.augment:
+                yield idx, torch.stack([self.train_view(self.raw[i]) for i in idx.tolist()])
+            else:
+                yield idx, self.fixed[idx]
+
+
+@dataclass(frozen=True)
+class MimicResult:
+    final_loss: float         # mean loss of the last epoch (the "few-shot training loss")
+    losses: tuple[float, ...]  # per epoch
+    seconds: float
+    images_per_second: float
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed every RNG augmentation may touch (timm's RandAugment uses `random`), for exact reruns."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def trainable_parameters(model: nn.Module, upto: Optional[int]) -> list[nn.Parameter]:
+    """Embeddings and blocks 0..upto (all blocks if upto is None); never the tail (final norm, head)."""
+    adapter = get_adapter(model)
+    frozen = {id(p) for m in adapter.tail_modules(model) for p in m.parameters()}
+    if upto is not None:
+        frozen |= {id(p) for b in adapter.blocks(model)[upto + 1:] for p in b.parameters()}
+    return [p for p in model.parameters() if id(p) not in frozen]
+
+
+def token_loss(student: torch.Tensor, teacher: torch.Tensor, tokens: str, cls_index: Optional[int]) -> torch.Tensor:
+    if tokens == "cls":
+        if cls_index is None:
+            raise ValueError("CLS-only mimicking needs a model with a class token")
+        return F.mse_loss(student[:, cls_index], teacher[:, cls_index])
+    return F.mse_loss(student, teacher)
+
+
+class TeacherTokens:
+    """Teacher output tokens; computed once for the fixed images and reused when not augmenting."""
+
+    def __init__(self, teacher: nn.Module, images: FewShotImages, accelerator):
+        self.teacher, self.adapter, self.accelerator = teacher.eval(), get_adapter(teacher), accelerator
+        self.cached = None if images.augment else self.compute(images.fixed)
+
+    @torch.no_grad()
+    def compute(self, x: torch.Tensor) -> torch.Tensor:
+        with self.accelerator.autocast():
+            return self.adapter.features(self.teacher, x.to(self.accelerator.device)).float()
+
+    def __call__(self, idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.cached[idx.to(self.cached.device)] if self.cached is not None else self.compute(x)
+
+
+def mimic(student: nn.Module, targets: TeacherTokens, images: FewShotImages, config: CompressConfig, *,
+          epochs: int, upto: Optional[int], seed: int, accelerator, desc: str = "mimicking") -> MimicResult:
+    """Fine-tune `student` in place by Eq. 3; deterministic for a seed on CPU."""
+    gen = seed_everything(seed)
+    adapter = get_adapter(student)
+    params = trainable_parameters(student, None if config.train_scope == "all" else upto)
+    trainable = {id(p) for p in params}
+    for p in student.parameters():
+        p.requires_grad_(id(p) in trainable)
+    student.to(accelerator.device).train()
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(images) / config.batch_size)
+    total_steps = epochs * steps_per_epoch
+    warmup_epochs = config.loss_warmup * epochs
+    cls_index = adapter.class_token_index(student)
+    losses, start, step = [], time.perf_counter(), 0
+    bar = tqdm(range(epochs), desc=desc, leave=False, disable=not config.progress)
+    for epoch in bar:
+        loss_scale = min((epoch + 1) / warmup_epochs, 1.0) if warmup_epochs > 0 else 1.0
+        running = 0.0
+        for idx, x in images.epoch(gen, config.batch_size):
+            for group in optimizer.param_groups:  # cosine schedule over the run, per step
+                group["lr"] = 0.5 * config.lr * (1 + math.cos(math.pi * step / total_steps))
+            target = targets(idx, x)
+            with accelerator.autocast():
+                feats = adapter.features(student, x.to(accelerator.device)).float()
+            loss = token_loss(feats, target, config.mimic_tokens, cls_index)
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss * loss_scale)
+            torch.nn.utils.clip_grad_norm_(params, config.clip_grad)
+            optimizer.step()
+            running += loss.item() * len(idx)
+            step += 1
+        losses.append(running / len(images))
+        bar.set_postfix(loss=f"{losses[-1]:.4g}")
+    student.eval().requires_grad_(False)
+    seconds = time.perf_counter() - start
+    return MimicResult(losses[-1], tuple(losses), seconds, epochs * len(images) / max(seconds, 1e-9))

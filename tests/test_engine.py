@@ -1,0 +1,145 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import dcvit
+from dcvit.compress import compress, compress_family
+from dcvit.config import ABLATIONS, BLOCK_DROP, CompressConfig
+from dcvit.engine import Engine
+from dcvit.mimic import trainable_parameters
+
+HELPER = Path(__file__).parent / "helpers" / "rank_candidates.py"
+
+
+def tiny_vit(depth=5):
+    torch.manual_seed(0)
+    return dcvit.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=depth,
+                              num_heads=2, in_chans=1, num_classes=10).eval()
+
+
+def tiny_data(n=16):
+    gen = torch.Generator().manual_seed(1)
+    return torch.utils.data.TensorDataset(torch.randn(n, 1, 16, 16, generator=gen), torch.zeros(n, dtype=torch.long))
+
+
+FAST = CompressConfig(epochs=2, batch_size=8, synth_images=8, synth_iterations=5, progress=False)
+
+
+def same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_end_to_end_meets_target_and_is_deterministic():
+    model = tiny_vit()
+    a = compress(model, 0.7, tiny_data(), FAST)
+    b = compress(model, 0.7, tiny_data(), FAST)
+    assert a.macs <= a.plan.macs_target and len(a.blocks) == a.plan.n_blocks
+    assert a.blocks[0] == min(a.scores, key=a.scores.get)  # progressive starts from the best candidate
+    assert same_weights(a.model, b.model)
+    assert a.model(torch.randn(2, 1, 16, 16)).shape == (2, 10)
+
+
+def test_mimicking_trains_front_only_and_lowers_the_loss():
+    model = tiny_vit()
+    engine = Engine(model, tiny_data(), FAST.replace(epochs=30))
+    plan = dcvit.plan(model, 0.85)
+    student = engine.build(model, plan, [1])
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    fit = engine.fine_tune(student, [1], 30, "t")
+    after = student.state_dict()
+    changed = {k for k in after if not torch.equal(before[k], after[k])}
+    assert fit.losses[-1] < fit.losses[0]
+    assert any(k.startswith("blocks.2.") for k in changed) and "pos_embed" in changed
+    assert not any(k.startswith(("blocks.3.", "blocks.4.", "norm.", "head.")) for k in changed)
+
+
+def test_trainable_parameters_never_include_the_head():
+    model = tiny_vit()
+    head = {id(p) for p in model.head.parameters()}
+    assert not head & {id(p) for p in trainable_parameters(model, None)}
+
+
+def test_resume_after_a_kill_gives_identical_weights(tmp_path, monkeypatch):
+    model, data = tiny_vit(), tiny_data()
+    whole = compress(model, 0.6, data, FAST, workdir=tmp_path / "whole")
+    calls = {"n": 0}
+    real = Engine.fine_tune
+
+    def dying(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # killed inside the progressive phase (3 trials, then steps)
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "fine_tune", dying)
+    with pytest.raises(KeyboardInterrupt):
+        compress(model, 0.6, data, FAST, workdir=tmp_path / "killed")
+    monkeypatch.setattr(Engine, "fine_tune", real)
+    with pytest.raises(ValueError, match="resume"):
+        compress(model, 0.6, data, FAST, workdir=tmp_path / "killed")
+    resumed = compress(model, 0.6, data, FAST, workdir=tmp_path / "killed", resume=True)
+    assert resumed.blocks == whole.blocks and same_weights(resumed.model, whole.model)
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    compress(tiny_vit(), 0.8, tiny_data(), FAST, workdir=tmp_path / "w")
+    with pytest.raises(ValueError, match="settings differ"):
+        compress(tiny_vit(), 0.8, tiny_data(), FAST.replace(lr=1e-2), workdir=tmp_path / "w", resume=True)
+
+
+def test_family_reuses_trials_and_is_dense():
+    results = compress_family(tiny_vit(depth=6), [0.9, 0.8, 0.7], tiny_data(), FAST)
+    macs = [r.macs for r in results]
+    assert macs == sorted(macs, reverse=True) and all(r.macs <= r.plan.macs_target for r in results)
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_every_ablation_runs(name):
+    result = compress(tiny_vit(), 0.7, tiny_data(), FAST.replace(**ABLATIONS[name]))
+    assert result.macs <= result.plan.macs_target
+    if name == "extra-block":
+        assert result.plan.n_blocks == compress(tiny_vit(), 0.7, tiny_data(), FAST).plan.n_blocks + 1
+
+
+def test_block_drop_baseline_drops_whole_blocks():
+    result = compress(tiny_vit(), 0.8, tiny_data(), FAST.replace(**BLOCK_DROP))
+    assert all(isinstance(result.model.blocks[b], torch.nn.Identity) for b in result.blocks)
+    assert result.macs <= result.plan.macs_target
+
+
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"lr": -1.0}, {"metric": "accuracy"}, {"surgery": "prune"}])
+def test_bad_config(bad):
+    with pytest.raises(ValueError):
+        FAST.replace(**bad)
+
+
+def test_bad_inputs_fail_before_work():
+    with pytest.raises(ValueError, match="empty"):
+        compress(tiny_vit(), 0.7, torch.utils.data.TensorDataset(torch.zeros(0, 1, 16, 16)), FAST)
+    with pytest.raises(ValueError, match="floor"):
+        compress(tiny_vit(), 0.01, tiny_data(), FAST)
+
+
+def test_two_process_accelerate_launch_gives_the_same_ranking(tmp_path):
+    dcvit.save(tiny_vit(), tmp_path / "model")
+    torch.save(tiny_data().tensors[0], tmp_path / "data.pt")
+    args = [str(tmp_path / "model"), str(tmp_path / "data.pt")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # --multi_gpu on a machine without GPUs starts gloo CPU processes (plain --cpu starts a single process).
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    subprocess.run(launcher + [str(HELPER)] + args + [str(tmp_path / "w2"), str(tmp_path / "two.json")],
+                   check=True, env=env, capture_output=True, timeout=240)
+    subprocess.run([sys.executable, str(HELPER)] + args + [str(tmp_path / "w1"), str(tmp_path / "one.json")],
+                   check=True, env=env, capture_output=True, timeout=240)
+    one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert one == two
+    processes = {json.loads(p.read_text())["process"] for p in (tmp_path / "w2").glob("trial-*/meta.json")}
+    assert processes == {0, 1}  # the candidates really were split
