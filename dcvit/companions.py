@@ -1,0 +1,101 @@
+"""Compressed models as little companions (METHOD.md §9): record a pool once, pick the saver by ΔC on the
+calibration split, calibrate thresholds there, report on the test split, and time the real cascade.
+
+The calibration split is a seeded held-out part of the *training* set; the test set never drives a choice.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+import torch
+from torch import nn
+from torch.utils.data import Subset
+
+import cascade
+
+from .data import calibration_indices, eval_transform, load_dataset
+from .evaluate import loader_for
+from .macs import count_macs
+
+
+@dataclass(frozen=True)
+class CascadeStudy:
+    big: str
+    costs: dict[str, int]                       # MACs per image of every model
+    accuracy: dict[str, float]                  # test top-1 of every model alone
+    ranking: list[tuple[str, float, float]]     # (saver, ΔC, r_match) on the calibration split, best first
+    test_ranking: list[tuple[str, float, float]]  # the same on the test split (only to check the choice)
+    calibrations: dict[str, cascade.Calibration]  # per saver, thresholds chosen on the calibration split
+    tables: dict[str, list[dict]]               # TinySaver-style rows per saver (test split)
+    curves: dict[str, cascade.SweepResult] = field(repr=False, default_factory=dict)
+    speed: dict = field(default_factory=dict)   # realised vs predicted speed-up of the chosen cascade
+
+    @property
+    def saver(self) -> str:
+        return self.ranking[0][0]
+
+
+def record_split(models: Mapping[str, nn.Module], dataset, batch_size: int = 256, progress: bool = True):
+    """{name: Recorded(probs, labels)}: each model runs once over the split."""
+    loader = loader_for(dataset, batch_size)
+    return {name: cascade.record(model.eval(), loader, progress=progress) for name, model in models.items()}
+
+
+@torch.no_grad()
+def measure_speedup(saver: nn.Module, big: nn.Module, thresholds, images: torch.Tensor, batch_size: int,
+                    repeats: int = 3) -> dict:
+    """Wall-clock images/s of the cascade and of the big model alone over `images`, interleaved, best of repeats."""
+    model = cascade.Cascade([saver.eval(), big.eval()], thresholds)
+    timings = {"cascade": [], "big": []}
+    for _ in range(repeats):
+        for name, net in (("cascade", model), ("big", big)):
+            start = time.perf_counter()
+            for i in range(0, len(images), batch_size):
+                net(images[i:i + batch_size])
+            timings[name].append(time.perf_counter() - start)
+    best = {k: min(v) for k, v in timings.items()}
+    return {"batch_size": batch_size, "images": len(images), "cascade_seconds": best["cascade"],
+            "big_seconds": best["big"], "realised_speedup": best["big"] / best["cascade"]}
+
+
+def cascade_study(big_name: str, models: Mapping[str, nn.Module], data: str = "fashion-mnist", *,
+                  calibration_size: int = 5000, seed: int = 0, max_acc_drop: float = 0.0,
+                  speed_images: int = 2000, speed_batches=(256, 1), progress: bool = True) -> CascadeStudy:
+    """Record every model on the calibration and test splits, rank savers, calibrate and time the best."""
+    if big_name not in models or len(models) < 2:
+        raise ValueError("give the big model and at least one saver")
+    big = models[big_name]
+    transform = eval_transform(big)
+    train = load_dataset(data, train=True, transform=transform)
+    calib = Subset(train, calibration_indices(len(train), calibration_size, seed))
+    test = load_dataset(data, train=False, transform=transform)
+    rec_calib, rec_test = record_split(models, calib, progress=progress), record_split(models, test, progress=progress)
+    costs = {name: count_macs(m) for name, m in models.items()}
+    savers = [n for n in models if n != big_name]
+
+    def ranking(rec):
+        pool = {n: (rec[n].probs, costs[n]) for n in savers}
+        return [tuple(r) for r in cascade.select_saver(pool, (rec[big_name].probs, costs[big_name]), rec[big_name].labels)]
+
+    calibrations, tables, curves = {}, {}, {}
+    for n in savers:
+        stage = [rec_calib[n].probs, rec_calib[big_name].probs]
+        calibrations[n] = cascade.calibrate(stage, rec_calib[big_name].labels, [costs[n], costs[big_name]],
+                                            max_acc_drop=max_acc_drop,
+                                            test_probs=[rec_test[n].probs, rec_test[big_name].probs],
+                                            test_labels=rec_test[big_name].labels)
+        test_stage = [rec_test[n].probs, rec_test[big_name].probs]
+        tables[n] = cascade.report_table(test_stage, rec_test[big_name].labels, [costs[n], costs[big_name]])
+        curves[n] = cascade.sweep(test_stage, rec_test[big_name].labels, [costs[n], costs[big_name]])
+    accuracy = {n: (r.probs.argmax(1) == r.labels).float().mean().item() for n, r in rec_test.items()}
+    rank_calib = ranking(rec_calib)
+    best = rank_calib[0][0]
+    images = torch.stack([test[i][0] for i in range(min(speed_images, len(test)))])
+    predicted = costs[big_name] / calibrations[best].test_avg_cost
+    # Batch 1 is timed on fewer images: one forward per image is slow, and the ratio is what matters.
+    speed = {f"batch{bs}": {**measure_speedup(models[best], big, calibrations[best].thresholds,
+                                              images if bs > 1 else images[:500], bs),
+                            "predicted_speedup": predicted} for bs in speed_batches}
+    return CascadeStudy(big_name, costs, accuracy, rank_calib, ranking(rec_test), calibrations, tables, curves, speed)
