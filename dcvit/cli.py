@@ -131,7 +131,7 @@ def run_eval(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import cli_cascade, cli_compress  # noqa: F401  registers compress, family, synth, cascade
+    from . import cli_cascade, cli_compress, cli_demo  # noqa: F401  registers the engine, cascade and demo commands
     parser = argparse.ArgumentParser(prog="dcvit", description="Few-shot compression of vision transformers "
                                      "(DC-ViT) and cascades of compressed companions. See README.md.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import cli_cascade, cli_compress  # noqa: F401  registers compress, family, synth, cascade
+    from . import cli_cascade, cli_compress, cli_demo  # noqa: F401  registers the engine, cascade and demo commands
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
     args = build_parser().parse_args(argv)

@@ -31,13 +31,23 @@ def derived_seed(seed: int, key: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(key.encode())) % 2**31
 
 
+def make_accelerator(mixed_precision: str) -> Accelerator:
+    """Accelerate keeps one global state per process; a later run with another precision needs it reset
+    (the process-group part, which holds the distributed set-up, is kept)."""
+    from accelerate.state import AcceleratorState
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", mixed_precision) != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision)
+
+
 class Engine:
     def __init__(self, teacher: nn.Module, data: Dataset, config: CompressConfig,
                  workdir: Optional[Path] = None, resume: bool = False):
         if len(data) == 0:
             raise ValueError("the few-shot set is empty; give at least one image")
         self.config = config
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
+        self.accelerator = make_accelerator(config.mixed_precision)
         self.teacher = copy.deepcopy(teacher).eval().requires_grad_(False).to(self.accelerator.device)
         self.adapter = get_adapter(teacher)
         settings = {"config": {k: v for k, v in config.as_dict().items() if k != "progress"},

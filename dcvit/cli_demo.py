@@ -1,0 +1,26 @@
+"""`dcvit demo`: the main job on the embedded default (what `make demo` runs)."""
+from __future__ import annotations
+
+from .cli import arguments, command
+
+
+def _demo_arguments(p) -> None:
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--fast", action="store_true", help="a reduced run (under 3 minutes) that exercises every step")
+    p.add_argument("--shots", type=int, help="unlabeled images (default 100; 50 with --fast)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+@command("demo", "compress the shipped teacher into a family, compare with block dropping, build a cascade, write a report")
+@arguments(_demo_arguments)
+def run_demo_command(args) -> None:
+    from .demo import DemoSettings, run_demo
+    settings = DemoSettings.fast() if args.fast else DemoSettings()
+    changes = {"seed": args.seed}
+    if args.shots is not None:
+        if args.shots < 1:
+            raise ValueError(f"--shots must be a positive integer; got {args.shots}")
+        changes["shots"] = args.shots
+    from dataclasses import replace
+    run_demo(args.out, replace(settings, **changes), progress=not args.quiet)

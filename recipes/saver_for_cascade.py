@@ -1,0 +1,142 @@
+"""Find a little "saver" for a big ViT: compress the big model into a few companions (DC-ViT), add any other
+candidates, pick the saver by ΔC on a held-out calibration split, calibrate the cascade's threshold there,
+report it on the test split and time it.
+
+Example (companions at 50% and 30% of ViT-B's MACs, plus timm's ViT-Ti as an outside candidate):
+
+    python recipes/saver_for_cascade.py --big vit_base_patch16_224 --data /data/imagenet --shots 100 \\
+        --targets 0.5 0.3 --extra-savers vit_tiny_patch16_224 --preset quick --out runs/vit-b-saver
+
+ImageFolder data needs PATH/train (few shots and the calibration split, kept disjoint) and PATH/val (test).
+Writes OUT/report.md, OUT/study.json, OUT/curves.png and OUT/target-X/model per companion. Every candidate
+sees the big model's eval transform, so it must take the same input size and label space. The study runs
+on the CPU. `--smoke` checks the wiring in seconds on a tiny random ViT.
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:  # the shared helpers next to this file, however the script is started
+    sys.path.insert(0, HERE)
+
+import _common as common  # noqa: E402
+import _smoke  # noqa: E402
+import torch  # noqa: E402
+
+import cascade  # noqa: E402
+import dcvit  # noqa: E402
+from dcvit.cli_cascade import study_markdown, study_summary  # noqa: E402
+from dcvit.companions import cascade_study  # noqa: E402
+from dcvit.compress import compress_family, plan_for  # noqa: E402
+from dcvit.data import few_shot_subset, parse_spec  # noqa: E402
+from dcvit.fileio import write_json  # noqa: E402
+from dcvit.macs import default_input_size  # noqa: E402
+
+TARGETS, SMOKE_TARGETS = (0.5, 0.3), (0.75, 0.67)  # the tiny smoke model cannot go below ~56%
+
+
+def build_parser() -> common.Parser:
+    p = common.Parser(prog="saver_for_cascade.py", description=__doc__)
+    p.add_argument("--big", default="vit_base_patch16_224",
+                   help="the big model: timm name (pretrained) or a dcvit.save directory "
+                        "(default vit_base_patch16_224)")
+    p.add_argument("--targets", type=common.target, nargs="+", metavar="T",
+                   help=f"MACs of the compressed companions, fractions of the big model's (default "
+                        f"{' '.join(map(str, TARGETS))}; with --smoke {' '.join(map(str, SMOKE_TARGETS))})")
+    p.add_argument("--extra-savers", nargs="+", default=[], metavar="NAME",
+                   help="more candidates: timm names (pretrained) or dcvit.save directories")
+    p.add_argument("--calibration-size", type=common.positive_int, default=5000,
+                   help="held-out training images for saver choice and threshold calibration (default 5000)")
+    p.add_argument("--max-acc-drop", type=float, default=0.0,
+                   help="tolerated top-1 drop vs the big model, as a fraction (default 0: lossless)")
+    p.add_argument("--speed-images", type=common.positive_int, default=2000,
+                   help="test images for the timed cascade (default 2000)")
+    common.add_run_arguments(p, shots=100)
+    return p
+
+
+def check_candidate(name: str, model: torch.nn.Module, big: torch.nn.Module) -> None:
+    """Fail in one line, before any training, if a candidate cannot stand in for the big model."""
+    x = torch.zeros(1, *default_input_size(big))
+    with torch.no_grad():
+        classes = big.eval()(x).shape[-1]
+        try:
+            out = model.eval()(x)
+        except Exception as err:
+            raise ValueError(f"saver {name} does not accept the big model's input {tuple(x.shape[1:])} "
+                             f"({type(err).__name__})") from None
+    if out.shape != (1, classes):
+        raise ValueError(f"saver {name} predicts {out.shape[-1]} classes; the big model predicts {classes}")
+    cfgs = [getattr(m, "pretrained_cfg", None) or {} for m in (model, big)]
+    norm = [tuple(cfg.get(k) or ()) for cfg in cfgs for k in ("mean", "std")]
+    if norm[:2] != norm[2:]:  # e.g. DeiT (ImageNet statistics) next to an augreg ViT (0.5, 0.5)
+        print(f"note: saver {name} expects mean/std {norm[:2]}, but the study normalises with the big model's "
+              f"{norm[2:]}; its accuracy may suffer", file=sys.stderr)
+
+
+def run(args, parser, data_root: Path | None = None) -> dict:
+    if not 0 <= args.max_acc_drop < 1:
+        parser.error(f"--max-acc-drop must be a fraction in [0, 1); got {args.max_acc_drop}")
+    out, smoke = Path(args.out), args.smoke
+    targets = args.targets or (SMOKE_TARGETS if smoke else TARGETS)
+    if smoke:
+        big_name, spec, shots = "smoke-big", f"imagefolder:{data_root}", _smoke.SHOTS
+        calibration, speed = _smoke.CALIBRATION_SIZE, dict(speed_images=_smoke.SPEED_IMAGES,
+                                                          speed_batches=_smoke.SPEED_BATCHES)
+        config = common.config_for(args, _smoke.shrink)
+    else:
+        big_name, spec, shots, calibration = args.big, common.data_spec(args, parser), args.shots, args.calibration_size
+        speed, config = dict(speed_images=args.speed_images), common.config_for(args)
+        kind, root = parse_spec(spec)
+        if kind == "imagefolder" and not any((root / s).is_dir() for s in ("val", "test")):
+            parser.error(f"{root} needs train/ and val/ (or test/) sub-folders: the test split must be separate")
+    names = [common.label(t) for t in targets]
+    members = {f"dcvit-{n}": t for n, t in zip(names, targets)}
+    if len(set(names)) < len(names) or {big_name, *members} & set(args.extra_savers):
+        parser.error("--targets and --extra-savers must name distinct models, none of them the big one")
+    common.check_fresh(out / "checkpoints", args.resume)
+    big = _smoke.tiny_model(seed=args.seed) if smoke else common.load_pretrained(args.big)
+    load = (lambda n: dcvit.resolve_model(n, weights="random")) if smoke else common.load_pretrained
+    extras = {n: load(n) for n in args.extra_savers}
+    for n, m in extras.items():
+        check_candidate(n, m, big)
+    for n, t in members.items():  # fail on unreachable targets before any data work
+        print(f"{n}: {plan_for(big, t, config).describe()}", flush=True)
+    # The few shots come from the training split minus the calibration images, so the choice stays honest.
+    data = few_shot_subset(spec, shots, seed=args.seed, calibration_size=calibration)
+    results = compress_family(big, targets, data, config, workdir=out / "checkpoints", resume=args.resume)
+    summaries = [common.save_result(r, t, out / f"target-{n}", shots=shots, preset=args.preset)
+                 for n, t, r in zip(names, targets, results)]
+    print(common.family_table(summaries), flush=True)
+    models = {big_name: big, **{m: r.model for m, r in zip(members, results)}, **extras}
+    study = cascade_study(big_name, models, spec, calibration_size=calibration, seed=args.seed,
+                          max_acc_drop=args.max_acc_drop, progress=not smoke, **speed)
+    write_json(out / "study.json", study_summary(study))
+    (out / "report.md").write_text(study_markdown(study))
+    cascade.plot_curves(study.curves, study.accuracy[big_name], study.costs[big_name], out / "curves.png")
+    best = study.calibrations[study.saver]
+    print(f"Chosen saver: {study.saver} ({study.costs[study.saver] / 1e6:.2f}M MACs vs {big_name}'s "
+          f"{study.costs[big_name] / 1e6:.2f}M; ΔC {study.ranking[0][1]:.3f} on the calibration split)")
+    print(f"cascade on the test split: {100 * best.test_cost_reduction:.1f}% fewer MACs per image, top-1 "
+          f"{100 * best.test_accuracy:.2f}% vs {100 * best.test_big_accuracy:.2f}% for {big_name} alone"
+          + (" (no cheaper threshold kept the accuracy: everything goes to the big model)" if best.fallback else ""))
+    print(f"report: {out / 'report.md'}")
+    return {"saver": study.saver, "macs_reduction": best.test_cost_reduction, "family": summaries}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    with common.user_errors(parser):
+        if not args.smoke:
+            return run(args, parser)
+        _smoke.setup()
+        with tempfile.TemporaryDirectory(prefix="dcvit-smoke-") as tmp:
+            return run(args, parser, _smoke.fake_imagefolder(tmp))
+
+
+if __name__ == "__main__":
+    main()
