@@ -22,6 +22,9 @@ def _engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--augment", action="store_true", help="RandomResizedCrop + flip + RandAugment on the few shots")
     p.add_argument("--synth-iterations", type=int, default=d.synth_iterations)
     p.add_argument("--baseline", action="store_true", help="block dropping (PRACTISE-style) instead of DC-ViT")
+    p.add_argument("--calibration-size", type=int, default=5000,
+                   help="training images held out for cascade calibration, never used as shots (default 5000; "
+                        "use the same value and --seed with `dcvit cascade`)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -52,7 +55,7 @@ def _run_targets(args, targets: list[str]) -> list[dict]:
     model = resolve_model(args.model, weights="pretrained")
     for t in targets:
         plan_for(model, t, config)
-    data = few_shot_subset(args.data, args.shots, seed=args.seed)
+    data = few_shot_subset(args.data, args.shots, seed=args.seed, calibration_size=args.calibration_size)
     out = Path(args.out)
     results = compress_family(model, targets, data, config, workdir=out / "checkpoints", resume=args.resume)
     summaries = []

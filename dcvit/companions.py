@@ -62,7 +62,8 @@ def measure_speedup(saver: nn.Module, big: nn.Module, thresholds, images: torch.
 
 def cascade_study(big_name: str, models: Mapping[str, nn.Module], data: str = "fashion-mnist", *,
                   calibration_size: int = 5000, seed: int = 0, max_acc_drop: float = 0.0,
-                  speed_images: int = 2000, speed_batches=(256, 1), progress: bool = True) -> CascadeStudy:
+                  speed_images: int = 2000, speed_batches=(256, 1), test_limit: Optional[int] = None,
+                  progress: bool = True) -> CascadeStudy:
     """Record every model on the calibration and test splits, rank savers, calibrate and time the best."""
     if big_name not in models or len(models) < 2:
         raise ValueError("give the big model and at least one saver")
@@ -71,6 +72,8 @@ def cascade_study(big_name: str, models: Mapping[str, nn.Module], data: str = "f
     train = load_dataset(data, train=True, transform=transform)
     calib = Subset(train, calibration_indices(len(train), calibration_size, seed))
     test = load_dataset(data, train=False, transform=transform)
+    if test_limit is not None and test_limit < len(test):
+        test = Subset(test, range(test_limit))  # a fixed prefix, for quick runs
     rec_calib, rec_test = record_split(models, calib, progress=progress), record_split(models, test, progress=progress)
     costs = {name: count_macs(m) for name, m in models.items()}
     savers = [n for n in models if n != big_name]

@@ -80,7 +80,11 @@ def parse_spec(spec: str) -> tuple[str, Optional[Path]]:
 def _imagefolder(root: Path, train: bool, transform):
     from torchvision.datasets import ImageFolder
     names = ("train",) if train else ("val", "test")
-    folder = next((root / n for n in names if (root / n).is_dir()), root)
+    folder = next((root / n for n in names if (root / n).is_dir()), None)
+    if folder is None:
+        if not train and (root / "train").is_dir():
+            raise FileNotFoundError(f"{root} has train/ but no val/ or test/ folder for evaluation")
+        folder = root  # a bare folder of class sub-folders serves both splits
     try:
         return ImageFolder(str(folder), transform=transform)
     except (FileNotFoundError, RuntimeError) as err:

@@ -8,6 +8,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 from scipy.stats import spearmanr
@@ -38,12 +39,14 @@ class DemoSettings:
     extra_targets: tuple[float, ...] = (0.67,)
     calibration_size: int = 5000
     candidate_eval_images: int = 2000      # test images for the metric-vs-error figure
+    test_limit: Optional[int] = None       # evaluate on the first N test images only (--fast)
     config: CompressConfig = CompressConfig()
     seed: int = 0
 
     @classmethod
     def fast(cls) -> "DemoSettings":
         return cls(shots=50, drops=(1, 2), extra_targets=(), calibration_size=1000, candidate_eval_images=500,
+                   test_limit=2000,
                    config=CompressConfig(epochs=8, trial_epochs=2, synth_images=20, synth_iterations=40))
 
 
@@ -75,9 +78,10 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings = DemoSetting
     _log("recording the pool on the calibration and test splits; calibrating a lossless cascade")
     study = cascade_study(TEACHER, models, "fashion-mnist", calibration_size=settings.calibration_size,
                           seed=settings.seed, max_acc_drop=0.0, progress=progress,
-                          speed_images=2000 if settings.calibration_size >= 5000 else 500)
+                          speed_images=500 if settings.test_limit else 2000, test_limit=settings.test_limit)
     test = load_dataset("fashion-mnist", train=False, transform=eval_transform(teacher))
-    drop_top1 = {n: evaluate(m, loader_for(test), progress=progress)["top1"] for n, m in drop_models.items()}
+    drop_top1 = {n: evaluate(m, loader_for(test, limit=settings.test_limit), progress=progress)["top1"]
+                 for n, m in drop_models.items()}
 
     report = _report_json(study, family, drops, drop_top1, settings, teacher_macs, time.perf_counter() - start)
     report["figures"] = _figures(out, study, report, teacher_macs) + [candidate_figure["path"]]
@@ -128,7 +132,7 @@ def _report_json(study, family, drops, drop_top1, settings, teacher_macs, second
                     "macs_per_sample": best.test_avg_cost, "macs_reduction": best.test_cost_reduction,
                     "throughput_speedup": speed["realised_speedup"], "predicted_speedup": speed["predicted_speedup"],
                     "calibration_top1": best.calib_accuracy, "best_saver_on_test": study.test_ranking[0][0]},
-        "settings": {"shots": settings.shots, "seed": settings.seed, "calibration_size": settings.calibration_size,
+        "settings": {"test_images": settings.test_limit or 10000, "shots": settings.shots, "seed": settings.seed, "calibration_size": settings.calibration_size,
                      "config": settings.config.as_dict()},
         "seconds": round(seconds, 1),
     }

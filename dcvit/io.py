@@ -67,7 +67,8 @@ def resolve_model(name_or_dir: str, weights: str = "auto") -> nn.Module:
 
     weights: "auto" loads pretrained weights only when they are on disk (the shipped models) and uses
     random init otherwise (enough for MACs, planning and latency); "pretrained" asks timm/torchvision
-    for them (network or cache) and falls back to random init with a note; "random" never loads any.
+    for them (network or cache) and fails with a clear error when they cannot be had (compressing or
+    evaluating random weights is pointless); "random" never loads any.
     """
     path = Path(name_or_dir)
     if path.exists() or path.suffix in PICKLE_SUFFIXES + (".safetensors",):
@@ -80,7 +81,10 @@ def resolve_model(name_or_dir: str, weights: str = "auto") -> nn.Module:
     if weights == "pretrained" or (weights == "auto" and local):
         try:
             return create_model(name_or_dir, pretrained=True)
-        except Exception as err:  # no network / no weights: structure-only work still makes sense
+        except Exception as err:  # no network, no cache, or shipped weights not trained yet
+            if weights == "pretrained":
+                raise ValueError(f"pretrained weights for {name_or_dir} are unavailable ({type(err).__name__}: "
+                                 f"{str(err).splitlines()[0][:160]}); pass a saved model directory instead") from None
             print(f"dcvit: note: pretrained weights for {name_or_dir} unavailable ({type(err).__name__}); "
                   f"using random init", file=sys.stderr)
     return create_model(name_or_dir, pretrained=False)
