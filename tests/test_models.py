@@ -1,0 +1,35 @@
+"""The shipped models load offline from the package and are as accurate as BENCHMARKS.md says."""
+import socket
+
+import pytest
+import timm
+import torch
+
+import dcvit
+from dcvit.data import eval_transform, load_dataset
+from dcvit.evaluate import evaluate, loader_for
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled in this test")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+# Top-1 on the fixed first 2,000 test images (full-test figures are in BENCHMARKS.md).
+FLOORS = {"fmnist_vit12": 0.895, "fmnist_vit_tiny": 0.85, "fmnist_cnn": 0.88}
+
+
+@pytest.mark.parametrize("name", sorted(FLOORS))
+def test_shipped_model_accuracy_on_fixed_subset(name):
+    model = timm.create_model(name, pretrained=True)
+    assert model.pretrained_cfg["input_size"] == (1, 28, 28) and model.pretrained_cfg["mean"] == (0.286,)
+    test = load_dataset("fashion-mnist", train=False, transform=eval_transform(model))
+    assert evaluate(model, loader_for(test, 500, limit=2000), progress=False)["top1"] >= FLOORS[name]
+
+
+def test_companion_costs():
+    teacher = dcvit.count_macs(timm.create_model("fmnist_vit12"))
+    assert dcvit.count_macs(timm.create_model("fmnist_vit_tiny")) <= 0.25 * teacher
+    assert dcvit.count_macs(timm.create_model("fmnist_cnn")) <= 0.1 * teacher
