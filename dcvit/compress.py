@@ -104,24 +104,26 @@ def _run(engine: Engine, plan: Plan) -> CompressionResult:
 
 
 def compress(model: nn.Module, target_macs: float, data: Dataset, config: CompressConfig = CompressConfig(), *,
-             workdir: Optional[str | Path] = None, resume: bool = False) -> CompressionResult:
+             workdir: Optional[str | Path] = None, resume: bool = False, metric_set=None) -> CompressionResult:
     """Compress `model` to `target_macs` (fraction in (0, 1) or absolute MACs) with the unlabeled few-shot `data`.
 
     `data` yields (image, label) pairs; labels are ignored. PIL images get the model's transforms (and
     augmentation when `config.augment`); tensors are used as they are. `workdir` keeps checkpoints.
+    `metric_set` (a synth.SyntheticSet) reuses a synthetic metric set instead of making one.
     """
-    return compress_family(model, [target_macs], data, config, workdir=workdir, resume=resume)[0]
+    return compress_family(model, [target_macs], data, config, workdir=workdir, resume=resume,
+                           metric_set=metric_set)[0]
 
 
 def compress_family(model: nn.Module, targets: Sequence[float], data: Dataset,
                     config: CompressConfig = CompressConfig(), *, workdir: Optional[str | Path] = None,
-                    resume: bool = False) -> list[CompressionResult]:
+                    resume: bool = False, metric_set=None) -> list[CompressionResult]:
     """A dense family: one result per target, sharing the synthetic set, teacher tokens and any trial
     whose plan (width, attention) matches."""
     if not targets:
         raise ValueError("give at least one target MACs")
     plans = [plan_for(model, t, config) for t in targets]  # fail on bad targets before any work
-    engine = Engine(model, data, config, Path(workdir) if workdir else None, resume)
+    engine = Engine(model, data, config, Path(workdir) if workdir else None, resume, metric_set)
     try:
         return [_run(engine, p) for p in plans]
     finally:

@@ -43,7 +43,8 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
 
 class Engine:
     def __init__(self, teacher: nn.Module, data: Dataset, config: CompressConfig,
-                 workdir: Optional[Path] = None, resume: bool = False):
+                 workdir: Optional[Path] = None, resume: bool = False,
+                 metric_set: Optional["synth.SyntheticSet"] = None):
         if len(data) == 0:
             raise ValueError("the few-shot set is empty; give at least one image")
         self.config = config
@@ -57,11 +58,13 @@ class Engine:
         start = time.perf_counter()
         self.images = FewShotImages(data, teacher, config.augment)
         self.targets = TeacherTokens(self.teacher, self.images, self.accelerator)
-        self.metric_set = self._metric_set()
-        with torch.no_grad():
-            x = self.metric_set.images.to(self.accelerator.device)
-            self.metric_logits = self.teacher(x).float()
-            self.metric_features = self.adapter.features(self.teacher, x).float()
+        # A ranking by few-shot loss (the baseline) needs no synthetic set; a given set is reused as is.
+        self.metric_set = metric_set or (None if config.metric == "train_loss" else self._metric_set())
+        if self.metric_set is not None:
+            with torch.no_grad():
+                x = self.metric_set.images.to(self.accelerator.device)
+                self.metric_logits = self.teacher(x).float()
+                self.metric_features = self.adapter.features(self.teacher, x).float()
         self.timings["setup_and_synth"] = time.perf_counter() - start
 
     def _workspace(self, workdir: Optional[Path], settings: dict, resume: bool) -> Workspace:
@@ -112,8 +115,11 @@ class Engine:
                      seed=derived_seed(self.config.seed, key), accelerator=self.accelerator, desc=key)
 
     def score(self, model: nn.Module, block: int, train_loss: float, seconds: float, process: int = 0) -> Trial:
+        metric = self.config.metric
+        if self.metric_set is None:
+            return Trial(block=block, score=train_loss, kl=float("nan"), train_loss=train_loss, seconds=seconds,
+                         process=process)
         x = self.metric_set.images.to(self.accelerator.device)
         kl = kl_score(self.metric_logits, model, x)
-        metric = self.config.metric
         score = kl if metric == "kl" else train_loss if metric == "train_loss" else feature_mse(self.metric_features, model, x)
         return Trial(block=block, score=score, kl=kl, train_loss=train_loss, seconds=seconds, process=process)

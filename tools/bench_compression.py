@@ -1,0 +1,174 @@
+#!/usr/bin/env python
+"""DC-ViT vs block dropping on the shipped teacher and the real Fashion-MNIST test set (BENCHMARKS.md).
+
+  grid         DC-ViT (k+1 blocks) vs block dropping (k blocks) at the MACs of dropping k = 1, 2, 3 blocks,
+               50 / 100 / 500 unlabeled shots, 3 seeds
+  ablations    each METHOD.md §8 switch against the default, at the MACs of dropping 1 and 3 blocks
+  correlation  Spearman of the synthetic-set score and of the few-shot loss with candidate test error
+  report       markdown tables from the results file
+
+Every finished cell is appended to OUT/results.jsonl and skipped on a rerun, so the grid resumes;
+`--part I/N` runs every N-th cell, for parallel processes.
+
+Example:  python tools/bench_compression.py grid --part 0/2 & python tools/bench_compression.py grid --part 1/2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import synth
+from dcvit.compress import compress
+from dcvit.config import ABLATIONS, BLOCK_DROP, CompressConfig
+from dcvit.data import eval_transform, few_shot_subset, load_dataset
+from dcvit.evaluate import evaluate, loader_for
+from dcvit.io import resolve_model
+from dcvit.macs import count_macs
+from dcvit.plan import default_candidates
+from dcvit.surgery import drop_blocks
+
+SEEDS = (2021, 2022, 2023)
+IMAGE_PASSES = 2000  # per progressive step, whatever the number of shots: equal compute for every cell
+
+
+def config_for(shots: int, seed: int, **changes) -> CompressConfig:
+    epochs = max(4, round(IMAGE_PASSES / shots))
+    return CompressConfig(epochs=epochs, trial_epochs=max(1, epochs // 4), seed=seed, progress=False, **changes)
+
+
+class Bench:
+    def __init__(self, out: Path):
+        self.out = out
+        self.results = out / "results.jsonl"
+        self.teacher = resolve_model("fmnist_vit12", weights="pretrained")
+        self.test = load_dataset("fashion-mnist", train=False, transform=eval_transform(self.teacher))
+        self.macs = count_macs(self.teacher)
+        blocks = default_candidates(len(self.teacher.blocks))
+        self.drop_macs = {k: count_macs(drop_blocks(self.teacher, blocks[:k])) for k in (1, 2, 3)}
+
+    def done(self) -> set[str]:
+        if not self.results.is_file():
+            return set()
+        return {json.loads(line)["cell"] for line in self.results.read_text().splitlines() if line.strip()}
+
+    def metric_set(self, seed: int, config: CompressConfig):
+        path = self.out / f"metric_set_{seed}"
+        if not (path / "meta.json").is_file():
+            start = time.perf_counter()
+            made = synth.synthesize(self.teacher, config.synth_images, iterations=config.synth_iterations,
+                                    warmup=max(1, config.synth_iterations // 20), seed=seed, progress=False)
+            made.save(path)
+            (self.out / f"metric_set_{seed}.seconds").write_text(f"{time.perf_counter() - start:.2f}\n")
+        return synth.load(path)
+
+    def run(self, cell: str, k: int, shots: int, seed: int, config: CompressConfig, workdir=None) -> dict:
+        start = time.perf_counter()
+        data = few_shot_subset("fashion-mnist", shots, seed, calibration_size=5000)
+        metric_set = None if config.metric == "train_loss" else self.metric_set(seed, config)
+        result = compress(self.teacher, self.drop_macs[k], data, config, workdir=workdir, metric_set=metric_set)
+        top1 = evaluate(result.model, loader_for(self.test), progress=False)["top1"]
+        row = {"cell": cell, "k": k, "shots": shots, "seed": seed, "top1": top1, "macs": result.macs,
+               "macs_fraction": result.macs / self.macs, "blocks": list(result.blocks),
+               "mlp_hidden": result.plan.mlp_hidden, "scores": {str(b): s for b, s in result.scores.items()},
+               "stage_seconds": result.seconds, "seconds": time.perf_counter() - start,
+               "images_per_second": [h.get("images_per_second") for h in result.history]}
+        with self.results.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"{cell}: top-1 {100 * top1:.2f}% at {100 * row['macs_fraction']:.1f}% MACs ({row['seconds']:.0f} s)", flush=True)
+        return row
+
+
+def cells(mode: str):
+    if mode == "grid":
+        for seed in SEEDS:
+            for shots in (50, 100, 500):
+                for k in (1, 2, 3):
+                    for method in ("dcvit", "drop"):
+                        yield f"grid/{method}/k{k}/s{shots}/seed{seed}", k, shots, seed, \
+                            config_for(shots, seed, **(BLOCK_DROP if method == "drop" else {}))
+    elif mode == "ablations":
+        for k in (1, 3):
+            for name, change in [("default", {})] + sorted(ABLATIONS.items()):
+                yield f"ablation/{name}/k{k}", k, 100, SEEDS[0], config_for(100, SEEDS[0], **change)
+
+
+def correlation(bench: Bench, k: int = 2, shots: int = 100) -> None:
+    """Paper Fig. 4: candidates' synthetic-set scores and few-shot losses against their real test error."""
+    from scipy.stats import spearmanr
+    from dcvit.fileio import read_json
+    from dcvit.io import load
+    seed = SEEDS[0]
+    workdir = bench.out / "correlation_run"
+    if not (workdir / "done").is_file():
+        import shutil
+        shutil.rmtree(workdir, ignore_errors=True)
+        bench.run(f"correlation/k{k}", k, shots, seed, config_for(shots, seed), workdir=workdir)
+        (workdir / "done").write_text("1")
+    rows = []
+    for meta_file in sorted(workdir.glob("trial-*/meta.json")):
+        meta = read_json(meta_file)
+        err = 1 - evaluate(load(meta_file.parent / "model"), loader_for(bench.test), progress=False)["top1"]
+        rows.append({"block": meta["block"], "kl": meta["kl"], "train_loss": meta["train_loss"], "test_error": err})
+    errors = [r["test_error"] for r in rows]
+    summary = {"k": k, "shots": shots, "seed": seed, "candidates": rows,
+               "spearman_kl": float(spearmanr([r["kl"] for r in rows], errors).statistic),
+               "spearman_train_loss": float(spearmanr([r["train_loss"] for r in rows], errors).statistic)}
+    (bench.out / "correlation.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+
+
+def report(out: Path) -> None:
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+    def stat(values):
+        values = [100 * v for v in values]
+        return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}" if values else "—"
+    print("| k (blocks dropped) | shots | MACs % | block dropping | DC-ViT (k+1 blocks) | DC-ViT − drop | seeds |")
+    print("|---|---|---|---|---|---|---|")
+    for k in (1, 2, 3):
+        for shots in (50, 100, 500):
+            get = lambda m: [r for r in rows if r["cell"].startswith(f"grid/{m}/k{k}/s{shots}/")]
+            d, c = get("drop"), get("dcvit")
+            if not d and not c:
+                continue
+            paired = {r["seed"]: r["top1"] for r in d}
+            diffs = [r["top1"] - paired[r["seed"]] for r in c if r["seed"] in paired]
+            macs = (c or d)[0]["macs_fraction"]
+            print(f"| {k} | {shots} | {100 * macs:.1f} | {stat([r['top1'] for r in d])} | {stat([r['top1'] for r in c])} "
+                  f"| {stat(diffs)} | {len(c)}/{len(d)} |")
+    ablations = [r for r in rows if r["cell"].startswith("ablation/")]
+    if ablations:
+        print("\n| switch | top-1 at drop-1 MACs | top-1 at drop-3 MACs |\n|---|---|---|")
+        names = sorted({r["cell"].split("/")[1] for r in ablations}, key=lambda n: (n != "default", n))
+        for name in names:
+            cell = {r["k"]: r["top1"] for r in ablations if r["cell"].split("/")[1] == name}
+            print(f"| {name} | " + " | ".join(f"{100 * cell[k]:.2f}" if k in cell else "—" for k in (1, 3)) + " |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("mode", choices=["grid", "ablations", "correlation", "report"])
+    p.add_argument("--out", default="runs/bench", type=Path)
+    p.add_argument("--part", default="0/1", help="I/N: run every N-th cell starting at I")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.mode == "report":
+        return report(args.out)
+    torch.set_num_threads(args.threads)
+    bench = Bench(args.out)
+    if args.mode == "correlation":
+        return correlation(bench)
+    index, parts = (int(x) for x in args.part.split("/"))
+    done = bench.done()
+    for i, (cell, k, shots, seed, config) in enumerate(cells(args.mode)):
+        if i % parts == index and cell not in done:
+            bench.run(cell, k, shots, seed, config)
+
+
+if __name__ == "__main__":
+    main()
