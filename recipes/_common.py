@@ -138,3 +138,32 @@ def family_table(summaries: list[dict]) -> str:
         lines.append(f"| {label(s['target'])} | {s['macs'] / 1e6:.2f}M | {100 * s['macs_fraction']:.1f}% | "
                      f"{', '.join(map(str, s['blocks']))} | {s['mlp_hidden_original']} -> {s['mlp_hidden']} |")
     return "\n".join(lines)
+
+
+def main_with_smoke(build_parser, run, argv: list[str] | None = None):
+    """Parse, then run for real or, with --smoke, on a tiny model and a generated ImageFolder."""
+    import tempfile
+
+    import _smoke
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    with user_errors(parser):
+        if not args.smoke:
+            return run(args, parser)
+        _smoke.setup()
+        with tempfile.TemporaryDirectory(prefix="dcvit-smoke-") as tmp:
+            return run(args, parser, _smoke.fake_imagefolder(tmp))
+
+
+def setup_run(args, parser, data_root: Path | None):
+    """(model, data spec, shots, config) for a real run or a smoke run; refuses an existing run without --resume."""
+    import _smoke
+    if args.smoke:
+        model, spec, shots = _smoke.tiny_model(seed=args.seed), f"imagefolder:{data_root}", _smoke.SHOTS
+        config = config_for(args, _smoke.shrink)
+    else:
+        spec, shots, config = data_spec(args, parser), args.shots, config_for(args)
+    check_fresh(Path(args.out) / "checkpoints", args.resume)
+    if not args.smoke:
+        model = load_pretrained(args.model)
+    return model, spec, shots, config

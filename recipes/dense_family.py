@@ -14,7 +14,6 @@ OUT/checkpoints (rerun with --resume after an interruption). `--smoke` checks th
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = str(Path(__file__).resolve().parent)
@@ -22,7 +21,6 @@ if HERE not in sys.path:  # the shared helpers next to this file, however the sc
     sys.path.insert(0, HERE)
 
 import _common as common  # noqa: E402
-import _smoke  # noqa: E402
 from dcvit.compress import compress_family, plan_for  # noqa: E402
 from dcvit.data import few_shot_subset  # noqa: E402
 from dcvit.fileio import write_json  # noqa: E402
@@ -46,14 +44,7 @@ def run(args, parser, data_root: Path | None = None) -> list[dict]:
     if len({common.label(t) for t in args.targets}) < len(args.targets):
         parser.error(f"--targets has duplicates: {' '.join(map(common.label, args.targets))}")
     out = Path(args.out)
-    if args.smoke:
-        model, spec, shots = _smoke.tiny_model(seed=args.seed), f"imagefolder:{data_root}", _smoke.SHOTS
-        config = common.config_for(args, _smoke.shrink)
-    else:
-        spec, shots, config = common.data_spec(args, parser), args.shots, common.config_for(args)
-    common.check_fresh(out / "checkpoints", args.resume)
-    if not args.smoke:
-        model = common.load_pretrained(args.model)
+    model, spec, shots, config = common.setup_run(args, parser, data_root)
     plans = [plan_for(model, t, config) for t in args.targets]  # fail on unreachable targets before data work
     for t, plan in zip(args.targets, plans):
         print(f"target {common.label(t)}: {plan.describe()}", flush=True)
@@ -69,14 +60,7 @@ def run(args, parser, data_root: Path | None = None) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    with common.user_errors(parser):
-        if not args.smoke:
-            return run(args, parser)
-        _smoke.setup()
-        with tempfile.TemporaryDirectory(prefix="dcvit-smoke-") as tmp:
-            return run(args, parser, _smoke.fake_imagefolder(tmp))
+    return common.main_with_smoke(build_parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ on the CPU. `--smoke` checks the wiring in seconds on a tiny random ViT.
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = str(Path(__file__).resolve().parent)
@@ -128,14 +127,7 @@ def run(args, parser, data_root: Path | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    with common.user_errors(parser):
-        if not args.smoke:
-            return run(args, parser)
-        _smoke.setup()
-        with tempfile.TemporaryDirectory(prefix="dcvit-smoke-") as tmp:
-            return run(args, parser, _smoke.fake_imagefolder(tmp))
+    return common.main_with_smoke(build_parser, run, argv)
 
 
 if __name__ == "__main__":

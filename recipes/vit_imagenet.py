@@ -12,7 +12,6 @@ The paper preset is long (2000 epochs per trial and per step): run it on a GPU.
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +20,6 @@ if HERE not in sys.path:  # the shared helpers next to this file, however the sc
     sys.path.insert(0, HERE)
 
 import _common as common  # noqa: E402
-import _smoke  # noqa: E402
 from dcvit.compress import compress, plan_for  # noqa: E402
 from dcvit.data import few_shot_subset  # noqa: E402
 
@@ -39,14 +37,7 @@ def build_parser() -> common.Parser:
 
 def run(args, parser, data_root: Path | None = None) -> dict:
     out = Path(args.out)
-    if args.smoke:
-        model, spec, shots = _smoke.tiny_model(seed=args.seed), f"imagefolder:{data_root}", _smoke.SHOTS
-        config = common.config_for(args, _smoke.shrink)
-    else:
-        spec, shots, config = common.data_spec(args, parser), args.shots, common.config_for(args)
-    common.check_fresh(out / "checkpoints", args.resume)
-    if not args.smoke:
-        model = common.load_pretrained(args.model)
+    model, spec, shots, config = common.setup_run(args, parser, data_root)
     plan = plan_for(model, args.target_macs, config)  # fails on unreachable targets before any data work
     print(f"plan: {plan.describe()}", flush=True)
     data = few_shot_subset(spec, shots, seed=args.seed)
@@ -64,14 +55,7 @@ def run(args, parser, data_root: Path | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    with common.user_errors(parser):
-        if not args.smoke:
-            return run(args, parser)
-        _smoke.setup()
-        with tempfile.TemporaryDirectory(prefix="dcvit-smoke-") as tmp:
-            return run(args, parser, _smoke.fake_imagefolder(tmp))
+    return common.main_with_smoke(build_parser, run, argv)
 
 
 if __name__ == "__main__":

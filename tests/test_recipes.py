@@ -107,7 +107,7 @@ def test_dense_family_bad_input(tmp_path, capsys, argv, fragment):
 
 
 def test_saver_for_cascade_smoke(tmp_path, capsys):
-    extra = dcvit.save(load_recipe("vit_imagenet")._smoke.tiny_model(depth=2, seed=1), tmp_path / "extra")
+    extra = dcvit.save(load_recipe("saver_for_cascade")._smoke.tiny_model(depth=2, seed=1), tmp_path / "extra")
     out = tmp_path / "saver"
     result = load_recipe("saver_for_cascade").main(["--smoke", "--out", str(out), "--extra-savers", str(extra)])
     printed = capsys.readouterr().out
