@@ -5,6 +5,7 @@
                50 / 100 / 500 unlabeled shots, 3 seeds
   ablations    each METHOD.md §8 switch against the default, at the MACs of dropping 1 and 3 blocks
   correlation  Spearman of the synthetic-set score and of the few-shot loss with candidate test error
+  anatomy      per block, test top-1 without its attention / without its MLP / dropped (no fine-tuning)
   report       markdown tables from the results file
 
 Every finished cell is appended to OUT/results.jsonl and skipped on a rerun, so the grid resumes;
@@ -122,6 +123,30 @@ def correlation(bench: Bench, k: int = 2, shots: int = 100) -> None:
     print(json.dumps(summary, indent=2))
 
 
+def anatomy(bench: Bench) -> None:
+    """Without fine-tuning: what each block's attention, MLP and whole block are worth (test top-1 when removed).
+
+    DC-ViT's premise is that attention is the cheaper part to lose; this checks it on our teacher.
+    """
+    import copy
+    from dcvit.arch import get_adapter
+    from dcvit.surgery import compress_blocks
+    adapter = get_adapter(bench.teacher)
+    rows = []
+    for b in default_candidates(len(bench.teacher.blocks)):
+        hidden = adapter.mlp_hidden(adapter.blocks(bench.teacher)[b])
+        no_attn = compress_blocks(bench.teacher, {b: range(hidden)}, remove_attention=True)
+        no_mlp = copy.deepcopy(bench.teacher)
+        fc1, fc2 = adapter.mlp_linears(adapter.blocks(no_mlp)[b])
+        with torch.no_grad():  # the MLP branch outputs zero: the block keeps only its attention
+            fc2.weight.zero_(), fc2.bias.zero_() if fc2.bias is not None else None
+        models = {"no_attention": no_attn, "no_mlp": no_mlp, "dropped": drop_blocks(bench.teacher, [b])}
+        row = {"block": b, **{k: evaluate(m, loader_for(bench.test), progress=False)["top1"] for k, m in models.items()}}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    (bench.out / "anatomy.json").write_text(json.dumps(rows, indent=2))
+
+
 def report(out: Path) -> None:
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
     def stat(values):
@@ -151,7 +176,7 @@ def report(out: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["grid", "ablations", "correlation", "report"])
+    p.add_argument("mode", choices=["grid", "ablations", "correlation", "anatomy", "report"])
     p.add_argument("--out", default="runs/bench", type=Path)
     p.add_argument("--part", default="0/1", help="I/N: run every N-th cell starting at I")
     p.add_argument("--threads", type=int, default=1)
@@ -163,6 +188,8 @@ def main() -> None:
     bench = Bench(args.out)
     if args.mode == "correlation":
         return correlation(bench)
+    if args.mode == "anatomy":
+        return anatomy(bench)
     index, parts = (int(x) for x in args.part.split("/"))
     done = bench.done()
     for i, (cell, k, shots, seed, config) in enumerate(cells(args.mode)):
