@@ -20,8 +20,8 @@ from .compress import compress, compress_family
 from .config import BLOCK_DROP, CompressConfig
 from .data import eval_transform, few_shot_subset, load_dataset
 from .evaluate import evaluate, loader_for
-from .fileio import atomic_path, write_json
-from .io import resolve_model
+from .fileio import atomic_path, read_json, write_json
+from .io import load, resolve_model
 from .macs import count_macs
 from .plan import default_candidates
 from .plots import accuracy_vs_macs, metric_vs_error
@@ -97,15 +97,12 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings = DemoSetting
 def _candidate_study(teacher, out: Path, config: CompressConfig, target: int, images: int) -> dict:
     """Fig. 4 at our scale: do the trial's synthetic-set scores track the candidates' real test error?"""
     from .compress import plan_for
-    from .workspace import Workspace
     plan = plan_for(teacher, target, config)
     root = out / "checkpoints" / "dcvit"
     test = Subset(load_dataset("fashion-mnist", train=False, transform=eval_transform(teacher)), range(images))
     blocks, scores, losses, errors = [], [], [], []
     for b in plan.candidate_blocks:
         meta_dir = root / trial_key(plan, b, config.surgery)
-        from .fileio import read_json
-        from .io import load
         meta = read_json(meta_dir / "meta.json")
         blocks.append(b), scores.append(meta["score"]), losses.append(meta["train_loss"])
         errors.append(1 - evaluate(load(meta_dir / "model"), loader_for(test), progress=False)["top1"])

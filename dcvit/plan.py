@@ -40,6 +40,9 @@ class Plan:
         return max(1, math.floor(self.keep_ratio * hidden))
 
     def describe(self) -> str:
+        if self.mlp_hidden == 0:
+            return (f"drop {self.n_blocks} whole block(s); MACs {self.macs_original / 1e6:.2f}M -> "
+                    f"{self.macs_planned / 1e6:.2f}M ({100 * self.macs_planned / self.macs_original:.1f}%)")
         what = "attention removed" if self.remove_attention else "attention kept"
         return (f"compress {self.n_blocks} block(s), {what}, MLP {self.mlp_hidden_original} -> {self.mlp_hidden} units; "
                 f"MACs {self.macs_original / 1e6:.2f}M -> {self.macs_planned / 1e6:.2f}M "
