@@ -87,14 +87,20 @@ def main() -> None:
     p.add_argument("--data", default=str(DEBIAN_FMNIST), help="Fashion-MNIST root (idx files)")
     p.add_argument("--checkpoints", default="checkpoints", help="folder for per-epoch checkpoints")
     p.add_argument("--max-epochs-this-run", type=int, default=None, help="stop after this many epochs (resume later)")
+    p.add_argument("--start-from-shipped", action="store_true", help="initialise from the shipped weights (a second phase)")
+    p.add_argument("--distill", nargs="+", default=[], metavar="NAME",
+                   help="shipped models whose averaged softmax (temperature 2) is a soft target, weight --kd-weight")
+    p.add_argument("--kd-weight", type=float, default=0.5)
+    p.add_argument("--tag", default="", help="checkpoint folder suffix, e.g. -kd for a second phase")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     train, test = FashionMNIST(args.data, train=True), FashionMNIST(args.data, train=False)
-    model = timm.create_model(args.model)
+    model = timm.create_model(args.model, pretrained=args.start_from_shipped)
+    teachers = [timm.create_model(name, pretrained=True).eval().requires_grad_(False) for name in args.distill]
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    ckpt = Path(args.checkpoints) / args.model
+    ckpt = Path(args.checkpoints) / (args.model + args.tag)
     start, history = load_checkpoint(ckpt, model, optimizer)
     if start:
         print(f"resumed {args.model} after epoch {start}")
@@ -117,6 +123,11 @@ def main() -> None:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), train.targets[idx], label_smoothing=args.label_smoothing)
+            if teachers:  # knowledge distillation from the averaged soft predictions of frozen models
+                with torch.no_grad():
+                    soft = torch.stack([t(x).float().div(2.0).softmax(1) for t in teachers]).mean(0)
+                kd = F.kl_div(F.log_softmax(logits.float() / 2.0, 1), soft, reduction="batchmean") * 4.0
+                loss = (1 - args.kd_weight) * loss + args.kd_weight * kd
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
