@@ -31,6 +31,7 @@ class CompressConfig:
     # Selection (Eq. 6) on the synthetic metric set (Eq. 4-5)
     synth_images: int = 50
     synth_iterations: int = 200
+    synth_jitter: float = 1 / 28     # roll by up to this fraction of the side; 1 px at 28 (the reference: 30/224)
     candidate_blocks: Optional[tuple[int, ...]] = None
     # Algorithm 1 and its ablations (METHOD.md §8)
     surgery: str = "compress"        # "drop": the block-dropping baseline
@@ -52,6 +53,7 @@ class CompressConfig:
             (self.lr > 0 and self.weight_decay >= 0, "lr must be > 0 and weight_decay >= 0"),
             (self.clip_grad > 0, "clip_grad must be > 0"),
             (self.synth_images >= 1 and self.synth_iterations >= 1, "synth_images and synth_iterations must be >= 1"),
+            (0 <= self.synth_jitter < 1, "synth_jitter must be in [0, 1)"),
             (self.surgery in SURGERIES, f"surgery must be one of {SURGERIES}"),
             (self.metric in METRICS, f"metric must be one of {METRICS}"),
             (self.train_scope in SCOPES, f"train_scope must be one of {SCOPES}"),
@@ -78,7 +80,7 @@ class CompressConfig:
     def paper(cls, **changes) -> "CompressConfig":
         """The reference ImageNet settings (METHOD.md §4, §6)."""
         return cls(**{"epochs": 2000, "lr": 3e-5, "batch_size": 64, "augment": True, "loss_warmup": 0.01,
-                      "synth_iterations": 2000, **changes})
+                      "synth_iterations": 2000, "synth_jitter": 30 / 224, **changes})
 
 
 # The ablations of METHOD.md §8 (paper Tab. 6) as config changes relative to a base config.

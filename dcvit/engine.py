@@ -83,7 +83,7 @@ class Engine:
             iters = self.config.synth_iterations
             start = time.perf_counter()
             made = synth.synthesize(self.teacher, self.config.synth_images, iterations=iters,
-                                    warmup=max(1, iters // 20), seed=self.config.seed, progress=self.config.progress)
+                                    warmup=max(1, iters // 20), jitter=self.config.synth_jitter, seed=self.config.seed, progress=self.config.progress)
             self.timings["synth"] = time.perf_counter() - start
             made.save(path)
         self.accelerator.wait_for_everyone()

@@ -62,7 +62,8 @@ class Bench:
         if not (path / "meta.json").is_file():
             start = time.perf_counter()
             made = synth.synthesize(self.teacher, config.synth_images, iterations=config.synth_iterations,
-                                    warmup=max(1, config.synth_iterations // 20), seed=seed, progress=False)
+                                    warmup=max(1, config.synth_iterations // 20), jitter=config.synth_jitter, seed=seed,
+                                    progress=False)
             made.save(path)
             (self.out / f"metric_set_{seed}.seconds").write_text(f"{time.perf_counter() - start:.2f}\n")
         return synth.load(path)
