@@ -44,6 +44,6 @@ def test_synthetic_set_from_the_teacher_is_classified_as_its_labels():
     import synth
     teacher = timm.create_model("fmnist_vit12", pretrained=True).eval()
     # jitter 1 px: the setting measured for this 28x28 teacher (CompressConfig.synth_jitter; BENCHMARKS.md)
-    made = synth.synthesize(teacher, 20, iterations=60, warmup=3, jitter=1 / 28, seed=0, progress=False)
-    control = synth.synthesize(teacher, 20, iterations=60, warmup=3, jitter=1 / 28, seed=0, lr=0.0, progress=False)
-    assert _hit_rate(teacher, made) >= 0.9 and _hit_rate(teacher, control) <= 0.4
+    made = synth.synthesize(teacher, 20, iterations=100, warmup=5, jitter=1 / 28, seed=0, progress=False)
+    control = synth.synthesize(teacher, 20, iterations=100, warmup=5, jitter=1 / 28, seed=0, lr=0.0, progress=False)
+    assert _hit_rate(teacher, made) >= 0.85 and _hit_rate(teacher, control) <= 0.3
