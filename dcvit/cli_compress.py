@@ -16,7 +16,8 @@ def _engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shots", type=int, default=100, help="number of unlabeled images (default 100)")
     p.add_argument("--out", required=True, help="output folder: the model (dcvit.load-able), result.json, checkpoints")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"mimicking epochs per step (default {d.epochs})")
-    p.add_argument("--trial-epochs", type=int, help="epochs per block-wise trial candidate (default: --epochs)")
+    p.add_argument("--trial-epochs", type=int, default=d.trial_epochs,
+                   help=f"epochs per block-wise trial candidate (default {d.trial_epochs})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr})")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--augment", action="store_true", help="RandomResizedCrop + flip + RandAugment on the few shots")

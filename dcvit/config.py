@@ -19,8 +19,8 @@ PRECISIONS = ("no", "bf16", "fp16")
 @dataclass(frozen=True)
 class CompressConfig:
     # Feature mimicking (Eq. 3)
-    epochs: int = 40                 # per progressive step; one epoch = one pass over the few-shot set
-    trial_epochs: Optional[int] = None  # per block-wise trial candidate (default: same as epochs)
+    epochs: int = 20                 # per progressive step; one epoch = one pass over the few-shot set
+    trial_epochs: Optional[int] = 5  # per block-wise trial candidate (None: same as epochs)
     batch_size: int = 64
     lr: float = 3e-4
     weight_decay: float = 1e-4
@@ -79,7 +79,7 @@ class CompressConfig:
     @classmethod
     def paper(cls, **changes) -> "CompressConfig":
         """The reference ImageNet settings (METHOD.md §4, §6)."""
-        return cls(**{"epochs": 2000, "lr": 3e-5, "batch_size": 64, "augment": True, "loss_warmup": 0.01,
+        return cls(**{"epochs": 2000, "trial_epochs": None, "lr": 3e-5, "batch_size": 64, "augment": True, "loss_warmup": 0.01,
                       "synth_iterations": 2000, "synth_jitter": 30 / 224, **changes})
 
 
