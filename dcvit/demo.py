@@ -141,7 +141,7 @@ def _figures(out: Path, study, report: dict, teacher_macs: int) -> list[str]:
               "block dropping": [(r["macs"], r["top1"]) for r in report["block_drop"]]}
     for name, c in report["companions"].items():
         series[name] = [(c["macs"], c["top1"])]
-    series["cascade (calibrated, lossless)"] = [(report["cascade"]["macs_per_sample"], report["cascade"]["top1"])]
+    series["cascade (lossless on calibration split)"] = [(report["cascade"]["macs_per_sample"], report["cascade"]["top1"])]
     a = accuracy_vs_macs(series, (teacher_macs, report["teacher"]["top1"]), out / "accuracy_vs_macs.png",
                          "Fashion-MNIST test set, fmnist_vit12 compressed with few unlabeled shots")
     b = cascade.plot_curves(study.curves, study.accuracy[TEACHER], study.costs[TEACHER], out / "cascade_curves.png")
