@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import dcvit  # noqa: F401  registers the models
-from dcvit.data import DEBIAN_FMNIST, FashionMNIST
+from dcvit.data import DEBIAN_FMNIST, FashionMNIST, calibration_indices
 from dcvit.fileio import optimizer_tensors, read_json, read_tensors, restore_optimizer, write_json, write_tensors
 from dcvit.models import FMNIST_MEAN, FMNIST_STD, weights_path
 
@@ -92,11 +92,18 @@ def main() -> None:
                    help="shipped models whose averaged softmax (temperature 2) is a soft target, weight --kd-weight")
     p.add_argument("--kd-weight", type=float, default=0.5)
     p.add_argument("--tag", default="", help="checkpoint folder suffix, e.g. -kd for a second phase")
+    p.add_argument("--exclude-calibration", type=int, default=0, metavar="N",
+                   help="leave out the N-image calibration split (dcvit.data.calibration_indices, seed 0) so cascade "
+                        "calibration sees images the model never trained on")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     train, test = FashionMNIST(args.data, train=True), FashionMNIST(args.data, train=False)
+    if args.exclude_calibration:
+        keep = torch.ones(len(train), dtype=torch.bool)
+        keep[calibration_indices(len(train), args.exclude_calibration, seed=0)] = False
+        train.images, train.targets = train.images[keep], train.targets[keep]
     model = timm.create_model(args.model, pretrained=args.start_from_shipped)
     teachers = [timm.create_model(name, pretrained=True).eval().requires_grad_(False) for name in args.distill]
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
