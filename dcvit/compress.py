@@ -89,12 +89,11 @@ def _run(engine: Engine, plan: Plan) -> CompressionResult:
     timings["trials"] = time.perf_counter() - start
     order = rank(trials)[:plan.n_blocks]
     start = time.perf_counter()
+    step = _progressive if engine.config.progressive else _all_at_once
     if engine.accelerator.is_main_process:
-        step = _progressive if engine.config.progressive else _all_at_once
         model, history = step(engine, plan, order)
     engine.accelerator.wait_for_everyone()
-    if not engine.accelerator.is_main_process:  # the other processes read the main process's result
-        step = _progressive if engine.config.progressive else _all_at_once
+    if not engine.accelerator.is_main_process:  # the steps are checkpointed: this only reads the main process's result
         model, history = step(engine, plan, order)
     timings["progressive"] = time.perf_counter() - start
     return CompressionResult(model=model, plan=plan, blocks=tuple(order),

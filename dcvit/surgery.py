@@ -78,18 +78,22 @@ def _edited_copy(model: nn.Module) -> nn.Module:
     return new
 
 
-def compress_blocks(model: nn.Module, units: Mapping[int, Sequence[int]], remove_attention: bool = True) -> nn.Module:
-    """A copy of `model` with each block i in `units` compressed to keep the MLP units units[i]."""
+def _compress_in_place(model: nn.Module, units: Mapping[int, Sequence[int]], remove_attention: bool) -> nn.Module:
     adapter = get_adapter(model)
-    new = _edited_copy(model)
-    num_blocks = len(adapter.blocks(new))
+    num_blocks = len(adapter.blocks(model))
     for i, kept in sorted(units.items()):
         if not 0 <= i < num_blocks:
             raise ValueError(f"block {i} out of range: the model has blocks 0..{num_blocks - 1}")
         kept = sorted(int(u) for u in kept)
-        adapter.set_block(new, i, compressed_block(adapter, adapter.blocks(new)[i], kept, remove_attention))
-        new.dcvit_edits.append({"op": "compress", "block": i, "remove_attention": remove_attention, "kept_units": kept})
-    return new
+        adapter.set_block(model, i, compressed_block(adapter, adapter.blocks(model)[i], kept, remove_attention))
+        model.dcvit_edits.append({"op": "compress", "block": i, "remove_attention": remove_attention, "kept_units": kept})
+    return model
+
+
+def compress_blocks(model: nn.Module, units: Mapping[int, Sequence[int]], remove_attention: bool = True) -> nn.Module:
+    """A copy of `model` with each block i in `units` compressed to keep the MLP units units[i]."""
+    get_adapter(model)  # fail on unsupported models before copying them
+    return _compress_in_place(_edited_copy(model), units, remove_attention)
 
 
 def apply_plan(model: nn.Module, plan, blocks: Iterable[int], seed: int = 0,
@@ -111,26 +115,31 @@ def apply_plan(model: nn.Module, plan, blocks: Iterable[int], seed: int = 0,
     return compress_blocks(model, chosen, plan.remove_attention)
 
 
-def drop_blocks(model: nn.Module, blocks: Iterable[int]) -> nn.Module:
-    """The block-dropping baseline (PRACTISE): a copy of `model` with whole blocks replaced by identity."""
+def _drop_in_place(model: nn.Module, blocks: Iterable[int]) -> nn.Module:
     adapter = get_adapter(model)
-    new = _edited_copy(model)
-    num_blocks = len(adapter.blocks(new))
+    num_blocks = len(adapter.blocks(model))
     for b in sorted({int(b) for b in blocks}):
         if not 0 <= b < num_blocks:
             raise ValueError(f"block {b} out of range: the model has blocks 0..{num_blocks - 1}")
-        adapter.set_block(new, b, nn.Identity())
-        new.dcvit_edits.append({"op": "drop", "block": b})
-    return new
+        adapter.set_block(model, b, nn.Identity())
+        model.dcvit_edits.append({"op": "drop", "block": b})
+    return model
+
+
+def drop_blocks(model: nn.Module, blocks: Iterable[int]) -> nn.Module:
+    """The block-dropping baseline (PRACTISE): a copy of `model` with whole blocks replaced by identity."""
+    get_adapter(model)
+    return _drop_in_place(_edited_copy(model), blocks)
 
 
 def replay_edits(model: nn.Module, edits: Sequence[Mapping]) -> nn.Module:
-    """Re-apply recorded edits (from a model file) to a freshly built base model."""
+    """Re-apply recorded edits (from a model file) to a freshly built base model, in place (no copies)."""
+    model.dcvit_edits = list(getattr(model, "dcvit_edits", []))
     for edit in edits:
         if edit["op"] == "compress":
-            model = compress_blocks(model, {edit["block"]: edit["kept_units"]}, edit["remove_attention"])
+            _compress_in_place(model, {edit["block"]: edit["kept_units"]}, edit["remove_attention"])
         elif edit["op"] == "drop":
-            model = drop_blocks(model, [edit["block"]])
+            _drop_in_place(model, [edit["block"]])
         else:
             raise ValueError(f"unknown edit '{edit['op']}' in model file; accepted: compress, drop")
     return model
