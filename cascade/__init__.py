@@ -6,6 +6,7 @@ Costs are plain numbers (MACs per sample) given by the caller; confidence = max 
 exits at a stage when confidence >= that stage's threshold.
 """
 from .calibration import Calibration, SweepResult, calibrate, sweep
+from .inference import prepare_for_inference
 from .record import Recorded, record
 from .report import format_table, plot_curves, report_table
 from .routing import Cascade, CascadeStats
@@ -13,6 +14,6 @@ from .saver import SaverRow, delta_cost, match_ratio, select_saver
 
 __all__ = [
     "Calibration", "Cascade", "CascadeStats", "Recorded", "SaverRow", "SweepResult",
-    "calibrate", "delta_cost", "format_table", "match_ratio", "plot_curves", "record", "report_table",
-    "select_saver", "sweep",
+    "calibrate", "delta_cost", "format_table", "match_ratio", "plot_curves", "prepare_for_inference", "record",
+    "report_table", "select_saver", "sweep",
 ]

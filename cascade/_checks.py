@@ -74,6 +74,16 @@ def check_fraction(value: float, what: str) -> float:
     return v
 
 
+def check_confidence(confidence: float | None) -> float | None:
+    if confidence is None:
+        return None
+    c = _as_float(confidence, "confidence")
+    if not 0.5 <= c < 1.0:
+        raise ValueError(f"confidence={c!r} is outside [0.5, 1); accepted: None (compare measured accuracies) "
+                         f"or a one-sided confidence level such as 0.95")
+    return c
+
+
 def check_grid_size(grid_size: int) -> int:
     if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 2:
         raise ValueError(f"grid_size must be an int >= 2 (threshold values per stage), got {grid_size!r}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Sequence
 
 import torch
@@ -49,10 +50,13 @@ def _prefix(t: torch.Tensor, dims: range) -> torch.Tensor:
 @dataclass(frozen=True)
 class _Candidates:
     """Every threshold tuple of the product of per-stage grids (grids[i]: stage i, ascending), with its
-    correct count, per-stage exit counts and total cost (sum over samples), all of shape G_0 x ... x G_{S-2}."""
+    correct count, per-stage exit counts, total cost (sum over samples) and disagreement count (samples
+    whose answering model is right where the big model is wrong or the reverse), all of shape
+    G_0 x ... x G_{S-2}."""
 
     grids: list[torch.Tensor]
     correct: torch.Tensor  # int64
+    differ: torch.Tensor  # int64
     exits: torch.Tensor  # int64, S x G_0 x ... x G_{S-2}
     cost: torch.Tensor  # float64
 
@@ -78,7 +82,7 @@ def _grid_candidates(conf: torch.Tensor, correct: torch.Tensor, costs: Sequence[
     free = n_stages - 1
     sizes = [g.numel() for g in grids]
     bins = [torch.searchsorted(grids[i], conf[i], right=True) for i in range(free)]  # 0..G_i
-    exits, right = [], []
+    exits, right, differ = [], [], []
     for i in range(n_stages):
         axes = min(i + 1, free)  # the last stage is decided by the earlier axes only
         shape = [size + 1 for size in sizes[:axes]]
@@ -86,7 +90,8 @@ def _grid_candidates(conf: torch.Tensor, correct: torch.Tensor, costs: Sequence[
         for a in range(axes):
             flat = flat * shape[a] + bins[a]
         per_stage = []
-        for weight in (torch.ones(n, dtype=torch.long), correct[i].long()):
+        weights = (torch.ones(n, dtype=torch.long), correct[i].long(), (correct[i] != correct[-1]).long())
+        for weight in weights:
             hist = torch.zeros(math.prod(shape), dtype=torch.long).index_add_(0, flat, weight).view(shape)
             if i < free:
                 hist = _suffix(_prefix(hist, range(i)), i)
@@ -95,13 +100,14 @@ def _grid_candidates(conf: torch.Tensor, correct: torch.Tensor, costs: Sequence[
             per_stage.append(hist.reshape(hist.shape + (1,) * (free - hist.ndim)).expand(sizes))
         exits.append(per_stage[0])
         right.append(per_stage[1])
+        differ.append(per_stage[2])
     # Sum of (samples reaching stage i) x cost_i, in the same order as CascadeStats.avg_cost.
     cost = torch.zeros(sizes, dtype=torch.float64)
     reach = torch.full(sizes, n, dtype=torch.long)
     for i in range(n_stages):
         cost = cost + reach.double() * costs[i]
         reach = reach - exits[i]
-    return _Candidates(list(grids), torch.stack(right).sum(0), torch.stack(exits), cost)
+    return _Candidates(list(grids), torch.stack(right).sum(0), torch.stack(differ).sum(0), torch.stack(exits), cost)
 
 
 def _candidates(conf: torch.Tensor, correct: torch.Tensor, costs: Sequence[float], grid_size: int) -> _Candidates:
@@ -119,11 +125,35 @@ def _min_correct(big_correct: int, max_acc_drop: float, n: int) -> int:
     return math.ceil(big_correct - max_acc_drop * n - 1e-9)
 
 
-def _pick_cheapest(cands: _Candidates, min_correct: int) -> int | None:
-    """Flat index of the cheapest candidate with >= min_correct; ties: more accurate, then larger thresholds
+def _lower_bound(gain: torch.Tensor, differ: torch.Tensor, n: int, confidence: float) -> torch.Tensor:
+    """One-sided lower confidence bound on (cascade accuracy - big accuracy) from paired per-sample outcomes.
+
+    Per sample the difference d is +1 (cascade right, big wrong), -1 (the reverse) or 0, so with
+    gain = sum d and differ = sum d^2 the sample mean and variance follow from two counts; the bound is
+    mean - z * std / sqrt(n) (normal approximation, fine for splits of hundreds of samples or more).
+    """
+    z = NormalDist().inv_cdf(confidence)
+    gain, differ = gain.double(), differ.double()
+    var = (differ - gain * gain / n).clamp_min(0.0) / max(n - 1, 1)
+    return gain / n - z * (var / n).sqrt()
+
+
+def _feasible(correct: torch.Tensor, differ: torch.Tensor, big_correct: int, n: int, max_acc_drop: float,
+              confidence: float | None) -> torch.Tensor:
+    """Which operating points (correct and disagreement counts, any shape) keep accuracy within max_acc_drop
+    of the big model: as measured (confidence None), or with that one-sided confidence given the split's
+    size (see _lower_bound)."""
+    if confidence is None:
+        return correct >= _min_correct(big_correct, max_acc_drop, n)
+    # The epsilon keeps a zero-difference point (bound exactly 0) feasible at max_acc_drop = 0.
+    return _lower_bound(correct - big_correct, differ, n, confidence) >= -max_acc_drop - 1e-12
+
+
+def _pick_cheapest(cands: _Candidates, feasible: torch.Tensor) -> int | None:
+    """Flat index of the cheapest feasible candidate; ties: more accurate, then larger thresholds
     (on unseen data a larger threshold lets fewer samples exit early, the safer side)."""
     correct, cost = cands.correct.flatten(), cands.cost.flatten()
-    ok = correct >= min_correct
+    ok = feasible.flatten().clone()
     if not bool(ok.any()):
         return None
     ok &= cost == cost[ok].min()
@@ -132,11 +162,13 @@ def _pick_cheapest(cands: _Candidates, min_correct: int) -> int | None:
 
 
 def _evaluate(conf: torch.Tensor, correct: torch.Tensor, costs: Sequence[float] | None,
-              thresholds: Sequence[float]) -> tuple[int, CascadeStats]:
-    """Correct count and statistics of fixed thresholds, vectorised over samples (loop over stages only)."""
+              thresholds: Sequence[float]) -> tuple[int, int, CascadeStats]:
+    """Correct count, disagreement count with the big model and statistics of fixed thresholds,
+    vectorised over samples (loop over stages only)."""
     n_stages, n = conf.shape
     stage = torch.full((n,), n_stages - 1, dtype=torch.long)
     for i in reversed(range(n_stages - 1)):  # reversed so the earliest confident stage wins
         stage = torch.where(conf[i] >= thresholds[i], i, stage)
-    n_correct = int(correct.gather(0, stage[None]).sum())
-    return n_correct, CascadeStats.from_counts(torch.bincount(stage, minlength=n_stages).tolist(), costs)
+    answered = correct.gather(0, stage[None])[0]
+    n_correct, n_differ = int(answered.sum()), int((answered != correct[-1]).sum())
+    return n_correct, n_differ, CascadeStats.from_counts(torch.bincount(stage, minlength=n_stages).tolist(), costs)

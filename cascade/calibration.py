@@ -13,9 +13,9 @@ from typing import Sequence
 
 import torch
 
-from ._checks import (check_big_cost, check_costs, check_fraction, check_grid_size, check_stage_probs,
-                      conf_correct)
-from ._search import _candidates, _evaluate, _exact_grid, _grid_candidates, _min_correct, _pick_cheapest
+from ._checks import (check_big_cost, check_confidence, check_costs, check_fraction, check_grid_size,
+                      check_stage_probs, conf_correct)
+from ._search import _candidates, _evaluate, _exact_grid, _feasible, _grid_candidates, _lower_bound, _pick_cheapest
 
 
 @dataclass(frozen=True)
@@ -36,11 +36,14 @@ class Calibration:
     cascade costs more than the big model alone, e.g. in the fallback.
     fallback: every threshold is 1.0, i.e. no cheaper routing kept accuracy within max_acc_drop and all
     samples go to the big model (cost = sum of all costs, unless some confidences are exactly 1.0).
-    meets_tolerance: calibration accuracy >= big's calibration accuracy - max_acc_drop.
+    meets_tolerance: calibration accuracy >= big's calibration accuracy - max_acc_drop; with a confidence,
+    the one-sided lower bound on (cascade - big) calibration accuracy, calib_lower_bound, is >= -max_acc_drop.
     """
 
     thresholds: tuple[float, ...]
     max_acc_drop: float
+    confidence: float | None
+    calib_lower_bound: float | None
     big_cost: float
     calib_accuracy: float
     calib_avg_cost: float
@@ -87,11 +90,17 @@ def sweep(stage_probs: Sequence[torch.Tensor], labels: torch.Tensor, costs: Sequ
 
 def calibrate(calib_probs: Sequence[torch.Tensor], calib_labels: torch.Tensor, costs: Sequence[float],
               max_acc_drop: float = 0.0, test_probs: Sequence[torch.Tensor] | None = None,
-              test_labels: torch.Tensor | None = None, *, grid_size: int = 100) -> Calibration:
+              test_labels: torch.Tensor | None = None, *, confidence: float | None = None,
+              grid_size: int = 100) -> Calibration:
     """Cheapest thresholds whose calibration accuracy >= big-alone calibration accuracy - max_acc_drop.
 
     calib_probs / test_probs: one N x K probability tensor per model, cheapest first, big last.
-    max_acc_drop: a fraction (0.01 = one accuracy point; 0 = lossless). 2 models: exact search over
+    max_acc_drop: a fraction (0.01 = one accuracy point; 0 = lossless).
+    confidence: None compares the measured calibration accuracies, so the cheapest feasible point sits where
+    the noisy accuracy curve first touches the tolerance and new data lands on either side of it about
+    equally often. A level such as 0.95 instead requires the one-sided lower confidence bound on the paired
+    accuracy difference (cascade - big, per sample) to be >= -max_acc_drop: the tolerance then holds on new
+    data from the same distribution with that confidence, at the price of a larger threshold. 2 models: exact search over
     every observed confidence. N models: product of per-stage grids (all distinct confidences, or
     grid_size quantiles when there are more); time and memory grow as grid_size ** (N - 1), fine for
     N <= 4.
@@ -101,6 +110,7 @@ def calibrate(calib_probs: Sequence[torch.Tensor], calib_labels: torch.Tensor, c
     costs = check_costs(costs, len(probs), required=True)
     big_cost = check_big_cost(costs)
     drop = check_fraction(max_acc_drop, "max_acc_drop")
+    confidence = check_confidence(confidence)
     check_grid_size(grid_size)
     if (test_probs is None) != (test_labels is None):
         raise ValueError("give both test_probs and test_labels, or neither")
@@ -112,15 +122,20 @@ def calibrate(calib_probs: Sequence[torch.Tensor], calib_labels: torch.Tensor, c
 
     conf, correct = conf_correct(probs, labels)
     n = labels.numel()
-    min_correct = _min_correct(int(correct[-1].sum()), drop, n)
+    big_correct = int(correct[-1].sum())
     cands = _candidates(conf, correct, costs, grid_size)
-    k = _pick_cheapest(cands, min_correct)
+    k = _pick_cheapest(cands, _feasible(cands.correct, cands.differ, big_correct, n, drop, confidence))
     thresholds = cands.thresholds(k) if k is not None else (1.0,) * (len(probs) - 1)
-    n_correct, stats = _evaluate(conf, correct, costs, thresholds)
-    meets = n_correct >= min_correct
+    n_correct, n_differ, stats = _evaluate(conf, correct, costs, thresholds)
+    chosen_correct, chosen_differ = torch.tensor(n_correct), torch.tensor(n_differ)
+    meets = bool(_feasible(chosen_correct, chosen_differ, big_correct, n, drop, confidence))
+    bound = None if confidence is None else float(_lower_bound(chosen_correct - big_correct, chosen_differ, n,
+                                                                confidence))
     fallback = all(t == 1.0 for t in thresholds)
     if not fallback:
         note = f"cheapest thresholds within {drop * 100:g} accuracy points of the big model on calibration data"
+        if confidence is not None:
+            note += f" with {confidence:.0%} one-sided confidence"
     elif meets:
         note = ("no cheaper thresholds stay within tolerance: thresholds 1.0 send everything to the big model "
                 "(cost = sum of all costs)")
@@ -134,11 +149,12 @@ def calibrate(calib_probs: Sequence[torch.Tensor], calib_labels: torch.Tensor, c
     if test_probs is not None:
         t_conf, t_correct = conf_correct(test_probs, test_labels)
         t_n = test_labels.numel()
-        t_right, t_stats = _evaluate(t_conf, t_correct, costs, thresholds)
+        t_right, _, t_stats = _evaluate(t_conf, t_correct, costs, thresholds)
         test = dict(test_accuracy=t_right / t_n, test_avg_cost=t_stats.avg_cost,
                     test_big_accuracy=int(t_correct[-1].sum()) / t_n,
                     test_cost_reduction=1.0 - t_stats.avg_cost / big_cost, test_exit_ratios=t_stats.exit_ratios)
-    return Calibration(thresholds=thresholds, max_acc_drop=drop, big_cost=big_cost, calib_accuracy=n_correct / n,
-                       calib_avg_cost=stats.avg_cost, calib_big_accuracy=int(correct[-1].sum()) / n,
+    return Calibration(thresholds=thresholds, max_acc_drop=drop, confidence=confidence, calib_lower_bound=bound,
+                       big_cost=big_cost, calib_accuracy=n_correct / n,
+                       calib_avg_cost=stats.avg_cost, calib_big_accuracy=big_correct / n,
                        calib_cost_reduction=1.0 - stats.avg_cost / big_cost, calib_exit_ratios=stats.exit_ratios,
                        meets_tolerance=meets, fallback=fallback, note=note, **test)

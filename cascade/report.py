@@ -15,7 +15,7 @@ import torch
 
 from ._checks import (check_big_cost, check_costs, check_fraction, check_grid_size, check_stage_probs,
                       conf_correct)
-from ._search import _candidates, _evaluate, _min_correct, _pick_cheapest
+from ._search import _candidates, _evaluate, _feasible, _pick_cheapest
 from .calibration import SweepResult
 
 
@@ -25,7 +25,7 @@ def _row(target: str, drop: float | None, thresholds: tuple[float, ...] | None, 
     if thresholds is None:  # no operating point meets this tolerance
         return dict(target=target, max_acc_drop=drop, accuracy=None, acc_drop=None, avg_cost=None,
                     cost_frac=None, thresholds=None, exit_ratios=None, feasible=False)
-    n_correct, stats = _evaluate(conf, correct, costs, thresholds)
+    n_correct, _, stats = _evaluate(conf, correct, costs, thresholds)
     return dict(target=target, max_acc_drop=drop, accuracy=n_correct / n, acc_drop=big_acc - n_correct / n,
                 avg_cost=stats.avg_cost, cost_frac=stats.avg_cost / costs[-1], thresholds=thresholds,
                 exit_ratios=stats.exit_ratios, feasible=True)
@@ -53,10 +53,10 @@ def report_table(stage_probs: Sequence[torch.Tensor], labels: torch.Tensor, cost
     rows = [dict(target="big model alone", max_acc_drop=None, accuracy=big_acc, acc_drop=0.0, avg_cost=big_cost,
                  cost_frac=1.0, thresholds=None, exit_ratios=None, feasible=True)]
     for d in drops:
-        k = _pick_cheapest(cands, _min_correct(big_correct, d, n))
+        k = _pick_cheapest(cands, _feasible(cands.correct, cands.differ, big_correct, n, d, confidence=None))
         rows.append(_row(f"drop <= {d * 100:g}%", d, None if k is None else cands.thresholds(k),
                          conf, correct, costs, big_acc))
-    best = _pick_cheapest(cands, int(cands.correct.max()))  # most accurate, then cheapest
+    best = _pick_cheapest(cands, cands.correct == cands.correct.max())  # most accurate, then cheapest
     rows.append(_row("best accuracy", None, cands.thresholds(best), conf, correct, costs, big_acc))
     return rows
 

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 import cascade  # noqa: E402
 import dcvit  # noqa: E402
-from dcvit.cli_cascade import study_markdown, study_summary  # noqa: E402
+from dcvit.cli_cascade import study_markdown, study_summary, tolerance_arguments  # noqa: E402
 from dcvit.companions import cascade_study  # noqa: E402
 from dcvit.compress import compress_family, plan_for  # noqa: E402
 from dcvit.data import few_shot_subset, parse_spec  # noqa: E402
@@ -49,8 +49,7 @@ def build_parser() -> common.Parser:
                    help="more candidates: timm names (pretrained) or dcvit.save directories")
     p.add_argument("--calibration-size", type=common.positive_int, default=5000,
                    help="held-out training images for saver choice and threshold calibration (default 5000)")
-    p.add_argument("--max-acc-drop", type=float, default=0.0,
-                   help="tolerated top-1 drop vs the big model, as a fraction (default 0: lossless)")
+    tolerance_arguments(p)
     p.add_argument("--speed-images", type=common.positive_int, default=2000,
                    help="test images for the timed cascade (default 2000)")
     common.add_run_arguments(p, shots=100)
@@ -77,8 +76,6 @@ def check_candidate(name: str, model: torch.nn.Module, big: torch.nn.Module) -> 
 
 
 def run(args, parser, data_root: Path | None = None) -> dict:
-    if not 0 <= args.max_acc_drop < 1:
-        parser.error(f"--max-acc-drop must be a fraction in [0, 1); got {args.max_acc_drop}")
     out, smoke = Path(args.out), args.smoke
     targets = args.targets or (SMOKE_TARGETS if smoke else TARGETS)
     if smoke:
@@ -112,7 +109,7 @@ def run(args, parser, data_root: Path | None = None) -> dict:
     print(common.family_table(summaries), flush=True)
     models = {big_name: big, **{m: r.model for m, r in zip(members, results)}, **extras}
     study = cascade_study(big_name, models, spec, calibration_size=calibration, seed=args.seed,
-                          max_acc_drop=args.max_acc_drop, progress=not smoke, **speed)
+                          max_acc_drop=args.max_acc_drop, confidence=args.confidence, progress=not smoke, **speed)
     write_json(out / "study.json", study_summary(study))
     (out / "report.md").write_text(study_markdown(study))
     cascade.plot_curves(study.curves, study.accuracy[big_name], study.costs[big_name], out / "curves.png")

@@ -509,6 +509,57 @@ def test_calibrate_tie_breaks_prefer_accuracy_then_larger_thresholds():
     assert cal3.thresholds == (pytest.approx(0.5), 1.0)
 
 
+def paired_lower_bound(probs, y, thresholds, confidence):
+    """Reference bound, sample by sample: mean - z * std / sqrt(n) of d = cascade right - big right."""
+    confs = [p.max(1).values.tolist() for p in probs]
+    right = [(p.argmax(1) == y).long().tolist() for p in probs]
+    d = []
+    for i in range(len(y)):
+        stage = next(s for s in range(len(probs)) if s == len(probs) - 1 or confs[s][i] >= thresholds[s])
+        d.append(right[stage][i] - right[-1][i])
+    d = torch.tensor(d, dtype=torch.float64)
+    z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(confidence, dtype=torch.float64))
+    return float(d.mean() - z * d.std() / math.sqrt(len(d)))
+
+
+@pytest.mark.parametrize("n_stages,confidence,drop", [(2, 0.95, 0.0), (2, 0.8, 0.02), (3, 0.9, 0.05)])
+def test_calibrate_with_confidence_matches_brute_force(n_stages, confidence, drop):
+    p, y = synthetic(60, 3, n_stages, seed=18)
+    costs = [1.0, 3.0, 10.0][-n_stages:]
+    cal = calibrate(p, y, costs, max_acc_drop=drop, confidence=confidence)
+    grids = [torch.unique(q.max(1).values).tolist() + [0.0, 1.0] for q in p[:-1]]
+    feasible = [cost for ts in itertools.product(*grids) for _, cost in [brute_force(p, y, costs, ts)]
+                if paired_lower_bound(p, y, ts, confidence) >= -drop - 1e-9]
+    assert min(feasible) < sum(costs)
+    assert cal.calib_avg_cost == pytest.approx(min(feasible))
+    assert cal.confidence == confidence and cal.meets_tolerance
+    assert cal.calib_lower_bound == pytest.approx(paired_lower_bound(p, y, cal.thresholds, confidence))
+    # The bound only removes operating points, so it never picks anything cheaper than the point rule.
+    assert cal.calib_avg_cost >= calibrate(p, y, costs, max_acc_drop=drop).calib_avg_cost
+
+
+def test_calibrate_confidence_rejects_a_tie_won_by_luck():
+    # The saver is right where the big model is wrong on 3 samples and the reverse on 3 others: the same
+    # measured accuracy, so the point rule sends everything to the saver; with 95% confidence those 6
+    # disagreements cannot rule out a loss, and only the 4 samples where both agree may exit.
+    y = torch.zeros(10, dtype=torch.long)
+    conf = [0.99, 0.98, 0.97, 0.96, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]
+    saver = probs_from(conf, [0, 0, 0, 0, 0, 0, 0, 1, 1, 1])
+    big = probs_from([0.9] * 10, [0, 0, 0, 0, 1, 1, 1, 0, 0, 0])
+    point = calibrate([saver, big], y, [1.0, 4.0])
+    assert point.calib_exit_ratios == (1.0, 0.0) and point.calib_accuracy == point.calib_big_accuracy
+    sure = calibrate([saver, big], y, [1.0, 4.0], confidence=0.95)
+    assert sure.thresholds == (pytest.approx(0.96),) and sure.calib_exit_ratios == (0.4, 0.6)
+    assert sure.calib_lower_bound == 0.0 and "95% one-sided confidence" in sure.note
+
+
+@pytest.mark.parametrize("confidence", [0.3, 1.0, "high", float("nan")])
+def test_calibrate_rejects_bad_confidence(confidence):
+    p, y = synthetic(20, 3, 2, seed=1)
+    with pytest.raises(ValueError, match="confidence"):
+        calibrate(p, y, [1.0, 2.0], confidence=confidence)
+
+
 # ------------------------------------------------------------------------------------------------ reports
 def test_report_table_rows_and_markdown():
     p, y = synthetic(150, 4, 2, seed=13)
@@ -594,3 +645,54 @@ def test_calibration_functions_reject_bad_inputs():
         delta_cost(p[0], p[1], y, saver_cost=1.0, big_cost=0.0)
     with pytest.raises(ValueError):
         cascade.report_table(p, y, [1.0, 2.0], drops=(1.5,))
+
+
+# ---------------------------------------------------------------------------------------------- inference
+class ConvBN(nn.Module):
+    def __init__(self, branchy: bool = False):
+        super().__init__()
+        self.branchy = branchy
+        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        if self.branchy and x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace this
+            x = x * 1.0
+        return self.head(self.features(x).mean((2, 3)))
+
+
+def trained_bn_model(branchy: bool = False) -> ConvBN:
+    torch.manual_seed(0)
+    model = ConvBN(branchy)
+    with torch.no_grad():
+        for _ in range(3):  # give the BatchNorm layers non-trivial running statistics
+            model(torch.randn(16, 1, 8, 8) * 2 + 0.5)
+    return model.train()
+
+
+def test_prepare_for_inference_folds_batch_norm_and_keeps_outputs():
+    model = trained_bn_model()
+    prepared = cascade.prepare_for_inference(model)
+    x = torch.randn(5, 1, 8, 8)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in prepared.modules())
+    assert model.training and any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # original untouched
+    assert not prepared.training
+    conv = next(m for m in prepared.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(prepared(x), model.eval()(x), rtol=1e-4, atol=1e-5)
+        casc = Cascade([prepared, prepared], [0.5])
+        torch.testing.assert_close(casc(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_prepare_for_inference_warns_and_keeps_an_untraceable_model():
+    model = trained_bn_model(branchy=True).eval()
+    with pytest.warns(UserWarning, match="unfolded"):
+        prepared = cascade.prepare_for_inference(model)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in prepared.modules())
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(prepared(x), model(x), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="nn.Module"):
+        cascade.prepare_for_inference(lambda x: x)
