@@ -130,9 +130,16 @@ def run_eval(args) -> None:
                        f"{result['params'] / 1e6:.3f}M params  {result['images_per_second']:.0f} img/s (batch {args.batch_size})")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr (exit 2), like every other dcvit error."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {' '.join(str(message).split())} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import cli_cascade, cli_compress, cli_demo  # noqa: F401  registers the engine, cascade and demo commands
-    parser = argparse.ArgumentParser(prog="dcvit", description="Few-shot compression of vision transformers "
+    parser = _Parser(prog="dcvit", description="Few-shot compression of vision transformers "
                                      "(DC-ViT) and cascades of compressed companions. See README.md.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, fill, run) in COMMANDS.items():
@@ -146,7 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     from . import cli_cascade, cli_compress, cli_demo  # noqa: F401  registers the engine, cascade and demo commands
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, or a usage error already printed in one line
+        return int(done.code or 0)
     from .arch import UnsupportedModelError
     try:
         args.run(args)

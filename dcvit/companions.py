@@ -6,6 +6,7 @@ The calibration split is a seeded held-out part of the *training* set; the test 
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
@@ -17,7 +18,7 @@ import cascade
 
 from .data import calibration_indices, eval_transform, load_dataset
 from .evaluate import loader_for
-from .macs import count_macs
+from .macs import count_macs, default_input_size
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,26 @@ class CascadeStudy:
     @property
     def saver(self) -> str:
         return self.ranking[0][0]
+
+
+def check_saver(name: str, model: nn.Module, big: nn.Module) -> None:
+    """Fail in one line if a saver cannot stand in for the big model: the cascade feeds both the same
+    batch, so the saver must take the big model's input and predict the same classes."""
+    x = torch.zeros(1, *default_input_size(big))
+    with torch.no_grad():
+        classes = big.eval()(x).shape[-1]
+        try:
+            out = model.eval()(x)
+        except Exception as err:  # any failure here means "wrong input", whatever the model raises
+            raise ValueError(f"saver {name} does not accept the big model's input {tuple(x.shape[1:])} "
+                             f"({type(err).__name__})") from None
+    if out.shape != (1, classes):
+        raise ValueError(f"saver {name} predicts {out.shape[-1]} classes; the big model predicts {classes}")
+    cfgs = [getattr(m, "pretrained_cfg", None) or {} for m in (model, big)]
+    norm = [tuple(cfg.get(k) or ()) for cfg in cfgs for k in ("mean", "std")]
+    if norm[:2] != norm[2:]:  # e.g. DeiT (ImageNet statistics) next to an augreg ViT (0.5, 0.5)
+        warnings.warn(f"saver {name} expects mean/std {norm[:2]}, but the study normalises with the big model's "
+                      f"{norm[2:]}; its accuracy may suffer", RuntimeWarning, stacklevel=2)
 
 
 def record_split(models: Mapping[str, nn.Module], dataset, batch_size: int = 256, progress: bool = True):
@@ -89,6 +110,9 @@ def cascade_study(big_name: str, models: Mapping[str, nn.Module], data: str = "f
     if big_name not in models or len(models) < 2:
         raise ValueError("give the big model and at least one saver")
     big = models[big_name]
+    for name, model in models.items():
+        if name != big_name:
+            check_saver(name, model, big)
     transform = eval_transform(big)
     train = load_dataset(data, train=True, transform=transform)
     calib = Subset(train, calibration_indices(len(train), calibration_size, seed))

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 import cascade  # noqa: E402
 import dcvit  # noqa: E402
 from dcvit.cli_cascade import study_markdown, study_summary, tolerance_arguments  # noqa: E402
-from dcvit.companions import cascade_study  # noqa: E402
+from dcvit.companions import cascade_study, check_saver  # noqa: E402
 from dcvit.compress import compress_family, plan_for  # noqa: E402
 from dcvit.data import few_shot_subset, parse_spec  # noqa: E402
 from dcvit.fileio import write_json  # noqa: E402
@@ -56,25 +56,6 @@ def build_parser() -> common.Parser:
     return p
 
 
-def check_candidate(name: str, model: torch.nn.Module, big: torch.nn.Module) -> None:
-    """Fail in one line, before any training, if a candidate cannot stand in for the big model."""
-    x = torch.zeros(1, *default_input_size(big))
-    with torch.no_grad():
-        classes = big.eval()(x).shape[-1]
-        try:
-            out = model.eval()(x)
-        except Exception as err:
-            raise ValueError(f"saver {name} does not accept the big model's input {tuple(x.shape[1:])} "
-                             f"({type(err).__name__})") from None
-    if out.shape != (1, classes):
-        raise ValueError(f"saver {name} predicts {out.shape[-1]} classes; the big model predicts {classes}")
-    cfgs = [getattr(m, "pretrained_cfg", None) or {} for m in (model, big)]
-    norm = [tuple(cfg.get(k) or ()) for cfg in cfgs for k in ("mean", "std")]
-    if norm[:2] != norm[2:]:  # e.g. DeiT (ImageNet statistics) next to an augreg ViT (0.5, 0.5)
-        print(f"note: saver {name} expects mean/std {norm[:2]}, but the study normalises with the big model's "
-              f"{norm[2:]}; its accuracy may suffer", file=sys.stderr)
-
-
 def run(args, parser, data_root: Path | None = None) -> dict:
     out, smoke = Path(args.out), args.smoke
     targets = args.targets or (SMOKE_TARGETS if smoke else TARGETS)
@@ -98,7 +79,7 @@ def run(args, parser, data_root: Path | None = None) -> dict:
     load = (lambda n: dcvit.resolve_model(n, weights="random")) if smoke else common.load_pretrained
     extras = {n: load(n) for n in args.extra_savers}
     for n, m in extras.items():
-        check_candidate(n, m, big)
+        check_saver(n, m, big)
     for n, t in members.items():  # fail on unreachable targets before any data work
         print(f"{n}: {plan_for(big, t, config).describe()}", flush=True)
     # The few shots come from the training split minus the calibration images, so the choice stays honest.

@@ -33,6 +33,8 @@ def test_macs_text(capsys):
     (["plan", "--model", "fmnist_vit12", "--target-macs", "lots"], "number"),
     (["plan", "--model", "no_such_model", "--target-macs", "0.5"], "unknown model"),
     (["macs", "--model", "fmnist_cnn"], "unsupported architecture"),
+    (["cascade", "--big", "fmnist_vit12", "--savers", "fmnist_cnn", "--confidence", "0.3"], "confidence level"),
+    (["cascade", "--big", "fmnist_vit12", "--savers", "fmnist_cnn", "--max-acc-drop", "2"], "fraction in [0, 1)"),
 ])
 def test_bad_input_one_line_error(capsys, argv, fragment):
     code, out, err = run_cli(capsys, *argv)
@@ -52,3 +54,12 @@ def test_bench_runs_and_reports_ratios(capsys):
     rows = json.loads(out)["rows"]
     assert code == 0 and [r["name"] for r in rows] == ["original", "drop1", "dcvit1"]
     assert abs(rows[1]["macs"] - rows[2]["macs"]) / rows[0]["macs"] < 0.01
+
+
+def test_cascade_refuses_a_saver_with_other_classes(capsys, tmp_path):
+    import timm
+    import dcvit
+    saver = dcvit.save(timm.create_model("fmnist_vit_tiny", num_classes=5), tmp_path / "five_classes")
+    code, _, err = run_cli(capsys, "cascade", "--big", "fmnist_vit12", "--savers", str(saver))
+    assert code == 2 and "predicts 5 classes; the big model predicts 10" in err
+    assert len(err.strip().splitlines()) == 1
