@@ -71,7 +71,7 @@ def _median(values: list[float]) -> float:
 
 @torch.inference_mode()
 def measure_speedup(saver: nn.Module, big: nn.Module, thresholds, images: torch.Tensor, batch_size: int,
-                    repeats: int = 7) -> dict:
+                    repeats: int = 7, prepare: bool = True) -> dict:
     """Wall-clock time of the cascade, of the big model alone and of the saver alone over `images`.
 
     All models are first made ready for inference the same way (cascade.prepare_for_inference: BatchNorm
@@ -79,8 +79,11 @@ def measure_speedup(saver: nn.Module, big: nn.Module, thresholds, images: torch.
     a slower copy. The three runs are interleaved and each time is the median of `repeats` passes, because
     a shared CPU's throughput drifts between passes. saver_speed_ratio = big time / saver time, the
     measured counterpart of the MACs ratio; exit_ratio is the share the saver answered.
+    prepare=False times the models as given (eval mode), to see what the preparation is worth.
     """
-    saver, big = cascade.prepare_for_inference(saver), cascade.prepare_for_inference(big)
+    if prepare:
+        saver, big = cascade.prepare_for_inference(saver), cascade.prepare_for_inference(big)
+    saver, big = saver.eval(), big.eval()
     runs = {"cascade": cascade.Cascade([saver, big], thresholds), "big": big, "saver": saver}
     timings = {name: [] for name in runs}
     for _ in range(repeats):

@@ -47,3 +47,27 @@ def test_synthetic_set_from_the_teacher_is_classified_as_its_labels():
     made = synth.synthesize(teacher, 20, iterations=100, warmup=5, jitter=1 / 28, seed=0, progress=False)
     control = synth.synthesize(teacher, 20, iterations=100, warmup=5, jitter=1 / 28, seed=0, lr=0.0, progress=False)
     assert _hit_rate(teacher, made) >= 0.85 and _hit_rate(teacher, control) <= 0.3
+
+
+@pytest.mark.parametrize("name", ["fmnist_cnn", "fmnist_vit12"])
+def test_prepared_shipped_model_answers_the_same(name):
+    import cascade
+    model = timm.create_model(name, pretrained=True).eval()
+    test = load_dataset("fashion-mnist", train=False, transform=eval_transform(model))
+    x = torch.stack([test[i][0] for i in range(256)])
+    prepared = cascade.prepare_for_inference(model)
+    with torch.no_grad():
+        torch.testing.assert_close(prepared(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_bench_cascade_tool_runs(capsys):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "tools" / "bench_cascade.py"
+    spec = importlib.util.spec_from_file_location("bench_cascade", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(["--calibration-size", "400", "--images", "64", "--batch-sizes", "32", "--repeats", "1",
+                      "--threads", str(torch.get_num_threads())]) == 0  # keep the suite's thread count
+    out = capsys.readouterr().out
+    assert "fmnist_cnn -> fmnist_vit12" in out and len(out.strip().splitlines()) == 4

@@ -1,0 +1,77 @@
+#!/usr/bin/env python
+"""Wall-clock speed-up of a calibrated little -> big cascade against the big model alone, with and without
+cascade.prepare_for_inference, next to the speed-up MACs predict (issue 6's "measured, not only counted").
+
+Calibrates the threshold as `dcvit cascade` does (held-out training split, --max-acc-drop, --confidence), then
+times the cascade, the big model and the saver on test images, interleaved, medians of --repeats passes.
+
+Example (the BENCHMARKS.md entry):
+    python tools/bench_cascade.py --big fmnist_vit12 --saver fmnist_cnn --batch-sizes 256 1 --repeats 9
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+from torch.utils.data import Subset
+
+import cascade
+from dcvit.cli_cascade import tolerance_arguments
+from dcvit.companions import measure_speedup, record_split
+from dcvit.data import calibration_indices, eval_transform, load_dataset
+from dcvit.io import resolve_model
+from dcvit.macs import count_macs
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--big", default="fmnist_vit12")
+    p.add_argument("--saver", default="fmnist_cnn")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--calibration-size", type=int, default=5000)
+    p.add_argument("--images", type=int, default=2000, help="test images timed (batch 1: a quarter of them)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1])
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", action="store_true")
+    tolerance_arguments(p)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    big, saver = resolve_model(args.big, weights="pretrained"), resolve_model(args.saver, weights="pretrained")
+    transform = eval_transform(big)
+    train = load_dataset(args.data, train=True, transform=transform)
+    calib = Subset(train, calibration_indices(len(train), args.calibration_size, 0))
+    rec = record_split({"saver": saver, "big": big}, calib, progress=False)
+    costs = [count_macs(saver), count_macs(big)]
+    cal = cascade.calibrate([rec["saver"].probs, rec["big"].probs], rec["big"].labels, costs,
+                            max_acc_drop=args.max_acc_drop, confidence=args.confidence)
+    test = load_dataset(args.data, train=False, transform=transform)
+    images = torch.stack([test[i][0] for i in range(min(args.images, len(test)))])
+    rows = []
+    for bs in args.batch_sizes:
+        timed_images = images if bs > 1 else images[:max(1, len(images) // 4)]
+        for prepare in (False, True):
+            r = measure_speedup(saver, big, cal.thresholds, timed_images, bs, repeats=args.repeats, prepare=prepare)
+            predicted = costs[1] / (costs[0] + (1 - r["exit_ratio"]) * costs[1])
+            rows.append({**r, "prepared": prepare, "predicted_speedup": predicted, "macs_ratio": costs[1] / costs[0],
+                         "ratio": r["realised_speedup"] / predicted})
+    if args.json:
+        print(json.dumps({"thresholds": cal.thresholds, "rows": rows}, indent=2))
+        return 0
+    print(f"{args.saver} -> {args.big}, thresholds {cal.thresholds} ({cal.note}); MACs ratio {costs[1] / costs[0]:.1f}x")
+    print("batch  prepared  exit   big img/s  saver/big speed  cascade speed-up  MACs-predicted  realised/predicted")
+    for r in rows:
+        print(f"{r['batch_size']:5d}  {str(r['prepared']):8s}  {r['exit_ratio']:.3f}  {r['images'] / r['big_seconds']:9.0f}  "
+              f"{r['saver_speed_ratio']:15.1f}  {r['realised_speedup']:16.2f}  {r['predicted_speedup']:14.2f}  "
+              f"{r['ratio']:18.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
