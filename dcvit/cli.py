@@ -41,12 +41,22 @@ def model_argument(p: argparse.ArgumentParser) -> None:
 
 
 # --- macs -------------------------------------------------------------------------------------
-@command("macs", "MACs of a model: total and per block (attention with norm1, MLP without norm2)")
+@command("macs", "MACs of a model: total and, for supported transformers, per block (attention with norm1, MLP without norm2)")
 @arguments(model_argument)
 def run_macs(args) -> None:
+    from .arch import UnsupportedModelError
     from .io import resolve_model
-    from .macs import macs_profile
-    profile = macs_profile(resolve_model(args.model), args.input_size)
+    from .macs import count_macs, default_input_size, macs_profile
+    model = resolve_model(args.model)
+    try:
+        profile = macs_profile(model, args.input_size)
+    except UnsupportedModelError as err:  # any model has a total; only adapters know its blocks
+        size = tuple(args.input_size or default_input_size(model))
+        total = count_macs(model, size)
+        payload = {"model": args.model, "total": total, "attn": None, "mlp": None, "input_size": list(size)}
+        emit(args, payload, f"{args.model}: {total / 1e9:.4f} GMACs ({total:,d} MACs) at input {size} "
+                            f"(no per-block breakdown: {err})")
+        return
     payload = {"model": args.model, "total": profile.total, "attn": list(profile.attn), "mlp": list(profile.mlp),
                "input_size": list(profile.input_size)}
     lines = [f"{args.model}: {profile.total / 1e9:.4f} GMACs at input {tuple(profile.input_size)}",
