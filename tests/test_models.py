@@ -60,13 +60,25 @@ def test_prepared_shipped_model_answers_the_same(name):
         torch.testing.assert_close(prepared(x), model(x), rtol=1e-4, atol=1e-4)
 
 
-def test_bench_cascade_tool_runs(capsys):
+def load_tool(name: str):
     import importlib.util
     from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "tools" / "bench_cascade.py"
-    spec = importlib.util.spec_from_file_location("bench_cascade", path)
+    path = Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    return tool
+
+
+def test_bench_calibration_tool_runs(capsys):
+    assert load_tool("bench_calibration").main(["--calibration-size", "500", "--test-limit", "500",
+                                                "--drops", "0", "0.01"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 + 2 * 2 * 2 + 1 and lines[-1].startswith("tolerance held on test")
+
+
+def test_bench_cascade_tool_runs(capsys):
+    tool = load_tool("bench_cascade")
     assert tool.main(["--calibration-size", "400", "--images", "64", "--batch-sizes", "32", "--repeats", "1",
                       "--threads", str(torch.get_num_threads())]) == 0  # keep the suite's thread count
     out = capsys.readouterr().out

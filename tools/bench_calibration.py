@@ -1,0 +1,72 @@
+#!/usr/bin/env python
+"""Does the tolerance chosen on the calibration split hold on the test split? The measured-accuracy rule
+(confidence None) against the one-sided confidence bound, for each saver and tolerated drop.
+
+Records every model once on the held-out calibration split (training images) and on the test split, then
+calibrates little -> big thresholds on the calibration split only and reports what they give on test.
+
+Example (the BENCHMARKS.md entry):
+    python tools/bench_calibration.py --big fmnist_vit12 --savers fmnist_cnn fmnist_vit_tiny \\
+        --drops 0 0.001 0.005 0.01 --confidence 0.95
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+from torch.utils.data import Subset
+
+import cascade
+from dcvit.companions import record_split
+from dcvit.data import calibration_indices, eval_transform, load_dataset
+from dcvit.io import resolve_model
+from dcvit.macs import count_macs
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--big", default="fmnist_vit12")
+    p.add_argument("--savers", nargs="+", default=["fmnist_cnn", "fmnist_vit_tiny"])
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--calibration-size", type=int, default=5000)
+    p.add_argument("--test-limit", type=int, help="first N test images only (quick runs)")
+    p.add_argument("--drops", type=float, nargs="+", default=[0.0, 0.001, 0.005, 0.01])
+    p.add_argument("--confidence", type=float, default=0.95)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    models = {n: resolve_model(n, weights="pretrained") for n in [args.big, *args.savers]}
+    transform = eval_transform(models[args.big])
+    train = load_dataset(args.data, train=True, transform=transform)
+    test = load_dataset(args.data, train=False, transform=transform)
+    if args.test_limit:
+        test = Subset(test, range(min(args.test_limit, len(test))))
+    calib = Subset(train, calibration_indices(len(train), args.calibration_size, 0))
+    rec_calib, rec_test = record_split(models, calib, progress=False), record_split(models, test, progress=False)
+    big = args.big
+    print("saver            drop   rule        threshold  test Δacc (points)  fewer MACs  tolerance held on test")
+    held = {None: 0, args.confidence: 0}
+    for saver in args.savers:
+        costs = [count_macs(models[saver]), count_macs(models[big])]
+        for drop in args.drops:
+            for conf in (None, args.confidence):
+                cal = cascade.calibrate([rec_calib[saver].probs, rec_calib[big].probs], rec_calib[big].labels, costs,
+                                        drop, test_probs=[rec_test[saver].probs, rec_test[big].probs],
+                                        test_labels=rec_test[big].labels, confidence=conf)
+                delta = cal.test_accuracy - cal.test_big_accuracy
+                ok = delta >= -drop - 1e-12
+                held[conf] += ok
+                rule = "measured" if conf is None else f"bound {conf:g}"
+                print(f"{saver:15s}  {drop:5.3f}  {rule:10s}  {cal.thresholds[0]:9.3f}  {100 * delta:+18.2f}  "
+                      f"{cal.test_cost_reduction:10.1%}  {'yes' if ok else 'no'}")
+    cases = len(args.savers) * len(args.drops)
+    print(f"tolerance held on test: measured rule {held[None]}/{cases}, "
+          f"{args.confidence:g} bound {held[args.confidence]}/{cases}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
