@@ -100,11 +100,11 @@ def calibrate(calib_probs: Sequence[torch.Tensor], calib_labels: torch.Tensor, c
     the noisy accuracy curve first touches the tolerance and new data lands on either side of it about
     equally often. A level such as 0.95 instead requires the one-sided lower confidence bound on the paired
     accuracy difference (cascade - big, per sample) to be >= -max_acc_drop: the tolerance then holds on new
-    data from the same distribution with that confidence, at the price of a larger threshold. With
+    data from the same distribution with about that confidence (nominal: the search tests many thresholds
+    and keeps the cheapest that passes), at the price of a larger threshold. With
     max_acc_drop = 0 that asks for evidence of a gain, so a saver that merely matches the big model on the
     samples it would answer lets almost nothing exit; allow a small drop (e.g. 0.001) for such savers.
-    2 models: exact search over
-    every observed confidence. N models: product of per-stage grids (all distinct confidences, or
+    2 models: exact search over every observed confidence. N models: product of per-stage grids (all distinct confidences, or
     grid_size quantiles when there are more); time and memory grow as grid_size ** (N - 1), fine for
     N <= 4.
     No feasible thresholds except all-1.0: returns thresholds all 1.0 with fallback=True (see Calibration).
