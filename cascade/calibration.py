@@ -101,12 +101,12 @@ def calibrate(calib_probs: Sequence[torch.Tensor], calib_labels: torch.Tensor, c
     equally often. A level such as 0.95 instead requires the one-sided lower confidence bound on the paired
     accuracy difference (cascade - big, per sample) to be >= -max_acc_drop: the tolerance then holds on new
     data from the same distribution with about that confidence (nominal: the search tests many thresholds
-    and keeps the cheapest that passes), at the price of a larger threshold. With
-    max_acc_drop = 0 that asks for evidence of a gain, so a saver that merely matches the big model on the
-    samples it would answer lets almost nothing exit; allow a small drop (e.g. 0.001) for such savers.
-    2 models: exact search over every observed confidence. N models: product of per-stage grids (all distinct confidences, or
-    grid_size quantiles when there are more); time and memory grow as grid_size ** (N - 1), fine for
-    N <= 4.
+    and keeps the cheapest that passes), at the price of a larger threshold. With max_acc_drop = 0 that asks
+    for evidence of a gain, so a saver that merely matches the big model on the samples it would answer lets
+    almost nothing exit; allow a small drop (e.g. 0.001) for such savers.
+    Search: 2 models, exact over every observed confidence; N models, the product of per-stage grids (all
+    distinct confidences, or grid_size quantiles when there are more), whose time and memory grow as
+    grid_size ** (N - 1), fine for N <= 4.
     No feasible thresholds except all-1.0: returns thresholds all 1.0 with fallback=True (see Calibration).
     """
     probs, labels = check_stage_probs(calib_probs, calib_labels, min_stages=2, what="calib_probs")
