@@ -77,6 +77,8 @@ def check_fraction(value: float, what: str) -> float:
 def check_confidence(confidence: float | None) -> float | None:
     if confidence is None:
         return None
+    if isinstance(confidence, bool):
+        raise ValueError(f"confidence={confidence!r} is not a level; accepted: None or a number in [0.5, 1)")
     c = _as_float(confidence, "confidence")
     if not 0.5 <= c < 1.0:
         raise ValueError(f"confidence={c!r} is outside [0.5, 1); accepted: None (compare measured accuracies) "

@@ -128,25 +128,28 @@ def _min_correct(big_correct: int, max_acc_drop: float, n: int) -> int:
 def _lower_bound(gain: torch.Tensor, differ: torch.Tensor, n: int, confidence: float) -> torch.Tensor:
     """One-sided lower confidence bound on (cascade accuracy - big accuracy) from paired per-sample outcomes.
 
-    Per sample the difference d is +1 (cascade right, big wrong), -1 (the reverse) or 0, so with
-    gain = sum d and differ = sum d^2 the sample mean and variance follow from two counts; the bound is
-    mean - z * std / sqrt(n) (normal approximation, fine for splits of hundreds of samples or more).
+    Per sample the two are both right, both wrong, or one right and the other wrong: a paired 2 x 2 table
+    whose off-diagonal cells hold W (cascade right, big wrong) and L (the reverse); gain = W - L and
+    differ = W + L. An adjusted Wald bound: half a sample is added to each cell (Agresti and Min's
+    adjustment for paired proportions), so that few or no disagreements never read as certainty; the bound
+    is then diff - z * sqrt(var) with diff = gain / (n + 2) and var = ((differ + 1) / (n + 2) - diff^2) / (n + 2).
     """
     z = NormalDist().inv_cdf(confidence)
-    gain, differ = gain.double(), differ.double()
-    var = (differ - gain * gain / n).clamp_min(0.0) / max(n - 1, 1)
-    return gain / n - z * (var / n).sqrt()
+    m = n + 2.0
+    diff = gain.double() / m
+    var = ((differ.double() + 1.0) / m - diff * diff).clamp_min(0.0) / m
+    return diff - z * var.sqrt()
 
 
-def _feasible(correct: torch.Tensor, differ: torch.Tensor, big_correct: int, n: int, max_acc_drop: float,
-              confidence: float | None) -> torch.Tensor:
-    """Which operating points (correct and disagreement counts, any shape) keep accuracy within max_acc_drop
-    of the big model: as measured (confidence None), or with that one-sided confidence given the split's
-    size (see _lower_bound)."""
+def _feasible(correct: torch.Tensor, differ: torch.Tensor, early: torch.Tensor, big_correct: int, n: int,
+              max_acc_drop: float, confidence: float | None) -> torch.Tensor:
+    """Which operating points keep accuracy within max_acc_drop of the big model: as measured (confidence
+    None), or with that one-sided confidence given the split's size (see _lower_bound). correct, differ and
+    early (samples answered before the last stage) are counts of any one shape; a point where nothing exits
+    early is the big model itself, lossless without any evidence."""
     if confidence is None:
         return correct >= _min_correct(big_correct, max_acc_drop, n)
-    # The epsilon keeps a zero-difference point (bound exactly 0) feasible at max_acc_drop = 0.
-    return _lower_bound(correct - big_correct, differ, n, confidence) >= -max_acc_drop - 1e-12
+    return (_lower_bound(correct - big_correct, differ, n, confidence) >= -max_acc_drop) | (early == 0)
 
 
 def _pick_cheapest(cands: _Candidates, feasible: torch.Tensor) -> int | None:

@@ -37,13 +37,12 @@ class Calibration:
     fallback: every threshold is 1.0, i.e. no cheaper routing kept accuracy within max_acc_drop and all
     samples go to the big model (cost = sum of all costs, unless some confidences are exactly 1.0).
     meets_tolerance: calibration accuracy >= big's calibration accuracy - max_acc_drop; with a confidence,
-    the one-sided lower bound on (cascade - big) calibration accuracy, calib_lower_bound, is >= -max_acc_drop.
+    the one-sided lower bound on (cascade - big) calibration accuracy, calib_lower_bound, is >= -max_acc_drop,
+    or nothing exits before the big model.
     """
 
     thresholds: tuple[float, ...]
     max_acc_drop: float
-    confidence: float | None
-    calib_lower_bound: float | None
     big_cost: float
     calib_accuracy: float
     calib_avg_cost: float
@@ -58,6 +57,8 @@ class Calibration:
     test_big_accuracy: float | None = None
     test_cost_reduction: float | None = None
     test_exit_ratios: tuple[float, ...] | None = None
+    confidence: float | None = None
+    calib_lower_bound: float | None = None
 
 
 def sweep(stage_probs: Sequence[torch.Tensor], labels: torch.Tensor, costs: Sequence[float],
@@ -102,8 +103,8 @@ def calibrate(calib_probs: Sequence[torch.Tensor], calib_labels: torch.Tensor, c
     accuracy difference (cascade - big, per sample) to be >= -max_acc_drop: the tolerance then holds on new
     data from the same distribution with about that confidence (nominal: the search tests many thresholds
     and keeps the cheapest that passes), at the price of a larger threshold. With max_acc_drop = 0 that asks
-    for evidence of a gain, so a saver that merely matches the big model on the samples it would answer lets
-    almost nothing exit; allow a small drop (e.g. 0.001) for such savers.
+    for evidence of a gain: a saver that does not beat the big model on the samples it would answer lets
+    nothing exit (thresholds 1.0), so allow a small drop (e.g. 0.001) for such savers.
     Search: 2 models, exact over every observed confidence; N models, the product of per-stage grids (all
     distinct confidences, or grid_size quantiles when there are more), whose time and memory grow as
     grid_size ** (N - 1), fine for N <= 4.
@@ -127,13 +128,13 @@ def calibrate(calib_probs: Sequence[torch.Tensor], calib_labels: torch.Tensor, c
     n = labels.numel()
     big_correct = int(correct[-1].sum())
     cands = _candidates(conf, correct, costs, grid_size)
-    k = _pick_cheapest(cands, _feasible(cands.correct, cands.differ, big_correct, n, drop, confidence))
+    k = _pick_cheapest(cands, _feasible(cands.correct, cands.differ, n - cands.exits[-1], big_correct, n, drop,
+                                        confidence))
     thresholds = cands.thresholds(k) if k is not None else (1.0,) * (len(probs) - 1)
     n_correct, n_differ, stats = _evaluate(conf, correct, costs, thresholds)
-    chosen_correct, chosen_differ = torch.tensor(n_correct), torch.tensor(n_differ)
-    meets = bool(_feasible(chosen_correct, chosen_differ, big_correct, n, drop, confidence))
-    bound = None if confidence is None else float(_lower_bound(chosen_correct - big_correct, chosen_differ, n,
-                                                                confidence))
+    chosen = torch.tensor([n_correct, n_differ, n - stats.exit_counts[-1]])
+    meets = bool(_feasible(*chosen, big_correct, n, drop, confidence))
+    bound = None if confidence is None else float(_lower_bound(chosen[0] - big_correct, chosen[1], n, confidence))
     fallback = all(t == 1.0 for t in thresholds)
     if not fallback:
         note = f"cheapest thresholds within {drop * 100:g} accuracy points of the big model on calibration data"

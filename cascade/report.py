@@ -53,7 +53,7 @@ def report_table(stage_probs: Sequence[torch.Tensor], labels: torch.Tensor, cost
     rows = [dict(target="big model alone", max_acc_drop=None, accuracy=big_acc, acc_drop=0.0, avg_cost=big_cost,
                  cost_frac=1.0, thresholds=None, exit_ratios=None, feasible=True)]
     for d in drops:
-        k = _pick_cheapest(cands, _feasible(cands.correct, cands.differ, big_correct, n, d, confidence=None))
+        k = _pick_cheapest(cands, _feasible(cands.correct, cands.differ, n - cands.exits[-1], big_correct, n, d, confidence=None))
         rows.append(_row(f"drop <= {d * 100:g}%", d, None if k is None else cands.thresholds(k),
                          conf, correct, costs, big_acc))
     best = _pick_cheapest(cands, cands.correct == cands.correct.max())  # most accurate, then cheapest

@@ -41,7 +41,8 @@ class CascadeStudy:
 def check_saver(name: str, model: nn.Module, big: nn.Module) -> None:
     """Fail in one line if a saver cannot stand in for the big model: the cascade feeds both the same
     batch, so the saver must take the big model's input and predict the same classes."""
-    x = torch.zeros(1, *default_input_size(big))
+    device = next(big.parameters(), torch.zeros(())).device
+    x = torch.zeros(1, *default_input_size(big), device=device)
     with torch.no_grad():
         classes = big.eval()(x).shape[-1]
         try:
@@ -49,6 +50,8 @@ def check_saver(name: str, model: nn.Module, big: nn.Module) -> None:
         except Exception as err:  # any failure here means "wrong input", whatever the model raises
             raise ValueError(f"saver {name} does not accept the big model's input {tuple(x.shape[1:])} "
                              f"({type(err).__name__})") from None
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"saver {name} returns {type(out).__name__}; a cascade needs a B x classes logits tensor")
     if out.shape != (1, classes):
         raise ValueError(f"saver {name} predicts {out.shape[-1]} classes; the big model predicts {classes}")
     cfgs = [getattr(m, "pretrained_cfg", None) or {} for m in (model, big)]
@@ -71,18 +74,20 @@ def _median(values: list[float]) -> float:
 
 @torch.inference_mode()
 def measure_speedup(saver: nn.Module, big: nn.Module, thresholds, images: torch.Tensor, batch_size: int,
-                    repeats: int = 7, prepare: bool = True) -> dict:
-    """Wall-clock time of the cascade, of the big model alone and of the saver alone over `images`.
+                    repeats: int = 7, prepare: bool = True, costs: Optional[tuple[float, float]] = None) -> dict:
+    """Wall-clock time of the cascade, of the big model alone and of the saver alone over `images` (CPU).
 
-    All models are first made ready for inference the same way (cascade.prepare_for_inference: BatchNorm
-    folded, channels-last convolutions), so the cascade is compared with the big model at its best, not with
-    a slower copy. The three runs are interleaved and each time is the median of `repeats` passes, because
-    a shared CPU's throughput drifts between passes. saver_speed_ratio = big time / saver time, the
-    measured counterpart of the MACs ratio; exit_ratio is the share the saver answered.
-    prepare=False times the models as given (eval mode), to see what the preparation is worth.
+    All models are first made ready for inference the same way (cascade.prepare_for_inference, checked on
+    the first batch), so the cascade is compared with the big model at its best, not with a slower copy;
+    prepare=False times them as given, to see what the preparation is worth. The three runs are
+    interleaved and each time is the median of `repeats` passes, because a shared CPU's throughput drifts.
+    saver_speed_ratio = big time / saver time, the measured counterpart of the MACs ratio; exit_ratio is the
+    share of these images the saver answered. With costs = (saver MACs, big MACs), predicted_speedup is what
+    MACs predict for these same images: C_B / (C_S + (1 - exit_ratio) * C_B).
     """
     if prepare:
-        saver, big = cascade.prepare_for_inference(saver), cascade.prepare_for_inference(big)
+        example = images[:batch_size]
+        saver, big = (cascade.prepare_for_inference(m, example) for m in (saver, big))
     saver, big = saver.eval(), big.eval()
     runs = {"cascade": cascade.Cascade([saver, big], thresholds), "big": big, "saver": saver}
     timings = {name: [] for name in runs}
@@ -94,9 +99,15 @@ def measure_speedup(saver: nn.Module, big: nn.Module, thresholds, images: torch.
             timings[name].append(time.perf_counter() - start)
     t = {name: _median(v) for name, v in timings.items()}
     exit_ratio = runs["cascade"].total_stats.exit_ratios[0]
-    return {"batch_size": batch_size, "images": len(images), "repeats": repeats, "cascade_seconds": t["cascade"],
-            "big_seconds": t["big"], "saver_seconds": t["saver"], "realised_speedup": t["big"] / t["cascade"],
-            "saver_speed_ratio": t["big"] / t["saver"], "exit_ratio": exit_ratio}
+    out = {"batch_size": batch_size, "images": len(images), "repeats": repeats, "prepared": prepare,
+           "cascade_seconds": t["cascade"], "big_seconds": t["big"], "saver_seconds": t["saver"],
+           "realised_speedup": t["big"] / t["cascade"], "saver_speed_ratio": t["big"] / t["saver"],
+           "exit_ratio": exit_ratio}
+    if costs is not None:
+        saver_cost, big_cost = costs
+        out.update(predicted_speedup=big_cost / (saver_cost + (1 - exit_ratio) * big_cost),
+                   macs_ratio=big_cost / saver_cost)
+    return out
 
 
 def cascade_study(big_name: str, models: Mapping[str, nn.Module], data: str = "fashion-mnist", *,
@@ -144,12 +155,9 @@ def cascade_study(big_name: str, models: Mapping[str, nn.Module], data: str = "f
     rank_calib = ranking(rec_calib)
     best = rank_calib[0][0]
     images = torch.stack([test[i][0] for i in range(min(speed_images, len(test)))])
-    predicted = costs[big_name] / calibrations[best].test_avg_cost
     # Batch 1 is timed on fewer images: one forward per image is slow, and the ratio is what matters.
-    speed = {}
-    for bs in speed_batches:
-        timed = measure_speedup(models[best], big, calibrations[best].thresholds, images if bs > 1 else images[:500], bs,
-                                repeats=7 if bs > 1 else 3)
-        speed[f"batch{bs}"] = {**timed, "predicted_speedup": predicted,
-                               "macs_ratio": costs[big_name] / costs[best]}
+    speed = {f"batch{bs}": measure_speedup(models[best], big, calibrations[best].thresholds,
+                                           images if bs > 1 else images[:500], bs, repeats=7 if bs > 1 else 3,
+                                           costs=(costs[best], costs[big_name]))
+             for bs in speed_batches}
     return CascadeStudy(big_name, costs, accuracy, rank_calib, ranking(rec_test), calibrations, tables, curves, speed)

@@ -69,7 +69,12 @@ def _analysis(model: nn.Module, input_size: Optional[Sequence[int]]) -> FlopCoun
 def _by_module(model: nn.Module, input_size) -> dict[str, int]:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        return dict(_analysis(model, input_size).by_module())
+        try:
+            return dict(_analysis(model, input_size).by_module())
+        except (RuntimeError, AssertionError) as err:  # the forward pass refused the input (timm asserts sizes)
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            size = tuple(input_size) if input_size is not None else default_input_size(model)
+            raise ValueError(f"{type(model).__name__} does not run on input size {size}: {first}") from None
 
 
 def count_macs(model: nn.Module, input_size: Optional[Sequence[int]] = None) -> int:

@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -510,38 +511,45 @@ def test_calibrate_tie_breaks_prefer_accuracy_then_larger_thresholds():
 
 
 def paired_lower_bound(probs, y, thresholds, confidence):
-    """Reference bound, sample by sample: mean - z * std / sqrt(n) of d = cascade right - big right."""
+    """Reference, sample by sample: (adjusted Wald bound of the paired 2 x 2 table with half a sample added
+    to each cell, number of samples answered before the last model)."""
     confs = [p.max(1).values.tolist() for p in probs]
-    right = [(p.argmax(1) == y).long().tolist() for p in probs]
-    d = []
+    right = [(p.argmax(1) == y).tolist() for p in probs]
+    wins = losses = early = 0
     for i in range(len(y)):
         stage = next(s for s in range(len(probs)) if s == len(probs) - 1 or confs[s][i] >= thresholds[s])
-        d.append(right[stage][i] - right[-1][i])
-    d = torch.tensor(d, dtype=torch.float64)
-    z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(confidence, dtype=torch.float64))
-    return float(d.mean() - z * d.std() / math.sqrt(len(d)))
+        wins += right[stage][i] and not right[-1][i]
+        losses += right[-1][i] and not right[stage][i]
+        early += stage < len(probs) - 1
+    m = len(y) + 2
+    p12, p21 = (wins + 0.5) / m, (losses + 0.5) / m
+    z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(confidence, dtype=torch.float64)).item()
+    return p12 - p21 - z * math.sqrt((p12 + p21 - (p12 - p21) ** 2) / m), early
 
 
-@pytest.mark.parametrize("n_stages,confidence,drop", [(2, 0.95, 0.0), (2, 0.8, 0.02), (3, 0.9, 0.05)])
+@pytest.mark.parametrize("n_stages,confidence,drop", [(2, 0.95, 0.01), (2, 0.8, 0.02), (3, 0.9, 0.05)])
 def test_calibrate_with_confidence_matches_brute_force(n_stages, confidence, drop):
     p, y = synthetic(60, 3, n_stages, seed=18)
     costs = [1.0, 3.0, 10.0][-n_stages:]
     cal = calibrate(p, y, costs, max_acc_drop=drop, confidence=confidence)
     grids = [torch.unique(q.max(1).values).tolist() + [0.0, 1.0] for q in p[:-1]]
-    feasible = [cost for ts in itertools.product(*grids) for _, cost in [brute_force(p, y, costs, ts)]
-                if paired_lower_bound(p, y, ts, confidence) >= -drop - 1e-9]
+    feasible = []
+    for ts in itertools.product(*grids):
+        bound, early = paired_lower_bound(p, y, ts, confidence)
+        if bound >= -drop or early == 0:
+            feasible.append(brute_force(p, y, costs, ts)[1])
     assert min(feasible) < sum(costs)
     assert cal.calib_avg_cost == pytest.approx(min(feasible))
     assert cal.confidence == confidence and cal.meets_tolerance
-    assert cal.calib_lower_bound == pytest.approx(paired_lower_bound(p, y, cal.thresholds, confidence))
+    assert cal.calib_lower_bound == pytest.approx(paired_lower_bound(p, y, cal.thresholds, confidence)[0])
     # The bound only removes operating points, so it never picks anything cheaper than the point rule.
     assert cal.calib_avg_cost >= calibrate(p, y, costs, max_acc_drop=drop).calib_avg_cost
 
 
-def test_calibrate_confidence_rejects_a_tie_won_by_luck():
-    # The saver is right where the big model is wrong on 3 samples and the reverse on 3 others: the same
-    # measured accuracy, so the point rule sends everything to the saver; with 95% confidence those 6
-    # disagreements cannot rule out a loss, and only the 4 samples where both agree may exit.
+def test_calibrate_confidence_needs_evidence_not_luck():
+    # The saver is right where the big model is wrong on 3 samples and the reverse on 3 others, and agrees
+    # with it on 4: the same measured accuracy, so the point rule sends everything to the saver. At 95%
+    # confidence neither the 6 disagreements nor 4 agreements rule out a loss: nothing exits.
     y = torch.zeros(10, dtype=torch.long)
     conf = [0.99, 0.98, 0.97, 0.96, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]
     saver = probs_from(conf, [0, 0, 0, 0, 0, 0, 0, 1, 1, 1])
@@ -549,11 +557,18 @@ def test_calibrate_confidence_rejects_a_tie_won_by_luck():
     point = calibrate([saver, big], y, [1.0, 4.0])
     assert point.calib_exit_ratios == (1.0, 0.0) and point.calib_accuracy == point.calib_big_accuracy
     sure = calibrate([saver, big], y, [1.0, 4.0], confidence=0.95)
-    assert sure.thresholds == (pytest.approx(0.96),) and sure.calib_exit_ratios == (0.4, 0.6)
-    assert sure.calib_lower_bound == 0.0 and "95% one-sided confidence" in sure.note
+    assert sure.thresholds == (1.0,) and sure.fallback and sure.meets_tolerance
+    assert sure.calib_exit_ratios == (0.0, 1.0) and sure.calib_lower_bound < 0
+    # A clear gain is evidence: 20 of 100 samples right only under the saver let everything exit at 0 drop.
+    y = torch.zeros(100, dtype=torch.long)
+    saver = probs_from(torch.linspace(0.95, 0.5, 100).tolist(), [0] * 100)
+    big = probs_from([0.9] * 100, [1] * 20 + [0] * 80)
+    gain = calibrate([saver, big], y, [1.0, 4.0], confidence=0.95)
+    assert gain.calib_exit_ratios == (1.0, 0.0) and gain.calib_lower_bound > 0
+    assert "95% one-sided confidence" in gain.note
 
 
-@pytest.mark.parametrize("confidence", [0.3, 1.0, "high", float("nan")])
+@pytest.mark.parametrize("confidence", [0.3, 1.0, "high", float("nan"), True])
 def test_calibrate_rejects_bad_confidence(confidence):
     p, y = synthetic(20, 3, 2, seed=1)
     with pytest.raises(ValueError, match="confidence"):
@@ -649,50 +664,80 @@ def test_calibration_functions_reject_bad_inputs():
 
 # ---------------------------------------------------------------------------------------------- inference
 class ConvBN(nn.Module):
-    def __init__(self, branchy: bool = False):
+    """A small CNN with variants that defeat each rewrite prepare_for_inference tries."""
+
+    def __init__(self, variant: str = "plain"):
         super().__init__()
-        self.branchy = branchy
-        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                                      nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
-        self.head = nn.Linear(8, 3)
+        self.variant = variant
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1, bias=False)
+        self.bn1, self.bn2 = nn.BatchNorm2d(8), nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8 * 8 * 8 if "view" in variant else 8, 3)
 
     def forward(self, x):
-        if self.branchy and x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace this
+        if "branchy" in self.variant and x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
             x = x * 1.0
-        return self.head(self.features(x).mean((2, 3)))
+        x = torch.relu(self.bn1(self.conv1(x)))
+        if self.variant == "shared":  # one conv feeding two BatchNorms: folding both into it is wrong
+            x = x + torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv2(x))))))
+        else:
+            x = torch.relu(self.bn2(self.conv2(x)))
+        if "view" in self.variant:  # .view needs contiguous NCHW memory: channels-last breaks it
+            return self.head(x.view(x.shape[0], -1))
+        if self.variant == "dict":
+            return {"logits": self.head(x.mean((2, 3)))}
+        return self.head(x.mean((2, 3)))
 
 
-def trained_bn_model(branchy: bool = False) -> ConvBN:
+def trained_bn_model(variant: str = "plain") -> ConvBN:
     torch.manual_seed(0)
-    model = ConvBN(branchy)
+    model = ConvBN(variant)
     with torch.no_grad():
         for _ in range(3):  # give the BatchNorm layers non-trivial running statistics
             model(torch.randn(16, 1, 8, 8) * 2 + 0.5)
     return model.train()
 
 
-def test_prepare_for_inference_folds_batch_norm_and_keeps_outputs():
-    model = trained_bn_model()
-    prepared = cascade.prepare_for_inference(model)
+def has_batch_norm(model) -> bool:
+    return any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def is_channels_last(model) -> bool:
+    # The last conv: the first has one input channel, whose weight is both NCHW- and channels-last-contiguous.
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("variant,folded,channels_last", [
+    ("plain", True, True), ("dict", True, True),
+    ("branchy", False, True),  # fx cannot trace it: channels-last only
+    ("view", True, False),     # channels-last breaks .view: folding only
+    ("shared", False, True),   # folding changes the outputs: channels-last only
+])
+def test_prepare_for_inference_keeps_outputs(variant, folded, channels_last):
+    model = trained_bn_model(variant)
     x = torch.randn(5, 1, 8, 8)
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in prepared.modules())
-    assert model.training and any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # original untouched
-    assert not prepared.training
-    conv = next(m for m in prepared.modules() if isinstance(m, nn.Conv2d))
-    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # some rewrite works for each variant: no warning
+        prepared = cascade.prepare_for_inference(model, x)
+    assert model.training and has_batch_norm(model)  # the original is untouched
+    assert not prepared.training and has_batch_norm(prepared) != folded and is_channels_last(prepared) == channels_last
+    y = torch.randn(7, 1, 8, 8)  # other data than the check used
     with torch.no_grad():
-        torch.testing.assert_close(prepared(x), model.eval()(x), rtol=1e-4, atol=1e-5)
-        casc = Cascade([prepared, prepared], [0.5])
-        torch.testing.assert_close(casc(x), model(x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(prepared(y), model.eval()(y), rtol=1e-4, atol=1e-5)
 
 
-def test_prepare_for_inference_warns_and_keeps_an_untraceable_model():
-    model = trained_bn_model(branchy=True).eval()
-    with pytest.warns(UserWarning, match="unfolded"):
-        prepared = cascade.prepare_for_inference(model)
-    assert any(isinstance(m, nn.BatchNorm2d) for m in prepared.modules())
-    x = torch.randn(4, 1, 8, 8)
+def test_prepare_for_inference_cascade_and_fallback_warning():
+    model, x = trained_bn_model().eval(), torch.randn(6, 1, 8, 8)
+    fast = cascade.prepare_for_inference(model, x)
     with torch.no_grad():
-        torch.testing.assert_close(prepared(x), model(x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(Cascade([fast, fast], [0.5])(x), model(x), rtol=1e-4, atol=1e-5)
+    # A model no rewrite suits (untraceable and .view) comes back as an unchanged eval copy, with a warning.
+    stuck = trained_bn_model("branchy+view")
+    with pytest.warns(RuntimeWarning, match="left as it was"):
+        same = cascade.prepare_for_inference(stuck, x)
+    assert has_batch_norm(same) and not is_channels_last(same)
     with pytest.raises(ValueError, match="nn.Module"):
-        cascade.prepare_for_inference(lambda x: x)
+        cascade.prepare_for_inference(lambda inp: inp, x)
+    with pytest.raises(ValueError, match="example"):
+        cascade.prepare_for_inference(model, [x])

@@ -32,8 +32,11 @@ def parse_args(argv):
     p.add_argument("--calibration-size", type=int, default=5000)
     p.add_argument("--test-limit", type=int, help="first N test images only (quick runs)")
     p.add_argument("--drops", type=float, nargs="+", default=[0.0, 0.001, 0.005, 0.01])
-    p.add_argument("--confidence", type=float, default=0.95)
-    return p.parse_args(argv)
+    p.add_argument("--confidence", type=float, default=0.95, help="the level compared with measured accuracies")
+    args = p.parse_args(argv)
+    if not 0.5 <= args.confidence < 1:
+        p.error(f"--confidence must be a level in [0.5, 1), got {args.confidence}")
+    return args
 
 
 def main(argv=None) -> int:
