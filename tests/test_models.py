@@ -75,7 +75,7 @@ def test_bench_calibration_tool_runs(capsys):
     assert load_tool("bench_calibration").main(["--calibration-size", "500", "--test-limit", "500",
                                                 "--drops", "0", "0.01"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 1 + 2 * 2 * 2 + 1 and lines[-1].startswith("tolerance held on test")
+    assert len(lines) == 3 + 1 + 2 * 2 * 2 + 1 and lines[-1].startswith("tolerance held on test")
 
 
 def test_bench_cascade_tool_runs(capsys):
