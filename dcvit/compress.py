@@ -50,20 +50,22 @@ def _step_key(plan: Plan, blocks: Sequence[int], surgery: str, progressive: bool
     return f"{mode}-{surgery}-h{plan.mlp_hidden}-a{int(plan.remove_attention)}-" + "-".join(map(str, blocks))
 
 
+def _save_step(engine: Engine, key: str, blocks: Sequence[int], model: nn.Module, fit, seconds: float) -> None:
+    engine.workspace.save(key, model, {"blocks": list(blocks), "train_loss": fit.final_loss, "seconds": seconds,
+                                       "images_per_second": fit.images_per_second})
+
+
 def _progressive(engine: Engine, plan: Plan, order: list[int]) -> tuple[nn.Module, list[dict]]:
     """Algorithm 1, step 3: grow the compressed set one block at a time from the best candidate."""
     surgery = engine.config.surgery
-    model = engine.workspace.load(trial_key(plan, order[0], surgery))
-    history = [{"blocks": order[:1], **engine.workspace.meta(trial_key(plan, order[0], surgery))}]
+    first = trial_key(plan, order[0], surgery)
+    model = engine.workspace.load(first)
+    history = [{"blocks": order[:1], **engine.workspace.meta(first)}]
     for i in range(1, len(order)):
         key = _step_key(plan, order[:i + 1], surgery, True)
         if not engine.workspace.has(key):
-            start = time.perf_counter()
-            model = engine.build(model, plan, [order[i]])
-            fit = engine.fine_tune(model, order[:i + 1], engine.config.epochs, key)
-            engine.workspace.save(key, model, {"blocks": order[:i + 1], "train_loss": fit.final_loss,
-                                               "seconds": time.perf_counter() - start,
-                                               "images_per_second": fit.images_per_second})
+            _save_step(engine, key, order[:i + 1],
+                       *engine.build_and_tune(key, model, plan, [order[i]], order[:i + 1], engine.config.epochs))
         model = engine.workspace.load(key)
         history.append(engine.workspace.meta(key))
     return model, history
@@ -73,12 +75,8 @@ def _all_at_once(engine: Engine, plan: Plan, order: list[int]) -> tuple[nn.Modul
     """Top-k ablation and PRACTISE-style dropping: all n blocks at once, fine-tuned for n steps' epochs."""
     key = _step_key(plan, sorted(order), engine.config.surgery, False)
     if not engine.workspace.has(key):
-        start = time.perf_counter()
-        model = engine.build(engine.teacher, plan, order)
-        fit = engine.fine_tune(model, order, engine.config.epochs * len(order), key)
-        engine.workspace.save(key, model, {"blocks": order, "train_loss": fit.final_loss,
-                                           "seconds": time.perf_counter() - start,
-                                           "images_per_second": fit.images_per_second})
+        _save_step(engine, key, order,
+                   *engine.build_and_tune(key, engine.teacher, plan, order, order, engine.config.epochs * len(order)))
     return engine.workspace.load(key), [engine.workspace.meta(key)]
 
 

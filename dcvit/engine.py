@@ -62,9 +62,11 @@ class Engine:
         self.metric_set = metric_set or (None if config.metric == "train_loss" else self._metric_set())
         if self.metric_set is not None:
             with torch.no_grad():
-                x = self.metric_set.images.to(self.accelerator.device)
-                self.metric_logits = self.teacher(x).float()
-                self.metric_features = self.adapter.features(self.teacher, x).float()
+                self.metric_images = self.metric_set.images.to(self.accelerator.device)
+                self.metric_logits = self.teacher(self.metric_images).float()
+                # Output tokens are only needed by the MSE-metric ablation: skip that teacher pass otherwise.
+                self.metric_features = (self.adapter.features(self.teacher, self.metric_images).float()
+                                        if config.metric == "mse" else None)
         self.timings["setup_and_synth"] = time.perf_counter() - start
 
     def _workspace(self, workdir: Optional[Path], settings: dict, resume: bool) -> Workspace:
@@ -99,13 +101,22 @@ class Engine:
             return drop_blocks(base, blocks)
         units = None
         if self.config.unit_choice == "activation":
-            x = self.images.fixed.to(self.accelerator.device)
+            # base may be a checkpoint loaded on the CPU while the teacher sits on the accelerator
+            x = self.images.fixed.to(next(base.parameters()).device)
             hidden = lambda b: plan.hidden_for(self.adapter.mlp_hidden(self.adapter.blocks(base)[b]))
             units = {b: activation_units(base, b, x, hidden(b)) for b in blocks}
         model = apply_plan(base, plan, blocks, seed=self.config.seed, units=units)
         if self.config.reinit_mlp:
             reinit_mlps(model, blocks, seed=self.config.seed)
         return model
+
+    def build_and_tune(self, key: str, base: nn.Module, plan, new_blocks: Sequence[int],
+                       trained_blocks: Sequence[int], epochs: int) -> tuple[nn.Module, MimicResult, float]:
+        """Surgery on new_blocks, then Eq. 3 fine-tuning for trained_blocks; returns (model, fit, seconds)."""
+        start = time.perf_counter()
+        model = self.build(base, plan, new_blocks)
+        fit = self.fine_tune(model, trained_blocks, epochs, key)
+        return model, fit, time.perf_counter() - start
 
     def fine_tune(self, model: nn.Module, compressed: Sequence[int], epochs: int, key: str) -> MimicResult:
         """Eq. 3, training the blocks up to the one right after the last compressed block."""
@@ -119,7 +130,7 @@ class Engine:
         if self.metric_set is None:
             return Trial(block=block, score=train_loss, kl=float("nan"), train_loss=train_loss, seconds=seconds,
                          process=process)
-        x = self.metric_set.images.to(self.accelerator.device)
+        x = self.metric_images
         kl = kl_score(self.metric_logits, model, x)
         score = kl if metric == "kl" else train_loss if metric == "train_loss" else feature_mse(self.metric_features, model, x)
         return Trial(block=block, score=score, kl=kl, train_loss=train_loss, seconds=seconds, process=process)

@@ -7,7 +7,6 @@ Lower is more recoverable. Candidates are checkpointed (and reused by the progre
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
@@ -57,10 +56,9 @@ def run_trials(engine: "Engine", plan: "Plan", candidates: Sequence[int]) -> dic
         key = trial_key(plan, block, engine.config.surgery)
         if engine.workspace.has(key):
             continue
-        start = time.perf_counter()
-        model = engine.build(engine.teacher, plan, [block])
-        fit = engine.fine_tune(model, [block], engine.config.epochs_per_trial, key)
-        trial = engine.score(model, block, fit.final_loss, time.perf_counter() - start, acc.process_index)
+        model, fit, seconds = engine.build_and_tune(key, engine.teacher, plan, [block], [block],
+                                                    engine.config.epochs_per_trial)
+        trial = engine.score(model, block, fit.final_loss, seconds, acc.process_index)
         engine.workspace.save(key, model, trial.__dict__)
     acc.wait_for_everyone()
     return {b: Trial(**engine.workspace.meta(trial_key(plan, b, engine.config.surgery))) for b in candidates}
