@@ -8,7 +8,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -58,9 +58,9 @@ def equal_macs_structures(model: nn.Module, drop: int) -> dict[str, nn.Module]:
 
 
 def latency_table(model: nn.Module, drops: Sequence[int] = (1, 2, 3), batch_sizes: Sequence[int] = (1, 32),
-                  repeats: int = 20) -> list[LatencyRow]:
+                  repeats: int = 20, input_size: Optional[Sequence[int]] = None) -> list[LatencyRow]:
     from .macs import default_input_size
-    input_size = default_input_size(model)
+    input_size = tuple(input_size) if input_size is not None else default_input_size(model)
     models = {"original": model}
     for k in drops:
         models.update(equal_macs_structures(model, k))

@@ -33,10 +33,13 @@ def emit(args, payload: dict, text: str) -> None:
     print(json.dumps(payload, indent=2) if getattr(args, "json", False) else text)
 
 
-def model_argument(p: argparse.ArgumentParser) -> None:
+def model_argument(p: argparse.ArgumentParser, input_size: bool = True) -> None:
+    """--model and --json; --input-size only for commands that use it (the engine follows the data config)."""
     p.add_argument("--model", required=True, help="timm model name (e.g. fmnist_vit12, vit_base_patch16_224), "
                                                    "'tv:vit_b_16' for torchvision, or a saved model directory")
-    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), help="default: the model's data config")
+    if input_size:
+        p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
+                       help="default: the model's data config")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -104,7 +107,7 @@ def run_bench(args) -> None:
         torch.set_num_threads(args.threads)
     if min(args.drop) < 1 or min(args.batch_sizes) < 1 or args.repeats < 1:
         raise ValueError("--drop, --batch-sizes and --repeats must be positive integers")
-    rows = latency_table(resolve_model(args.model), args.drop, args.batch_sizes, args.repeats)
+    rows = latency_table(resolve_model(args.model), args.drop, args.batch_sizes, args.repeats, args.input_size)
     emit(args, {"model": args.model, "threads": torch.get_num_threads(), "rows": [r.as_dict() for r in rows]},
          format_latency(rows))
 
@@ -140,7 +143,7 @@ def run_eval(args) -> None:
                        f"{result['params'] / 1e6:.3f}M params  {result['images_per_second']:.0f} img/s (batch {args.batch_size})")
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse whose usage errors are one line on stderr (exit 2), like every other dcvit error."""
 
     def error(self, message: str) -> None:
@@ -149,7 +152,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from . import cli_cascade, cli_compress, cli_demo  # noqa: F401  registers the engine, cascade and demo commands
-    parser = _Parser(prog="dcvit", description="Few-shot compression of vision transformers "
+    parser = OneLineParser(prog="dcvit", description="Few-shot compression of vision transformers "
                                      "(DC-ViT) and cascades of compressed companions. See README.md.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, fill, run) in COMMANDS.items():
@@ -160,17 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import cli_cascade, cli_compress, cli_demo  # noqa: F401  registers the engine, cascade and demo commands
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as done:  # --help, or a usage error already printed in one line
         return int(done.code or 0)
-    from .arch import UnsupportedModelError
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError, UnsupportedModelError) as err:
+    except (ValueError, FileNotFoundError) as err:  # dcvit's UnsupportedModelError is a ValueError
         print(f"dcvit {args.command}: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and the like

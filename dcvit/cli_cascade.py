@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from .cli import arguments, command, emit
+from .data import CALIBRATION_SIZE
 
 
 def acc_drop(text: str) -> float:
@@ -49,7 +50,8 @@ def _cascade_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--savers", nargs="+", required=True, help="candidate little models (names or directories)")
     p.add_argument("--data", default="fashion-mnist", help="dataset spec (calibration from train, report on test)")
     tolerance_arguments(p)
-    p.add_argument("--calibration-size", type=int, default=5000, help="held-out training images for calibration")
+    p.add_argument("--calibration-size", type=int, default=CALIBRATION_SIZE,
+                   help=f"held-out training images for calibration (default {CALIBRATION_SIZE})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="folder for report.md and curves.png")
     p.add_argument("--json", action="store_true")
@@ -101,21 +103,24 @@ def study_markdown(study) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_study(study, out: Path) -> None:
+    """report.md (atomically) and curves.png of a cascade study in `out`."""
+    import cascade
+    from .fileio import atomic_path
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(study_markdown(study))
+    cascade.plot_curves(study.curves, study.accuracy[study.big], study.costs[study.big], out / "curves.png")
+
+
 @command("cascade", "little-big cascade: saver selection by ΔC, held-out threshold calibration, measured speed-up")
 @arguments(_cascade_arguments)
 def run_cascade(args) -> None:
-    import cascade
     from .companions import cascade_study
-    from .fileio import atomic_path
     from .io import resolve_model
     names = [args.big] + [s for s in args.savers if s != args.big]
     models = {n: resolve_model(n, weights="pretrained") for n in names}
     study = cascade_study(args.big, models, args.data, calibration_size=args.calibration_size, seed=args.seed,
                           max_acc_drop=args.max_acc_drop, confidence=args.confidence)
-    text = study_markdown(study)
     if args.out:
-        out = Path(args.out)
-        with atomic_path(out / "report.md") as tmp:
-            tmp.write_text(text)
-        cascade.plot_curves(study.curves, study.accuracy[args.big], study.costs[args.big], out / "curves.png")
-    emit(args, study_summary(study), text)
+        write_study(study, Path(args.out))
+    emit(args, study_summary(study), study_markdown(study))

@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from .cli import arguments, command, emit, model_argument
+from .data import CALIBRATION_SIZE
 
 
 def _engine_arguments(p: argparse.ArgumentParser) -> None:
     from .config import CompressConfig
     d = CompressConfig()
-    model_argument(p)
+    model_argument(p, input_size=False)
     p.add_argument("--data", default="fashion-mnist", help="few-shot source (dataset spec; labels are never used)")
     p.add_argument("--shots", type=int, default=100, help="number of unlabeled images (default 100)")
     p.add_argument("--out", required=True, help="output folder: the model (dcvit.load-able), result.json, checkpoints")
@@ -23,7 +23,7 @@ def _engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--augment", action="store_true", help="RandomResizedCrop + flip + RandAugment on the few shots")
     p.add_argument("--synth-iterations", type=int, default=d.synth_iterations)
     p.add_argument("--baseline", action="store_true", help="block dropping (PRACTISE-style) instead of DC-ViT")
-    p.add_argument("--calibration-size", type=int, default=5000,
+    p.add_argument("--calibration-size", type=int, default=CALIBRATION_SIZE,
                    help="training images held out for cascade calibration, never used as shots (default 5000; "
                         "use the same value and --seed with `dcvit cascade`)")
     p.add_argument("--seed", type=int, default=0)

@@ -5,6 +5,7 @@ The calibration split is a seeded held-out part of the *training* set; the test 
 """
 from __future__ import annotations
 
+import statistics
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from torch.utils.data import Subset
 
 import cascade
 
-from .data import calibration_indices, eval_transform, load_dataset
+from .data import CALIBRATION_SIZE, calibration_indices, eval_transform, load_dataset
 from .evaluate import loader_for
 from .macs import count_macs, default_input_size
 
@@ -61,20 +62,28 @@ def check_saver(name: str, model: nn.Module, big: nn.Module) -> None:
                       f"{norm[2:]}; its accuracy may suffer", RuntimeWarning, stacklevel=2)
 
 
+def cascade_splits(big: nn.Module, data: str = "fashion-mnist", calibration_size: int = CALIBRATION_SIZE, seed: int = 0,
+                   test_limit: Optional[int] = None):
+    """(calibration, test) datasets in the big model's eval transform: the calibration split is the seeded
+    held-out part of the training set (never among the shots), the test split optionally a fixed prefix."""
+    transform = eval_transform(big)
+    train = load_dataset(data, train=True, transform=transform)
+    calib = Subset(train, calibration_indices(len(train), calibration_size, seed))
+    test = load_dataset(data, train=False, transform=transform)
+    if test_limit is not None and test_limit < len(test):
+        test = Subset(test, range(test_limit))  # a fixed prefix, for quick runs
+    return calib, test
+
+
 def record_split(models: Mapping[str, nn.Module], dataset, batch_size: int = 256, progress: bool = True):
     """{name: Recorded(probs, labels)}: each model runs once over the split."""
     loader = loader_for(dataset, batch_size)
     return {name: cascade.record(model.eval(), loader, progress=progress) for name, model in models.items()}
 
 
-def _median(values: list[float]) -> float:
-    values = sorted(values)
-    return values[len(values) // 2]
-
-
 @torch.inference_mode()
 def measure_speedup(saver: nn.Module, big: nn.Module, thresholds, images: torch.Tensor, batch_size: int,
-                    repeats: int = 7, prepare: bool = True, costs: Optional[tuple[float, float]] = None) -> dict:
+                    costs: tuple[float, float], repeats: int = 7, prepare: bool = True) -> dict:
     """Wall-clock time of the cascade, of the big model alone and of the saver alone over `images` (CPU).
 
     All models are first made ready for inference the same way (cascade.prepare_for_inference, checked on
@@ -82,8 +91,8 @@ def measure_speedup(saver: nn.Module, big: nn.Module, thresholds, images: torch.
     prepare=False times them as given, to see what the preparation is worth. The three runs are
     interleaved and each time is the median of `repeats` passes, because a shared CPU's throughput drifts.
     saver_speed_ratio = big time / saver time, the measured counterpart of the MACs ratio; exit_ratio is the
-    share of these images the saver answered. With costs = (saver MACs, big MACs), predicted_speedup is what
-    MACs predict for these same images: C_B / (C_S + (1 - exit_ratio) * C_B).
+    share of these images the saver answered. costs = (saver MACs, big MACs): predicted_speedup is what MACs
+    predict for these same images, C_B / (C_S + (1 - exit_ratio) * C_B).
     """
     if prepare:
         example = images[:batch_size]
@@ -97,21 +106,30 @@ def measure_speedup(saver: nn.Module, big: nn.Module, thresholds, images: torch.
             for i in range(0, len(images), batch_size):
                 net(images[i:i + batch_size])
             timings[name].append(time.perf_counter() - start)
-    t = {name: _median(v) for name, v in timings.items()}
+    t = {name: statistics.median_high(v) for name, v in timings.items()}
     exit_ratio = runs["cascade"].total_stats.exit_ratios[0]
-    out = {"batch_size": batch_size, "images": len(images), "repeats": repeats, "prepared": prepare,
-           "cascade_seconds": t["cascade"], "big_seconds": t["big"], "saver_seconds": t["saver"],
-           "realised_speedup": t["big"] / t["cascade"], "saver_speed_ratio": t["big"] / t["saver"],
-           "exit_ratio": exit_ratio}
-    if costs is not None:
-        saver_cost, big_cost = costs
-        out.update(predicted_speedup=big_cost / (saver_cost + (1 - exit_ratio) * big_cost),
-                   macs_ratio=big_cost / saver_cost)
-    return out
+    saver_cost, big_cost = costs
+    return {"batch_size": batch_size, "images": len(images), "repeats": repeats, "prepared": prepare,
+            "cascade_seconds": t["cascade"], "big_seconds": t["big"], "saver_seconds": t["saver"],
+            "realised_speedup": t["big"] / t["cascade"], "saver_speed_ratio": t["big"] / t["saver"],
+            "exit_ratio": exit_ratio, "macs_ratio": big_cost / saver_cost,
+            "predicted_speedup": big_cost / (saver_cost + (1 - exit_ratio) * big_cost)}
+
+
+def time_cascade(saver: nn.Module, big: nn.Module, thresholds, test, costs: tuple[float, float], *,
+                 images: int = 2000, batch_sizes=(256, 1), repeats: Optional[int] = None,
+                 prepare: bool = True) -> dict[str, dict]:
+    """measure_speedup on the first `images` test images at each batch size, keyed "batch{size}". Batch 1
+    is timed on a quarter of them and, by default, fewer passes (3 instead of 7): one forward per image is
+    slow, and the ratio is what matters."""
+    stacked = torch.stack([test[i][0] for i in range(min(images, len(test)))])
+    return {f"batch{bs}": measure_speedup(saver, big, thresholds, stacked if bs > 1 else stacked[:max(1, len(stacked) // 4)],
+                                          bs, costs, repeats=repeats or (7 if bs > 1 else 3), prepare=prepare)
+            for bs in batch_sizes}
 
 
 def cascade_study(big_name: str, models: Mapping[str, nn.Module], data: str = "fashion-mnist", *,
-                  calibration_size: int = 5000, seed: int = 0, max_acc_drop: float = 0.0,
+                  calibration_size: int = CALIBRATION_SIZE, seed: int = 0, max_acc_drop: float = 0.0,
                   confidence: Optional[float] = 0.95, speed_images: int = 2000, speed_batches=(256, 1),
                   test_limit: Optional[int] = None,
                   progress: bool = True) -> CascadeStudy:
@@ -127,12 +145,7 @@ def cascade_study(big_name: str, models: Mapping[str, nn.Module], data: str = "f
     for name, model in models.items():
         if name != big_name:
             check_saver(name, model, big)
-    transform = eval_transform(big)
-    train = load_dataset(data, train=True, transform=transform)
-    calib = Subset(train, calibration_indices(len(train), calibration_size, seed))
-    test = load_dataset(data, train=False, transform=transform)
-    if test_limit is not None and test_limit < len(test):
-        test = Subset(test, range(test_limit))  # a fixed prefix, for quick runs
+    calib, test = cascade_splits(big, data, calibration_size, seed, test_limit)
     rec_calib, rec_test = record_split(models, calib, progress=progress), record_split(models, test, progress=progress)
     costs = {name: count_macs(m) for name, m in models.items()}
     savers = [n for n in models if n != big_name]
@@ -154,10 +167,6 @@ def cascade_study(big_name: str, models: Mapping[str, nn.Module], data: str = "f
     accuracy = {n: (r.probs.argmax(1) == r.labels).float().mean().item() for n, r in rec_test.items()}
     rank_calib = ranking(rec_calib)
     best = rank_calib[0][0]
-    images = torch.stack([test[i][0] for i in range(min(speed_images, len(test)))])
-    # Batch 1 is timed on fewer images: one forward per image is slow, and the ratio is what matters.
-    speed = {f"batch{bs}": measure_speedup(models[best], big, calibrations[best].thresholds,
-                                           images if bs > 1 else images[:500], bs, repeats=7 if bs > 1 else 3,
-                                           costs=(costs[best], costs[big_name]))
-             for bs in speed_batches}
+    speed = time_cascade(models[best], big, calibrations[best].thresholds, test, (costs[best], costs[big_name]),
+                         images=speed_images, batch_sizes=speed_batches)
     return CascadeStudy(big_name, costs, accuracy, rank_calib, ranking(rec_test), calibrations, tables, curves, speed)

@@ -5,7 +5,7 @@ ImageNet settings are `CompressConfig.paper()` (2000 epochs, lr 3e-5, batch 64, 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
 SURGERIES = ("compress", "drop")

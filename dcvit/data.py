@@ -7,7 +7,6 @@ Specs: ``fashion-mnist`` (Debian's files, or ``fashion-mnist:ROOT`` for a torchv
 from __future__ import annotations
 
 import gzip
-import os
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -160,6 +159,11 @@ def targets_of(dataset: Dataset) -> torch.Tensor:
     if isinstance(dataset, Subset):
         return targets_of(dataset.dataset)[torch.as_tensor(dataset.indices)]
     return torch.as_tensor(dataset.targets)
+
+
+# Training images held out for cascade calibration (never shots): one value, so compression runs and cascade
+# studies leave out the same images by default.
+CALIBRATION_SIZE = 5000
 
 
 def calibration_indices(num_images: int, size: int, seed: int = 0) -> list[int]:

@@ -10,17 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import torch
 from scipy.stats import spearmanr
 from torch.utils.data import Subset
 
 from .cli_cascade import study_markdown
 from .companions import cascade_study
-from .compress import compress, compress_family
+from .compress import compress_family
 from .config import BLOCK_DROP, CompressConfig
-from .data import eval_transform, few_shot_subset, load_dataset
+from .data import CALIBRATION_SIZE, eval_transform, few_shot_subset, load_dataset
 from .evaluate import evaluate, loader_for
-from .fileio import atomic_path, read_json, write_json
+from .fileio import atomic_path, write_json
 from .io import load, resolve_model
 from .macs import count_macs
 from .plan import default_candidates
@@ -37,16 +36,17 @@ class DemoSettings:
     shots: int = 100
     drops: tuple[int, ...] = (1, 2, 3)     # block-dropping baselines; DC-ViT runs at the same MACs
     extra_targets: tuple[float, ...] = (0.67,)
-    calibration_size: int = 5000
+    calibration_size: int = CALIBRATION_SIZE
     candidate_eval_images: int = 2000      # test images for the metric-vs-error figure
     test_limit: Optional[int] = None       # evaluate on the first N test images only (--fast)
+    speed_images: int = 2000               # test images the cascade is timed on
     config: CompressConfig = CompressConfig()
     seed: int = 0
 
     @classmethod
     def fast(cls) -> "DemoSettings":
         return cls(shots=50, drops=(1, 2), extra_targets=(), calibration_size=1000, candidate_eval_images=500,
-                   test_limit=2000,
+                   test_limit=2000, speed_images=500,
                    config=CompressConfig(epochs=8, trial_epochs=2, synth_images=20, synth_iterations=40))
 
 
@@ -68,22 +68,27 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings = DemoSetting
     targets = drop_targets + [int(f * teacher_macs) for f in settings.extra_targets]
     _log(f"DC-ViT family at {[round(t / teacher_macs, 3) for t in targets]} of the teacher's MACs, {settings.shots} shots")
     family = compress_family(teacher, targets, shots, config, workdir=out / "checkpoints" / "dcvit")
-    candidate_figure = _candidate_study(teacher, out, config, targets[0], settings.candidate_eval_images)
+    test = load_dataset("fashion-mnist", train=False, transform=eval_transform(teacher))
+    candidate_figure = _candidate_study(family[0], out / "checkpoints" / "dcvit", config.surgery, test, out,
+                                        settings.candidate_eval_images)
     _log("block-dropping baseline (PRACTISE-style selection, same fine-tune budget)")
-    drops = [compress(teacher, t, shots, config.replace(**BLOCK_DROP)) for t in drop_targets]
+    # One family: every drop target ranks the same single-block trials, so they run once.
+    drops = compress_family(teacher, drop_targets, shots, config.replace(**BLOCK_DROP),
+                            workdir=out / "checkpoints" / "drop")
 
-    models = {TEACHER: teacher, **{f"dcvit-{100 * r.macs / teacher_macs:.1f}%": r.model for r in family}}
+    models = {TEACHER: teacher, **{family_name(r, teacher_macs): r.model for r in family}}
     models.update({name: resolve_model(name, weights="pretrained") for name in COMPANIONS})
     drop_models = {f"drop{k}": r.model for k, r in zip(settings.drops, drops)}
     _log("recording the pool on the calibration and test splits; calibrating a lossless cascade")
     study = cascade_study(TEACHER, models, "fashion-mnist", calibration_size=settings.calibration_size,
                           seed=settings.seed, max_acc_drop=0.0, progress=progress,
-                          speed_images=500 if settings.test_limit else 2000, test_limit=settings.test_limit)
-    test = load_dataset("fashion-mnist", train=False, transform=eval_transform(teacher))
+                          speed_images=settings.speed_images, test_limit=settings.test_limit)
     drop_top1 = {n: evaluate(m, loader_for(test, limit=settings.test_limit), progress=progress)["top1"]
                  for n, m in drop_models.items()}
 
-    report = _report_json(study, family, drops, drop_top1, settings, teacher_macs, time.perf_counter() - start)
+    test_images = min(settings.test_limit or len(test), len(test))
+    report = _report_json(study, family, drops, drop_top1, settings, teacher_macs, test_images,
+                          time.perf_counter() - start)
     report["figures"] = _figures(out, study, report, teacher_macs) + [candidate_figure["path"]]
     report["candidates"] = candidate_figure
     write_json(out / "report.json", report)
@@ -94,18 +99,18 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings = DemoSetting
     return report
 
 
-def _candidate_study(teacher, out: Path, config: CompressConfig, target: int, images: int) -> dict:
+def family_name(result, teacher_macs: int) -> str:
+    return f"dcvit-{100 * result.macs / teacher_macs:.1f}%"
+
+
+def _candidate_study(result, root: Path, surgery: str, test, out: Path, images: int) -> dict:
     """Fig. 4 at our scale: do the trial's synthetic-set scores track the candidates' real test error?"""
-    from .compress import plan_for
-    plan = plan_for(teacher, target, config)
-    root = out / "checkpoints" / "dcvit"
-    test = Subset(load_dataset("fashion-mnist", train=False, transform=eval_transform(teacher)), range(images))
-    blocks, scores, losses, errors = [], [], [], []
-    for b in plan.candidate_blocks:
-        meta_dir = root / trial_key(plan, b, config.surgery)
-        meta = read_json(meta_dir / "meta.json")
-        blocks.append(b), scores.append(meta["score"]), losses.append(meta["train_loss"])
-        errors.append(1 - evaluate(load(meta_dir / "model"), loader_for(test), progress=False)["top1"])
+    test = Subset(test, range(min(images, len(test))))
+    blocks = list(result.trials)  # candidate order
+    scores = [result.trials[b].score for b in blocks]
+    losses = [result.trials[b].train_loss for b in blocks]
+    errors = [1 - evaluate(load(root / trial_key(result.plan, b, surgery) / "model"), loader_for(test),
+                           progress=False)["top1"] for b in blocks]
     rho_metric = float(spearmanr(scores, errors).statistic)
     rho_loss = float(spearmanr(losses, errors).statistic)
     path = metric_vs_error(scores, errors, losses, blocks, out / "metric_vs_error.png", rho_metric, rho_loss)
@@ -113,11 +118,11 @@ def _candidate_study(teacher, out: Path, config: CompressConfig, target: int, im
             "test_images": images, "spearman_metric": rho_metric, "spearman_train_loss": rho_loss, "path": str(path)}
 
 
-def _report_json(study, family, drops, drop_top1, settings, teacher_macs, seconds) -> dict:
+def _report_json(study, family, drops, drop_top1, settings, teacher_macs, test_images, seconds) -> dict:
     best = study.calibrations[study.saver]
-    speed = study.speed.get("batch256") or next(iter(study.speed.values()))
+    speed = study.speed["batch256"]
     dcvit_rows = [{"target": round(r.plan.macs_target / teacher_macs, 4), "macs": r.macs,
-                   "top1": study.accuracy[f"dcvit-{100 * r.macs / teacher_macs:.1f}%"], "blocks": list(r.blocks),
+                   "top1": study.accuracy[family_name(r, teacher_macs)], "blocks": list(r.blocks),
                    "mlp_hidden": r.plan.mlp_hidden} for r in family]
     return {
         "teacher": {"name": TEACHER, "top1": study.accuracy[TEACHER], "macs": teacher_macs},
@@ -130,7 +135,7 @@ def _report_json(study, family, drops, drop_top1, settings, teacher_macs, second
                     "throughput_speedup": speed["realised_speedup"], "predicted_speedup": speed["predicted_speedup"],
                     "calibration_top1": best.calib_accuracy, "calibration_big_top1": best.calib_big_accuracy,
                     "confidence": best.confidence, "best_saver_on_test": study.test_ranking[0][0]},
-        "settings": {"test_images": settings.test_limit or 10000, "shots": settings.shots, "seed": settings.seed, "calibration_size": settings.calibration_size,
+        "settings": {"test_images": test_images, "shots": settings.shots, "seed": settings.seed, "calibration_size": settings.calibration_size,
                      "config": settings.config.as_dict()},
         "seconds": round(seconds, 1),
     }
@@ -170,7 +175,8 @@ def _markdown(report: dict, study) -> str:
     return "\n".join([
         "# dcvit demo report", "",
         f"Teacher `{report['teacher']['name']}`, {report['settings']['shots']} unlabeled shots, seed "
-        f"{report['settings']['seed']}; all accuracies on the 10k Fashion-MNIST test set; thresholds chosen on a "
+        f"{report['settings']['seed']}; all accuracies on {report['settings']['test_images']} Fashion-MNIST test images; "
+        f"thresholds chosen on a "
         f"{report['settings']['calibration_size']}-image held-out calibration split of the training set.", "",
         "```", summary_table(report), "```", "",
         "![accuracy vs MACs](accuracy_vs_macs.png)", "",

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import timm
-import torch
 from torch import nn
 
 from .arch import adapter_for_spec, get_adapter

@@ -7,9 +7,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import timm
-
 import dcvit
+from dcvit.cli import OneLineParser
 from dcvit.config import CompressConfig
 from dcvit.data import SPEC_HELP, parse_spec
 from dcvit.fileio import write_json
@@ -20,15 +19,12 @@ PRESETS = {
 }
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line on stderr (exit status 2), without the usage block; --help shows
-    the description (the recipe's docstring, with its example command) as written."""
+class Parser(OneLineParser):
+    """dcvit's one-line-error parser; --help shows the description (the recipe's docstring, with its example
+    command) as written."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__(formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
-
-    def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: error: {' '.join(str(message).split())} (see --help)\n")
 
 
 @contextmanager
@@ -94,18 +90,9 @@ def config_for(args, smoke_shrink=None) -> CompressConfig:
 
 
 def load_pretrained(name: str):
-    """A saved model directory, or a timm ('tv:NAME' for torchvision) model with its pretrained weights.
-
-    Unlike dcvit.resolve_model this never falls back to random init: compressing random weights is pointless.
-    """
-    if Path(name).exists():
-        return dcvit.load(name)
-    if not name.startswith("tv:") and not timm.is_model(name.split(".")[0]):
-        raise ValueError(f"unknown model '{name}': not a timm model name, 'tv:NAME', nor a saved model directory")
-    try:
-        return dcvit.create_model(name, pretrained=True)
-    except Exception as err:  # no network, no cached weights, no pretrained tag
-        raise ValueError(f"pretrained weights for {name} are unavailable ({type(err).__name__}: {err})") from None
+    """A saved model directory, or a timm ('tv:NAME' for torchvision) model with its pretrained weights; never
+    random init, since compressing random weights is pointless."""
+    return dcvit.resolve_model(name, weights="pretrained")
 
 
 def check_fresh(workdir: Path, resume: bool) -> None:

@@ -23,16 +23,13 @@ if HERE not in sys.path:  # the shared helpers next to this file, however the sc
 
 import _common as common  # noqa: E402
 import _smoke  # noqa: E402
-import torch  # noqa: E402
 
-import cascade  # noqa: E402
 import dcvit  # noqa: E402
-from dcvit.cli_cascade import study_markdown, study_summary, tolerance_arguments  # noqa: E402
+from dcvit.cli_cascade import study_summary, tolerance_arguments, write_study  # noqa: E402
 from dcvit.companions import cascade_study, check_saver  # noqa: E402
 from dcvit.compress import compress_family, plan_for  # noqa: E402
-from dcvit.data import few_shot_subset, parse_spec  # noqa: E402
+from dcvit.data import CALIBRATION_SIZE, few_shot_subset, parse_spec  # noqa: E402
 from dcvit.fileio import write_json  # noqa: E402
-from dcvit.macs import default_input_size  # noqa: E402
 
 TARGETS, SMOKE_TARGETS = (0.5, 0.3), (0.75, 0.67)  # the tiny smoke model cannot go below ~56%
 
@@ -47,8 +44,8 @@ def build_parser() -> common.Parser:
                         f"{' '.join(map(str, TARGETS))}; with --smoke {' '.join(map(str, SMOKE_TARGETS))})")
     p.add_argument("--extra-savers", nargs="+", default=[], metavar="NAME",
                    help="more candidates: timm names (pretrained) or dcvit.save directories")
-    p.add_argument("--calibration-size", type=common.positive_int, default=5000,
-                   help="held-out training images for saver choice and threshold calibration (default 5000)")
+    p.add_argument("--calibration-size", type=common.positive_int, default=CALIBRATION_SIZE,
+                   help=f"held-out training images for saver choice and threshold calibration (default {CALIBRATION_SIZE})")
     tolerance_arguments(p)
     p.add_argument("--speed-images", type=common.positive_int, default=2000,
                    help="test images for the timed cascade (default 2000)")
@@ -92,8 +89,7 @@ def run(args, parser, data_root: Path | None = None) -> dict:
     study = cascade_study(big_name, models, spec, calibration_size=calibration, seed=args.seed,
                           max_acc_drop=args.max_acc_drop, confidence=args.confidence, progress=not smoke, **speed)
     write_json(out / "study.json", study_summary(study))
-    (out / "report.md").write_text(study_markdown(study))
-    cascade.plot_curves(study.curves, study.accuracy[big_name], study.costs[big_name], out / "curves.png")
+    write_study(study, out)
     best = study.calibrations[study.saver]
     print(f"Chosen saver: {study.saver} ({study.costs[study.saver] / 1e6:.2f}M MACs vs {big_name}'s "
           f"{study.costs[big_name] / 1e6:.2f}M; ΔC {study.ranking[0][1]:.3f} on the calibration split)")

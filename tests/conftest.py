@@ -1,7 +1,4 @@
-import os
-
 import pytest
-import timm
 import torch
 
 import dcvit  # noqa: F401  registers the shipped models

@@ -1,6 +1,4 @@
-import pytest
 import timm
-import torch
 import torchvision
 
 import dcvit

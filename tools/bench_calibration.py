@@ -14,12 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-from torch.utils.data import Subset
 
 import cascade
-from dcvit.companions import record_split
-from dcvit.data import calibration_indices, eval_transform, load_dataset
+from dcvit.companions import cascade_splits, record_split
+from dcvit.data import CALIBRATION_SIZE
 from dcvit.io import resolve_model
 from dcvit.macs import count_macs
 
@@ -29,7 +27,7 @@ def parse_args(argv):
     p.add_argument("--big", default="fmnist_vit12")
     p.add_argument("--savers", nargs="+", default=["fmnist_cnn", "fmnist_vit_tiny"])
     p.add_argument("--data", default="fashion-mnist")
-    p.add_argument("--calibration-size", type=int, default=5000)
+    p.add_argument("--calibration-size", type=int, default=CALIBRATION_SIZE)
     p.add_argument("--test-limit", type=int, help="first N test images only (quick runs)")
     p.add_argument("--drops", type=float, nargs="+", default=[0.0, 0.001, 0.005, 0.01])
     p.add_argument("--confidence", type=float, default=0.95, help="the level compared with measured accuracies")
@@ -42,12 +40,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     models = {n: resolve_model(n, weights="pretrained") for n in [args.big, *args.savers]}
-    transform = eval_transform(models[args.big])
-    train = load_dataset(args.data, train=True, transform=transform)
-    test = load_dataset(args.data, train=False, transform=transform)
-    if args.test_limit:
-        test = Subset(test, range(min(args.test_limit, len(test))))
-    calib = Subset(train, calibration_indices(len(train), args.calibration_size, 0))
+    calib, test = cascade_splits(models[args.big], args.data, args.calibration_size, test_limit=args.test_limit or None)
     rec_calib, rec_test = record_split(models, calib, progress=False), record_split(models, test, progress=False)
     big = args.big
     for name in models:  # how much easier the calibration split is, per model (memorised or not)

@@ -15,12 +15,11 @@ import json
 import sys
 
 import torch
-from torch.utils.data import Subset
 
 import cascade
 from dcvit.cli_cascade import tolerance_arguments
-from dcvit.companions import measure_speedup, record_split
-from dcvit.data import calibration_indices, eval_transform, load_dataset
+from dcvit.companions import cascade_splits, record_split, time_cascade
+from dcvit.data import CALIBRATION_SIZE
 from dcvit.io import resolve_model
 from dcvit.macs import count_macs
 
@@ -30,7 +29,7 @@ def parse_args(argv):
     p.add_argument("--big", default="fmnist_vit12")
     p.add_argument("--saver", default="fmnist_cnn")
     p.add_argument("--data", default="fashion-mnist")
-    p.add_argument("--calibration-size", type=int, default=5000)
+    p.add_argument("--calibration-size", type=int, default=CALIBRATION_SIZE)
     p.add_argument("--images", type=int, default=2000, help="test images timed (batch 1: a quarter of them)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1])
     p.add_argument("--repeats", type=int, default=9)
@@ -44,22 +43,16 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     big, saver = resolve_model(args.big, weights="pretrained"), resolve_model(args.saver, weights="pretrained")
-    transform = eval_transform(big)
-    train = load_dataset(args.data, train=True, transform=transform)
-    calib = Subset(train, calibration_indices(len(train), args.calibration_size, 0))
+    calib, test = cascade_splits(big, args.data, args.calibration_size)
     rec = record_split({"saver": saver, "big": big}, calib, progress=False)
     costs = [count_macs(saver), count_macs(big)]
     cal = cascade.calibrate([rec["saver"].probs, rec["big"].probs], rec["big"].labels, costs,
                             max_acc_drop=args.max_acc_drop, confidence=args.confidence)
-    test = load_dataset(args.data, train=False, transform=transform)
-    images = torch.stack([test[i][0] for i in range(min(args.images, len(test)))])
-    rows = []
-    for bs in args.batch_sizes:
-        timed_images = images if bs > 1 else images[:max(1, len(images) // 4)]
-        for prepare in (False, True):
-            r = measure_speedup(saver, big, cal.thresholds, timed_images, bs, repeats=args.repeats, prepare=prepare,
-                                costs=(costs[0], costs[1]))
-            rows.append({**r, "ratio": r["realised_speedup"] / r["predicted_speedup"]})
+    runs = {prepare: time_cascade(saver, big, cal.thresholds, test, (costs[0], costs[1]), images=args.images,
+                                  batch_sizes=args.batch_sizes, repeats=args.repeats, prepare=prepare)
+            for prepare in (False, True)}
+    rows = [{**r, "ratio": r["realised_speedup"] / r["predicted_speedup"]}
+            for key in runs[True] for r in (runs[False][key], runs[True][key])]
     if args.json:
         print(json.dumps({"thresholds": cal.thresholds, "rows": rows}, indent=2))
         return 0

@@ -26,7 +26,7 @@ import torch
 import synth
 from dcvit.compress import compress
 from dcvit.config import ABLATIONS, BLOCK_DROP, CompressConfig
-from dcvit.data import eval_transform, few_shot_subset, load_dataset
+from dcvit.data import CALIBRATION_SIZE, eval_transform, few_shot_subset, load_dataset
 from dcvit.evaluate import evaluate, loader_for
 from dcvit.io import resolve_model
 from dcvit.macs import count_macs
@@ -70,7 +70,7 @@ class Bench:
 
     def run(self, cell: str, k: int, shots: int, seed: int, config: CompressConfig, workdir=None) -> dict:
         start = time.perf_counter()
-        data = few_shot_subset("fashion-mnist", shots, seed, calibration_size=5000)
+        data = few_shot_subset("fashion-mnist", shots, seed, calibration_size=CALIBRATION_SIZE)
         metric_set = None if config.metric == "train_loss" else self.metric_set(seed, config)
         result = compress(self.teacher, self.drop_macs[k], data, config, workdir=workdir, metric_set=metric_set)
         top1 = evaluate(result.model, loader_for(self.test), progress=False)["top1"]
