@@ -148,6 +148,26 @@ def anatomy(bench: Bench) -> None:
     (bench.out / "anatomy.json").write_text(json.dumps(rows, indent=2))
 
 
+def _timing_report(out: Path, grid: list[dict]) -> None:
+    """Wall time per stage of the grid runs (seconds; ranges over the per-(method, k) means across seeds and
+    shot counts), the fine-tune speed, and the synthetic sets' seconds."""
+    if not grid:
+        return
+    print("\n| method | block-wise trial (s) | progressive steps (s) | whole run (s) | fine-tune images/s |")
+    print("|---|---|---|---|---|")
+    for method in ("drop", "dcvit"):
+        mine = [r for r in grid if r["cell"].startswith(f"grid/{method}/")]
+        means = lambda key: [statistics.mean(r[key] if key == "seconds" else r["stage_seconds"][key]
+                                             for r in mine if r["k"] == k) for k in (1, 2, 3)]
+        speed = [v for r in mine for v in r["images_per_second"] if v is not None]
+        span = lambda vs: f"{min(vs):.1f}-{max(vs):.1f}"
+        print(f"| {method} | {span(means('trials'))} | {span(means('progressive'))} | {span(means('seconds'))} "
+              f"| {statistics.mean(speed):.0f} (range {min(speed):.0f}-{max(speed):.0f}) |")
+    synth = [float(p.read_text()) for p in sorted(out.glob("metric_set_*.seconds"))]
+    if synth:
+        print(f"synthetic metric sets: {', '.join(f'{v:.1f}' for v in synth)} s")
+
+
 def report(out: Path) -> None:
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
     def stat(values):
@@ -166,6 +186,7 @@ def report(out: Path) -> None:
             macs = (c or d)[0]["macs_fraction"]
             print(f"| {k} | {shots} | {100 * macs:.1f} | {stat([r['top1'] for r in d])} | {stat([r['top1'] for r in c])} "
                   f"| {stat(diffs)} | {len(c)}/{len(d)} |")
+    _timing_report(out, [r for r in rows if r["cell"].startswith("grid/")])
     ablations = [r for r in rows if r["cell"].startswith("ablation/")]
     if ablations:
         print("\n| switch | top-1 at drop-1 MACs | top-1 at drop-3 MACs |\n|---|---|---|")

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Latency of the original, DC-ViT and block-dropped structures at equal MACs (a thin wrapper of `dcvit bench`).
 
-Example (the BENCHMARKS.md entry):
-    python tools/bench_latency.py --model vit_base_patch16_224 --drop 1 2 3 --batch-sizes 1 32 --repeats 5 --threads 2
+Examples (the BENCHMARKS.md entries):
+    python tools/bench_latency.py --model vit_base_patch16_224 --drop 1 2 3 --batch-sizes 1 --repeats 5 --threads 1
+    python tools/bench_latency.py --model vit_base_patch16_224 --drop 1 2 3 --batch-sizes 32 --repeats 5 --threads 2
 """
 import sys
 
