@@ -107,7 +107,7 @@ def run_synth(args) -> None:
     import synth
     from .io import resolve_model
     model = resolve_model(args.model, weights="pretrained")
-    made = synth.synthesize(model, args.num_images, iterations=args.iterations, warmup=max(1, args.iterations // 20),
+    made = synth.synthesize(model, args.num_images, iterations=args.iterations,
                             jitter=args.jitter, seed=args.seed, image_size=args.input_size)
     made.save(Path(args.out))
     made.save_grid(Path(args.out) / "grid.png")

@@ -22,10 +22,9 @@ from .evaluate import evaluate, loader_for
 from .fileio import atomic_path, write_json
 from .io import load, resolve_model
 from .macs import count_macs
-from .plan import default_candidates
+from .plan import block_drop_macs
 from .plots import accuracy_vs_macs, metric_vs_error
 from .select import trial_key
-from .surgery import drop_blocks
 
 TEACHER = "fmnist_vit12"
 COMPANIONS = ("fmnist_vit_tiny", "fmnist_cnn")
@@ -62,9 +61,7 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings = DemoSetting
     teacher = resolve_model(TEACHER, weights="pretrained")
     shots = few_shot_subset("fashion-mnist", settings.shots, settings.seed, settings.calibration_size)
     teacher_macs = count_macs(teacher)
-    candidates = default_candidates(len(teacher.blocks))
-
-    drop_targets = [count_macs(drop_blocks(teacher, candidates[:k])) for k in settings.drops]
+    drop_targets = [block_drop_macs(teacher, k) for k in settings.drops]
     targets = drop_targets + [int(f * teacher_macs) for f in settings.extra_targets]
     _log(f"DC-ViT family at {[round(t / teacher_macs, 3) for t in targets]} of the teacher's MACs, {settings.shots} shots")
     family = compress_family(teacher, targets, shots, config, workdir=out / "checkpoints" / "dcvit")

@@ -82,10 +82,9 @@ class Engine:
         """The synthetic metric set (Eq. 4-5): made once by the main process, shared through the workspace."""
         path = self.workspace.root / "metric_set"
         if self.accelerator.is_main_process and not (path / "meta.json").is_file():
-            iters = self.config.synth_iterations
             start = time.perf_counter()
-            made = synth.synthesize(self.teacher, self.config.synth_images, iterations=iters,
-                                    warmup=max(1, iters // 20), jitter=self.config.synth_jitter, seed=self.config.seed, progress=self.config.progress)
+            made = synth.synthesize(self.teacher, self.config.synth_images, iterations=self.config.synth_iterations,
+                                    jitter=self.config.synth_jitter, seed=self.config.seed, progress=self.config.progress)
             self.timings["synth"] = time.perf_counter() - start
             made.save(path)
         self.accelerator.wait_for_everyone()

@@ -69,6 +69,15 @@ def default_candidates(num_blocks: int) -> tuple[int, ...]:
     return tuple(range(1, num_blocks - 1)) if num_blocks > 2 else tuple(range(num_blocks))
 
 
+def block_drop_macs(model: nn.Module, drop: int) -> int:
+    """MACs after dropping the first `drop` default candidate blocks: the equal-MACs point at which DC-ViT and
+    block dropping are compared (the demo, `dcvit bench`, the compression benchmark)."""
+    from .surgery import drop_blocks
+    from .arch import get_adapter
+    candidates = default_candidates(len(get_adapter(model).blocks(model)))
+    return count_macs(drop_blocks(model, candidates[:drop]))
+
+
 def floor_macs(profile: MacsProfile, candidates: Sequence[int]) -> int:
     """The smallest reachable MACs: every candidate without attention and with a 1-unit MLP."""
     return profile.total - sum(profile.attn[b] + profile.mlp[b] - profile.mlp_unit(b) for b in candidates)

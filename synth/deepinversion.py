@@ -145,7 +145,7 @@ def synthesize(
     l2: float = 1e-5,
     jitter: float = 30 / 224,
     flip: bool = True,
-    warmup: int = 100,
+    warmup: int | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
     progress: bool = True,
@@ -157,13 +157,14 @@ def synthesize(
 
     Image shape and mean/std default to the model's data config (see
     :mod:`synth.model_inputs`); ``jitter`` is a fraction of the image side.
+    ``warmup`` (learning-rate warm-up iterations) defaults to 5% of ``iterations``.
     ``batch_size`` splits the images into independently optimised chunks; then
     ``total_loss`` is the size-weighted mean of the chunks' best objectives.
     The model is put in eval mode for the run and restored afterwards.
     """
     num_images = _check_int("num_images", num_images, 1)
     iterations = _check_int("iterations", iterations, 1)
-    warmup = _check_int("warmup", warmup, 0)
+    warmup = max(1, iterations // 20) if warmup is None else _check_int("warmup", warmup, 0)  # 100 at 2000
     seed = _check_int("seed", seed, -(2**63))
     chunk = num_images if batch_size is None else _check_int("batch_size", batch_size, 1)
     lr, tv, l2 = (_check_nonnegative(n, v) for n, v in (("lr", lr), ("tv", tv), ("l2", l2)))
