@@ -54,11 +54,10 @@ def _run_targets(args, targets: list[str]) -> list[dict]:
     from .io import resolve_model, save
     config = _config(args)  # config and targets are checked before any data or model work
     model = resolve_model(args.model, weights="pretrained")
-    for t in targets:
-        plan_for(model, t, config)
+    plans = [plan_for(model, t, config) for t in targets]
     data = few_shot_subset(args.data, args.shots, seed=args.seed, calibration_size=args.calibration_size)
     out = Path(args.out)
-    results = compress_family(model, targets, data, config, workdir=out / "checkpoints", resume=args.resume)
+    results = compress_family(model, plans, data, config, workdir=out / "checkpoints", resume=args.resume)
     summaries = []
     for target, result in zip(targets, results):
         folder = out if len(targets) == 1 else out / f"target-{target}"

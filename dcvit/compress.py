@@ -100,9 +100,10 @@ def _run(engine: Engine, plan: Plan) -> CompressionResult:
                              seconds={**engine.timings, **timings})
 
 
-def compress(model: nn.Module, target_macs: float, data: Dataset, config: CompressConfig = CompressConfig(), *,
+def compress(model: nn.Module, target_macs: float | Plan, data: Dataset, config: CompressConfig = CompressConfig(), *,
              workdir: Optional[str | Path] = None, resume: bool = False, metric_set=None) -> CompressionResult:
-    """Compress `model` to `target_macs` (fraction in (0, 1) or absolute MACs) with the unlabeled few-shot `data`.
+    """Compress `model` to `target_macs` (fraction in (0, 1) or absolute MACs, or the Plan that
+    plan_for(model, target, config) already returned) with the unlabeled few-shot `data`.
 
     `data` yields (image, label) pairs; labels are ignored. PIL images get the model's transforms (and
     augmentation when `config.augment`); tensors are used as they are. `workdir` keeps checkpoints.
@@ -112,14 +113,16 @@ def compress(model: nn.Module, target_macs: float, data: Dataset, config: Compre
                            metric_set=metric_set)[0]
 
 
-def compress_family(model: nn.Module, targets: Sequence[float], data: Dataset,
+def compress_family(model: nn.Module, targets: Sequence[float | Plan], data: Dataset,
                     config: CompressConfig = CompressConfig(), *, workdir: Optional[str | Path] = None,
                     resume: bool = False, metric_set=None) -> list[CompressionResult]:
     """A dense family: one result per target, sharing the synthetic set, teacher tokens and any trial
-    whose plan (width, attention) matches."""
+    whose plan (width, attention) matches. A target may be a Plan from plan_for with the same config, so a
+    caller that showed the plans first does not compute them again."""
     if not targets:
         raise ValueError("give at least one target MACs")
-    plans = [plan_for(model, t, config) for t in targets]  # fail on bad targets before any work
+    # Fail on bad targets before any work.
+    plans = [t if isinstance(t, Plan) else plan_for(model, t, config) for t in targets]
     engine = Engine(model, data, config, Path(workdir) if workdir else None, resume, metric_set)
     try:
         return [_run(engine, p) for p in plans]

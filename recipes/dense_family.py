@@ -49,7 +49,7 @@ def run(args, parser, data_root: Path | None = None) -> list[dict]:
     for t, plan in zip(args.targets, plans):
         print(f"target {common.label(t)}: {plan.describe()}", flush=True)
     data = few_shot_subset(spec, shots, seed=args.seed)
-    results = compress_family(model, args.targets, data, config, workdir=out / "checkpoints", resume=args.resume)
+    results = compress_family(model, plans, data, config, workdir=out / "checkpoints", resume=args.resume)
     summaries = [common.save_result(r, t, out / f"target-{common.label(t)}", shots=shots, preset=args.preset)
                  for t, r in zip(args.targets, results)]
     write_json(out / "family.json", {"model": "smoke" if args.smoke else args.model, "data": spec, "shots": shots,

@@ -77,11 +77,12 @@ def run(args, parser, data_root: Path | None = None) -> dict:
     extras = {n: load(n) for n in args.extra_savers}
     for n, m in extras.items():
         check_saver(n, m, big)
-    for n, t in members.items():  # fail on unreachable targets before any data work
-        print(f"{n}: {plan_for(big, t, config).describe()}", flush=True)
+    plans = [plan_for(big, t, config) for t in targets]  # fail on unreachable targets before any data work
+    for n, plan in zip(members, plans):
+        print(f"{n}: {plan.describe()}", flush=True)
     # The few shots come from the training split minus the calibration images, so the choice stays honest.
     data = few_shot_subset(spec, shots, seed=args.seed, calibration_size=calibration)
-    results = compress_family(big, targets, data, config, workdir=out / "checkpoints", resume=args.resume)
+    results = compress_family(big, plans, data, config, workdir=out / "checkpoints", resume=args.resume)
     summaries = [common.save_result(r, t, out / f"target-{n}", shots=shots, preset=args.preset)
                  for n, t, r in zip(names, targets, results)]
     print(common.family_table(summaries), flush=True)

@@ -42,7 +42,7 @@ def run(args, parser, data_root: Path | None = None) -> dict:
     print(f"plan: {plan.describe()}", flush=True)
     data = few_shot_subset(spec, shots, seed=args.seed)
     start = time.perf_counter()
-    result = compress(model, args.target_macs, data, config, workdir=out / "checkpoints", resume=args.resume)
+    result = compress(model, plan, data, config, workdir=out / "checkpoints", resume=args.resume)
     summary = common.save_result(result, args.target_macs, out, model=args.model if not args.smoke else "smoke",
                                  data=spec, shots=shots, preset=args.preset, smoke=args.smoke,
                                  config=config.as_dict(), wall_seconds=time.perf_counter() - start)

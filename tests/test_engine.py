@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import dcvit
-from dcvit.compress import compress, compress_family
+from dcvit.compress import compress, compress_family, plan_for
 from dcvit.config import ABLATIONS, BLOCK_DROP, CompressConfig
 from dcvit.engine import Engine
 from dcvit.mimic import trainable_parameters
@@ -43,6 +43,13 @@ def test_end_to_end_meets_target_and_is_deterministic():
     assert a.blocks[0] == min(a.scores, key=a.scores.get)  # progressive starts from the best candidate
     assert same_weights(a.model, b.model)
     assert a.model(torch.randn(2, 1, 16, 16)).shape == (2, 10)
+
+
+def test_a_ready_plan_is_used_as_given():
+    model = tiny_vit()
+    plan = plan_for(model, 0.7, FAST)
+    a, b = compress(model, plan, tiny_data(), FAST), compress(model, 0.7, tiny_data(), FAST)
+    assert a.plan is plan and a.plan == b.plan and a.blocks == b.blocks and same_weights(a.model, b.model)
 
 
 def test_mimicking_trains_front_only_and_lowers_the_loss():
