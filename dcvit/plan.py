@@ -83,10 +83,24 @@ def floor_macs(profile: MacsProfile, candidates: Sequence[int]) -> int:
     return profile.total - sum(profile.attn[b] + profile.mlp[b] - profile.mlp_unit(b) for b in candidates)
 
 
+def _least_saving_first(profile: MacsProfile, candidates: Sequence[int]) -> list[int]:
+    """Candidates by what compressing them saves at most (attention + MLP), smallest first."""
+    return sorted(candidates, key=lambda b: profile.attn[b] + profile.mlp[b])
+
+
+def _candidates(profile: MacsProfile, candidate_blocks: Optional[Sequence[int]]) -> tuple[int, ...]:
+    """The given candidate blocks, checked, or the default ones."""
+    num_blocks = len(profile.attn)
+    candidates = tuple(candidate_blocks) if candidate_blocks is not None else default_candidates(num_blocks)
+    if not candidates or any(not 0 <= b < num_blocks for b in candidates):
+        raise ValueError(f"candidate blocks must be a non-empty subset of 0..{num_blocks - 1}; got {list(candidates)}")
+    return candidates
+
+
 def _structure(profile: MacsProfile, candidates: Sequence[int], delta: int, forced: Optional[int]):
     """(n, remove_attention, kept units) for a MACs reduction `delta`, or None if n blocks cannot reach it."""
     # Conservative order: blocks that save the least first, so the plan fits whichever blocks are picked.
-    order = sorted(candidates, key=lambda b: profile.attn[b] + profile.mlp[b])
+    order = _least_saving_first(profile, candidates)
     hidden = profile.mlp_hidden[order[0]]
     if forced is None and delta < min(profile.attn[b] for b in order) and delta < profile.mlp[order[0]]:
         # Less than one attention module: keep every attention, narrow one MLP (dense small reductions).
@@ -110,10 +124,7 @@ def plan(model: nn.Module, target_macs: float, *, blocks: Optional[int] = None,
     from .surgery import apply_plan  # surgery needs Plan; import here to keep the modules acyclic
 
     profile = macs_profile(model, input_size)
-    num_blocks = len(profile.attn)
-    candidates = tuple(candidate_blocks) if candidate_blocks is not None else default_candidates(num_blocks)
-    if not candidates or any(not 0 <= b < num_blocks for b in candidates):
-        raise ValueError(f"candidate blocks must be a non-empty subset of 0..{num_blocks - 1}; got {list(candidates)}")
+    candidates = _candidates(profile, candidate_blocks)
     target = resolve_target(target_macs, profile.total)
     floor = floor_macs(profile, candidates)
     if target < floor:
@@ -133,7 +144,7 @@ def plan(model: nn.Module, target_macs: float, *, blocks: Optional[int] = None,
                          f"use more blocks (blocks={n + 1}) or drop_blocks for plain block dropping")
     hidden = profile.mlp_hidden[candidates[0]]
     draft = Plan(n, min(kept, hidden), remove_attention, profile.total, target, 0, candidates, hidden, profile.input_size)
-    order = sorted(candidates, key=lambda b: profile.attn[b] + profile.mlp[b])[:n]
+    order = _least_saving_first(profile, candidates)[:n]
     planned = count_macs(apply_plan(model, draft, order), profile.input_size)
     return Plan(**{**draft.__dict__, "macs_planned": planned})
 
@@ -144,7 +155,7 @@ def plan_block_drop(model: nn.Module, target_macs: float, *, input_size: Optiona
     from .surgery import drop_blocks
 
     profile = macs_profile(model, input_size)
-    candidates = tuple(candidate_blocks) if candidate_blocks is not None else default_candidates(len(profile.attn))
+    candidates = _candidates(profile, candidate_blocks)
     target = resolve_target(target_macs, profile.total)
     order = sorted(candidates, key=lambda b: profile.blocks[b])
     removed = 0

@@ -78,12 +78,16 @@ def _edited_copy(model: nn.Module) -> nn.Module:
     return new
 
 
+def _check_block(b: int, num_blocks: int) -> None:
+    if not 0 <= b < num_blocks:
+        raise ValueError(f"block {b} out of range: the model has blocks 0..{num_blocks - 1}")
+
+
 def _compress_in_place(model: nn.Module, units: Mapping[int, Sequence[int]], remove_attention: bool) -> nn.Module:
     adapter = get_adapter(model)
     num_blocks = len(adapter.blocks(model))
     for i, kept in sorted(units.items()):
-        if not 0 <= i < num_blocks:
-            raise ValueError(f"block {i} out of range: the model has blocks 0..{num_blocks - 1}")
+        _check_block(i, num_blocks)
         kept = sorted(int(u) for u in kept)
         adapter.set_block(model, i, compressed_block(adapter, adapter.blocks(model)[i], kept, remove_attention))
         model.dcvit_edits.append({"op": "compress", "block": i, "remove_attention": remove_attention, "kept_units": kept})
@@ -107,8 +111,7 @@ def apply_plan(model: nn.Module, plan, blocks: Iterable[int], seed: int = 0,
     current = adapter.blocks(model)
     chosen = {}
     for b in blocks:
-        if not 0 <= b < len(current):
-            raise ValueError(f"block {b} out of range: the model has blocks 0..{len(current) - 1}")
+        _check_block(b, len(current))
         hidden = adapter.mlp_hidden(current[b])
         keep = plan.hidden_for(hidden)
         chosen[b] = list(units[b]) if units and b in units else random_units(hidden, keep, seed, b)
@@ -119,8 +122,7 @@ def _drop_in_place(model: nn.Module, blocks: Iterable[int]) -> nn.Module:
     adapter = get_adapter(model)
     num_blocks = len(adapter.blocks(model))
     for b in sorted({int(b) for b in blocks}):
-        if not 0 <= b < num_blocks:
-            raise ValueError(f"block {b} out of range: the model has blocks 0..{num_blocks - 1}")
+        _check_block(b, num_blocks)
         adapter.set_block(model, b, nn.Identity())
         model.dcvit_edits.append({"op": "drop", "block": b})
     return model

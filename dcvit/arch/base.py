@@ -59,7 +59,7 @@ class Adapter:
 
     def mlp_linears(self, block: nn.Module) -> tuple[nn.Linear, nn.Linear]:
         """fc1 and fc2 of a block's MLP: its first and last Linear (true for timm and torchvision MLPs)."""
-        mlp = getattr(block, self.mlp_name) if hasattr(block, self.mlp_name) else block.mlp
+        mlp = getattr(block, self.mlp_name)
         linears = [m for m in mlp.modules() if isinstance(m, nn.Linear)]
         if len(linears) < 2:
             raise ValueError(f"{self.name}: the MLP of a block has {len(linears)} Linear layer(s); expected fc1 and fc2")
