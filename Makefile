@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test test-fast lint clean
 
 setup: .venv/.installed $(FMNIST)/.checked
 
@@ -24,5 +24,13 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q tests
 
+# Everything except the tests marked slow (demo, README examples, multi-process runs).
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache .ruff_cache

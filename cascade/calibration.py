@@ -95,7 +95,8 @@ def calibrate(calib_probs: Sequence[torch.Tensor], calib_labels: torch.Tensor, c
               grid_size: int = 100) -> Calibration:
     """Cheapest thresholds whose calibration accuracy >= big-alone calibration accuracy - max_acc_drop.
 
-    calib_probs / test_probs: one N x K probability tensor per model, cheapest first, big last.
+    calib_probs / test_probs: one N x K probability tensor per model, cheapest first, big last: softmax
+    outputs (entries in [0, 1], rows summing to 1), not logits; labels: N class indices in [0, K).
     max_acc_drop: a fraction (0.01 = one accuracy point; 0 = lossless).
     confidence: None compares the measured calibration accuracies, so the cheapest feasible point sits where
     the noisy accuracy curve first touches the tolerance and new data lands on either side of it about
@@ -110,7 +111,8 @@ def calibrate(calib_probs: Sequence[torch.Tensor], calib_labels: torch.Tensor, c
     grid_size ** (N - 1), fine for N <= 4.
     No feasible thresholds except all-1.0: returns thresholds all 1.0 with fallback=True (see Calibration).
     """
-    probs, labels = check_stage_probs(calib_probs, calib_labels, min_stages=2, what="calib_probs")
+    probs, labels = check_stage_probs(calib_probs, calib_labels, min_stages=2, what="calib_probs",
+                                      labels_what="calib_labels")
     costs = check_costs(costs, len(probs), required=True)
     big_cost = check_big_cost(costs)
     drop = check_fraction(max_acc_drop, "max_acc_drop")
@@ -119,7 +121,8 @@ def calibrate(calib_probs: Sequence[torch.Tensor], calib_labels: torch.Tensor, c
     if (test_probs is None) != (test_labels is None):
         raise ValueError("give both test_probs and test_labels, or neither")
     if test_probs is not None:
-        test_probs, test_labels = check_stage_probs(test_probs, test_labels, what="test_probs")
+        test_probs, test_labels = check_stage_probs(test_probs, test_labels, what="test_probs",
+                                                     labels_what="test_labels")
         if len(test_probs) != len(probs) or test_probs[0].shape[1] != probs[0].shape[1]:
             raise ValueError(f"test_probs must have one N x {probs[0].shape[1]} tensor per model "
                              f"({len(probs)}), like calib_probs")

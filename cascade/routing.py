@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ._checks import check_costs, check_thresholds
+from ._checks import check_costs, check_model_classes, check_thresholds
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,10 @@ class Cascade(nn.Module):
     [0, 1]; a sample exits at stage i when max softmax >= thresholds[i]. Threshold 0 sends everything
     out at that stage; threshold 1 lets only samples whose float32 confidence is exactly 1.0 exit (it
     happens for very large logit gaps), so in practice everything goes on. costs: optional MACs per
-    sample of each model, for `avg_cost` in the statistics.
+    sample of each model, for `avg_cost` in the statistics. Members that declare their class count
+    (`num_classes`, or a final Linear `head`/`heads`/`fc`/`classifier`) must agree at construction; the
+    others are checked on their logits in forward. A model whose `fc` or `head` is not its output layer
+    can say so by setting `num_classes` to its true count (a disagreement makes it count as undeclared).
 
     After every call `last_stats` holds that batch's CascadeStats; `total_stats` accumulates over calls
     until `reset_stats()`. Call it in eval mode under torch.no_grad()/inference_mode for inference;
@@ -68,6 +71,7 @@ class Cascade(nn.Module):
         for i, m in enumerate(models):
             if not isinstance(m, nn.Module):
                 raise ValueError(f"models[{i}] must be a torch.nn.Module, got {type(m).__name__}")
+        check_model_classes(models)
         self.models = nn.ModuleList(models)
         self.thresholds = thresholds  # validated by the property setter
         self.costs = check_costs(costs, len(models))

@@ -39,7 +39,7 @@ def match_ratio(saver_probs: torch.Tensor, big_probs: torch.Tensor, labels: torc
     n = saver.shape[0]
     if n == 0:
         raise ValueError("match_ratio needs at least one sample")
-    labels = check_labels(labels, n)
+    labels = check_labels(labels, n, num_classes=saver.shape[1])
     conf = saver.max(dim=1).values
     gain = (saver.argmax(dim=1) == labels).long() - (big.argmax(dim=1) == labels).long()
     conf_sorted, order = torch.sort(conf, descending=True, stable=True)

@@ -1,22 +1,52 @@
 """dcvit: few-shot compression of vision transformers (DC-ViT) with cascade integration.
 
-Public API (see README.md and ../shared/METHOD.md for the equations):
-    count_macs, macs_profile        MACs (§10)
-    plan, Plan                      structure from a target MACs (§2, Eq. 1-2)
-    apply_plan, drop_blocks         block surgery (§3) and the block-dropping baseline
-    save, load, create_model        pickle-free model files
-"""
-from . import models  # noqa: F401  registers the shipped models in timm
-from .arch import Adapter, MlpParts, UnsupportedModelError, get_adapter, register_adapter
-from .io import create_model, load, resolve_model, save
-from .macs import MacsProfile, count_macs, macs_profile
-from .plan import Plan, plan
-from .surgery import MlpOnlyBlock, apply_plan, drop_blocks
+The public API (docs/method.md gives the equations, README.md the walk-through):
 
-__all__ = [
-    "Adapter", "MlpParts", "UnsupportedModelError", "get_adapter", "register_adapter",
-    "create_model", "load", "resolve_model", "save",
-    "MacsProfile", "count_macs", "macs_profile", "Plan", "plan",
-    "MlpOnlyBlock", "apply_plan", "drop_blocks",
-]
+    count_macs, macs_profile, MacsProfile     MACs (§10)
+    plan, Plan                                structure from a target MACs (§2, Eq. 1-2)
+    apply_plan, drop_blocks                   block surgery (§3) and the block-dropping baseline
+    compress, compress_family,                the progressive driver (§1, Algorithm 1) and dense families
+      CompressConfig, CompressionResult
+    few_shot_subset, load_dataset, ...        data: unlabeled shots, the calibration split, transforms
+    evaluate, loader_for                      top-1 / top-5 on a dataset
+    save, load, create_model, resolve_model   pickle-free model files and models by name
+    Adapter, register_adapter, get_adapter    support for another architecture
+
+Names are imported on first use, so `import dcvit` stays light and no module imports the package face.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from . import models  # noqa: F401  registers the shipped models in timm
+
+# public name -> the module (under dcvit) that defines it
+_EXPORTS = {
+    "Adapter": "arch", "MlpParts": "arch", "UnsupportedModelError": "arch", "get_adapter": "arch",
+    "register_adapter": "arch",
+    "MacsProfile": "macs", "count_macs": "macs", "macs_profile": "macs",
+    "Plan": "planning", "plan": "planning", "plan_block_drop": "planning",
+    "MlpOnlyBlock": "surgery", "apply_plan": "surgery", "drop_blocks": "surgery",
+    "CompressConfig": "config", "ABLATIONS": "config", "BLOCK_DROP": "config",
+    "CompressionResult": "driver", "compress": "driver", "compress_family": "driver", "plan_for": "driver",
+    "few_shot_subset": "data", "load_dataset": "data", "calibration_indices": "data", "eval_transform": "data",
+    "CALIBRATION_SIZE": "data",
+    "evaluate": "studies.evaluate", "loader_for": "studies.evaluate",
+    "save": "files", "load": "files",
+    "create_model": "factory", "resolve_model": "factory",
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'dcvit' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
-SURGERIES = ("compress", "drop")
+STRUCTURES = ("auto", "dcvit", "drop", "mlp")
 METRICS = ("kl", "mse", "train_loss")
 TOKENS = ("all", "cls")
 UNIT_CHOICES = ("random", "activation")
@@ -33,13 +33,18 @@ class CompressConfig:
     synth_iterations: int = 200
     synth_jitter: float = 1 / 28     # roll by up to this fraction of the side; 1 px at 28 (the reference: 30/224)
     candidate_blocks: Optional[tuple[int, ...]] = None
-    # Algorithm 1 and its ablations (METHOD.md §8)
-    surgery: str = "compress"        # "drop": the block-dropping baseline
+    # What each block may lose (docs/method.md §11): "auto" lets the synthetic set choose per block among
+    # keep / narrow MLP / remove MLP / remove attention (MLP maybe narrowed) / drop; "mlp" only edits MLPs;
+    # "dcvit" is the paper's structure (Eq. 1-2); "drop" the block-dropping baseline (with BLOCK_DROP's settings).
+    structure: str = "auto"
+    search_steps: int = 4            # auto/mlp: progressive steps, each fine-tuned for `epochs`
+    # Algorithm 1 and its ablations (docs/method.md §8)
     metric: str = "kl"               # kl (the paper) | mse (features on the synthetic set) | train_loss (few-shot)
     progressive: bool = True         # False: "top-k", all n blocks at once, fine-tuned for n steps' epochs
     train_scope: str = "front"       # "all": fine-tune every block (head stays frozen)
     mimic_tokens: str = "all"        # "cls": mimic the class token only
-    unit_choice: str = "random"      # "activation": keep the units with the largest mean |GELU| on the few-shot set
+    unit_choice: Optional[str] = None  # which MLP units stay: "random" (the paper) or "activation" (largest mean
+                                       # |hidden| x |fc2 column| on the few shots); None: random for dcvit, else activation
     reinit_mlp: bool = False         # re-initialise the kept MLP weights instead of reusing them
     extra_blocks: int = 0            # compress more blocks than Eq. 1 needs
     seed: int = 0
@@ -54,17 +59,23 @@ class CompressConfig:
             (self.clip_grad > 0, "clip_grad must be > 0"),
             (self.synth_images >= 1 and self.synth_iterations >= 1, "synth_images and synth_iterations must be >= 1"),
             (0 <= self.synth_jitter < 1, "synth_jitter must be in [0, 1)"),
-            (self.surgery in SURGERIES, f"surgery must be one of {SURGERIES}"),
+            (self.structure in STRUCTURES, f"structure must be one of {STRUCTURES}"),
+            (self.search_steps >= 1, "search_steps must be >= 1"),
             (self.metric in METRICS, f"metric must be one of {METRICS}"),
             (self.train_scope in SCOPES, f"train_scope must be one of {SCOPES}"),
             (self.mimic_tokens in TOKENS, f"mimic_tokens must be one of {TOKENS}"),
-            (self.unit_choice in UNIT_CHOICES, f"unit_choice must be one of {UNIT_CHOICES}"),
+            (self.unit_choice in (None, *UNIT_CHOICES), f"unit_choice must be one of {UNIT_CHOICES} or None"),
             (self.mixed_precision in PRECISIONS, f"mixed_precision must be one of {PRECISIONS}"),
             (self.extra_blocks >= 0, "extra_blocks must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    @property
+    def units_by(self) -> str:
+        """The unit choice in force: the paper's random choice for DC-ViT, activation-based for the search."""
+        return self.unit_choice or ("random" if self.structure in ("dcvit", "drop") else "activation")
 
     @property
     def epochs_per_trial(self) -> int:
@@ -78,12 +89,12 @@ class CompressConfig:
 
     @classmethod
     def paper(cls, **changes) -> "CompressConfig":
-        """The reference ImageNet settings (METHOD.md §4, §6)."""
+        """The reference ImageNet settings (docs/method.md §4, §6)."""
         return cls(**{"epochs": 2000, "trial_epochs": None, "lr": 3e-5, "batch_size": 64, "augment": True, "loss_warmup": 0.01,
                       "synth_iterations": 2000, "synth_jitter": 30 / 224, **changes})
 
 
-# The ablations of METHOD.md §8 (paper Tab. 6) as config changes relative to a base config.
+# The ablations of docs/method.md §8 (paper Tab. 6) as config changes relative to a base config.
 ABLATIONS: dict[str, dict] = {
     "top-k": {"progressive": False},
     "finetune-all": {"train_scope": "all"},
@@ -97,4 +108,4 @@ ABLATIONS: dict[str, dict] = {
 
 # PRACTISE-style block dropping: drop whole blocks chosen by few-shot feature MSE after a short recovery,
 # all at once, then recover with the same total fine-tune budget as DC-ViT.
-BLOCK_DROP = {"surgery": "drop", "metric": "train_loss", "progressive": False}
+BLOCK_DROP = {"structure": "drop", "metric": "train_loss", "progressive": False}

@@ -21,7 +21,7 @@ import synth
 from .arch import get_adapter
 from .config import CompressConfig
 from .mimic import FewShotImages, MimicResult, TeacherTokens, mimic
-from .select import Trial, feature_mse, kl_score
+from .scoring import Trial, feature_mse, kl_score
 from .surgery import activation_units, apply_plan, drop_blocks, reinit_mlps
 from .workspace import Workspace
 
@@ -96,10 +96,10 @@ class Engine:
     # --- the three steps of every trial and progressive step ------------------------------------
     def build(self, base: nn.Module, plan, blocks: Sequence[int]) -> nn.Module:
         """Surgery on `base`: compress (or, for the baseline, drop) `blocks` as `plan` says."""
-        if self.config.surgery == "drop":
+        if self.config.structure == "drop":
             return drop_blocks(base, blocks)
         units = None
-        if self.config.unit_choice == "activation":
+        if self.config.units_by == "activation":
             # base may be a checkpoint loaded on the CPU while the teacher sits on the accelerator
             x = self.images.fixed.to(next(base.parameters()).device)
             hidden = lambda b: plan.hidden_for(self.adapter.mlp_hidden(self.adapter.blocks(base)[b]))

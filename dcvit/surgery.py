@@ -1,9 +1,11 @@
-"""Block surgery (METHOD.md §3): remove a block's attention and keep a random subset of its MLP units.
+"""Block surgery (docs/method.md §3 and §11): what a block keeps of its attention and its MLP.
 
-A compressed block computes ``x + drop_path(ls2(mlp'(norm2(x))))``: norm1 and attention are gone;
-``mlp'`` reuses the chosen rows of fc1 (weight and bias) and columns of fc2 (weight), fc2's bias whole.
-Every edit is recorded on the returned model (``model.dcvit_edits``) so `dcvit.load` can rebuild it.
-The input model is never modified.
+One general edit covers every structure: a block keeps or loses its attention, and keeps a subset of its MLP
+units (all, some, or none). DC-ViT's compressed block loses its attention and computes
+``x + drop_path(ls2(mlp'(norm2(x))))``, where ``mlp'`` reuses the chosen rows of fc1 (weight and bias) and
+columns of fc2 (weight), fc2's bias whole. A block without its MLP computes ``x + ls1(attn(norm1(x)))``; a
+block without both is dropped (identity). Every edit is recorded on the returned model (``model.dcvit_edits``)
+so `dcvit.load` can rebuild it. The input model is never modified.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import torch
 from torch import nn
 
 from .arch import get_adapter
-from .arch.base import Adapter
+from .arch.base import Adapter, MlpParts
 
 
 class MlpOnlyBlock(nn.Module):
@@ -26,6 +28,13 @@ class MlpOnlyBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+
+class ZeroMlp(nn.Module):
+    """A removed MLP: adds nothing to the residual stream, so its block keeps only its attention."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
 
 
 def random_units(hidden: int, keep: int, seed: int, block: int) -> list[int]:
@@ -57,19 +66,69 @@ def narrow_linear_pair(mlp: nn.Module, units: Sequence[int]) -> None:
     _set_submodule(mlp, names[-1], new_fc2)
 
 
-def compressed_block(adapter: Adapter, block: nn.Module, units: Sequence[int], remove_attention: bool) -> nn.Module:
-    """A new block: a copy of `block` with its MLP narrowed to `units` and, optionally, no attention."""
-    if isinstance(block, (MlpOnlyBlock, nn.Identity)):
-        raise ValueError("this block is already compressed or dropped; each block can be compressed once")
+def _parts(adapter: Adapter, block: nn.Module) -> MlpParts:
+    """norm2, MLP, LayerScale and drop-path of a block, also once its attention is gone."""
+    if isinstance(block, MlpOnlyBlock):
+        return MlpParts(block.norm2, block.mlp, block.ls2, block.drop_path2)
+    return adapter.mlp_parts(block)
+
+
+def block_state(adapter: Adapter, block: nn.Module) -> tuple[bool, int]:
+    """(attention kept, MLP hidden units) of a block in any edit state; a dropped block is (False, 0)."""
+    if isinstance(block, nn.Identity):
+        return False, 0
+    if isinstance(_parts(adapter, block).mlp, ZeroMlp):
+        return not isinstance(block, MlpOnlyBlock), 0
+    return not isinstance(block, MlpOnlyBlock), adapter.mlp_hidden(block)
+
+
+def _replace(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    name = next(n for n, m in root.named_modules() if m is old and n)
+    _set_submodule(root, name, new)
+
+
+def edit_block(adapter: Adapter, block: nn.Module, attention: bool, units: Optional[Sequence[int]]) -> nn.Module:
+    """A new block from `block`: attention kept or removed, and `units` (indices into its current MLP hidden
+    units) kept, None meaning all of them and [] none. A block left with neither is dropped (identity)."""
+    has_attention, width = block_state(adapter, block)
+    if isinstance(block, nn.Identity):
+        raise ValueError("this block is dropped already; a dropped block cannot be edited")
+    if attention and not has_attention:
+        raise ValueError("this block has no attention left to keep")
+    if units is not None and (any(not 0 <= u < width for u in units) or len(set(units)) != len(units)):
+        raise ValueError(f"kept MLP units must be distinct indices in [0, {width})")
+    keep_all = units is None or len(units) == width
+    if not attention and (width == 0 or (units is not None and len(units) == 0)):
+        return nn.Identity()
+    if keep_all and attention == has_attention:
+        raise ValueError("the edit changes nothing: keep some attention or MLP units away")
     block = copy.deepcopy(block)
-    hidden = adapter.mlp_hidden(block)
-    if not units or min(units) < 0 or max(units) >= hidden or len(set(units)) != len(units):
-        raise ValueError(f"kept MLP units must be 1..{hidden} distinct indices in [0, {hidden})")
-    parts = adapter.mlp_parts(block)
-    narrow_linear_pair(parts.mlp, units)
-    if remove_attention:
+    parts = _parts(adapter, block)
+    if not keep_all and len(units) == 0:
+        _replace(block, parts.mlp, ZeroMlp())
+        _replace(block, parts.norm, nn.Identity())  # norm2 only feeds the MLP
+    elif not keep_all:
+        narrow_linear_pair(parts.mlp, sorted(units))
+    if has_attention and not attention:
         return MlpOnlyBlock(parts.norm, parts.mlp, parts.scale, parts.drop_path)
     return block
+
+
+def _edit_in_place(model: nn.Module, edits: Mapping[int, tuple[bool, Optional[Sequence[int]]]]) -> nn.Module:
+    adapter = get_adapter(model)
+    num_blocks = len(adapter.blocks(model))
+    for i, (attention, units) in sorted(edits.items()):
+        _check_block(i, num_blocks)
+        units = None if units is None else sorted(int(u) for u in units)
+        adapter.set_block(model, i, edit_block(adapter, adapter.blocks(model)[i], bool(attention), units))
+        model.dcvit_edits.append({"op": "edit", "block": i, "attention": bool(attention), "kept_units": units})
+    return model
+
+
+def edit_blocks(model: nn.Module, edits: Mapping[int, tuple[bool, Optional[Sequence[int]]]]) -> nn.Module:
+    """A copy of `model` with block i edited to edits[i] = (attention kept, kept MLP unit indices or None)."""
+    get_adapter(model)
+    return _edit_in_place(_edited_copy(model), edits)
 
 
 def _edited_copy(model: nn.Module) -> nn.Module:
@@ -83,21 +142,9 @@ def _check_block(b: int, num_blocks: int) -> None:
         raise ValueError(f"block {b} out of range: the model has blocks 0..{num_blocks - 1}")
 
 
-def _compress_in_place(model: nn.Module, units: Mapping[int, Sequence[int]], remove_attention: bool) -> nn.Module:
-    adapter = get_adapter(model)
-    num_blocks = len(adapter.blocks(model))
-    for i, kept in sorted(units.items()):
-        _check_block(i, num_blocks)
-        kept = sorted(int(u) for u in kept)
-        adapter.set_block(model, i, compressed_block(adapter, adapter.blocks(model)[i], kept, remove_attention))
-        model.dcvit_edits.append({"op": "compress", "block": i, "remove_attention": remove_attention, "kept_units": kept})
-    return model
-
-
 def compress_blocks(model: nn.Module, units: Mapping[int, Sequence[int]], remove_attention: bool = True) -> nn.Module:
     """A copy of `model` with each block i in `units` compressed to keep the MLP units units[i]."""
-    get_adapter(model)  # fail on unsupported models before copying them
-    return _compress_in_place(_edited_copy(model), units, remove_attention)
+    return edit_blocks(model, {b: (not remove_attention, kept) for b, kept in units.items()})
 
 
 def apply_plan(model: nn.Module, plan, blocks: Iterable[int], seed: int = 0,
@@ -118,32 +165,26 @@ def apply_plan(model: nn.Module, plan, blocks: Iterable[int], seed: int = 0,
     return compress_blocks(model, chosen, plan.remove_attention)
 
 
-def _drop_in_place(model: nn.Module, blocks: Iterable[int]) -> nn.Module:
-    adapter = get_adapter(model)
-    num_blocks = len(adapter.blocks(model))
-    for b in sorted({int(b) for b in blocks}):
-        _check_block(b, num_blocks)
-        adapter.set_block(model, b, nn.Identity())
-        model.dcvit_edits.append({"op": "drop", "block": b})
-    return model
-
-
 def drop_blocks(model: nn.Module, blocks: Iterable[int]) -> nn.Module:
     """The block-dropping baseline (PRACTISE): a copy of `model` with whole blocks replaced by identity."""
-    get_adapter(model)
-    return _drop_in_place(_edited_copy(model), blocks)
+    return edit_blocks(model, {int(b): (False, []) for b in blocks})
 
 
 def replay_edits(model: nn.Module, edits: Sequence[Mapping]) -> nn.Module:
-    """Re-apply recorded edits (from a model file) to a freshly built base model, in place (no copies)."""
+    """Re-apply recorded edits (from a model file) to a freshly built base model, in place (no copies).
+    Files written before the general edit record "compress" and "drop" operations; they replay the same way."""
     model.dcvit_edits = list(getattr(model, "dcvit_edits", []))
     for edit in edits:
-        if edit["op"] == "compress":
-            _compress_in_place(model, {edit["block"]: edit["kept_units"]}, edit["remove_attention"])
-        elif edit["op"] == "drop":
-            _drop_in_place(model, [edit["block"]])
+        op, block = edit.get("op"), edit.get("block")
+        if op == "edit":
+            change = (edit["attention"], edit["kept_units"])
+        elif op == "compress":
+            change = (not edit["remove_attention"], edit["kept_units"])
+        elif op == "drop":
+            change = (False, [])
         else:
-            raise ValueError(f"unknown edit '{edit['op']}' in model file; accepted: compress, drop")
+            raise ValueError(f"unknown edit {op!r} in model file; accepted: edit, compress, drop")
+        _edit_in_place(model, {block: change})
     return model
 
 

@@ -12,8 +12,7 @@ from typing import Any, Optional
 
 from torch import nn
 
-from .fileio import read_json, write_json
-from .io import load, save
+from .files import load, read_json, save, write_json
 
 
 class Workspace:

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Iterator
 
 import dcvit
-from dcvit.cli import OneLineParser
+from dcvit.cli.common import OneLineParser
 from dcvit.config import CompressConfig
 from dcvit.data import SPEC_HELP, parse_spec
-from dcvit.fileio import write_json
+from dcvit.files import write_json
 
 PRESETS = {
     "paper": CompressConfig.paper,  # 2000 epochs per step and per trial, lr 3e-5, batch 64, RandAugment

@@ -21,9 +21,9 @@ if HERE not in sys.path:  # the shared helpers next to this file, however the sc
     sys.path.insert(0, HERE)
 
 import _common as common  # noqa: E402
-from dcvit.compress import compress_family, plan_for  # noqa: E402
+from dcvit.driver import compress_family, plan_for  # noqa: E402
 from dcvit.data import few_shot_subset  # noqa: E402
-from dcvit.fileio import write_json  # noqa: E402
+from dcvit.files import write_json  # noqa: E402
 
 TARGETS = (0.9, 0.83, 0.75, 0.67)
 

@@ -25,11 +25,12 @@ import _common as common  # noqa: E402
 import _smoke  # noqa: E402
 
 import dcvit  # noqa: E402
-from dcvit.cli_cascade import study_summary, tolerance_arguments, write_study  # noqa: E402
-from dcvit.companions import cascade_study, check_saver  # noqa: E402
-from dcvit.compress import compress_family, plan_for  # noqa: E402
+from dcvit.cli.cascade import tolerance_arguments  # noqa: E402
+from dcvit.studies.report import study_summary, write_study  # noqa: E402
+from dcvit.studies.companions import cascade_study, check_saver  # noqa: E402
+from dcvit.driver import compress_family, plan_for  # noqa: E402
 from dcvit.data import CALIBRATION_SIZE, few_shot_subset, parse_spec  # noqa: E402
-from dcvit.fileio import write_json  # noqa: E402
+from dcvit.files import write_json  # noqa: E402
 
 TARGETS, SMOKE_TARGETS = (0.5, 0.3), (0.75, 0.67)  # the tiny smoke model cannot go below ~56%
 

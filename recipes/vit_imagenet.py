@@ -20,7 +20,7 @@ if HERE not in sys.path:  # the shared helpers next to this file, however the sc
     sys.path.insert(0, HERE)
 
 import _common as common  # noqa: E402
-from dcvit.compress import compress, plan_for  # noqa: E402
+from dcvit.driver import compress, plan_for  # noqa: E402
 from dcvit.data import few_shot_subset  # noqa: E402
 
 

@@ -89,6 +89,14 @@ class SyntheticSet:
         pixels = self.images * std.view(1, -1, 1, 1) + mean.view(1, -1, 1, 1)
         return pixels.clamp(0.0, 1.0)
 
+    @torch.no_grad()
+    def target_agreement(self, model: torch.nn.Module) -> tuple[float, float]:
+        """(share of images `model` classifies as their target label, mean probability of that label):
+        how well the set still represents the classes it was synthesized for."""
+        probs = model.eval()(self.images).softmax(1)
+        hit = (probs.argmax(1) == self.labels).float().mean().item()
+        return hit, probs.gather(1, self.labels[:, None]).mean().item()
+
     # ---------------------------------------------------------------- save/load
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the set to directory ``path`` (created if missing); returns it."""

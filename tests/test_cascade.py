@@ -741,3 +741,130 @@ def test_prepare_for_inference_cascade_and_fallback_warning():
         cascade.prepare_for_inference(lambda inp: inp, x)
     with pytest.raises(ValueError, match="example"):
         cascade.prepare_for_inference(model, [x])
+
+
+# ------------------------------------------------------------------------------ hostile-input validation
+def one_line_error(exc_info) -> str:
+    msg = str(exc_info.value)
+    assert msg and "\n" not in msg
+    return msg
+
+
+@pytest.mark.parametrize("bad", ["logits", "positive_logits", "half_scaled", "nan"])
+@pytest.mark.parametrize("where", ["calib", "test"])
+def test_calibrate_rejects_logits_and_non_probabilities(bad, where):
+    p, y = synthetic(20, 3, 2, seed=21)
+    g = torch.Generator().manual_seed(22)
+    wrong = {"logits": torch.randn(20, 3, generator=g) * 5,
+             "positive_logits": torch.rand(20, 3, generator=g) * 60,  # once calibrated to threshold 60.0
+             "half_scaled": p[0] * 0.5,  # entries in [0, 1] but rows sum to 0.5
+             "nan": p[0].clone().index_fill_(0, torch.tensor([3]), math.nan)}[bad]
+    args = dict(test_probs=[wrong, p[1]], test_labels=y) if where == "test" else {}
+    probs = p if where == "test" else [wrong, p[1]]
+    with pytest.raises(ValueError) as e:
+        calibrate(probs, y, [1.0, 4.0], **args)
+    msg = one_line_error(e)
+    assert f"{where}_probs[0]" in msg
+    assert ("NaN" in msg) if bad == "nan" else ("not probabilities" in msg and "softmax" in msg)
+    with pytest.raises(ValueError, match="not probabilities|NaN"):
+        sweep([wrong, p[1]], y, [1.0, 4.0])
+
+
+def test_probability_check_tolerates_low_precision_softmax():
+    # bfloat16 rounding moves a 100-class row sum by up to ~0.004: still probabilities.
+    g = torch.Generator().manual_seed(23)
+    y = torch.randint(100, (32,), generator=g)
+    p = [torch.softmax(torch.randn(32, 100, generator=g) * s, 1).to(dt)
+         for s, dt in ((1, torch.bfloat16), (3, torch.float16))]
+    assert calibrate(p, y, [1.0, 4.0], max_acc_drop=1.0).calib_exit_ratios[0] == 1.0
+
+
+@pytest.mark.parametrize("labels,match", [
+    (lambda y: y.clone().index_fill_(0, torch.tensor([0]), 3), r"\[0, 3\)"),  # K = 3: 3 is out of range
+    (lambda y: y.clone().index_fill_(0, torch.tensor([0]), -1), r"\[0, 3\)"),
+    (lambda y: y.float(), "integer"),
+    (lambda y: y[None], "1-D"),
+    (lambda y: y[:10], "1-D"),
+])
+def test_calibrate_rejects_bad_labels(labels, match):
+    p, y = synthetic(20, 3, 2, seed=24)
+    with pytest.raises(ValueError, match=match) as e:
+        calibrate(p, labels(y), [1.0, 4.0])
+    assert "calib_labels" in one_line_error(e)
+    with pytest.raises(ValueError, match=match) as e:
+        calibrate(p, y, [1.0, 4.0], test_probs=p, test_labels=labels(y))
+    assert "test_labels" in one_line_error(e)
+    with pytest.raises(ValueError, match=match):
+        match_ratio(p[0], p[1], labels(y))
+
+
+def test_calibrate_rejects_mismatched_stages():
+    p, y = synthetic(20, 3, 2, seed=25)
+    p4, _ = synthetic(20, 4, 1, seed=26)
+    with pytest.raises(ValueError, match=r"calib_probs\[1\] has 10 rows but calib_probs\[0\] has 20") as e:
+        calibrate([p[0], p[1][:10]], y, [1.0, 4.0])
+    one_line_error(e)
+    with pytest.raises(ValueError, match=r"calib_probs\[1\] has 4 classes but calib_probs\[0\] has 3") as e:
+        calibrate([p[0], p4[0]], y, [1.0, 4.0])
+    one_line_error(e)
+
+
+@pytest.mark.parametrize("threshold,match", [
+    (True, "bool"), (False, "bool"), (torch.tensor(True), "bool"), ("0.5", "str"),
+    (torch.full((30,), 0.5), "real number"),  # its repr spans lines: the message must not
+    (math.inf, "not finite"), (-math.inf, "not finite"), (math.nan, "not finite"),
+])
+def test_cascade_rejects_bool_and_non_real_thresholds(threshold, match):
+    with pytest.raises(ValueError, match=match) as e:
+        Cascade(linear_models(2), [threshold])
+    one_line_error(e)
+    casc = Cascade(linear_models(2), [0.5])
+    with pytest.raises(ValueError, match=match):
+        casc.thresholds = [threshold]
+    assert casc.thresholds == (0.5,)
+    with pytest.raises(ValueError, match="sequence"):
+        Cascade(linear_models(2), "5")  # a string is not a list of thresholds
+
+
+def test_thresholds_accept_real_number_types():
+    casc = Cascade(linear_models(3), [torch.tensor(0.25), 1])
+    assert casc.thresholds == (0.25, 1.0)
+
+
+class Declares(nn.Module):
+    """Returns k logits; optionally declares a class count that may disagree with its head."""
+
+    def __init__(self, k: int, num_classes: int | None = None, attr: str = "head", sequential: bool = False):
+        super().__init__()
+        layer = nn.Linear(6, k)
+        setattr(self, attr, nn.Sequential(nn.ReLU(), layer) if sequential else layer)
+        self.layer = layer
+        if num_classes is not None:
+            self.num_classes = num_classes
+
+    def forward(self, x):
+        return self.layer(x)
+
+
+@pytest.mark.parametrize("members", [
+    lambda: [nn.Linear(6, 3), nn.Linear(6, 4)],
+    lambda: [Declares(3, attr="fc"), Declares(4, attr="classifier", sequential=True)],
+    lambda: [Declares(3, num_classes=3), Declares(4, num_classes=4)],
+    lambda: [Declares(3), Take(0, 3), Declares(4, attr="heads", sequential=True)],  # undeclared one skipped
+])
+def test_cascade_checks_declared_class_counts_at_construction(members):
+    members = members()
+    with pytest.raises(ValueError, match="classes") as e:
+        Cascade(members, [0.5] * (len(members) - 1))
+    assert "label space" in one_line_error(e)
+
+
+def test_cascade_class_check_keeps_forward_check_when_undeclared():
+    # A stale num_classes (head replaced without updating it) makes the model ambiguous: not refused.
+    stale = Declares(3, num_classes=1000)
+    casc = Cascade([stale, Declares(3)], [0.99])
+    assert casc(torch.randn(4, 6)).shape == (4, 3)
+    # Undeclared members still fail, but only at forward time.
+    casc = Cascade([Take(0, 3), Take(3, 7)], [0.99])
+    with pytest.raises(ValueError, match="share the label space"):
+        casc(torch.zeros(4, 7))

@@ -1,9 +1,12 @@
 """`dcvit demo --fast` end to end on the shipped teacher (the same code path as `make demo`)."""
 import json
 
+import pytest
+
 from dcvit.cli import main
 
 
+@pytest.mark.slow
 def test_fast_demo_writes_a_complete_report(tmp_path, capsys):
     assert main(["demo", "--fast", "--quiet", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "report.json").read_text())

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import dcvit
-from dcvit.compress import compress, compress_family, plan_for
+from dcvit.driver import compress, compress_family, plan_for
 from dcvit.config import ABLATIONS, BLOCK_DROP, CompressConfig
 from dcvit.engine import Engine
 from dcvit.mimic import trainable_parameters
@@ -120,7 +120,7 @@ def test_block_drop_baseline_drops_whole_blocks():
     assert result.macs <= result.plan.macs_target
 
 
-@pytest.mark.parametrize("bad", [{"epochs": 0}, {"lr": -1.0}, {"metric": "accuracy"}, {"surgery": "prune"}])
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"lr": -1.0}, {"metric": "accuracy"}, {"structure": "prune"}])
 def test_bad_config(bad):
     with pytest.raises(ValueError):
         FAST.replace(**bad)
@@ -133,6 +133,7 @@ def test_bad_inputs_fail_before_work():
         compress(tiny_vit(), 0.01, tiny_data(), FAST)
 
 
+@pytest.mark.slow
 def test_two_process_accelerate_launch_gives_the_same_ranking(tmp_path):
     dcvit.save(tiny_vit(), tmp_path / "model")
     torch.save(tiny_data().tensors[0], tmp_path / "data.pt")

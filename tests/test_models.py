@@ -7,7 +7,7 @@ import torch
 
 import dcvit
 from dcvit.data import eval_transform, load_dataset
-from dcvit.evaluate import evaluate, loader_for
+from dcvit.studies.evaluate import evaluate, loader_for
 
 
 @pytest.fixture(autouse=True)
@@ -40,6 +40,7 @@ def _hit_rate(model, made):
         return (model(made.images).argmax(1) == made.labels).float().mean().item()
 
 
+@pytest.mark.slow
 def test_synthetic_set_from_the_teacher_is_classified_as_its_labels():
     import synth
     teacher = timm.create_model("fmnist_vit12", pretrained=True).eval()

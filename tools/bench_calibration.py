@@ -16,9 +16,9 @@ import sys
 
 
 import cascade
-from dcvit.companions import cascade_splits, record_split
+from dcvit.studies.companions import cascade_splits, record_split
 from dcvit.data import CALIBRATION_SIZE
-from dcvit.io import resolve_model
+from dcvit.factory import resolve_model
 from dcvit.macs import count_macs
 
 

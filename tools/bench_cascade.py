@@ -17,10 +17,10 @@ import sys
 import torch
 
 import cascade
-from dcvit.cli_cascade import tolerance_arguments
-from dcvit.companions import cascade_splits, record_split, time_cascade
+from dcvit.cli.cascade import tolerance_arguments
+from dcvit.studies.companions import cascade_splits, record_split, time_cascade
 from dcvit.data import CALIBRATION_SIZE
-from dcvit.io import resolve_model
+from dcvit.factory import resolve_model
 from dcvit.macs import count_macs
 
 

@@ -24,13 +24,13 @@ from pathlib import Path
 import torch
 
 import synth
-from dcvit.compress import compress
+from dcvit.driver import compress
 from dcvit.config import ABLATIONS, BLOCK_DROP, CompressConfig
 from dcvit.data import CALIBRATION_SIZE, eval_transform, few_shot_subset, load_dataset
-from dcvit.evaluate import evaluate, loader_for
-from dcvit.io import resolve_model
+from dcvit.studies.evaluate import evaluate, loader_for
+from dcvit.factory import resolve_model
 from dcvit.macs import count_macs
-from dcvit.plan import block_drop_macs, default_candidates
+from dcvit.planning import block_drop_macs, default_candidates
 from dcvit.surgery import drop_blocks
 
 SEEDS = (2021, 2022, 2023)
@@ -101,8 +101,8 @@ def cells(mode: str):
 def correlation(bench: Bench, k: int = 2, shots: int = 100) -> None:
     """Paper Fig. 4: candidates' synthetic-set scores and few-shot losses against their real test error."""
     from scipy.stats import spearmanr
-    from dcvit.fileio import read_json
-    from dcvit.io import load
+    from dcvit.files import read_json
+    from dcvit.files import load
     seed = SEEDS[0]
     workdir = bench.out / "correlation_run"
     if not (workdir / "done").is_file():

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 import dcvit  # noqa: F401  registers the models
 from dcvit.data import DEBIAN_FMNIST, FashionMNIST, calibration_indices
-from dcvit.fileio import optimizer_tensors, read_json, read_tensors, restore_optimizer, write_json, write_tensors
+from dcvit.files import optimizer_tensors, read_json, read_tensors, restore_optimizer, write_json, write_tensors
 from dcvit.models import FMNIST_MEAN, FMNIST_STD, weights_path
 
 

@@ -5,7 +5,7 @@ import sys
 import torch
 
 import dcvit
-from dcvit.compress import compress
+from dcvit.driver import compress
 from dcvit.config import CompressConfig
 
 model_dir, data_file, workdir, out = sys.argv[1:5]

@@ -1,27 +1,15 @@
-"""Model files and model names: safetensors weights plus a JSON spec, never pickle.
-
-A saved model is a directory with ``model.safetensors`` and ``spec.json``. The spec names the adapter,
-the base architecture and its config, the data config, and the recorded surgery edits (compressed blocks
-with their kept unit indices, dropped blocks), so `load` rebuilds the module offline and loads the weights.
-"""
+"""Models by name: timm names, 'tv:NAME' for torchvision, or a directory written by `dcvit.save`."""
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import timm
 from torch import nn
 
-from .arch import adapter_for_spec, get_adapter
-from .fileio import PICKLE_SUFFIXES, read_json, read_tensors, write_json, write_tensors
-from .surgery import replay_edits
+from .files import PICKLE_SUFFIXES, load
 
-FORMAT = "dcvit-model"
-DATA_CFG_KEYS = ("input_size", "mean", "std", "crop_pct", "interpolation", "crop_mode", "num_classes")
 TORCHVISION_PREFIX = "tv:"
 
 
@@ -87,61 +75,3 @@ def resolve_model(name_or_dir: str, weights: str = "auto") -> nn.Module:
             print(f"dcvit: note: pretrained weights for {name_or_dir} unavailable ({type(err).__name__}); "
                   f"using random init", file=sys.stderr)
     return create_model(name_or_dir, pretrained=False)
-
-
-def model_spec(model: nn.Module) -> dict[str, Any]:
-    adapter = get_adapter(model)
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    return {
-        "format": FORMAT, "version": 1, "adapter": adapter.name, "base": adapter.base_spec(model),
-        "edits": list(getattr(model, "dcvit_edits", [])),
-        "data_config": {k: cfg[k] for k in DATA_CFG_KEYS if cfg.get(k) is not None},
-    }
-
-
-def save(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write `model` to directory `path` (model.safetensors + spec.json), replacing it atomically."""
-    path = Path(path)
-    spec = model_spec(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        write_tensors(tmp / "model.safetensors", model.state_dict())
-        write_json(tmp / "spec.json", spec)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return path
-
-
-def _restore_data_config(model: nn.Module, data_config: dict) -> None:
-    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    for key, value in data_config.items():
-        cfg[key] = tuple(value) if isinstance(value, list) else value
-    model.pretrained_cfg = cfg
-
-
-def load(path: str | os.PathLike) -> nn.Module:
-    """Rebuild a model saved by `save` (offline) and load its weights. Pickle files are refused."""
-    path = Path(path)
-    if path.suffix in PICKLE_SUFFIXES:
-        raise ValueError(f"refusing to load {path.name}: pickle files (.pt/.pth/.bin/...) are never unpickled; "
-                         f"accepted: a directory written by dcvit.save (model.safetensors + spec.json)")
-    folder = path.parent if path.is_file() else path
-    if not (folder / "spec.json").is_file() or not (folder / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{path} is not a dcvit model directory (needs model.safetensors and spec.json)")
-    spec = read_json(folder / "spec.json")
-    if spec.get("format") != FORMAT:
-        raise ValueError(f"{folder / 'spec.json'} is not a dcvit model spec (format {spec.get('format')!r})")
-    model = adapter_for_spec(spec["adapter"]).build(spec["base"])
-    model = replay_edits(model, spec["edits"])
-    model.load_state_dict(read_tensors(folder / "model.safetensors"), strict=True)
-    _restore_data_config(model, spec.get("data_config", {}))
-    return model.eval()

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .fileio import atomic_path
+from ..files import atomic_path
 
 
 def _figure():

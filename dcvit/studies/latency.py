@@ -13,10 +13,10 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .arch import get_adapter
-from .macs import count_macs
-from .plan import default_candidates, plan as make_plan
-from .surgery import apply_plan, drop_blocks
+from ..arch import get_adapter
+from ..macs import count_macs
+from ..planning import default_candidates, plan as make_plan
+from ..surgery import apply_plan, drop_blocks
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def equal_macs_structures(model: nn.Module, drop: int) -> dict[str, nn.Module]:
 
 def latency_table(model: nn.Module, drops: Sequence[int] = (1, 2, 3), batch_sizes: Sequence[int] = (1, 32),
                   repeats: int = 20, input_size: Optional[Sequence[int]] = None) -> list[LatencyRow]:
-    from .macs import default_input_size
+    from ..macs import default_input_size
     input_size = tuple(input_size) if input_size is not None else default_input_size(model)
     models = {"original": model}
     for k in drops:

@@ -17,9 +17,9 @@ from torch.utils.data import Subset
 
 import cascade
 
-from .data import CALIBRATION_SIZE, calibration_indices, eval_transform, load_dataset
+from ..data import CALIBRATION_SIZE, calibration_indices, eval_transform, load_dataset
 from .evaluate import loader_for
-from .macs import count_macs, default_input_size
+from ..macs import count_macs, default_input_size
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The progressive driver (METHOD.md §1, Algorithm 1) and dense families.
 
 1. plan the structure for the target (Eq. 1-2);
-2. block-wise trial: fine-tune and score one candidate per block (Eq. 6, dcvit.select);
+2. block-wise trial: fine-tune and score one candidate per block (Eq. 6, dcvit.scoring);
 3. progressive pruning: start from the best candidate, compress the next-best block, fine-tune, repeat
    until n blocks are compressed. Every finished step is checkpointed, so `resume=True` continues a
    killed run and ends with exactly the model an uninterrupted run makes.
@@ -19,8 +19,8 @@ from torch.utils.data import Dataset
 from .config import CompressConfig
 from .engine import Engine
 from .macs import count_macs
-from .plan import Plan, plan as make_plan, plan_block_drop
-from .select import Trial, rank, run_trials, trial_key
+from .planning import Plan, plan as make_plan, plan_block_drop
+from .scoring import Trial
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,35 @@ class CompressionResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+# --- Algorithm 1, step 2: the block-wise trial (Eq. 6 on each fine-tuned candidate) ---------------------
+def trial_key(plan: Plan, block: int, surgery: str) -> str:
+    return f"trial-{surgery}-b{block}-h{plan.mlp_hidden}-a{int(plan.remove_attention)}"
+
+
+def run_trials(engine: Engine, plan: Plan, candidates: Sequence[int]) -> dict[int, Trial]:
+    """Fine-tune and score one candidate model per block; returns {block: Trial} (all processes agree)."""
+    acc = engine.accelerator
+    mine = list(candidates)[acc.process_index::acc.num_processes]
+    for block in engine.progress(mine, "block-wise trial"):
+        key = trial_key(plan, block, engine.config.structure)
+        if engine.workspace.has(key):
+            continue
+        model, fit, seconds = engine.build_and_tune(key, engine.teacher, plan, [block], [block],
+                                                    engine.config.epochs_per_trial)
+        trial = engine.score(model, block, fit.final_loss, seconds, acc.process_index)
+        engine.workspace.save(key, model, trial.__dict__)
+    acc.wait_for_everyone()
+    return {b: Trial(**engine.workspace.meta(trial_key(plan, b, engine.config.structure))) for b in candidates}
+
+
+def rank(trials: dict[int, Trial]) -> list[int]:
+    """Blocks from most to least recoverable (lowest score first; ties by block index)."""
+    return sorted(trials, key=lambda b: (trials[b].score, b))
+
+
+# --- Algorithm 1, step 3: progressive pruning -----------------------------------------------------------
 def plan_for(model: nn.Module, target_macs: float, config: CompressConfig) -> Plan:
-    if config.surgery == "drop":
+    if config.structure == "drop":
         return plan_block_drop(model, target_macs, candidate_blocks=config.candidate_blocks)
     base = make_plan(model, target_macs, candidate_blocks=config.candidate_blocks)
     if config.extra_blocks:
@@ -57,7 +84,7 @@ def _save_step(engine: Engine, key: str, blocks: Sequence[int], model: nn.Module
 
 def _progressive(engine: Engine, plan: Plan, order: list[int]) -> tuple[nn.Module, list[dict]]:
     """Algorithm 1, step 3: grow the compressed set one block at a time from the best candidate."""
-    surgery = engine.config.surgery
+    surgery = engine.config.structure
     first = trial_key(plan, order[0], surgery)
     model = engine.workspace.load(first)
     history = [{"blocks": order[:1], **engine.workspace.meta(first)}]
@@ -73,7 +100,7 @@ def _progressive(engine: Engine, plan: Plan, order: list[int]) -> tuple[nn.Modul
 
 def _all_at_once(engine: Engine, plan: Plan, order: list[int]) -> tuple[nn.Module, list[dict]]:
     """Top-k ablation and PRACTISE-style dropping: all n blocks at once, fine-tuned for n steps' epochs."""
-    key = _step_key(plan, sorted(order), engine.config.surgery, False)
+    key = _step_key(plan, sorted(order), engine.config.structure, False)
     if not engine.workspace.has(key):
         _save_step(engine, key, order,
                    *engine.build_and_tune(key, engine.teacher, plan, order, order, engine.config.epochs * len(order)))

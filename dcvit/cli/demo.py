@@ -1,7 +1,7 @@
 """`dcvit demo`: the main job on the embedded default (what `make demo` runs)."""
 from __future__ import annotations
 
-from .cli import arguments, command
+from .common import Command
 
 
 def _demo_arguments(p) -> None:
@@ -12,10 +12,8 @@ def _demo_arguments(p) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-@command("demo", "compress the shipped teacher into a family, compare with block dropping, build a cascade, write a report")
-@arguments(_demo_arguments)
 def run_demo_command(args) -> None:
-    from .demo import DemoSettings, run_demo
+    from ..studies.demo import DemoSettings, run_demo
     settings = DemoSettings.fast() if args.fast else DemoSettings()
     changes = {"seed": args.seed}
     if args.shots is not None:
@@ -24,3 +22,9 @@ def run_demo_command(args) -> None:
         changes["shots"] = args.shots
     from dataclasses import replace
     run_demo(args.out, replace(settings, **changes), progress=not args.quiet)
+
+
+COMMANDS = [
+    Command('demo', "compress the shipped teacher into a family, compare with block dropping, build a cascade, write a report",
+            _demo_arguments, run_demo_command),
+]

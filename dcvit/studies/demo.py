@@ -13,18 +13,18 @@ from typing import Optional
 from scipy.stats import spearmanr
 from torch.utils.data import Subset
 
-from .cli_cascade import study_markdown
 from .companions import cascade_study
-from .compress import compress_family
-from .config import BLOCK_DROP, CompressConfig
-from .data import CALIBRATION_SIZE, eval_transform, few_shot_subset, load_dataset
+from ..driver import compress_family
+from ..config import BLOCK_DROP, CompressConfig
+from ..data import CALIBRATION_SIZE, eval_transform, few_shot_subset, load_dataset
 from .evaluate import evaluate, loader_for
-from .fileio import atomic_path, write_json
-from .io import load, resolve_model
-from .macs import count_macs
-from .plan import block_drop_macs
+from ..factory import resolve_model
+from ..files import atomic_path, load, write_json
+from ..macs import count_macs
+from ..planning import block_drop_macs
 from .plots import accuracy_vs_macs, metric_vs_error
-from .select import trial_key
+from .report import study_markdown
+from ..driver import trial_key
 
 TEACHER = "fmnist_vit12"
 COMPANIONS = ("fmnist_vit_tiny", "fmnist_cnn")
@@ -66,7 +66,7 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings = DemoSetting
     _log(f"DC-ViT family at {[round(t / teacher_macs, 3) for t in targets]} of the teacher's MACs, {settings.shots} shots")
     family = compress_family(teacher, targets, shots, config, workdir=out / "checkpoints" / "dcvit")
     test = load_dataset("fashion-mnist", train=False, transform=eval_transform(teacher))
-    candidate_figure = _candidate_study(family[0], out / "checkpoints" / "dcvit", config.surgery, test, out,
+    candidate_figure = _candidate_study(family[0], out / "checkpoints" / "dcvit", config.structure, test, out,
                                         settings.candidate_eval_images)
     _log("block-dropping baseline (PRACTISE-style selection, same fine-tune budget)")
     # One family: every drop target ranks the same single-block trials, so they run once.

@@ -4,12 +4,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli import arguments, command, emit, model_argument
-from .data import CALIBRATION_SIZE
+from .common import Command, emit, model_argument
+from ..data import CALIBRATION_SIZE
 
 
 def _engine_arguments(p: argparse.ArgumentParser) -> None:
-    from .config import CompressConfig
+    from ..config import CompressConfig
     d = CompressConfig()
     model_argument(p, input_size=False)
     p.add_argument("--data", default="fashion-mnist", help="few-shot source (dataset spec; labels are never used)")
@@ -32,7 +32,7 @@ def _engine_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args):
-    from .config import BLOCK_DROP, CompressConfig
+    from ..config import BLOCK_DROP, CompressConfig
     extra = BLOCK_DROP if args.baseline else {}
     return CompressConfig(epochs=args.epochs, trial_epochs=args.trial_epochs, lr=args.lr, batch_size=args.batch_size,
                           augment=args.augment, synth_iterations=args.synth_iterations, seed=args.seed,
@@ -48,10 +48,11 @@ def _summary(result) -> dict:
 
 
 def _run_targets(args, targets: list[str]) -> list[dict]:
-    from .compress import compress_family, plan_for
-    from .data import few_shot_subset
-    from .fileio import write_json
-    from .io import resolve_model, save
+    from ..driver import compress_family, plan_for
+    from ..data import few_shot_subset
+    from ..files import write_json
+    from ..factory import resolve_model
+    from ..files import save
     config = _config(args)  # config and targets are checked before any data or model work
     model = resolve_model(args.model, weights="pretrained")
     plans = [plan_for(model, t, config) for t in targets]
@@ -72,17 +73,11 @@ def _line(s: dict) -> str:
             f"MLP width {s['mlp_hidden']} -> {s['model_dir']}")
 
 
-@command("compress", "compress a ViT to a target MACs with a few unlabeled images (DC-ViT, Algorithm 1)")
-@arguments(lambda p: (_engine_arguments(p), p.add_argument(
-    "--target-macs", required=True, help="fraction of the original in (0, 1), or absolute MACs")))
 def run_compress(args) -> None:
     (summary,) = _run_targets(args, [args.target_macs])
     emit(args, summary, _line(summary))
 
 
-@command("family", "a dense family: one compressed model per target MACs, trials shared where plans allow")
-@arguments(lambda p: (_engine_arguments(p), p.add_argument(
-    "--targets", nargs="+", required=True, help="target MACs, each a fraction in (0, 1) or absolute MACs")))
 def run_family(args) -> None:
     summaries = _run_targets(args, args.targets)
     emit(args, {"family": summaries}, "\n".join(_line(s) for s in summaries))
@@ -99,21 +94,37 @@ def _synth_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="folder for the set (safetensors + JSON) and grid.png")
 
 
-@command("synth", "synthesize a DeepInversion-style metric set from a classifier (Eq. 4-5)")
-@arguments(_synth_arguments)
 def run_synth(args) -> None:
-    import torch
     import synth
-    from .io import resolve_model
+    from ..factory import resolve_model
     model = resolve_model(args.model, weights="pretrained")
     made = synth.synthesize(model, args.num_images, iterations=args.iterations,
                             jitter=args.jitter, seed=args.seed, image_size=args.input_size)
     made.save(Path(args.out))
     made.save_grid(Path(args.out) / "grid.png")
-    with torch.no_grad():
-        probs = model.eval()(made.images).softmax(1)
-    hit = (probs.argmax(1) == made.labels).float().mean().item()
-    conf = probs.gather(1, made.labels[:, None]).mean().item()
+    hit, conf = made.target_agreement(model)
     payload = {"out": args.out, "num_images": len(made), "target_hit_rate": hit, "mean_target_confidence": conf}
     emit(args, payload, f"{len(made)} images -> {args.out} (grid.png); classified as their target: {100 * hit:.1f}%, "
                         f"mean target confidence {conf:.3f}")
+
+
+def _compress_arguments(p: argparse.ArgumentParser) -> None:
+    _engine_arguments(p)
+    p.add_argument(
+    "--target-macs", required=True, help="fraction of the original in (0, 1), or absolute MACs")
+
+
+def _family_arguments(p: argparse.ArgumentParser) -> None:
+    _engine_arguments(p)
+    p.add_argument(
+    "--targets", nargs="+", required=True, help="target MACs, each a fraction in (0, 1) or absolute MACs")
+
+
+COMMANDS = [
+    Command('compress', "compress a ViT to a target MACs with a few unlabeled images (DC-ViT, Algorithm 1)",
+            _compress_arguments, run_compress),
+    Command('family', "a dense family: one compressed model per target MACs, trials shared where plans allow",
+            _family_arguments, run_family),
+    Command('synth', "synthesize a DeepInversion-style metric set from a classifier (Eq. 4-5)",
+            _synth_arguments, run_synth),
+]

@@ -1,0 +1,52 @@
+"""The `dcvit` command line: a thin layer over the Python API.
+
+Each command group lives in its own module and lists its commands in COMMANDS; this module only builds the
+parser from those lists and runs the chosen command. Errors a user can fix (bad numbers, unknown models,
+unsupported architectures, missing files) print one line on stderr and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from . import cascade, compress, demo, models
+from .common import OneLineParser
+
+COMMANDS = [*models.COMMANDS, *compress.COMMANDS, *cascade.COMMANDS, *demo.COMMANDS]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="dcvit", description="Few-shot compression of vision transformers "
+                                     "(DC-ViT) and cascades of compressed companions. See README.md.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        command.arguments(p)
+        p.set_defaults(run=command.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, or a usage error already printed in one line
+        return int(done.code or 0)
+    try:
+        args.run(args)
+    except (ValueError, FileNotFoundError) as err:  # dcvit's UnsupportedModelError is a ValueError
+        print(f"dcvit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print(f"dcvit {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
