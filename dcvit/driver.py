@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from .config import CompressConfig
 from .engine import Engine
 from .macs import count_macs
-from .planning import Plan, plan as make_plan, plan_block_drop
+from .planning import Plan, plan as make_plan, plan_block_drop, plan_search
 from .scoring import Trial
 
 
@@ -33,6 +33,31 @@ class CompressionResult:
     history: tuple[dict, ...]            # one record per progressive step
     macs: int
     seconds: dict[str, float] = field(default_factory=dict)
+    structure: tuple[dict, ...] = ()     # per block: attention kept, MLP units kept of the original
+
+    def describe(self) -> str:
+        """The compressed structure, one line per changed block."""
+        lines = [f"{self.macs / 1e6:.2f}M MACs ({100 * self.macs / self.plan.macs_original:.1f}% of "
+                 f"{self.plan.macs_original / 1e6:.2f}M), structure '{self.plan.structure}':"]
+        lines += [f"  block {s['block']:>2}: {s['edit']}" for s in self.structure if s["edit"] != "kept"]
+        return "\n".join(lines)
+
+
+def block_structure(model: nn.Module, original: nn.Module) -> tuple[dict, ...]:
+    """What each block of `model` kept of `original`'s: attention or not, how many MLP units."""
+    from .arch import get_adapter
+    from .surgery import block_state
+    adapter = get_adapter(model)
+    rows = []
+    for b, (block, before) in enumerate(zip(adapter.blocks(model), adapter.blocks(original))):
+        attention, units = block_state(adapter, block)
+        _, width = block_state(adapter, before)
+        edit = ("dropped" if not attention and units == 0 else
+                ", ".join(p for p in ("attention removed" if not attention else "",
+                                      "MLP removed" if units == 0 else f"MLP {width}->{units}" if units < width else "")
+                          if p) or "kept")
+        rows.append({"block": b, "attention": attention, "mlp_units": units, "mlp_units_original": width, "edit": edit})
+    return tuple(rows)
 
 
 # --- Algorithm 1, step 2: the block-wise trial (Eq. 6 on each fine-tuned candidate) ---------------------
@@ -63,6 +88,10 @@ def rank(trials: dict[int, Trial]) -> list[int]:
 
 # --- Algorithm 1, step 3: progressive pruning -----------------------------------------------------------
 def plan_for(model: nn.Module, target_macs: float, config: CompressConfig) -> Plan:
+    """The plan `config.structure` asks for: Eq. 1-2 (dcvit), whole blocks (drop), or a search plan (auto, mlp)."""
+    if config.structure in ("auto", "mlp"):
+        return plan_search(model, target_macs, structure=config.structure, steps=config.search_steps,
+                           candidate_blocks=config.candidate_blocks)
     if config.structure == "drop":
         return plan_block_drop(model, target_macs, candidate_blocks=config.candidate_blocks)
     base = make_plan(model, target_macs, candidate_blocks=config.candidate_blocks)
@@ -107,7 +136,30 @@ def _all_at_once(engine: Engine, plan: Plan, order: list[int]) -> tuple[nn.Modul
     return engine.workspace.load(key), [engine.workspace.meta(key)]
 
 
+def _search(engine: Engine, plan: Plan) -> CompressionResult:
+    """auto / mlp: the synthetic set chooses each block's edit (dcvit.search)."""
+    from .search import Search
+    start = time.perf_counter()
+    search = Search(engine, plan)
+    if engine.accelerator.is_main_process:
+        model, history = search.run()
+    engine.accelerator.wait_for_everyone()
+    if not engine.accelerator.is_main_process:  # checkpointed: this only reads the main process's result
+        model, history = search.run()
+    edited = tuple(dict.fromkeys(e["block"] for h in history for e in h["chosen"]))
+    scores = {}
+    for h in history[:1]:
+        for e in h["scored"]:
+            scores[e["block"]] = min(scores.get(e["block"], float("inf")), e["score"])
+    return CompressionResult(model=model, plan=plan, blocks=edited, scores=scores, trials={},
+                             history=tuple(history), macs=count_macs(model, plan.input_size),
+                             seconds={**engine.timings, "search": time.perf_counter() - start},
+                             structure=block_structure(model, engine.teacher))
+
+
 def _run(engine: Engine, plan: Plan) -> CompressionResult:
+    if plan.structure in ("auto", "mlp"):
+        return _search(engine, plan)
     timings = {}
     start = time.perf_counter()
     trials = run_trials(engine, plan, plan.candidate_blocks)
@@ -124,7 +176,7 @@ def _run(engine: Engine, plan: Plan) -> CompressionResult:
     return CompressionResult(model=model, plan=plan, blocks=tuple(order),
                              scores={b: t.score for b, t in trials.items()}, trials=trials,
                              history=tuple(history), macs=count_macs(model, plan.input_size),
-                             seconds={**engine.timings, **timings})
+                             seconds={**engine.timings, **timings}, structure=block_structure(model, engine.teacher))
 
 
 def compress(model: nn.Module, target_macs: float | Plan, data: Dataset, config: CompressConfig = CompressConfig(), *,

@@ -1,4 +1,4 @@
-"""Structure from a target MACs (METHOD.md §2, Eq. 1-2).
+"""Structure from a target MACs (docs/method.md §2, Eq. 1-2, and §11 for the structure search).
 
 Eq. 1: n = ceil((M_o - M_p) / (M_attn + M_mlp)) blocks lose their attention;
 Eq. 2: their MLPs keep H' = floor((1 - r) * H) units, r = ((M_o - M_p) - n * M_attn) / (n * M_mlp).
@@ -16,9 +16,14 @@ from torch import nn
 from .macs import MacsProfile, count_macs, macs_profile
 
 
+STRUCTURES = ("auto", "dcvit", "drop", "mlp")
+
+
 @dataclass(frozen=True)
 class Plan:
-    """What to compress: n blocks, attention removed or not, MLP width kept in each."""
+    """What to compress. dcvit: n blocks lose their attention and keep mlp_hidden MLP units (Eq. 1-2);
+    drop: n whole blocks; auto / mlp: the search chooses per-block edits in n_blocks progressive steps,
+    so macs_planned is the target until the run has measured its model."""
     n_blocks: int
     mlp_hidden: int            # kept hidden units per compressed block (for blocks of width mlp_hidden_original)
     remove_attention: bool
@@ -28,6 +33,7 @@ class Plan:
     candidate_blocks: tuple[int, ...]
     mlp_hidden_original: int
     input_size: tuple[int, int, int]
+    structure: str = "dcvit"
 
     @property
     def keep_ratio(self) -> float:
@@ -40,7 +46,13 @@ class Plan:
         return max(1, math.floor(self.keep_ratio * hidden))
 
     def describe(self) -> str:
-        if self.mlp_hidden == 0:
+        if self.structure in ("auto", "mlp"):
+            what = "any edit" if self.structure == "auto" else "MLP edits only"
+            return (f"structure search ({what}) over blocks {list(self.candidate_blocks)} in {self.n_blocks} steps; "
+                    f"MACs {self.macs_original / 1e6:.2f}M -> at most {self.macs_target / 1e6:.2f}M "
+                    f"({100 * self.macs_target / self.macs_original:.1f}%); the synthetic metric set chooses each "
+                    f"block's edit during compression")
+        if self.structure == "drop":
             return (f"drop {self.n_blocks} whole block(s); MACs {self.macs_original / 1e6:.2f}M -> "
                     f"{self.macs_planned / 1e6:.2f}M ({100 * self.macs_planned / self.macs_original:.1f}%)")
         what = "attention removed" if self.remove_attention else "attention kept"
@@ -164,5 +176,28 @@ def plan_block_drop(model: nn.Module, target_macs: float, *, input_size: Optiona
         if profile.total - removed <= target:
             planned = count_macs(drop_blocks(model, order[:n]), profile.input_size)
             hidden = profile.mlp_hidden[candidates[0]]
-            return Plan(n, 0, True, profile.total, target, planned, candidates, hidden, profile.input_size)
+            return Plan(n, 0, True, profile.total, target, planned, candidates, hidden, profile.input_size, "drop")
     raise ValueError(f"dropping all {len(candidates)} candidate blocks cannot reach {target} MACs")
+
+
+def plan_search(model: nn.Module, target_macs: float, *, structure: str = "auto", steps: int = 4,
+                input_size: Optional[Sequence[int]] = None,
+                candidate_blocks: Optional[Sequence[int]] = None) -> Plan:
+    """The structure search's plan: the target, the candidate blocks (default: all) and the step count.
+    Raises ValueError when the target is below what the allowed edits can reach."""
+    if structure not in ("auto", "mlp"):
+        raise ValueError(f"plan_search is for structure 'auto' or 'mlp'; got {structure!r}")
+    profile = macs_profile(model, input_size)
+    candidates = _candidates(profile, candidate_blocks if candidate_blocks is not None else range(len(profile.attn)))
+    target = resolve_target(target_macs, profile.total)
+    if structure == "auto":
+        floor = profile.total - sum(profile.blocks[b] for b in candidates)
+        what = "all candidate blocks dropped"
+    else:
+        floor = profile.total - sum(profile.blocks[b] - profile.attn[b] for b in candidates)
+        what = "every candidate MLP removed"
+    if target < floor:
+        raise ValueError(f"target {target / 1e6:.3f}M MACs is below the floor of {floor / 1e6:.3f}M MACs "
+                         f"({100 * floor / profile.total:.1f}% of the original: {what})")
+    hidden = profile.mlp_hidden[candidates[0]]
+    return Plan(steps, hidden, False, profile.total, target, target, candidates, hidden, profile.input_size, structure)

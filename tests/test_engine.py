@@ -27,7 +27,7 @@ def tiny_data(n=16):
     return torch.utils.data.TensorDataset(torch.randn(n, 1, 16, 16, generator=gen), torch.zeros(n, dtype=torch.long))
 
 
-FAST = CompressConfig(epochs=2, batch_size=8, synth_images=8, synth_iterations=5, progress=False)
+FAST = CompressConfig(epochs=2, batch_size=8, synth_images=8, synth_iterations=5, structure="dcvit", progress=False)
 
 
 def same_weights(a, b):

@@ -49,7 +49,7 @@ class Bench:
         self.teacher = resolve_model("fmnist_vit12", weights="pretrained")
         self.test = load_dataset("fashion-mnist", train=False, transform=eval_transform(self.teacher))
         self.macs = count_macs(self.teacher)
-        self.drop_macs = {k: block_drop_macs(self.teacher, k) for k in (1, 2, 3)}
+        self.drop_macs = {k: block_drop_macs(self.teacher, k) for k in (1, 2, 3, 5)}
 
     def done(self) -> set[str]:
         if not self.results.is_file():
@@ -75,7 +75,7 @@ class Bench:
         top1 = evaluate(result.model, loader_for(self.test), progress=False)["top1"]
         row = {"cell": cell, "k": k, "shots": shots, "seed": seed, "top1": top1, "macs": result.macs,
                "macs_fraction": result.macs / self.macs, "blocks": list(result.blocks),
-               "mlp_hidden": result.plan.mlp_hidden, "scores": {str(b): s for b, s in result.scores.items()},
+               "mlp_hidden": result.plan.mlp_hidden, "structure": [s["edit"] for s in result.structure], "scores": {str(b): s for b, s in result.scores.items()},
                "stage_seconds": result.seconds, "seconds": time.perf_counter() - start,
                "images_per_second": [h.get("images_per_second") for h in result.history]}
         with self.results.open("a") as f:
@@ -84,14 +84,18 @@ class Bench:
         return row
 
 
+STRUCTURE_CONFIG = {"auto": {"structure": "auto"}, "mlp": {"structure": "mlp"}, "dcvit": {"structure": "dcvit"},
+                    "drop": BLOCK_DROP}
+
+
 def cells(mode: str):
     if mode == "grid":
         for seed in SEEDS:
             for shots in (50, 100, 500):
-                for k in (1, 2, 3):
-                    for method in ("dcvit", "drop"):
+                for k in (1, 2, 3, 5):
+                    for method in ("auto", "dcvit", "drop"):
                         yield f"grid/{method}/k{k}/s{shots}/seed{seed}", k, shots, seed, \
-                            config_for(shots, seed, **(BLOCK_DROP if method == "drop" else {}))
+                            config_for(shots, seed, **STRUCTURE_CONFIG[method])
     elif mode == "ablations":
         for k in (1, 3):
             for name, change in [("default", {})] + sorted(ABLATIONS.items()):

@@ -35,3 +35,10 @@ def model_argument(p: argparse.ArgumentParser, input_size: bool = True) -> None:
         p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
                        help="default: the model's data config")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def structure_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--structure", choices=["auto", "dcvit", "drop", "mlp"], default="auto",
+                   help="what blocks may lose: auto (default) lets the synthetic metric set choose per block among "
+                        "narrowing or removing the MLP, removing attention, or dropping the block; mlp: MLP edits "
+                        "only; dcvit: the paper (attention removed, MLPs narrowed, Eq. 1-2); drop: whole blocks")

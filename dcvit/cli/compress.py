@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import Command, emit, model_argument
+from .common import Command, emit, model_argument, structure_argument
 from ..data import CALIBRATION_SIZE
 
 
@@ -22,7 +22,11 @@ def _engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--augment", action="store_true", help="RandomResizedCrop + flip + RandAugment on the few shots")
     p.add_argument("--synth-iterations", type=int, default=d.synth_iterations)
-    p.add_argument("--baseline", action="store_true", help="block dropping (PRACTISE-style) instead of DC-ViT")
+    structure_argument(p)
+    p.add_argument("--baseline", action="store_const", const="drop", dest="structure",
+                   help="the same as --structure drop (block dropping, PRACTISE-style)")
+    p.add_argument("--search-steps", type=int, default=d.search_steps,
+                   help=f"auto/mlp: progressive steps, each fine-tuned for --epochs (default {d.search_steps})")
     p.add_argument("--calibration-size", type=int, default=CALIBRATION_SIZE,
                    help="training images held out for cascade calibration, never used as shots (default 5000; "
                         "use the same value and --seed with `dcvit cascade`)")
@@ -33,16 +37,17 @@ def _engine_arguments(p: argparse.ArgumentParser) -> None:
 
 def _config(args):
     from ..config import BLOCK_DROP, CompressConfig
-    extra = BLOCK_DROP if args.baseline else {}
+    extra = BLOCK_DROP if args.structure == "drop" else {"structure": args.structure}
     return CompressConfig(epochs=args.epochs, trial_epochs=args.trial_epochs, lr=args.lr, batch_size=args.batch_size,
                           augment=args.augment, synth_iterations=args.synth_iterations, seed=args.seed,
-                          progress=not args.quiet, **extra)
+                          search_steps=args.search_steps, progress=not args.quiet, **extra)
 
 
 def _summary(result) -> dict:
     return {"macs": result.macs, "macs_original": result.plan.macs_original,
             "macs_fraction": result.macs / result.plan.macs_original, "blocks": list(result.blocks),
             "mlp_hidden": result.plan.mlp_hidden, "remove_attention": result.plan.remove_attention,
+            "structure_kind": result.plan.structure, "structure": list(result.structure),
             "scores": {str(b): s for b, s in result.scores.items()}, "seconds": result.seconds,
             "history": list(result.history)}
 
@@ -63,14 +68,14 @@ def _run_targets(args, targets: list[str]) -> list[dict]:
     for target, result in zip(targets, results):
         folder = out if len(targets) == 1 else out / f"target-{target}"
         save(result.model, folder / "model")
-        summaries.append({"target": target, "model_dir": str(folder / "model"), **_summary(result)})
+        summaries.append({"target": target, "model_dir": str(folder / "model"), **_summary(result),
+                          "describe": result.describe()})
         write_json(folder / "result.json", summaries[-1])
     return summaries
 
 
 def _line(s: dict) -> str:
-    return (f"target {s['target']}: {s['macs'] / 1e6:.2f}M MACs ({100 * s['macs_fraction']:.1f}%), blocks {s['blocks']}, "
-            f"MLP width {s['mlp_hidden']} -> {s['model_dir']}")
+    return f"target {s['target']} -> {s['model_dir']}: {s['describe']}"
 
 
 def run_compress(args) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import Command, emit, model_argument
+from .common import Command, emit, model_argument, structure_argument
 
 
 # --- macs -------------------------------------------------------------------------------------
@@ -33,15 +33,24 @@ def run_macs(args) -> None:
 def _plan_arguments(p: argparse.ArgumentParser) -> None:
     model_argument(p)
     p.add_argument("--target-macs", required=True, help="fraction of the original in (0, 1), or absolute MACs")
-    p.add_argument("--blocks", type=int, help="force the number of compressed blocks")
-    p.add_argument("--candidates", type=int, nargs="+", help="candidate block indices (default: all but first and last)")
+    structure_argument(p)
+    p.add_argument("--blocks", type=int, help="dcvit: force the number of compressed blocks")
+    p.add_argument("--candidates", type=int, nargs="+",
+                   help="candidate block indices (default: all but first and last for dcvit and drop, all for auto/mlp)")
 
 
 def run_plan(args) -> None:
     from ..factory import resolve_model
-    from ..planning import plan
-    p = plan(resolve_model(args.model), args.target_macs, blocks=args.blocks, input_size=args.input_size,
-             candidate_blocks=args.candidates)
+    from ..planning import plan, plan_block_drop, plan_search
+    model = resolve_model(args.model)
+    if args.structure in ("auto", "mlp"):
+        p = plan_search(model, args.target_macs, structure=args.structure, input_size=args.input_size,
+                        candidate_blocks=args.candidates)
+    elif args.structure == "drop":
+        p = plan_block_drop(model, args.target_macs, input_size=args.input_size, candidate_blocks=args.candidates)
+    else:
+        p = plan(model, args.target_macs, blocks=args.blocks, input_size=args.input_size,
+                 candidate_blocks=args.candidates)
     payload = {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.__dict__.items()}
     emit(args, payload, p.describe())
 
@@ -101,7 +110,7 @@ def run_eval(args) -> None:
 COMMANDS = [
     Command('macs', "MACs of a model: total and, for supported transformers, per block (attention with norm1, MLP without norm2)",
             model_argument, run_macs),
-    Command('plan', "structure for a target MACs (Eq. 1-2): how many blocks, how wide their MLPs stay",
+    Command('plan', "structure for a target MACs: the search plan (auto, mlp), Eq. 1-2 (dcvit), or whole blocks (drop)",
             _plan_arguments, run_plan),
     Command('bench', "latency: original vs DC-ViT vs block dropping at equal MACs (interleaved medians)",
             _bench_arguments, run_bench),

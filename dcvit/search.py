@@ -1,0 +1,250 @@
+"""Structure search (docs/method.md §11): the synthetic metric set chooses what each block loses.
+
+DC-ViT always removes attention and narrows the MLPs of the blocks it picks. Which part of a block is
+redundant depends on the model, so `structure="auto"` lets the metric decide, per block, among: keep; narrow
+the MLP; remove the MLP (attention kept); remove the attention (the MLP maybe narrowed); drop the block.
+
+The design, in `search_steps` progressive steps (Algorithm 1's shape, with the structure chosen per step):
+1. Score every edit of every candidate block on the current model, zero-shot: the increase of Eq. 6's KL on
+   the synthetic set when only that edit is made (one forward pass of the metric set per edit).
+2. At the first step, confirm the leading edits (the best KL per MAC saved, one trial per candidate block,
+   as many trials as DC-ViT runs) with the block-wise trial: a short mimicking fine-tune, then Eq. 6 again.
+   A confirmed edit is scored by its KL after recovery; the others keep their KL before recovery, an upper
+   bound of it.
+3. Choose the edits of this step with a multiple-choice knapsack: the least total KL increase among sets
+   (at most one edit per block) that save this step's share of the MACs still to remove. Scores are summed,
+   the usual first-order assumption; the next step re-scores on the fine-tuned model, which corrects it.
+4. Apply them, fine-tune by feature mimicking (Eq. 3), checkpoint, repeat until the target is met.
+Labels and test data are never used.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .macs import MacsProfile, count_macs, macs_profile
+from .scoring import kl_score
+from .surgery import _parts, block_state, edit_block, edit_blocks, random_units
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engine import Engine
+    from .planning import Plan
+
+# MLP widths an edit may leave, as fractions of the block's original width (0: MLP removed).
+WIDTHS = (0.75, 0.5, 0.25, 0.125, 0.0)
+KNAPSACK_RESOLUTION = 1000  # MACs buckets: savings are rounded down to need / 1000, so the target always holds
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One candidate change of one block: keep attention or not, keep `units` MLP hidden units."""
+    block: int
+    attention: bool
+    units: int
+    saved: int            # MACs it saves on the current model (from the MACs profile, exact for these layers)
+    score: float          # KL increase on the synthetic set (Eq. 6): zero-shot, or after a trial fine-tune
+    confirmed: bool = False
+
+    def describe(self, width: int) -> str:
+        if not self.attention and self.units == 0:
+            return "drop"
+        mlp = "MLP removed" if self.units == 0 else f"MLP {width}->{self.units}" if self.units < width else ""
+        return ", ".join(part for part in ("attention removed" if not self.attention else "", mlp) if part)
+
+
+def block_savings(profile: MacsProfile, block: int, has_attention: bool, width: int, attention: bool,
+                  units: int) -> int:
+    """MACs saved when a block at (has_attention, width) becomes (attention, units)."""
+    if not attention and units == 0:
+        return profile.blocks[block]
+    saved = profile.attn[block] if has_attention and not attention else 0
+    saved += round(profile.mlp_unit(block) * (width - units))
+    if units == 0 and width > 0:  # norm2 goes with the MLP
+        saved += profile.blocks[block] - profile.attn[block] - profile.mlp[block]
+    return int(saved)
+
+
+def menu(has_attention: bool, width: int, original: int, mlp_only: bool) -> list[tuple[bool, int]]:
+    """(attention, units) edits reachable from a block's state: fewer MLP units and/or no attention."""
+    widths = sorted({round(f * original) for f in WIDTHS if round(f * original) < width}, reverse=True)
+    edits = [(has_attention, w) for w in widths if (has_attention or w > 0 or not mlp_only)]
+    if has_attention and not mlp_only:
+        edits += [(False, w) for w in [width, *widths]]
+    return [e for e in edits if e != (has_attention, width) and not (mlp_only and not e[0] and has_attention)]
+
+
+@torch.no_grad()
+def unit_importance(model: nn.Module, adapter, blocks: Sequence[int], images: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Per hidden unit: mean |activation| entering fc2 on the few shots times the norm of its fc2 column,
+    i.e. how much the unit writes into the residual stream (any MLP whose last Linear is fc2)."""
+    sums, hooks = {}, []
+    for b in blocks:
+        _, fc2 = adapter.mlp_linears(adapter.blocks(model)[b])
+        hooks.append(fc2.register_forward_hook(
+            lambda m, inputs, out, b=b: sums.__setitem__(b, inputs[0].abs().flatten(0, -2).mean(0))))
+    try:
+        model.eval()(images)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {b: sums[b].float().cpu() * adapter.mlp_linears(adapter.blocks(model)[b])[1].weight.norm(dim=0).float().cpu()
+            for b in blocks}
+
+
+def kept_units(width: int, units: int, importance: Optional[torch.Tensor], seed: int, block: int) -> Optional[list[int]]:
+    """Which of a block's current units stay: the most important, or a seeded random subset."""
+    if units == width:
+        return None
+    if importance is None:
+        return random_units(width, units, seed, block)
+    return sorted(importance.topk(units).indices.tolist())
+
+
+def choose(edits: Sequence[Edit], need: int) -> list[Edit]:
+    """Multiple-choice knapsack: at most one edit per block, total saving >= need, least total score."""
+    if need <= 0:
+        return []
+    unit = max(1, math.ceil(need / KNAPSACK_RESOLUTION))
+    cap = math.ceil(need / unit)
+    inf = float("inf")
+    best = [0.0] + [inf] * cap                    # least score that saves >= j buckets
+    back: list[list[Optional[tuple[Edit, int]]]] = []
+    for block in sorted({e.block for e in edits}):
+        options = [e for e in edits if e.block == block]
+        new, choice = list(best), [None] * (cap + 1)
+        for e in options:
+            step = e.saved // unit  # rounded down, so a chosen set is never short of the target
+            cost = max(e.score, 0.0) + 1e-9 * e.saved / need  # ties: the smaller edit
+            for j in range(cap + 1):
+                if best[j] < inf and best[j] + cost < new[min(cap, j + step)]:
+                    new[min(cap, j + step)] = best[j] + cost
+                    choice[min(cap, j + step)] = (e, j)
+        back.append(choice)
+        best = new
+    if best[cap] == inf:
+        raise ValueError(f"the candidate blocks cannot save {need} more MACs; the target is below what they reach")
+    chosen, j = [], cap
+    for choice in reversed(back):
+        if choice[j] is not None:
+            e, j = choice[j]
+            chosen.append(e)
+    return sorted(chosen, key=lambda e: e.block)
+
+
+class Search:
+    """One auto/mlp compression run on an Engine (teacher, shots, metric set, workspace)."""
+
+    def __init__(self, engine: "Engine", plan: "Plan"):
+        self.engine, self.plan = engine, plan
+        self.config, self.adapter = engine.config, engine.adapter
+        self.mlp_only = plan.structure == "mlp"
+        self.original = macs_profile(engine.teacher, plan.input_size).mlp_hidden
+
+    def _key(self, name: str) -> str:
+        return f"{self.plan.structure}-{self.plan.macs_target}-{name}"
+
+    # --- 1. zero-shot scores ------------------------------------------------------------------------
+    def candidates(self, model: nn.Module, profile: MacsProfile) -> list[tuple[int, bool, int, bool, int]]:
+        """(block, attention, units, had attention, width) for every edit of every candidate block."""
+        blocks = self.adapter.blocks(model)
+        out = []
+        for b in self.plan.candidate_blocks:
+            if isinstance(blocks[b], nn.Identity):
+                continue
+            has_attention, width = block_state(self.adapter, blocks[b])
+            out += [(b, a, u, has_attention, width) for a, u in menu(has_attention, width, self.original[b], self.mlp_only)]
+        return out
+
+    def edited(self, model: nn.Module, block: int, attention: bool, units: int, importance) -> nn.Module:
+        """The single edited block (not the model), with the units the configured choice keeps."""
+        current = self.adapter.blocks(model)[block]
+        _, width = block_state(self.adapter, current)
+        keep = kept_units(width, units, importance.get(block), self.config.seed, block) if units else []
+        return edit_block(self.adapter, current, attention, None if units == width else keep)
+
+    @torch.no_grad()
+    def zero_shot(self, model: nn.Module, importance: dict) -> list[Edit]:
+        profile = macs_profile(model, self.plan.input_size)
+        base = kl_score(self.engine.metric_logits, model, self.engine.metric_images)
+        edits = []
+        for b, a, u, had, width in self.engine.progress(self.candidates(model, profile), "scoring edits"):
+            original = self.adapter.blocks(model)[b]
+            self.adapter.set_block(model, b, self.edited(model, b, a, u, importance).to(self.engine.accelerator.device))
+            try:
+                score = kl_score(self.engine.metric_logits, model, self.engine.metric_images) - base
+            finally:
+                self.adapter.set_block(model, b, original)
+            edits.append(Edit(b, a, u, block_savings(profile, b, had, width, a, u), score))
+        return edits
+
+    def importance(self, model: nn.Module) -> dict[int, torch.Tensor]:
+        if self.config.units_by == "random":
+            return {}
+        blocks = [b for b in self.plan.candidate_blocks if block_state(self.adapter, self.adapter.blocks(model)[b])[1]]
+        x = self.engine.images.fixed.to(next(model.parameters()).device)
+        return unit_importance(model, self.adapter, blocks, x)
+
+    # --- 2. the block-wise trial confirms the leading edits -----------------------------------------
+    def confirm(self, model: nn.Module, edits: list[Edit], importance: dict) -> list[Edit]:
+        """Trial (fine-tune + Eq. 6) the best edit per MAC saved of each candidate block."""
+        leading = {}
+        for e in sorted(edits, key=lambda e: e.score / max(e.saved, 1)):
+            leading.setdefault(e.block, e)
+        confirmed = {}
+        for e in self.engine.progress(list(leading.values()), "block-wise trial"):
+            key = self._key(f"trial-b{e.block}-a{int(e.attention)}-u{e.units}")
+            if not self.engine.workspace.has(key):
+                start = time.perf_counter()
+                candidate = self._apply(model, [e], importance)
+                fit = self.engine.fine_tune(candidate, [e.block], self.config.epochs_per_trial, key)
+                kl = kl_score(self.engine.metric_logits, candidate, self.engine.metric_images)
+                self.engine.workspace.save(key, candidate, {"kl": kl, "train_loss": fit.final_loss,
+                                                             "seconds": time.perf_counter() - start})
+            confirmed[(e.block, e.attention, e.units)] = self.engine.workspace.meta(key)["kl"]
+        return [Edit(e.block, e.attention, e.units, e.saved, confirmed[(e.block, e.attention, e.units)], True)
+                if (e.block, e.attention, e.units) in confirmed else e for e in edits]
+
+    # --- 3-4. choose, apply, fine-tune ----------------------------------------------------------------
+    def _apply(self, model: nn.Module, edits: Sequence[Edit], importance: dict) -> nn.Module:
+        blocks = self.adapter.blocks(model)
+        changes = {}
+        for e in edits:
+            width = block_state(self.adapter, blocks[e.block])[1]
+            units = kept_units(width, e.units, importance.get(e.block), self.config.seed, e.block) if e.units else []
+            changes[e.block] = (e.attention, None if e.units == width else units)
+        return edit_blocks(model, changes)
+
+    def step(self, model: nn.Module, index: int) -> tuple[nn.Module, dict]:
+        key = self._key(f"step{index}")
+        if self.engine.workspace.has(key):
+            return self.engine.workspace.load(key), self.engine.workspace.meta(key)
+        start = time.perf_counter()
+        current = count_macs(model, self.plan.input_size)
+        steps_left = self.config.search_steps - index
+        need = math.ceil((current - self.plan.macs_target) / steps_left)
+        importance = self.importance(model)
+        edits = self.zero_shot(model, importance)
+        if index == 0 and self.config.metric == "kl":
+            edits = self.confirm(model, edits, importance)
+        chosen = choose(edits, need)
+        new = self._apply(model, chosen, importance)
+        fit = self.engine.fine_tune(new, [e.block for e in chosen] or [0], self.config.epochs, key)
+        meta = {"step": index, "need": need, "macs": count_macs(new, self.plan.input_size),
+                "chosen": [asdict(e) for e in chosen], "scored": [asdict(e) for e in edits],
+                "train_loss": fit.final_loss, "seconds": time.perf_counter() - start,
+                "images_per_second": fit.images_per_second}
+        self.engine.workspace.save(key, new, meta)
+        return self.engine.workspace.load(key), meta
+
+    def run(self) -> tuple[nn.Module, list[dict]]:
+        model = self.engine.teacher
+        history = []
+        for index in range(self.config.search_steps):
+            model, meta = self.step(model, index)
+            history.append(meta)
+        return model, history

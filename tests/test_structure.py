@@ -1,0 +1,189 @@
+"""Every block edit of the structure search: surgery equals the reference computation, files replay it,
+the MACs model is exact, the knapsack is optimal, and structure="auto" / "mlp" compress to their target."""
+import itertools
+
+import pytest
+import timm
+import torch
+import torchvision
+from conftest import small_vit
+from torch import nn
+
+import dcvit
+from dcvit.arch import get_adapter
+from dcvit.config import CompressConfig
+from dcvit.macs import macs_profile
+from dcvit.search import Edit, block_savings, choose, menu
+from dcvit.surgery import MlpOnlyBlock, ZeroMlp, block_state, edit_blocks
+
+# (attention kept, kept MLP units: None = all, [] = none)
+EDITS = {
+    "narrow MLP": (True, [0, 2, 5, 7, 11]),
+    "remove MLP": (True, []),
+    "remove attention": (False, None),
+    "remove attention, narrow MLP": (False, [1, 3, 4]),
+    "drop": (False, []),
+}
+
+
+def reference_block(block, x, attention, units):
+    """What an edited timm ViT block must compute, written out from the original block's weights."""
+    out = x
+    if attention:
+        out = out + block.ls1(block.attn(block.norm1(x)))
+    if units is None or units:
+        h = block.mlp.act(block.mlp.fc1(block.norm2(out)))
+        w2, b2 = block.mlp.fc2.weight, block.mlp.fc2.bias
+        if units is not None:
+            h, w2 = h[..., units], w2[:, units]
+        out = out + block.ls2(h @ w2.T + b2)
+    return out
+
+
+@pytest.mark.parametrize("kind", list(EDITS))
+def test_edit_equals_reference_computation(kind):
+    torch.manual_seed(0)
+    model = small_vit(depth=3, init_values=0.5)  # LayerScale on, so ls1 / ls2 are checked too
+    attention, units = EDITS[kind]
+    edited = edit_blocks(model, {1: (attention, units)})
+    x = torch.randn(2, 17, 48)
+    with torch.no_grad():
+        expected = reference_block(model.blocks[1], x, attention, units)
+        assert torch.allclose(edited.blocks[1](x), expected, atol=1e-5)
+    assert block_state(get_adapter(edited), edited.blocks[1]) == (attention, 192 if units is None else len(units))
+    assert model.blocks[1].mlp.fc1.out_features == 192  # the input model is untouched
+
+
+@pytest.mark.parametrize("kind", list(EDITS))
+def test_edit_survives_save_and_load(tmp_path, kind):
+    torch.manual_seed(0)
+    model = edit_blocks(small_vit(depth=3), {0: EDITS[kind], 2: (True, [4, 8])})
+    dcvit.save(model, tmp_path / "m")
+    loaded = dcvit.load(tmp_path / "m")
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(loaded(x), model(x))
+    assert [e["op"] for e in loaded.dcvit_edits] == ["edit", "edit"]
+
+
+def test_edits_compose_on_an_edited_block(tmp_path):
+    torch.manual_seed(0)
+    model = small_vit(depth=2)
+    once = edit_blocks(model, {0: (False, list(range(0, 192, 2)))})      # DC-ViT block, 96 units
+    twice = edit_blocks(once, {0: (False, [0, 5, 9])})                     # narrowed again
+    assert isinstance(twice.blocks[0], MlpOnlyBlock) and twice.blocks[0].mlp.fc1.out_features == 3
+    thrice = edit_blocks(twice, {0: (False, [])})
+    assert isinstance(thrice.blocks[0], nn.Identity)
+    dcvit.save(thrice, tmp_path / "m")
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(dcvit.load(tmp_path / "m")(x), thrice(x))
+
+
+def test_impossible_edits_are_refused():
+    model = small_vit(depth=2)
+    no_attention = edit_blocks(model, {0: (False, None)})
+    with pytest.raises(ValueError, match="no attention left"):
+        edit_blocks(no_attention, {0: (True, None)})
+    with pytest.raises(ValueError, match="changes nothing"):
+        edit_blocks(model, {0: (True, None)})
+    with pytest.raises(ValueError, match="distinct indices"):
+        edit_blocks(model, {0: (True, [0, 0])})
+    with pytest.raises(ValueError, match="dropped already"):
+        edit_blocks(edit_blocks(model, {1: (False, [])}), {1: (True, [0])})
+
+
+def _families():
+    torch.manual_seed(0)
+    vit = small_vit(depth=3)
+    tv = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=3, num_heads=2, hidden_dim=32,
+                                              mlp_dim=64, num_classes=10).eval()
+    swin = timm.create_model("swin_tiny_patch4_window7_224", img_size=56, embed_dim=24, depths=(2, 2), num_heads=(2, 2),
+                             window_size=7, num_classes=5).eval()
+    return {"timm ViT": vit, "torchvision ViT": tv, "timm Swin": swin}
+
+
+@pytest.mark.parametrize("family", ["timm ViT", "torchvision ViT", "timm Swin"])
+def test_macs_model_is_exact_for_every_edit_and_family(family):
+    """block_savings (what the search plans with) equals the MACs fvcore measures after the edit."""
+    model = _families()[family]
+    adapter = get_adapter(model)
+    profile = macs_profile(model)
+    b = 1
+    width = block_state(adapter, adapter.blocks(model)[b])[1]
+    for attention, units in [(True, width // 2), (True, 0), (False, width), (False, width // 4), (False, 0)]:
+        kept = None if units == width else list(range(units))
+        edited = edit_blocks(model, {b: (attention, kept)})
+        measured = profile.total - dcvit.count_macs(edited, profile.input_size)
+        assert measured == block_savings(profile, b, True, width, attention, units), (attention, units)
+        x = torch.randn(1, *profile.input_size)
+        assert edited(x).shape == model(x).shape
+
+
+def test_knapsack_matches_brute_force():
+    gen = torch.Generator().manual_seed(3)
+    for trial in range(30):
+        edits = [Edit(b, True, u, int(torch.randint(1, 50, (1,), generator=gen)), float(torch.rand(1, generator=gen)))
+                 for b in range(4) for u in range(3)]
+        need = int(torch.randint(10, 120, (1,), generator=gen))
+        best = None
+        for pick in itertools.product(*[[None] + [e for e in edits if e.block == b] for b in range(4)]):
+            chosen = [e for e in pick if e]
+            if sum(e.saved for e in chosen) >= need:
+                cost = sum(e.score for e in chosen)
+                best = cost if best is None else min(best, cost)
+        if best is None:
+            with pytest.raises(ValueError):
+                choose(edits, need)
+            continue
+        got = choose(edits, need)
+        assert sum(e.saved for e in got) >= need and len({e.block for e in got}) == len(got)
+        assert sum(e.score for e in got) == pytest.approx(best, abs=1e-6)
+
+
+def test_menu_respects_the_structure():
+    assert all(attention for attention, _ in menu(True, 64, 64, mlp_only=True))
+    assert (False, 0) in menu(True, 64, 64, mlp_only=False) and (True, 0) in menu(True, 64, 64, mlp_only=False)
+    assert menu(True, 0, 64, mlp_only=True) == []                     # nothing left to take from an MLP
+
+
+def tiny_vit(depth=4):
+    torch.manual_seed(0)
+    return dcvit.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=depth,
+                              num_heads=2, in_chans=1, num_classes=10).eval()
+
+
+def tiny_data(n=16):
+    gen = torch.Generator().manual_seed(1)
+    return torch.utils.data.TensorDataset(torch.randn(n, 1, 16, 16, generator=gen), torch.zeros(n, dtype=torch.long))
+
+
+SEARCH = CompressConfig(epochs=1, trial_epochs=1, batch_size=8, synth_images=8, synth_iterations=5, search_steps=2,
+                        progress=False)
+
+
+@pytest.mark.parametrize("structure", ["auto", "mlp"])
+def test_search_meets_a_dense_target_reports_its_structure_and_resumes(tmp_path, structure):
+    model = tiny_vit()
+    config = SEARCH.replace(structure=structure)
+    target = 0.62  # between two block-drop points of this model
+    result = dcvit.compress(model, target, tiny_data(), config, workdir=tmp_path / "run")
+    assert result.macs <= result.plan.macs_target and result.macs >= 0.5 * result.plan.macs_original
+    assert len(result.structure) == 4 and any(s["edit"] != "kept" for s in result.structure)
+    if structure == "mlp":
+        assert all(s["attention"] for s in result.structure)
+    assert "structure" in result.describe()
+    again = dcvit.compress(model, target, tiny_data(), config, workdir=tmp_path / "run", resume=True)
+    x = torch.randn(2, 1, 16, 16)
+    assert torch.equal(again.model(x), result.model(x))
+    fresh = dcvit.compress(model, target, tiny_data(), config)
+    assert torch.equal(fresh.model(x), result.model(x))  # deterministic for a seed
+
+
+def test_search_plan_refuses_targets_below_its_floor():
+    model = tiny_vit()
+    with pytest.raises(ValueError, match="every candidate MLP removed"):
+        dcvit.plan_for(model, 0.3, SEARCH.replace(structure="mlp"))
+    assert dcvit.plan_for(model, 0.3, SEARCH).structure == "auto"
+
+
+def test_zero_mlp_is_scriptable():
+    torch.jit.script(ZeroMlp())
