@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -105,6 +106,38 @@ def kept_units(width: int, units: int, importance: Optional[torch.Tensor], seed:
     return sorted(importance.topk(units).indices.tolist())
 
 
+@torch.no_grad()
+def block_inputs(model: nn.Module, adapter, images: torch.Tensor) -> list[torch.Tensor]:
+    """The tensor entering each block when `model` runs on `images` (one forward pass)."""
+    inputs, hooks = {}, []
+    for i, block in enumerate(adapter.blocks(model)):
+        hooks.append(block.register_forward_pre_hook(lambda m, args, i=i: inputs.__setitem__(i, args[0])))
+    try:
+        model.eval()(images)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [inputs[i] for i in range(len(inputs))]
+
+
+@contextmanager
+def starting_at(model: nn.Module, adapter, index: int, block: nn.Module, cached: torch.Tensor) -> Iterator[None]:
+    """Run `model` with `block` at `index` fed the cached input and the blocks before it skipped: scoring an
+    edit of block b then costs the blocks from b on. Blocks keep their input's shape, so the identities that
+    stand in for the skipped ones (and any stage transitions between them) still fit."""
+    saved = adapter.blocks(model)
+    for i in range(index):
+        adapter.set_block(model, i, nn.Identity())
+    adapter.set_block(model, index, block)
+    hook = block.register_forward_pre_hook(lambda m, args: (cached, *args[1:]))
+    try:
+        yield
+    finally:
+        hook.remove()
+        for i in range(index + 1):
+            adapter.set_block(model, i, saved[i])
+
+
 def choose(edits: Sequence[Edit], need: int) -> list[Edit]:
     """Multiple-choice knapsack: at most one edit per block, total saving >= need, least total score."""
     if need <= 0:
@@ -170,15 +203,14 @@ class Search:
     @torch.no_grad()
     def zero_shot(self, model: nn.Module, importance: dict) -> list[Edit]:
         profile = macs_profile(model, self.plan.input_size)
-        base = kl_score(self.engine.metric_logits, model, self.engine.metric_images)
+        x, logits = self.engine.metric_images, self.engine.metric_logits
+        base = kl_score(logits, model, x)
+        inputs = block_inputs(model, self.adapter, x)
         edits = []
         for b, a, u, had, width in self.engine.progress(self.candidates(model, profile), "scoring edits"):
-            original = self.adapter.blocks(model)[b]
-            self.adapter.set_block(model, b, self.edited(model, b, a, u, importance).to(self.engine.accelerator.device))
-            try:
-                score = kl_score(self.engine.metric_logits, model, self.engine.metric_images) - base
-            finally:
-                self.adapter.set_block(model, b, original)
+            edited = self.edited(model, b, a, u, importance).to(self.engine.accelerator.device)
+            with starting_at(model, self.adapter, b, edited, inputs[b]):
+                score = kl_score(logits, model, x) - base
             edits.append(Edit(b, a, u, block_savings(profile, b, had, width, a, u), score))
         return edits
 
@@ -197,7 +229,8 @@ class Search:
             leading.setdefault(e.block, e)
         confirmed = {}
         for e in self.engine.progress(list(leading.values()), "block-wise trial"):
-            key = self._key(f"trial-b{e.block}-a{int(e.attention)}-u{e.units}")
+            # Trials edit the teacher, whatever the target: a family shares them.
+            key = f"{self.plan.structure}-trial-b{e.block}-a{int(e.attention)}-u{e.units}"
             if not self.engine.workspace.has(key):
                 start = time.perf_counter()
                 candidate = self._apply(model, [e], importance)

@@ -187,3 +187,20 @@ def test_search_plan_refuses_targets_below_its_floor():
 
 def test_zero_mlp_is_scriptable():
     torch.jit.script(ZeroMlp())
+
+
+@pytest.mark.parametrize("family", ["timm ViT", "torchvision ViT", "timm Swin"])
+def test_scoring_from_a_cached_block_input_equals_the_full_forward(family):
+    """The zero-shot scores skip the blocks before the edited one; the outputs must not change."""
+    from dcvit.search import block_inputs, starting_at
+    from dcvit.surgery import edit_block
+    model = _families()[family]
+    adapter = get_adapter(model)
+    x = torch.randn(3, *macs_profile(model).input_size)
+    inputs = block_inputs(model, adapter, x)
+    for b in (0, len(adapter.blocks(model)) - 1):
+        block = edit_block(adapter, adapter.blocks(model)[b], False, [0, 1])
+        full = edit_blocks(model, {b: (False, [0, 1])})(x)
+        with torch.no_grad(), starting_at(model, adapter, b, block, inputs[b]):
+            assert torch.allclose(model(x), full, atol=1e-5)
+        assert adapter.blocks(model)[b] is not block  # restored
