@@ -1,5 +1,5 @@
 """Model-agnostic little/big cascades: batched N-pass inference, threshold calibration, TinySaver saver
-selection and reports (METHOD.md §9).
+selection and reports (docs/method.md §9).
 
 Depends on torch only (tqdm for record's progress bar, matplotlib inside plot_curves, both imported lazily).
 Costs are plain numbers (MACs per sample) given by the caller; confidence = max softmax, and a sample

@@ -1,4 +1,4 @@
-"""Input validation shared by the cascade modules (METHOD.md §9).
+"""Input validation shared by the cascade modules (docs/method.md §9).
 
 Every check raises ValueError with one line saying what was wrong and what is accepted, so a
 mistyped threshold list fails at construction time instead of silently routing everything to one model.

@@ -1,4 +1,4 @@
-"""Vectorised evaluation of threshold grids on cached confidences (METHOD.md §9).
+"""Vectorised evaluation of threshold grids on cached confidences (docs/method.md §9).
 
 The engine behind sweep, calibrate and report_table: every threshold tuple of a product of per-stage
 grids is evaluated at once from a histogram and cumulative sums, never by re-running a model or

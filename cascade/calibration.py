@@ -1,4 +1,4 @@
-"""Threshold sweeps and Little-Big calibration on cached probabilities (METHOD.md §9).
+"""Threshold sweeps and Little-Big calibration on cached probabilities (docs/method.md §9).
 
 Everything here works on recorded softmax outputs (see cascade.record), never on models; every
 threshold (tuple) of a grid is evaluated at once (cascade._search), so a sweep over thousands of

@@ -1,4 +1,4 @@
-"""Run a model once over a loader and cache its softmax outputs (METHOD.md §9).
+"""Run a model once over a loader and cache its softmax outputs (docs/method.md §9).
 
 Threshold sweeps, calibration and saver selection all work on these cached tensors, so choosing a
 threshold never re-runs a network.

@@ -1,4 +1,4 @@
-"""TinySaver-style cost table and accuracy-vs-cost plot (METHOD.md §9).
+"""TinySaver-style cost table and accuracy-vs-cost plot (docs/method.md §9).
 
 The table answers "what does it cost to stay within x points of the big model?" for x in drops, plus
 the most accurate operating point; the plot shows whole sweeps. matplotlib is imported inside

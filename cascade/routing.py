@@ -1,4 +1,4 @@
-"""Batched N-pass cascade inference (METHOD.md §9).
+"""Batched N-pass cascade inference (docs/method.md §9).
 
 Model 1 sees the whole batch; a sample leaves the cascade at the first stage whose confidence
 (max softmax) is >= that stage's threshold, otherwise the next, larger model runs on it. The last

@@ -1,4 +1,4 @@
-"""TinySaver saver selection: match ratio r_match and cost delta ΔC (METHOD.md §9, TinySaver Eq. 7).
+"""TinySaver saver selection: match ratio r_match and cost delta ΔC (docs/method.md §9, TinySaver Eq. 7).
 
 A saver S is paired with a big model B. Sweeping the exit threshold from 1 down, the samples with the
 highest saver confidence exit first; r_match is the largest exit ratio at which the saver is still at

@@ -1,4 +1,4 @@
-"""Datasets by spec string, transforms from a model's data config, few-shot and calibration splits (METHOD.md §5).
+"""Datasets by spec string, transforms from a model's data config, few-shot and calibration splits (docs/method.md §5).
 
 Specs: ``fashion-mnist`` (Debian's files, or ``fashion-mnist:ROOT`` for a torchvision-layout root),
 ``imagefolder:PATH`` (class sub-folders; PATH/train and PATH/val are used when present),
@@ -154,7 +154,7 @@ def train_transform(model: torch.nn.Module, auto_augment: Optional[str] = DEFAUL
     return transforms.Compose([_ToMode(cfg["input_size"][0]), aug])
 
 
-# --- splits (METHOD.md §5) --------------------------------------------------------------------
+# --- splits (docs/method.md §5) --------------------------------------------------------------------
 def targets_of(dataset: Dataset) -> torch.Tensor:
     if isinstance(dataset, Subset):
         return targets_of(dataset.dataset)[torch.as_tensor(dataset.indices)]

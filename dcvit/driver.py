@@ -1,4 +1,4 @@
-"""The progressive driver (METHOD.md §1, Algorithm 1) and dense families.
+"""The progressive driver (docs/method.md §1, Algorithm 1) and dense families.
 
 1. plan the structure for the target (Eq. 1-2);
 2. block-wise trial: fine-tune and score one candidate per block (Eq. 6, dcvit.scoring);

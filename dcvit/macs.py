@@ -1,4 +1,4 @@
-"""MACs counting (one multiply-add = 1, fvcore's convention; METHOD.md §10).
+"""MACs counting (one multiply-add = 1, fvcore's convention; docs/method.md §10).
 
 Built on fvcore's jit-trace counter, with handlers for what it skips: fused attention
 (`scaled_dot_product_attention`, which timm uses for q·kᵀ and attn·v) and PyTorch's native

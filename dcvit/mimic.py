@@ -1,4 +1,4 @@
-"""Feature mimicking (METHOD.md §6, Eq. 3): fine-tune a student to reproduce the teacher's output tokens.
+"""Feature mimicking (docs/method.md §6, Eq. 3): fine-tune a student to reproduce the teacher's output tokens.
 
 Loss: MSE (mean) between all output tokens after the final norm, before pooling and head (or the class
 token only, an ablation). Trainable: everything before the blocks (patch/position embeddings, class token)

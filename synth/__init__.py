@@ -1,4 +1,4 @@
-"""Synthetic "metric set" generation by model inversion (METHOD.md §4, Eq. 4-5).
+"""Synthetic "metric set" generation by model inversion (docs/method.md §4, Eq. 4-5).
 
 DeepInversion/DeepDream-style: optimise Gaussian noise so a trained classifier
 assigns it chosen labels, under total-variation and L2 image priors, with random

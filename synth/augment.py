@@ -1,6 +1,6 @@
 """Random jitter and flip applied to the images before each forward pass.
 
-METHOD.md §4 (Eq. 4-5): the cross-entropy is computed on ``x'``, a randomly
+docs/method.md §4 (Eq. 4-5): the cross-entropy is computed on ``x'``, a randomly
 shifted (``torch.roll``) and possibly horizontally flipped copy of ``x``. This
 stops the optimisation from hiding the class evidence in pixel-exact adversarial
 patterns: the evidence has to survive small translations and mirroring.

@@ -1,6 +1,6 @@
 """DeepInversion-style synthesis of a metric set from a trained classifier.
 
-METHOD.md §4 (Eq. 4-5): start from Gaussian noise ``x`` in the model's normalised
+docs/method.md §4 (Eq. 4-5): start from Gaussian noise ``x`` in the model's normalised
 input space with target labels ``y`` and minimise, over ``x`` only,
 
     CE(f(x'), y) + R(x),   R(x) = tv * sum_d ||Δ_d x||_F ** tv_exponent + l2 * mean_i ||x_i||_2
@@ -153,7 +153,7 @@ def synthesize(
     std: float | Sequence[float] | None = None,
     batch_size: int | None = None,
 ) -> SyntheticSet:
-    """Synthesise ``num_images`` images the model classifies as their labels (METHOD.md §4).
+    """Synthesise ``num_images`` images the model classifies as their labels (docs/method.md §4).
 
     Image shape and mean/std default to the model's data config (see
     :mod:`synth.model_inputs`); ``jitter`` is a fraction of the image side.

@@ -1,6 +1,6 @@
 """What inputs a classifier takes: image shape, normalisation and number of classes.
 
-Used by :func:`synth.synthesize` (METHOD.md §4, Eq. 4-5) so that sensible defaults
+Used by :func:`synth.synthesize` (docs/method.md §4, Eq. 4-5) so that sensible defaults
 follow the model. The data config is read from ``model.pretrained_cfg`` /
 ``model.default_cfg`` (the dicts timm attaches) without importing timm.
 

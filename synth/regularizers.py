@@ -1,4 +1,4 @@
-"""Image priors for model inversion: total variation and L2 (METHOD.md §4, Eq. 5).
+"""Image priors for model inversion: total variation and L2 (docs/method.md §4, Eq. 5).
 
 Both act on the images ``x`` in the model's *normalised* input space, shape
 ``(B, C, H, W)``, and return a scalar tensor that is differentiable w.r.t. ``x``.
@@ -36,7 +36,7 @@ def total_variation(x: Tensor, exponent: float = 0.6) -> Tensor:
     """``sum_d ||Δ_d x||_F ** exponent`` over the four neighbour directions.
 
     The Frobenius norm is taken over the whole batch (not per image), as in
-    METHOD.md Eq. 5. An exponent < 1 (0.6 for ViTs) penalises a few strong edges
+    docs/method.md Eq. 5. An exponent < 1 (0.6 for ViTs) penalises a few strong edges
     less than many weak ones, which keeps object boundaries while removing noise.
     """
     total = x.new_zeros(())
@@ -53,7 +53,7 @@ def l2_prior(x: Tensor) -> Tensor:
 
 
 def image_prior(x: Tensor, tv: float, tv_exponent: float, l2: float) -> Tensor:
-    """``R(x) = tv * TV(x) + l2 * L2(x)`` (METHOD.md Eq. 5); skips terms weighted 0."""
+    """``R(x) = tv * TV(x) + l2 * L2(x)`` (docs/method.md Eq. 5); skips terms weighted 0."""
     total = x.new_zeros(())
     if tv:
         total = total + tv * total_variation(x, tv_exponent)

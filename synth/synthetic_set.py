@@ -1,6 +1,6 @@
 """The synthetic metric set: images, target labels, losses; save/load and PNG grids.
 
-Produced by :func:`synth.synthesize` (METHOD.md §4, Eq. 4-5).
+Produced by :func:`synth.synthesize` (docs/method.md §4, Eq. 4-5).
 
 On-disk format (no pickle anywhere): ``save(path)`` writes a *directory*::
 

@@ -1,4 +1,4 @@
-"""Tests for the cascade package (METHOD.md §9): batched routing, statistics, r_match / ΔC, sweeps,
+"""Tests for the cascade package (docs/method.md §9): batched routing, statistics, r_match / ΔC, sweeps,
 calibration against brute force, reports and input validation. Small tensors only: runs in seconds on CPU."""
 from __future__ import annotations
 

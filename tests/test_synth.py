@@ -1,4 +1,4 @@
-"""Tests for synth/ (METHOD.md §4, Eq. 4-5): shapes, defaults, determinism, files, errors, and
+"""Tests for synth/ (docs/method.md §4, Eq. 4-5): shapes, defaults, determinism, files, errors, and
 that the objective really pulls images towards their target labels. All CPU and fast."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Wall-clock speed-up of a calibrated little -> big cascade against the big model alone, with and without
-cascade.prepare_for_inference, next to the speed-up MACs predict (issue 6's "measured, not only counted").
+cascade.prepare_for_inference, next to the speed-up MACs predict.
 
 Calibrates the threshold as `dcvit cascade` does (held-out training split, --max-acc-drop, --confidence), then
 times the cascade, the big model and the saver on test images, interleaved, medians of --repeats passes.

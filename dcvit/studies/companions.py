@@ -1,4 +1,4 @@
-"""Compressed models as little companions (METHOD.md §9): record a pool once, pick the saver by ΔC on the
+"""Compressed models as little companions (docs/method.md §9): record a pool once, pick the saver by ΔC on the
 calibration split, calibrate thresholds there, report on the test split, and time the real cascade.
 
 The calibration split is a seeded held-out part of the *training* set; the test set never drives a choice.

@@ -1,6 +1,7 @@
 """The main job on the embedded default (`make demo`): compress the shipped Fashion-MNIST teacher with
-100 unlabeled shots into a dense family, compare with block dropping at equal MACs, pick a saver for a
-lossless cascade on a held-out calibration split, and write report.md, report.json and PNG plots.
+100 unlabeled shots into dense families of three structures side by side (auto: the structure search;
+dcvit: the paper; drop: block dropping) at equal MACs, pick a saver for a lossless cascade on a held-out
+calibration split, and write report.md, report.json and PNG plots.
 """
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ COMPANIONS = ("fmnist_vit_tiny", "fmnist_cnn")
 @dataclass(frozen=True)
 class DemoSettings:
     shots: int = 100
-    drops: tuple[int, ...] = (1, 2, 3)     # block-dropping baselines; DC-ViT runs at the same MACs
-    extra_targets: tuple[float, ...] = (0.67,)
+    drops: tuple[int, ...] = (1, 3, 5)     # every structure runs at the MACs of dropping k blocks
+    extra_targets: tuple[float, ...] = (0.5, 0.4)  # below what the others reach well: the structure search only
     calibration_size: int = CALIBRATION_SIZE
     candidate_eval_images: int = 2000      # test images for the metric-vs-error figure
     test_limit: Optional[int] = None       # evaluate on the first N test images only (--fast)
@@ -46,7 +47,7 @@ class DemoSettings:
     def fast(cls) -> "DemoSettings":
         return cls(shots=50, drops=(1, 2), extra_targets=(), calibration_size=1000, candidate_eval_images=500,
                    test_limit=2000, speed_images=500,
-                   config=CompressConfig(epochs=8, trial_epochs=2, synth_images=20, synth_iterations=40))
+                   config=CompressConfig(epochs=8, trial_epochs=2, synth_images=20, synth_iterations=40, search_steps=2))
 
 
 def _log(message: str) -> None:
@@ -56,36 +57,38 @@ def _log(message: str) -> None:
 def run_demo(out: str | Path = "runs/demo", settings: DemoSettings = DemoSettings(), progress: bool = True) -> dict:
     start = time.perf_counter()
     out = Path(out)
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # a demo always starts clean
     config = settings.config.replace(seed=settings.seed, progress=progress)
     teacher = resolve_model(TEACHER, weights="pretrained")
     shots = few_shot_subset("fashion-mnist", settings.shots, settings.seed, settings.calibration_size)
     teacher_macs = count_macs(teacher)
     drop_targets = [block_drop_macs(teacher, k) for k in settings.drops]
-    targets = drop_targets + [int(f * teacher_macs) for f in settings.extra_targets]
-    _log(f"DC-ViT family at {[round(t / teacher_macs, 3) for t in targets]} of the teacher's MACs, {settings.shots} shots")
-    family = compress_family(teacher, targets, shots, config, workdir=out / "checkpoints" / "dcvit")
+    auto_targets = drop_targets + [int(f * teacher_macs) for f in settings.extra_targets]
+    checkpoints = fresh_checkpoints(out)
+    _log(f"structure search (auto) at {[round(t / teacher_macs, 3) for t in auto_targets]} of the teacher's MACs, "
+         f"{settings.shots} shots")
+    auto = compress_family(teacher, auto_targets, shots, config.replace(structure="auto"), workdir=checkpoints / "auto")
+    _log("DC-ViT (the paper's structure) at the block-dropping MACs")
+    family = compress_family(teacher, drop_targets, shots, config.replace(structure="dcvit"),
+                             workdir=checkpoints / "dcvit")
     test = load_dataset("fashion-mnist", train=False, transform=eval_transform(teacher))
-    candidate_figure = _candidate_study(family[0], out / "checkpoints" / "dcvit", config.structure, test, out,
-                                        settings.candidate_eval_images)
+    candidate_figure = _candidate_study(family[0], checkpoints / "dcvit", test, out, settings.candidate_eval_images)
     _log("block-dropping baseline (PRACTISE-style selection, same fine-tune budget)")
     # One family: every drop target ranks the same single-block trials, so they run once.
-    drops = compress_family(teacher, drop_targets, shots, config.replace(**BLOCK_DROP),
-                            workdir=out / "checkpoints" / "drop")
+    drops = compress_family(teacher, drop_targets, shots, config.replace(**BLOCK_DROP), workdir=checkpoints / "drop")
 
-    models = {TEACHER: teacher, **{family_name(r, teacher_macs): r.model for r in family}}
+    models = {TEACHER: teacher, **{family_name("auto", r, teacher_macs): r.model for r in auto},
+              **{family_name("dcvit", r, teacher_macs): r.model for r in family}}
     models.update({name: resolve_model(name, weights="pretrained") for name in COMPANIONS})
-    drop_models = {f"drop{k}": r.model for k, r in zip(settings.drops, drops)}
     _log("recording the pool on the calibration and test splits; calibrating a lossless cascade")
     study = cascade_study(TEACHER, models, "fashion-mnist", calibration_size=settings.calibration_size,
                           seed=settings.seed, max_acc_drop=0.0, progress=progress,
                           speed_images=settings.speed_images, test_limit=settings.test_limit)
-    drop_top1 = {n: evaluate(m, loader_for(test, limit=settings.test_limit), progress=progress)["top1"]
-                 for n, m in drop_models.items()}
+    drop_top1 = [evaluate(r.model, loader_for(test, limit=settings.test_limit), progress=progress)["top1"]
+                 for r in drops]
 
     test_images = min(settings.test_limit or len(test), len(test))
-    report = _report_json(study, family, drops, drop_top1, settings, teacher_macs, test_images,
-                          time.perf_counter() - start)
+    report = _report_json(study, {"auto": auto, "dcvit": family}, drops, drop_top1, settings, teacher_macs,
+                          test_images, time.perf_counter() - start)
     report["figures"] = _figures(out, study, report, teacher_macs) + [candidate_figure["path"]]
     report["candidates"] = candidate_figure
     write_json(out / "report.json", report)
@@ -96,17 +99,31 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings = DemoSetting
     return report
 
 
-def family_name(result, teacher_macs: int) -> str:
-    return f"dcvit-{100 * result.macs / teacher_macs:.1f}%"
+def fresh_checkpoints(out: Path) -> Path:
+    """The demo's checkpoint folder, emptied. A non-empty --out that an earlier demo did not make is refused,
+    so the demo never deletes what it did not create."""
+    marker = out / ".dcvit-demo"
+    if out.is_file() or (out.is_dir() and any(out.iterdir()) and not marker.is_file()):
+        raise ValueError(f"{out} is not empty and was not made by `dcvit demo`; choose a new or empty --out")
+    root = out / "checkpoints"
+    for structure in ("auto", "dcvit", "drop"):
+        shutil.rmtree(root / structure, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    return root
 
 
-def _candidate_study(result, root: Path, surgery: str, test, out: Path, images: int) -> dict:
+def family_name(structure: str, result, teacher_macs: int) -> str:
+    return f"{structure}-{100 * result.macs / teacher_macs:.1f}%"
+
+
+def _candidate_study(result, root: Path, test, out: Path, images: int) -> dict:
     """Fig. 4 at our scale: do the trial's synthetic-set scores track the candidates' real test error?"""
     test = Subset(test, range(min(images, len(test))))
     blocks = list(result.trials)  # candidate order
     scores = [result.trials[b].score for b in blocks]
     losses = [result.trials[b].train_loss for b in blocks]
-    errors = [1 - evaluate(load(root / trial_key(result.plan, b, surgery) / "model"), loader_for(test),
+    errors = [1 - evaluate(load(root / trial_key(result.plan, b, "dcvit") / "model"), loader_for(test),
                            progress=False)["top1"] for b in blocks]
     rho_metric = float(spearmanr(scores, errors).statistic)
     rho_loss = float(spearmanr(losses, errors).statistic)
@@ -115,32 +132,34 @@ def _candidate_study(result, root: Path, surgery: str, test, out: Path, images: 
             "test_images": images, "spearman_metric": rho_metric, "spearman_train_loss": rho_loss, "path": str(path)}
 
 
-def _report_json(study, family, drops, drop_top1, settings, teacher_macs, test_images, seconds) -> dict:
+def _report_json(study, families: dict, drops, drop_top1, settings, teacher_macs, test_images, seconds) -> dict:
     best = study.calibrations[study.saver]
     speed = study.speed["batch256"]
-    dcvit_rows = [{"target": round(r.plan.macs_target / teacher_macs, 4), "macs": r.macs,
-                   "top1": study.accuracy[family_name(r, teacher_macs)], "blocks": list(r.blocks),
-                   "mlp_hidden": r.plan.mlp_hidden} for r in family]
+    rows = {structure: [{"target": round(r.plan.macs_target / teacher_macs, 4), "macs": r.macs,
+                         "top1": study.accuracy[family_name(structure, r, teacher_macs)], "blocks": list(r.blocks),
+                         "mlp_hidden": r.plan.mlp_hidden, "structure": [b["edit"] for b in r.structure]}
+                        for r in results] for structure, results in families.items()}
     return {
         "teacher": {"name": TEACHER, "top1": study.accuracy[TEACHER], "macs": teacher_macs},
-        "dcvit": dcvit_rows,
-        "block_drop": [{"dropped": list(r.blocks), "macs": r.macs, "top1": drop_top1[f"drop{k}"]}
-                       for k, r in zip(settings.drops, drops)],
+        **rows,
+        "block_drop": [{"dropped": list(r.blocks), "macs": r.macs, "top1": top1, "target": round(r.macs / teacher_macs, 4)}
+                       for r, top1 in zip(drops, drop_top1)],
         "companions": {n: {"macs": study.costs[n], "top1": study.accuracy[n]} for n in COMPANIONS},
         "cascade": {"saver": study.saver, "thresholds": list(best.thresholds), "top1": best.test_accuracy,
                     "macs_per_sample": best.test_avg_cost, "macs_reduction": best.test_cost_reduction,
                     "throughput_speedup": speed["realised_speedup"], "predicted_speedup": speed["predicted_speedup"],
                     "calibration_top1": best.calib_accuracy, "calibration_big_top1": best.calib_big_accuracy,
                     "confidence": best.confidence, "best_saver_on_test": study.test_ranking[0][0]},
-        "settings": {"test_images": test_images, "shots": settings.shots, "seed": settings.seed, "calibration_size": settings.calibration_size,
-                     "config": settings.config.as_dict()},
+        "settings": {"test_images": test_images, "shots": settings.shots, "seed": settings.seed,
+                     "calibration_size": settings.calibration_size, "config": settings.config.as_dict()},
         "seconds": round(seconds, 1),
     }
 
 
 def _figures(out: Path, study, report: dict, teacher_macs: int) -> list[str]:
     import cascade
-    series = {"DC-ViT": [(r["macs"], r["top1"]) for r in report["dcvit"]],
+    series = {"auto (structure search)": [(r["macs"], r["top1"]) for r in report["auto"]],
+              "DC-ViT": [(r["macs"], r["top1"]) for r in report["dcvit"]],
               "block dropping": [(r["macs"], r["top1"]) for r in report["block_drop"]]}
     for name, c in report["companions"].items():
         series[name] = [(c["macs"], c["top1"])]
@@ -151,11 +170,18 @@ def _figures(out: Path, study, report: dict, teacher_macs: int) -> list[str]:
     return [str(a), str(b)]
 
 
+def _short(structure: list[str]) -> str:
+    """A block-by-block code: . kept, m narrowed MLP, M MLP removed, a attention removed, D dropped."""
+    code = {"kept": ".", "dropped": "D", "MLP removed": "M"}
+    return "".join(code.get(e, "a" if e.startswith("attention") else "m") for e in structure)
+
+
 def summary_table(report: dict) -> str:
     t = report["teacher"]
     lines = [f"{'model':<28}{'MACs (M)':>10}{'% teacher':>11}{'top-1':>8}", "-" * 57,
              f"{t['name']:<28}{t['macs'] / 1e6:>10.2f}{100:>10.1f}%{100 * t['top1']:>7.2f}%"]
-    rows = [(f"DC-ViT {r['blocks']}", r["macs"], r["top1"]) for r in report["dcvit"]]
+    rows = [(f"auto {_short(r['structure'])}", r["macs"], r["top1"]) for r in report["auto"]]
+    rows += [(f"DC-ViT {r['blocks']}", r["macs"], r["top1"]) for r in report["dcvit"]]
     rows += [(f"drop {r['dropped']}", r["macs"], r["top1"]) for r in report["block_drop"]]
     rows += [(n, c["macs"], c["top1"]) for n, c in report["companions"].items()]
     c = report["cascade"]
@@ -180,5 +206,25 @@ def _markdown(report: dict, study) -> str:
         f"Block-wise trial (Fig. 4 at our scale, {c['test_images']} test images): Spearman correlation of the "
         f"synthetic-set KL score with candidate test error {c['spearman_metric']:.2f}; of the few-shot training loss "
         f"{c['spearman_train_loss']:.2f}.", "", "![metric vs error](metric_vs_error.png)", "",
+        _structures_markdown(report), "",
         study_markdown(study), "![cascade curves](cascade_curves.png)", "",
         f"Total time: {report['seconds']:.0f} s.", ""])
+
+
+def _structures_markdown(report: dict) -> str:
+    """Each structure's top-1 at each budget, and what auto chose per block (the code of summary_table)."""
+    teacher = report["teacher"]
+    lines = ["## Three structures at equal MACs", "",
+             "| % of teacher MACs | auto | DC-ViT | block dropping | auto's blocks (. kept, m MLP narrowed, M MLP "
+             "removed, a attention removed, D dropped) |", "|---|---|---|---|---|"]
+    by_target = {}
+    for key in ("auto", "dcvit", "block_drop"):
+        for r in report[key]:
+            by_target.setdefault(round(r["target"], 2), {})[key] = r
+    for target in sorted(by_target, reverse=True):
+        row = by_target[target]
+        cell = lambda k: f"{100 * row[k]['top1']:.2f}" if k in row else "—"
+        blocks = _short(row["auto"]["structure"]) if "auto" in row else ""
+        lines.append(f"| {100 * target:.1f} | {cell('auto')} | {cell('dcvit')} | {cell('block_drop')} | `{blocks}` |")
+    lines += ["", f"Teacher: {100 * teacher['top1']:.2f}% at {teacher['macs'] / 1e6:.2f}M MACs."]
+    return "\n".join(lines)
