@@ -1,66 +1,168 @@
 """A dense family: one compressed model per target MACs, from one pretrained ViT and a few unlabeled images.
 
-The targets share the synthetic metric set, the teacher's tokens and every block-wise trial whose plan
-(MLP width, attention) matches, so a family costs less than separate runs.
+The targets share the synthetic metric set, the teacher's tokens and every block-wise trial they can, so a
+family costs less than separate runs.
 
 Example (four models at 90%, 83%, 75% and 67% of the MACs, the quick preset):
 
     python recipes/dense_family.py --model vit_base_patch16_224 --data /data/imagenet --shots 100 \\
         --targets 0.9 0.83 0.75 0.67 --preset quick --out runs/vit-b-family
 
-Writes OUT/target-X/model (dcvit.load) and OUT/target-X/result.json per target, OUT/family.json and
-OUT/checkpoints (rerun with --resume after an interruption). `--smoke` checks the wiring in seconds.
+--structure auto (the default) lets the synthetic metric set choose each block's edit (narrow or remove its
+MLP, remove its attention, drop it); dcvit is the paper's structure (Eq. 1-2), mlp edits MLPs only, drop is
+the block-dropping baseline. Writes OUT/target-X/model (dcvit.load) and OUT/target-X/result.json per target,
+OUT/family.json and OUT/checkpoints (rerun with --resume after an interruption). --epochs, --synth-images, ...
+override the preset's sizes (tiny values check the wiring in seconds). This file needs only dcvit installed:
+copy it anywhere.
 """
 from __future__ import annotations
 
+import argparse
+import json
+import math
+import os
 import sys
 from pathlib import Path
 
-HERE = str(Path(__file__).resolve().parent)
-if HERE not in sys.path:  # the shared helpers next to this file, however the script is started
-    sys.path.insert(0, HERE)
+import dcvit
 
-import _common as common  # noqa: E402
-from dcvit.driver import compress_family, plan_for  # noqa: E402
-from dcvit.data import few_shot_subset  # noqa: E402
-from dcvit.files import write_json  # noqa: E402
-
+PRESETS = {"paper": {},  # dcvit.CompressConfig.paper(): 2000 epochs per step and trial, lr 3e-5, batch 64, RandAugment
+           "quick": {"epochs": 100, "trial_epochs": 20, "synth_iterations": 200}}
 TARGETS = (0.9, 0.83, 0.75, 0.67)
+SIZES = ("epochs", "trial_epochs", "batch_size", "synth_images", "synth_iterations", "search_steps")
+DATASETS = ("imagefolder", "cifar10", "cifar100", "fashion-mnist")
 
 
-def build_parser() -> common.Parser:
-    p = common.Parser(prog="dense_family.py", description=__doc__)
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr (exit 2); --help shows this docstring as written."""
+
+    def __init__(self) -> None:
+        super().__init__(prog=Path(__file__).name, description=__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {' '.join(str(message).split())} (see --help)\n")
+
+
+def target(text: str) -> float:
+    """argparse type: a MACs target, a fraction in (0, 1) of the original or absolute MACs above 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0 or value == 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in (0, 1) of the original MACs nor MACs above 1")
+    return value
+
+
+def positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
+    return int(text)
+
+
+def build_parser() -> Parser:
+    p = Parser()
     p.add_argument("--model", default="vit_base_patch16_224",
                    help="timm model name (pretrained weights are loaded) or a dcvit.save directory "
                         "(default vit_base_patch16_224)")
-    p.add_argument("--targets", type=common.target, nargs="+", default=list(TARGETS), metavar="T",
+    p.add_argument("--targets", type=target, nargs="+", default=list(TARGETS), metavar="T",
                    help="target MACs, each a fraction in (0, 1) or absolute MACs (default "
                         f"{' '.join(map(str, TARGETS))})")
-    common.add_run_arguments(p, shots=100)
+    p.add_argument("--data", required=True, help="the few-shot source: an ImageFolder root (PATH/train is used when "
+                   f"present) or a dataset spec ({', '.join(DATASETS)}, as KIND:PATH); labels are never used")
+    p.add_argument("--shots", type=positive_int, default=100, help="unlabeled training images (default 100)")
+    p.add_argument("--structure", choices=("auto", "dcvit", "drop", "mlp"), default="auto",
+                   help="what blocks may lose (default auto, see above)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="paper",
+                   help="paper: the paper's ImageNet settings (2000 epochs, lr 3e-5, batch 64, RandAugment); "
+                        "quick: 100 epochs per step and 20 per trial, for a first look (default paper)")
+    p.add_argument("--out", required=True, help="output folder (checkpoints go to OUT/checkpoints)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--seed", type=int, default=0, help="few-shot sampling and training seed (default 0)")
+    sizes = p.add_argument_group("sizes", "override the preset's (dcvit.CompressConfig fields of the same names)")
+    for name in SIZES:
+        sizes.add_argument(f"--{name.replace('_', '-')}", type=positive_int, metavar="N")
     return p
 
 
-def run(args, parser, data_root: Path | None = None) -> list[dict]:
-    if len({common.label(t) for t in args.targets}) < len(args.targets):
-        parser.error(f"--targets has duplicates: {' '.join(map(common.label, args.targets))}")
-    out = Path(args.out)
-    model, spec, shots, config = common.setup_run(args, parser, data_root)
-    plans = [plan_for(model, t, config) for t in args.targets]  # fail on unreachable targets before data work
-    for t, plan in zip(args.targets, plans):
-        print(f"target {common.label(t)}: {plan.describe()}", flush=True)
-    data = few_shot_subset(spec, shots, seed=args.seed)
-    results = compress_family(model, plans, data, config, workdir=out / "checkpoints", resume=args.resume)
-    summaries = [common.save_result(r, t, out / f"target-{common.label(t)}", shots=shots, preset=args.preset)
-                 for t, r in zip(args.targets, results)]
-    write_json(out / "family.json", {"model": "smoke" if args.smoke else args.model, "data": spec, "shots": shots,
-                                     "preset": args.preset, "config": config.as_dict(), "family": summaries})
-    print(common.family_table(summaries))
+def config_for(args) -> dcvit.CompressConfig:
+    sizes = {k: getattr(args, k) for k in SIZES if getattr(args, k) is not None}
+    config = dcvit.CompressConfig.paper(**{**PRESETS[args.preset], **sizes}, seed=args.seed,
+                                        progress=sys.stderr.isatty())
+    return config.replace(**dcvit.BLOCK_DROP) if args.structure == "drop" else config.replace(structure=args.structure)
+
+
+def data_spec(text: str) -> str:
+    """--data as a dataset spec (a bare path is an ImageFolder root), checked before any slow work."""
+    kind, _, path = text.partition(":")
+    if kind.lower() not in DATASETS:
+        text, path = f"imagefolder:{text}", text
+    if path and not Path(path).exists():
+        raise FileNotFoundError(f"dataset path {path} does not exist")
+    return text
+
+
+def write_json(path: Path, obj) -> None:
+    """Atomically: a temporary file next to PATH, renamed onto it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def save_result(result: dcvit.CompressionResult, target_macs: float, folder: Path, **extra) -> dict:
+    """FOLDER/model (dcvit.load-able) and FOLDER/result.json; returns the summary written there."""
+    plan = result.plan
+    summary = {"target": target_macs, "model_dir": str(dcvit.save(result.model, folder / "model")),
+               "macs": result.macs, "macs_original": plan.macs_original, "macs_fraction": result.macs / plan.macs_original,
+               "blocks": list(result.blocks), "structure": list(result.structure), "describe": result.describe(),
+               "plan": plan.describe(), "mlp_hidden": plan.mlp_hidden, "mlp_hidden_original": plan.mlp_hidden_original,
+               "remove_attention": plan.remove_attention, "scores": {str(b): s for b, s in result.scores.items()},
+               "seconds": result.seconds, "history": list(result.history), **extra}
+    write_json(folder / "result.json", summary)
+    return summary
+
+
+def table(summaries: list[dict]) -> str:
+    lines = ["| target | MACs | of original | edited blocks |", "|---|---|---|---|"]
+    for s in summaries:
+        edits = "; ".join(f"{b['block']}: {b['edit']}" for b in s["structure"] if b["edit"] != "kept")
+        lines.append(f"| {s['target']:g} | {s['macs'] / 1e6:.2f}M | {100 * s['macs_fraction']:.1f}% | {edits} |")
+    return "\n".join(lines)
+
+
+def run(args) -> list[dict]:
+    labels = [f"{t:g}" for t in args.targets]
+    if len(set(labels)) < len(labels):
+        raise ValueError(f"--targets has duplicates: {' '.join(labels)}")
+    out, spec, config = Path(args.out), data_spec(args.data), config_for(args)
+    if (out / "checkpoints" / "settings.json").is_file() and not args.resume:
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    model = dcvit.resolve_model(args.model, weights="pretrained")  # never random init: pointless to compress
+    plans = [dcvit.plan_for(model, t, config) for t in args.targets]  # fail on unreachable targets before data work
+    for label, plan in zip(labels, plans):
+        print(f"target {label}: {plan.describe()}", flush=True)
+    data = dcvit.few_shot_subset(spec, args.shots, seed=args.seed)
+    results = dcvit.compress_family(model, plans, data, config, workdir=out / "checkpoints", resume=args.resume)
+    if int(os.environ.get("RANK", 0)) > 0:  # under `accelerate launch`, only the main process writes
+        return []
+    summaries = [save_result(r, t, out / f"target-{label}", shots=args.shots, preset=args.preset)
+                 for label, t, r in zip(labels, args.targets, results)]
+    write_json(out / "family.json", {"model": args.model, "data": spec, "shots": args.shots, "preset": args.preset,
+                                     "config": config.as_dict(), "family": summaries})
+    print(table(summaries))
     print(f"models: {out}/target-*/model (dcvit.load), summary: {out / 'family.json'}")
     return summaries
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    return common.main_with_smoke(build_parser, run, argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as err:  # errors a user can fix (dcvit's UnsupportedModelError included)
+        parser.error(str(err))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,19 @@ def small_vit(depth=6, dim=48, heads=3, img=32, patch=8, chans=3, **kwargs):
                               num_heads=heads, in_chans=chans, num_classes=10, **kwargs).eval()
 
 
+def tiny_vit(depth=5):
+    """A 1-channel 16-pixel ViT small enough to compress in seconds."""
+    torch.manual_seed(0)
+    return dcvit.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=depth,
+                              num_heads=2, in_chans=1, num_classes=10).eval()
+
+
+def tiny_data(n=16):
+    """n random 1 x 16 x 16 images (labels are never used)."""
+    gen = torch.Generator().manual_seed(1)
+    return torch.utils.data.TensorDataset(torch.randn(n, 1, 16, 16, generator=gen), torch.zeros(n, dtype=torch.long))
+
+
 @pytest.fixture
 def vit():
     torch.manual_seed(0)

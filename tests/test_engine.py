@@ -8,23 +8,13 @@ import pytest
 import torch
 
 import dcvit
+from conftest import tiny_data, tiny_vit
 from dcvit.driver import compress, compress_family, plan_for
 from dcvit.config import ABLATIONS, BLOCK_DROP, CompressConfig
 from dcvit.engine import Engine
 from dcvit.mimic import trainable_parameters
 
 HELPER = Path(__file__).parent / "helpers" / "rank_candidates.py"
-
-
-def tiny_vit(depth=5):
-    torch.manual_seed(0)
-    return dcvit.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=depth,
-                              num_heads=2, in_chans=1, num_classes=10).eval()
-
-
-def tiny_data(n=16):
-    gen = torch.Generator().manual_seed(1)
-    return torch.utils.data.TensorDataset(torch.randn(n, 1, 16, 16, generator=gen), torch.zeros(n, dtype=torch.long))
 
 
 FAST = CompressConfig(epochs=2, batch_size=8, synth_images=8, synth_iterations=5, structure="dcvit", progress=False)

@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 import torchvision
-from conftest import small_vit
+from conftest import small_vit, tiny_data, tiny_vit
 from torch import nn
 
 import dcvit
@@ -145,24 +145,13 @@ def test_menu_respects_the_structure():
     assert menu(True, 0, 64, mlp_only=True) == []                     # nothing left to take from an MLP
 
 
-def tiny_vit(depth=4):
-    torch.manual_seed(0)
-    return dcvit.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=depth,
-                              num_heads=2, in_chans=1, num_classes=10).eval()
-
-
-def tiny_data(n=16):
-    gen = torch.Generator().manual_seed(1)
-    return torch.utils.data.TensorDataset(torch.randn(n, 1, 16, 16, generator=gen), torch.zeros(n, dtype=torch.long))
-
-
 SEARCH = CompressConfig(epochs=1, trial_epochs=1, batch_size=8, synth_images=8, synth_iterations=5, search_steps=2,
                         progress=False)
 
 
 @pytest.mark.parametrize("structure", ["auto", "mlp"])
 def test_search_meets_a_dense_target_reports_its_structure_and_resumes(tmp_path, structure):
-    model = tiny_vit()
+    model = tiny_vit(depth=4)
     config = SEARCH.replace(structure=structure)
     target = 0.62  # between two block-drop points of this model
     result = dcvit.compress(model, target, tiny_data(), config, workdir=tmp_path / "run")
@@ -179,7 +168,7 @@ def test_search_meets_a_dense_target_reports_its_structure_and_resumes(tmp_path,
 
 
 def test_search_plan_refuses_targets_below_its_floor():
-    model = tiny_vit()
+    model = tiny_vit(depth=4)
     with pytest.raises(ValueError, match="every candidate MLP removed"):
         dcvit.plan_for(model, 0.3, SEARCH.replace(structure="mlp"))
     assert dcvit.plan_for(model, 0.3, SEARCH).structure == "auto"

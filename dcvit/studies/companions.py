@@ -19,6 +19,7 @@ import cascade
 
 from ..data import CALIBRATION_SIZE, calibration_indices, eval_transform, load_dataset
 from .evaluate import loader_for
+from .timing import interleaved_medians
 from ..macs import count_macs, default_input_size
 
 
@@ -99,14 +100,8 @@ def measure_speedup(saver: nn.Module, big: nn.Module, thresholds, images: torch.
         saver, big = (cascade.prepare_for_inference(m, example) for m in (saver, big))
     saver, big = saver.eval(), big.eval()
     runs = {"cascade": cascade.Cascade([saver, big], thresholds), "big": big, "saver": saver}
-    timings = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, net in runs.items():
-            start = time.perf_counter()
-            for i in range(0, len(images), batch_size):
-                net(images[i:i + batch_size])
-            timings[name].append(time.perf_counter() - start)
-    t = {name: statistics.median_high(v) for name, v in timings.items()}
+    batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
+    t = interleaved_medians({name: (lambda net=net: [net(b) for b in batches]) for name, net in runs.items()}, repeats)
     exit_ratio = runs["cascade"].total_stats.exit_ratios[0]
     saver_cost, big_cost = costs
     return {"batch_size": batch_size, "images": len(images), "repeats": repeats, "prepared": prepare,

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..arch import get_adapter
+from .timing import interleaved_medians
 from ..macs import count_macs
 from ..planning import default_candidates, plan as make_plan
 from ..surgery import apply_plan, drop_blocks
@@ -35,17 +36,8 @@ def time_interleaved(models: dict[str, nn.Module], input_size, batch_size: int, 
                      warmup: int = 3) -> dict[str, float]:
     """Median milliseconds per forward pass of each model, measured in interleaved rounds."""
     x = torch.randn(batch_size, *input_size)
-    for model in models.values():
-        model.eval()
-        for _ in range(warmup):
-            model(x)
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(repeats):
-        for name, model in models.items():
-            start = time.perf_counter()
-            model(x)
-            times[name].append(1000 * (time.perf_counter() - start))
-    return {name: statistics.median(t) for name, t in times.items()}
+    runs = {name: (lambda m=model.eval(): m(x)) for name, model in models.items()}
+    return {name: 1000 * t for name, t in interleaved_medians(runs, repeats, warmup).items()}
 
 
 def equal_macs_structures(model: nn.Module, drop: int) -> dict[str, nn.Module]:
