@@ -31,6 +31,14 @@ class Workspace:
         elif is_main:
             write_json(settings_file, settings)
 
+    @classmethod
+    def existing(cls, root: Path) -> "Workspace":
+        """A finished or running run's folder, to read its steps and candidates by name."""
+        settings_file = Path(root) / "settings.json"
+        if not settings_file.is_file():
+            raise FileNotFoundError(f"{root} holds no compression run (no settings.json)")
+        return cls(Path(root), read_json(settings_file), resume=True)
+
     def has(self, key: str) -> bool:
         return (self.root / key / "meta.json").is_file()
 

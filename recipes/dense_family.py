@@ -1,19 +1,15 @@
 """A dense family: one compressed model per target MACs, from one pretrained ViT and a few unlabeled images.
-
 The targets share the synthetic metric set, the teacher's tokens and every block-wise trial they can, so a
-family costs less than separate runs.
-
-Example (four models at 90%, 83%, 75% and 67% of the MACs, the quick preset):
+family costs less than separate runs. Example (models at 90%, 83%, 75% and 67% of the MACs, quick preset):
 
     python recipes/dense_family.py --model vit_base_patch16_224 --data /data/imagenet --shots 100 \\
         --targets 0.9 0.83 0.75 0.67 --preset quick --out runs/vit-b-family
 
 --structure auto (the default) lets the synthetic metric set choose each block's edit (narrow or remove its
 MLP, remove its attention, drop it); dcvit is the paper's structure (Eq. 1-2), mlp edits MLPs only, drop is
-the block-dropping baseline. Writes OUT/target-X/model (dcvit.load) and OUT/target-X/result.json per target,
-OUT/family.json and OUT/checkpoints (rerun with --resume after an interruption). --epochs, --synth-images, ...
-override the preset's sizes (tiny values check the wiring in seconds). This file needs only dcvit installed:
-copy it anywhere.
+the block-dropping baseline. Writes OUT/target-X/{model,result.json} per target, OUT/family.json and
+OUT/checkpoints (rerun with --resume after an interruption). --epochs, --synth-images, ... override the
+preset's sizes (tiny values check the wiring in seconds). One file: copy it anywhere dcvit is installed.
 """
 from __future__ import annotations
 
@@ -26,7 +22,7 @@ from pathlib import Path
 
 import dcvit
 
-PRESETS = {"paper": {},  # dcvit.CompressConfig.paper(): 2000 epochs per step and trial, lr 3e-5, batch 64, RandAugment
+PRESETS = {"paper": {},  # CompressConfig.paper(): 2000 epochs per step and per trial, lr 3e-5, batch 64, RandAugment
            "quick": {"epochs": 100, "trial_epochs": 20, "synth_iterations": 200}}
 TARGETS = (0.9, 0.83, 0.75, 0.67)
 SIZES = ("epochs", "trial_epochs", "batch_size", "synth_images", "synth_iterations", "search_steps")
@@ -34,11 +30,7 @@ DATASETS = ("imagefolder", "cifar10", "cifar100", "fashion-mnist")
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line on stderr (exit 2); --help shows this docstring as written."""
-
-    def __init__(self) -> None:
-        super().__init__(prog=Path(__file__).name, description=__doc__,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Errors are one line on stderr (exit 2); --help shows this docstring as written."""
 
     def error(self, message: str) -> None:
         self.exit(2, f"{self.prog}: error: {' '.join(str(message).split())} (see --help)\n")
@@ -62,25 +54,22 @@ def positive_int(text: str) -> int:
 
 
 def build_parser() -> Parser:
-    p = Parser()
-    p.add_argument("--model", default="vit_base_patch16_224",
-                   help="timm model name (pretrained weights are loaded) or a dcvit.save directory "
-                        "(default vit_base_patch16_224)")
-    p.add_argument("--targets", type=target, nargs="+", default=list(TARGETS), metavar="T",
-                   help="target MACs, each a fraction in (0, 1) or absolute MACs (default "
-                        f"{' '.join(map(str, TARGETS))})")
-    p.add_argument("--data", required=True, help="the few-shot source: an ImageFolder root (PATH/train is used when "
-                   f"present) or a dataset spec ({', '.join(DATASETS)}, as KIND:PATH); labels are never used")
+    p = Parser(prog=Path(__file__).name, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="vit_base_patch16_224", help="timm model name (pretrained weights are "
+                   "loaded) or a dcvit.save directory (default vit_base_patch16_224)")
+    p.add_argument("--targets", type=target, nargs="+", default=list(TARGETS), metavar="T", help="target MACs, "
+                   f"each a fraction in (0, 1) or absolute MACs (default {' '.join(map(str, TARGETS))})")
+    p.add_argument("--data", required=True, help="an ImageFolder root (PATH/train is used when present) or "
+                   f"KIND:PATH, KIND one of {', '.join(DATASETS)}; labels are never used")
     p.add_argument("--shots", type=positive_int, default=100, help="unlabeled training images (default 100)")
     p.add_argument("--structure", choices=("auto", "dcvit", "drop", "mlp"), default="auto",
-                   help="what blocks may lose (default auto, see above)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="paper",
-                   help="paper: the paper's ImageNet settings (2000 epochs, lr 3e-5, batch 64, RandAugment); "
-                        "quick: 100 epochs per step and 20 per trial, for a first look (default paper)")
+                   help="what blocks may lose (default auto; see above)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="paper: the paper's settings (2000 "
+                   "epochs, lr 3e-5, batch 64, RandAugment); quick: 100 epochs per step, 20 per trial (default paper)")
     p.add_argument("--out", required=True, help="output folder (checkpoints go to OUT/checkpoints)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--seed", type=int, default=0, help="few-shot sampling and training seed (default 0)")
-    sizes = p.add_argument_group("sizes", "override the preset's (dcvit.CompressConfig fields of the same names)")
+    sizes = p.add_argument_group("sizes", "override the preset's (the dcvit.CompressConfig fields of these names)")
     for name in SIZES:
         sizes.add_argument(f"--{name.replace('_', '-')}", type=positive_int, metavar="N")
     return p
@@ -141,8 +130,7 @@ def run(args) -> list[dict]:
         raise ValueError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
     model = dcvit.resolve_model(args.model, weights="pretrained")  # never random init: pointless to compress
     plans = [dcvit.plan_for(model, t, config) for t in args.targets]  # fail on unreachable targets before data work
-    for label, plan in zip(labels, plans):
-        print(f"target {label}: {plan.describe()}", flush=True)
+    print("\n".join(f"target {label}: {plan.describe()}" for label, plan in zip(labels, plans)), flush=True)
     data = dcvit.few_shot_subset(spec, args.shots, seed=args.seed)
     results = dcvit.compress_family(model, plans, data, config, workdir=out / "checkpoints", resume=args.resume)
     if int(os.environ.get("RANK", 0)) > 0:  # under `accelerate launch`, only the main process writes

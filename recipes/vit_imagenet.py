@@ -10,7 +10,7 @@ MLP, remove its attention, drop it); dcvit is the paper's structure (Eq. 1-2), m
 the block-dropping baseline. Writes OUT/model (load it with dcvit.load), OUT/result.json and OUT/checkpoints
 (every finished step; rerun with --resume after an interruption). The paper preset is long (2000 epochs per
 trial and per step): run it on a GPU. --epochs, --synth-images, ... override the preset's sizes (tiny values
-check the wiring in seconds). This file needs only dcvit installed: copy it anywhere.
+check the wiring in seconds). A single file: copy it anywhere dcvit is installed.
 """
 from __future__ import annotations
 
@@ -24,18 +24,14 @@ from pathlib import Path
 
 import dcvit
 
-PRESETS = {"paper": {},  # dcvit.CompressConfig.paper(): 2000 epochs per step and trial, lr 3e-5, batch 64, RandAugment
+PRESETS = {"paper": {},  # CompressConfig.paper(): 2000 epochs per step and per trial, lr 3e-5, batch 64, RandAugment
            "quick": {"epochs": 100, "trial_epochs": 20, "synth_iterations": 200}}
 SIZES = ("epochs", "trial_epochs", "batch_size", "synth_images", "synth_iterations", "search_steps")
 DATASETS = ("imagefolder", "cifar10", "cifar100", "fashion-mnist")
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line on stderr (exit 2); --help shows this docstring as written."""
-
-    def __init__(self) -> None:
-        super().__init__(prog=Path(__file__).name, description=__doc__,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Errors are one line on stderr (exit 2); --help shows this docstring as written."""
 
     def error(self, message: str) -> None:
         self.exit(2, f"{self.prog}: error: {' '.join(str(message).split())} (see --help)\n")
@@ -59,24 +55,22 @@ def positive_int(text: str) -> int:
 
 
 def build_parser() -> Parser:
-    p = Parser()
-    p.add_argument("--model", default="vit_base_patch16_224",
-                   help="timm model name (pretrained weights are loaded) or a dcvit.save directory "
-                        "(default vit_base_patch16_224)")
+    p = Parser(prog=Path(__file__).name, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="vit_base_patch16_224", help="timm model name (pretrained weights are "
+                   "loaded) or a dcvit.save directory (default vit_base_patch16_224)")
     p.add_argument("--target-macs", type=target, default=0.75,
                    help="fraction of the original MACs in (0, 1), or absolute MACs (default 0.75)")
-    p.add_argument("--data", required=True, help="the few-shot source: an ImageFolder root (PATH/train is used when "
-                   f"present) or a dataset spec ({', '.join(DATASETS)}, as KIND:PATH); labels are never used")
+    p.add_argument("--data", required=True, help="an ImageFolder root (PATH/train is used when present) or "
+                   f"KIND:PATH, KIND one of {', '.join(DATASETS)}; labels are never used")
     p.add_argument("--shots", type=positive_int, default=100, help="unlabeled training images (default 100)")
     p.add_argument("--structure", choices=("auto", "dcvit", "drop", "mlp"), default="auto",
-                   help="what blocks may lose (default auto, see above)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="paper",
-                   help="paper: the paper's ImageNet settings (2000 epochs, lr 3e-5, batch 64, RandAugment); "
-                        "quick: 100 epochs per step and 20 per trial, for a first look (default paper)")
+                   help="what blocks may lose (default auto; see above)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="paper: the paper's settings (2000 "
+                   "epochs, lr 3e-5, batch 64, RandAugment); quick: 100 epochs per step, 20 per trial (default paper)")
     p.add_argument("--out", required=True, help="output folder (checkpoints go to OUT/checkpoints)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--seed", type=int, default=0, help="few-shot sampling and training seed (default 0)")
-    sizes = p.add_argument_group("sizes", "override the preset's (dcvit.CompressConfig fields of the same names)")
+    sizes = p.add_argument_group("sizes", "override the preset's (the dcvit.CompressConfig fields of these names)")
     for name in SIZES:
         sizes.add_argument(f"--{name.replace('_', '-')}", type=positive_int, metavar="N")
     return p

@@ -39,6 +39,11 @@ class CascadeStudy:
     def saver(self) -> str:
         return self.ranking[0][0]
 
+    @property
+    def throughput(self) -> dict:
+        """The speed-up measured at the largest batch size timed (the serving case)."""
+        return max(self.speed.values(), key=lambda v: v["batch_size"])
+
 
 def check_saver(name: str, model: nn.Module, big: nn.Module) -> None:
     """Fail in one line if a saver cannot stand in for the big model: the cascade feeds both the same

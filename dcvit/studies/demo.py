@@ -20,7 +20,8 @@ from ..config import BLOCK_DROP, CompressConfig
 from ..data import CALIBRATION_SIZE, eval_transform, few_shot_subset, load_dataset
 from .evaluate import evaluate, loader_for
 from ..factory import resolve_model
-from ..files import atomic_path, load, write_json
+from ..files import atomic_path, write_json
+from ..workspace import Workspace
 from ..macs import count_macs
 from ..planning import block_drop_macs
 from .plots import accuracy_vs_macs, metric_vs_error
@@ -123,7 +124,8 @@ def _candidate_study(result, root: Path, test, out: Path, images: int) -> dict:
     blocks = list(result.trials)  # candidate order
     scores = [result.trials[b].score for b in blocks]
     losses = [result.trials[b].train_loss for b in blocks]
-    errors = [1 - evaluate(load(root / trial_key(result.plan, b, "dcvit") / "model"), loader_for(test),
+    trials = Workspace.existing(root)
+    errors = [1 - evaluate(trials.load(trial_key(result.plan, b, "dcvit")), loader_for(test),
                            progress=False)["top1"] for b in blocks]
     rho_metric = float(spearmanr(scores, errors).statistic)
     rho_loss = float(spearmanr(losses, errors).statistic)
@@ -134,7 +136,7 @@ def _candidate_study(result, root: Path, test, out: Path, images: int) -> dict:
 
 def _report_json(study, families: dict, drops, drop_top1, settings, teacher_macs, test_images, seconds) -> dict:
     best = study.calibrations[study.saver]
-    speed = study.speed["batch256"]
+    speed = study.throughput
     rows = {structure: [{"target": round(r.plan.macs_target / teacher_macs, 4), "macs": r.macs,
                          "top1": study.accuracy[family_name(structure, r, teacher_macs)], "blocks": list(r.blocks),
                          "mlp_hidden": r.plan.mlp_hidden, "structure": [b["edit"] for b in r.structure]}

@@ -1,10 +1,11 @@
-"""Latency of the original, the DC-ViT structure and the block-dropped structure at equal MACs.
+"""Latency of the original, the DC-ViT structure, narrowed MLPs and the block-dropped structure at equal MACs.
 
 Models are timed interleaved (one forward of each per round) and summarised by medians, so slow
 drifts of a noisy machine hit every model alike; speed is reported as ratios from the same run.
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -15,9 +16,9 @@ from torch import nn
 
 from ..arch import get_adapter
 from .timing import interleaved_medians
-from ..macs import count_macs
+from ..macs import count_macs, macs_profile
 from ..planning import default_candidates, plan as make_plan
-from ..surgery import apply_plan, drop_blocks
+from ..surgery import apply_plan, drop_blocks, edit_blocks
 
 
 @dataclass(frozen=True)
@@ -40,13 +41,25 @@ def time_interleaved(models: dict[str, nn.Module], input_size, batch_size: int, 
     return {name: 1000 * t for name, t in interleaved_medians(runs, repeats, warmup).items()}
 
 
+def narrowed_mlps(model: nn.Module, target: int) -> nn.Module:
+    """Every MLP narrowed by the same share, attention kept everywhere, to at most `target` MACs: the kind of
+    structure the search chose on the shipped teacher (a latency stand-in: auto's choice needs the data)."""
+    profile = macs_profile(model)
+    share = (profile.total - target) / sum(profile.mlp)
+    edits = {b: (True, list(range(math.floor(h * (1 - share))))) for b, h in enumerate(profile.mlp_hidden)}
+    return edit_blocks(model, edits)
+
+
 def equal_macs_structures(model: nn.Module, drop: int) -> dict[str, nn.Module]:
-    """The block-dropped model (first `drop` candidate blocks) and the DC-ViT structure at its MACs."""
+    """The block-dropped model (first `drop` candidate blocks), and the DC-ViT structure and narrowed MLPs
+    at its MACs."""
     num_blocks = len(get_adapter(model).blocks(model))
     candidates = default_candidates(num_blocks)
     dropped = drop_blocks(model, candidates[:drop])
-    plan = make_plan(model, count_macs(dropped))
-    return {f"drop{drop}": dropped, f"dcvit{drop}": apply_plan(model, plan, candidates[:plan.n_blocks])}
+    target = count_macs(dropped)
+    plan = make_plan(model, target)
+    return {f"drop{drop}": dropped, f"dcvit{drop}": apply_plan(model, plan, candidates[:plan.n_blocks]),
+            f"mlp{drop}": narrowed_mlps(model, target)}
 
 
 def latency_table(model: nn.Module, drops: Sequence[int] = (1, 2, 3), batch_sizes: Sequence[int] = (1, 32),
@@ -73,8 +86,8 @@ def format_latency(rows: Sequence[LatencyRow]) -> str:
     for r in rows:
         b = base[r.batch_size]
         versus = ""
-        if r.name.startswith("dcvit"):
-            drop = by_name[("drop" + r.name[5:], r.batch_size)]
+        if r.name.startswith(("dcvit", "mlp")):
+            drop = by_name[("drop" + r.name.lstrip("dcvitmlp"), r.batch_size)]
             versus = f"{r.median_ms / drop.median_ms:.3f}"
         lines.append(f"| {r.name} | {r.batch_size} | {r.macs / 1e6:.1f} | {r.macs / b.macs:.3f} | "
                      f"{r.median_ms:.2f} | {r.median_ms / b.median_ms:.3f} | {versus} |")
