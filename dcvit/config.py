@@ -37,7 +37,8 @@ class CompressConfig:
     # keep / narrow MLP / remove MLP / remove attention (MLP maybe narrowed) / drop; "mlp" only edits MLPs;
     # "dcvit" is the paper's structure (Eq. 1-2); "drop" the block-dropping baseline (with BLOCK_DROP's settings).
     structure: str = "auto"
-    search_steps: int = 4            # auto/mlp: progressive steps, each fine-tuned for `epochs`
+    search_steps: Optional[int] = None  # auto/mlp: progressive steps, each fine-tuned for `epochs`; None: one
+                                        # per average block's worth of MACs removed (DC-ViT's step count), 1-8
     # Algorithm 1 and its ablations (docs/method.md §8)
     metric: str = "kl"               # kl (the paper) | mse (features on the synthetic set) | train_loss (few-shot)
     progressive: bool = True         # False: "top-k", all n blocks at once, fine-tuned for n steps' epochs
@@ -60,7 +61,7 @@ class CompressConfig:
             (self.synth_images >= 1 and self.synth_iterations >= 1, "synth_images and synth_iterations must be >= 1"),
             (0 <= self.synth_jitter < 1, "synth_jitter must be in [0, 1)"),
             (self.structure in STRUCTURES, f"structure must be one of {STRUCTURES}"),
-            (self.search_steps >= 1, "search_steps must be >= 1"),
+            (self.search_steps is None or self.search_steps >= 1, "search_steps must be >= 1 or None"),
             (self.metric in METRICS, f"metric must be one of {METRICS}"),
             (self.train_scope in SCOPES, f"train_scope must be one of {SCOPES}"),
             (self.mimic_tokens in TOKENS, f"mimic_tokens must be one of {TOKENS}"),

@@ -180,11 +180,12 @@ def plan_block_drop(model: nn.Module, target_macs: float, *, input_size: Optiona
     raise ValueError(f"dropping all {len(candidates)} candidate blocks cannot reach {target} MACs")
 
 
-def plan_search(model: nn.Module, target_macs: float, *, structure: str = "auto", steps: int = 4,
+def plan_search(model: nn.Module, target_macs: float, *, structure: str = "auto", steps: Optional[int] = None,
                 input_size: Optional[Sequence[int]] = None,
                 candidate_blocks: Optional[Sequence[int]] = None) -> Plan:
-    """The structure search's plan: the target, the candidate blocks (default: all) and the step count.
-    Raises ValueError when the target is below what the allowed edits can reach."""
+    """The structure search's plan: the target, the candidate blocks (default: all) and the step count
+    (default: one step per average block's worth of MACs removed, 1 to 8, so the search fine-tunes about as
+    often as DC-ViT, which compresses one block per step). Raises ValueError for unreachable targets."""
     if structure not in ("auto", "mlp"):
         raise ValueError(f"plan_search is for structure 'auto' or 'mlp'; got {structure!r}")
     profile = macs_profile(model, input_size)
@@ -199,5 +200,8 @@ def plan_search(model: nn.Module, target_macs: float, *, structure: str = "auto"
     if target < floor:
         raise ValueError(f"target {target / 1e6:.3f}M MACs is below the floor of {floor / 1e6:.3f}M MACs "
                          f"({100 * floor / profile.total:.1f}% of the original: {what})")
+    if steps is None:
+        block = sum(profile.blocks) / len(profile.blocks)
+        steps = min(8, max(1, round((profile.total - target) / block)))
     hidden = profile.mlp_hidden[candidates[0]]
     return Plan(steps, hidden, False, profile.total, target, target, candidates, hidden, profile.input_size, structure)

@@ -4,7 +4,8 @@ DC-ViT always removes attention and narrows the MLPs of the blocks it picks. Whi
 redundant depends on the model, so `structure="auto"` lets the metric decide, per block, among: keep; narrow
 the MLP; remove the MLP (attention kept); remove the attention (the MLP maybe narrowed); drop the block.
 
-The design, in `search_steps` progressive steps (Algorithm 1's shape, with the structure chosen per step):
+The design, in `plan.n_blocks` progressive steps (CompressConfig.search_steps; by default one per block's
+worth of MACs removed) (Algorithm 1's shape, with the structure chosen per step):
 1. Score every edit of every candidate block on the current model, zero-shot: the increase of Eq. 6's KL on
    the synthetic set when only that edit is made (one forward pass of the metric set per edit).
 2. At the first step, confirm the leading edits (the best KL per MAC saved, one trial per candidate block,
@@ -258,7 +259,7 @@ class Search:
             return self.engine.workspace.load(key), self.engine.workspace.meta(key)
         start = time.perf_counter()
         current = count_macs(model, self.plan.input_size)
-        steps_left = self.config.search_steps - index
+        steps_left = self.plan.n_blocks - index
         need = math.ceil((current - self.plan.macs_target) / steps_left)
         importance = self.importance(model)
         edits = self.zero_shot(model, importance)
@@ -277,7 +278,7 @@ class Search:
     def run(self) -> tuple[nn.Module, list[dict]]:
         model = self.engine.teacher
         history = []
-        for index in range(self.config.search_steps):
+        for index in range(self.plan.n_blocks):
             model, meta = self.step(model, index)
             history.append(meta)
         return model, history

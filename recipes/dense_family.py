@@ -38,17 +38,14 @@ class Parser(argparse.ArgumentParser):
 
 def target(text: str) -> float:
     """argparse type: a MACs target, a fraction in (0, 1) of the original or absolute MACs above 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = float(text)  # argparse reports a ValueError as "invalid target value"
     if not math.isfinite(value) or value <= 0 or value == 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in (0, 1) of the original MACs nor MACs above 1")
     return value
 
 
 def positive_int(text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1:
+    if int(text) < 1:  # argparse reports a ValueError as "invalid positive_int value"
         raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
     return int(text)
 
@@ -102,13 +99,14 @@ def write_json(path: Path, obj) -> None:
 
 def save_result(result: dcvit.CompressionResult, target_macs: float, folder: Path, **extra) -> dict:
     """FOLDER/model (dcvit.load-able) and FOLDER/result.json; returns the summary written there."""
-    plan = result.plan
-    summary = {"target": target_macs, "model_dir": str(dcvit.save(result.model, folder / "model")),
-               "macs": result.macs, "macs_original": plan.macs_original, "macs_fraction": result.macs / plan.macs_original,
-               "blocks": list(result.blocks), "structure": list(result.structure), "describe": result.describe(),
-               "plan": plan.describe(), "mlp_hidden": plan.mlp_hidden, "mlp_hidden_original": plan.mlp_hidden_original,
-               "remove_attention": plan.remove_attention, "scores": {str(b): s for b, s in result.scores.items()},
-               "seconds": result.seconds, "history": list(result.history), **extra}
+    plan, model_dir = result.plan, dcvit.save(result.model, folder / "model")
+    summary = {"target": target_macs, "model_dir": str(model_dir), "macs": result.macs,
+               "macs_original": plan.macs_original, "macs_fraction": result.macs / plan.macs_original,
+               "blocks": list(result.blocks), "structure_kind": plan.structure, "structure": list(result.structure),
+               "describe": result.describe(), "plan": plan.describe(), "mlp_hidden": plan.mlp_hidden,
+               "mlp_hidden_original": plan.mlp_hidden_original, "remove_attention": plan.remove_attention,
+               "scores": {str(b): s for b, s in result.scores.items()}, "seconds": result.seconds,
+               "history": list(result.history), **extra}
     write_json(folder / "result.json", summary)
     return summary
 

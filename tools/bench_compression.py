@@ -154,44 +154,78 @@ def anatomy(bench: Bench) -> None:
 
 
 def _timing_report(out: Path, grid: list[dict]) -> None:
-    """Wall time per stage of the grid runs (seconds; ranges over the per-(method, k) means across seeds and
-    shot counts), the fine-tune speed, and the synthetic sets' seconds."""
-    if not grid:
-        return
-    print("\n| method | block-wise trial (s) | progressive steps (s) | whole run (s) | fine-tune images/s |")
-    print("|---|---|---|---|---|")
-    for method in ("drop", "dcvit"):
+    """Wall time per method (seconds, mean over the cells of each k; ranges over k), fine-tune speed, and
+    the synthetic sets' seconds. The compression time excludes the test-set evaluation."""
+    print("\n| method | compression time per k (s) | whole cell incl. test evaluation (s) | fine-tune images/s |")
+    print("|---|---|---|---|")
+    for method in ("auto", "dcvit", "drop"):
         mine = [r for r in grid if r["cell"].startswith(f"grid/{method}/")]
-        means = lambda key: [statistics.mean(r[key] if key == "seconds" else r["stage_seconds"][key]
-                                             for r in mine if r["k"] == k) for k in (1, 2, 3)]
+        if not mine:
+            continue
+        ks = sorted({r["k"] for r in mine})
+        work = lambda r: sum(v for key, v in r["stage_seconds"].items() if key != "setup_and_synth")
+        compress = [statistics.mean(work(r) for r in mine if r["k"] == k) for k in ks]
+        whole = [statistics.mean(r["seconds"] for r in mine if r["k"] == k) for k in ks]
         speed = [v for r in mine for v in r["images_per_second"] if v is not None]
-        span = lambda vs: f"{min(vs):.1f}-{max(vs):.1f}"
-        print(f"| {method} | {span(means('trials'))} | {span(means('progressive'))} | {span(means('seconds'))} "
-              f"| {statistics.mean(speed):.0f} (range {min(speed):.0f}-{max(speed):.0f}) |")
+        print(f"| {method} | {' / '.join(f'{v:.1f}' for v in compress)} (k = {ks}) | "
+              f"{' / '.join(f'{v:.1f}' for v in whole)} | {statistics.mean(speed):.0f} |")
     synth = [float(p.read_text()) for p in sorted(out.glob("metric_set_*.seconds"))]
     if synth:
         print(f"synthetic metric sets: {', '.join(f'{v:.1f}' for v in synth)} s")
 
 
-def report(out: Path) -> None:
-    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
-    def stat(values):
-        values = [100 * v for v in values]
-        return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}" if values else "—"
-    print("| k (blocks dropped) | shots | MACs % | block dropping | DC-ViT (k+1 blocks) | DC-ViT − drop | seeds |")
-    print("|---|---|---|---|---|---|---|")
-    for k in (1, 2, 3):
+def _stat(values: list[float]) -> str:
+    values = [100 * v for v in values]
+    if len(values) > 1:
+        return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+    return f"{values[0]:.2f}" if values else "—"
+
+
+def _paired(a: list[dict], b: list[dict]) -> list[float]:
+    """Per-seed differences a - b over the seeds both have."""
+    other = {r["seed"]: r["top1"] for r in b}
+    return [r["top1"] - other[r["seed"]] for r in a if r["seed"] in other]
+
+
+def _grid_report(rows: list[dict]) -> None:
+    print("| k (blocks dropped) | shots | MACs % (auto / dcvit / drop) | auto | DC-ViT | block dropping | auto − drop "
+          "| auto − max(DC-ViT, drop) | seeds |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for k in (1, 2, 3, 5):
         for shots in (50, 100, 500):
             get = lambda m: [r for r in rows if r["cell"].startswith(f"grid/{m}/k{k}/s{shots}/")]
-            d, c = get("drop"), get("dcvit")
-            if not d and not c:
+            a, c, d = get("auto"), get("dcvit"), get("drop")
+            if not (a or c or d):
                 continue
-            paired = {r["seed"]: r["top1"] for r in d}
-            diffs = [r["top1"] - paired[r["seed"]] for r in c if r["seed"] in paired]
-            macs = (c or d)[0]["macs_fraction"]
-            print(f"| {k} | {shots} | {100 * macs:.1f} | {stat([r['top1'] for r in d])} | {stat([r['top1'] for r in c])} "
-                  f"| {stat(diffs)} | {len(c)}/{len(d)} |")
-    _timing_report(out, [r for r in rows if r["cell"].startswith("grid/")])
+            best = {r["seed"]: max(x["top1"] for x in c + d if x["seed"] == r["seed"])
+                    for r in a if any(x["seed"] == r["seed"] for x in c + d)}
+            versus_best = [r["top1"] - best[r["seed"]] for r in a if r["seed"] in best]
+            macs = " / ".join(f"{100 * g[0]['macs_fraction']:.1f}" if g else "—" for g in (a, c, d))
+            print(f"| {k} | {shots} | {macs} | {_stat([r['top1'] for r in a])} | {_stat([r['top1'] for r in c])} "
+                  f"| {_stat([r['top1'] for r in d])} | {_stat(_paired(a, d))} | {_stat(versus_best)} "
+                  f"| {len(a)}/{len(c)}/{len(d)} |")
+
+
+def _choices_report(rows: list[dict]) -> None:
+    """What auto chose per block at each budget (100 shots), with the scores behind the choice."""
+    print("\n| k | seed | MACs % | auto's blocks 0-11 | step-1 edits (block: edit, KL score, trial-confirmed) |")
+    print("|---|---|---|---|---|")
+    code = {"kept": ".", "dropped": "D", "MLP removed": "M"}
+    for r in sorted((r for r in rows if r["cell"].startswith("grid/auto/") and r["shots"] == 100),
+                    key=lambda r: (r["k"], r["seed"])):
+        blocks = "".join(code.get(e, "a" if e.startswith("attention") else "m") for e in r["structure"])
+        first = ", ".join(f"{e['block']}: {'' if e['attention'] else 'no attn, '}{e['units']} units, "
+                          f"{e['score']:.4f}{'*' if e['confirmed'] else ''}" for e in r["chosen"][0]) if r["chosen"] else ""
+        print(f"| {r['k']} | {r['seed']} | {100 * r['macs_fraction']:.1f} | `{blocks}` | {first} |")
+
+
+def report(out: Path) -> None:
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+    grid = [r for r in rows if r["cell"].startswith("grid/")]
+    if grid:
+        _grid_report(grid)
+        _choices_report(grid)
+        _timing_report(out, grid)
     ablations = [r for r in rows if r["cell"].startswith("ablation/")]
     if ablations:
         print("\n| switch | top-1 at drop-1 MACs | top-1 at drop-3 MACs |\n|---|---|---|")

@@ -26,7 +26,8 @@ def _engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", action="store_const", const="drop", dest="structure",
                    help="the same as --structure drop (block dropping, PRACTISE-style)")
     p.add_argument("--search-steps", type=int, default=d.search_steps,
-                   help=f"auto/mlp: progressive steps, each fine-tuned for --epochs (default {d.search_steps})")
+                   help="auto/mlp: progressive steps, each fine-tuned for --epochs (default: one per average "
+                        "block's worth of MACs removed, as many as DC-ViT takes, 1 to 8)")
     p.add_argument("--calibration-size", type=int, default=CALIBRATION_SIZE,
                    help="training images held out for cascade calibration, never used as shots (default 5000; "
                         "use the same value and --seed with `dcvit cascade`)")
