@@ -127,7 +127,7 @@ def save_result(result: dcvit.CompressionResult, target_macs: float, folder: Pat
 
 
 def run(args) -> dict:
-    if not 0 <= args.max_acc_drop < 1 or args.confidence and not 0.5 <= args.confidence < 1:
+    if not 0 <= args.max_acc_drop < 1 or (args.confidence and not 0.5 <= args.confidence < 1):
         raise ValueError("--max-acc-drop must be a fraction in [0, 1) and --confidence a level in [0.5, 1) or 0")
     out, spec, config = Path(args.out), data_spec(args.data), config_for(args)
     root = Path(spec.partition(":")[2])

@@ -35,7 +35,7 @@ def confidence_level(text: str) -> float | None:
 
 
 def tolerance_arguments(p: argparse.ArgumentParser) -> None:
-    """--max-acc-drop and --confidence, shared by `dcvit cascade` and recipes/saver_for_cascade.py."""
+    """--max-acc-drop and --confidence of `dcvit cascade` (and of tools/bench_cascade.py)."""
     p.add_argument("--max-acc-drop", type=acc_drop, default=0.0,
                    help="tolerated top-1 drop vs the big model, as a fraction (0.01 = 1 point; default 0 = lossless)")
     p.add_argument("--confidence", type=confidence_level, default=0.95,
