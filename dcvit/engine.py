@@ -5,6 +5,8 @@ configured by CompressConfig (so the driver and the trial read as the paper's Al
 from __future__ import annotations
 
 import copy
+import hashlib
+import math
 import time
 import zlib
 from pathlib import Path
@@ -23,12 +25,22 @@ from .config import CompressConfig
 from .mimic import FewShotImages, MimicResult, TeacherTokens, mimic
 from .scoring import Trial, feature_mse, kl_score
 from .surgery import activation_units, apply_plan, drop_blocks, reinit_mlps
-from .workspace import Workspace
+from .workspace import FORMAT, Workspace
 
 
 def derived_seed(seed: int, key: str) -> int:
     """A seed per fine-tune, from the run seed and the step's name: reruns and resumes repeat it exactly."""
     return (seed * 1_000_003 + zlib.crc32(key.encode())) % 2**31
+
+
+def tensor_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and raw bytes in sorted name order: equal only for equal weights."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def make_accelerator(mixed_precision: str) -> Accelerator:
@@ -47,16 +59,35 @@ class Engine:
                  metric_set: Optional["synth.SyntheticSet"] = None):
         if len(data) == 0:
             raise ValueError("the few-shot set is empty; give at least one image")
+        if not math.isfinite(config.lr):  # CompressConfig checks lr > 0 only; inf trains a NaN model
+            raise ValueError(f"lr must be a finite number; got {config.lr}")
         self.config = config
         self.accelerator = make_accelerator(config.mixed_precision)
-        self.teacher = copy.deepcopy(teacher).eval().requires_grad_(False).to(self.accelerator.device)
-        self.adapter = get_adapter(teacher)
-        settings = {"config": {k: v for k, v in config.as_dict().items() if k != "progress"},
-                    "shots": len(data), "teacher_macs_blocks": len(self.adapter.blocks(teacher))}
-        self.workspace = self._workspace(workdir, settings, resume)
         self.timings: dict[str, float] = {}
         start = time.perf_counter()
         self.images = FewShotImages(data, teacher, config.augment)
+        self.workspace = self._workspace(workdir, self._settings(teacher, len(data), metric_set), resume)
+        try:
+            self._prepare(teacher, metric_set)
+        except BaseException:  # a failed set-up must not leave a folder that refuses the rerun
+            self.workspace.cleanup()
+            raise
+        self.timings["setup_and_synth"] = time.perf_counter() - start
+
+    def _settings(self, teacher: nn.Module, shots: int, metric_set) -> dict:
+        """Everything that determines the result, so a resume never mixes checkpoints of different runs
+        (a synthesized metric set follows from the teacher and the config; a given one is hashed)."""
+        given = None if metric_set is None else tensor_sha256({"images": metric_set.images})
+        return {"format": FORMAT, "config": {k: v for k, v in self.config.as_dict().items() if k != "progress"},
+                "shots": shots, "teacher_macs_blocks": len(get_adapter(teacher).blocks(teacher)),
+                "teacher_sha256": tensor_sha256(teacher.state_dict()),
+                "few_shot_sha256": tensor_sha256({"fixed": self.images.fixed}), "metric_set_sha256": given}
+
+    def _prepare(self, teacher: nn.Module, metric_set: Optional["synth.SyntheticSet"]) -> None:
+        """Teacher on the accelerator, its tokens for the few shots, and the synthetic metric set."""
+        config = self.config
+        self.teacher = copy.deepcopy(teacher).eval().requires_grad_(False).to(self.accelerator.device)
+        self.adapter = get_adapter(teacher)
         self.targets = TeacherTokens(self.teacher, self.images, self.accelerator)
         # A ranking by few-shot loss (the baseline) needs no synthetic set; a given set is reused as is.
         self.metric_set = metric_set or (None if config.metric == "train_loss" else self._metric_set())
@@ -67,7 +98,6 @@ class Engine:
                 # Output tokens are only needed by the MSE-metric ablation: skip that teacher pass otherwise.
                 self.metric_features = (self.adapter.features(self.teacher, self.metric_images).float()
                                         if config.metric == "mse" else None)
-        self.timings["setup_and_synth"] = time.perf_counter() - start
 
     def _workspace(self, workdir: Optional[Path], settings: dict, resume: bool) -> Workspace:
         """The main process creates (or checks) the run folder first; the others join it afterwards."""
@@ -132,4 +162,7 @@ class Engine:
         x = self.metric_images
         kl = kl_score(self.metric_logits, model, x)
         score = kl if metric == "kl" else train_loss if metric == "train_loss" else feature_mse(self.metric_features, model, x)
+        if not (math.isfinite(kl) and math.isfinite(score)):  # a blown-up candidate would corrupt the ranking
+            raise ValueError(f"mimicking diverged: the candidate for block {block} scores {score:.4g} (kl {kl:.4g}) "
+                             f"on the synthetic set: lower --lr (now {self.config.lr:g})")
         return Trial(block=block, score=score, kl=kl, train_loss=train_loss, seconds=seconds, process=process)

@@ -7,6 +7,7 @@ multi-head-attention kernel. Per-block attention (with norm1) and MLP (without n
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from math import prod
 from typing import Any, Optional, Sequence
@@ -66,8 +67,19 @@ def _analysis(model: nn.Module, input_size: Optional[Sequence[int]]) -> FlopCoun
     return analysis
 
 
+@contextmanager
+def _restored_modes(model: nn.Module):
+    """Counting traces in eval mode; give the caller back its model with each module's train/eval flag."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 def _by_module(model: nn.Module, input_size) -> dict[str, int]:
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _restored_modes(model):
         warnings.simplefilter("ignore")
         try:
             return dict(_analysis(model, input_size).by_module())

@@ -103,9 +103,20 @@ class TeacherTokens:
         return self.cached[idx.to(self.cached.device)] if self.cached is not None else self.compute(x)
 
 
+def check_finite(epoch: int, loss: float, params: Optional[list[nn.Parameter]], lr: float) -> None:
+    """Stop a diverged fine-tune: its NaN model would otherwise be scored, checkpointed and saved."""
+    weights_ok = not params or bool(torch.stack([torch.isfinite(p).all() for p in params]).all())  # one sync
+    if not math.isfinite(loss) or not weights_ok:
+        what = "" if weights_ok else ", non-finite weights"
+        raise ValueError(f"mimicking diverged at epoch {epoch} (loss {loss:.4g}{what}): lower --lr "
+                         f"(now {lr:g}; CompressConfig.lr in Python)")
+
+
 def mimic(student: nn.Module, targets: TeacherTokens, images: FewShotImages, config: CompressConfig, *,
           epochs: int, upto: Optional[int], seed: int, accelerator, desc: str = "mimicking") -> MimicResult:
     """Fine-tune `student` in place by Eq. 3; deterministic for a seed on CPU."""
+    if not math.isfinite(config.lr):
+        raise ValueError(f"lr must be a finite number; got {config.lr}")
     gen = seed_everything(seed)
     adapter = get_adapter(student)
     params = trainable_parameters(student, None if config.train_scope == "all" else upto)
@@ -134,9 +145,12 @@ def mimic(student: nn.Module, targets: TeacherTokens, images: FewShotImages, con
             accelerator.backward(loss * loss_scale)
             torch.nn.utils.clip_grad_norm_(params, config.clip_grad)
             optimizer.step()
-            running += loss.item() * len(idx)
+            value = loss.item()
+            check_finite(epoch + 1, value, None, config.lr)  # the weights: once per epoch, below
+            running += value * len(idx)
             step += 1
         losses.append(running / len(images))
+        check_finite(epoch + 1, losses[-1], params, config.lr)
         bar.set_postfix(loss=f"{losses[-1]:.4g}")
     student.eval().requires_grad_(False)
     seconds = time.perf_counter() - start

@@ -106,6 +106,9 @@ def _candidates(profile: MacsProfile, candidate_blocks: Optional[Sequence[int]])
     candidates = tuple(candidate_blocks) if candidate_blocks is not None else default_candidates(num_blocks)
     if not candidates or any(not 0 <= b < num_blocks for b in candidates):
         raise ValueError(f"candidate blocks must be a non-empty subset of 0..{num_blocks - 1}; got {list(candidates)}")
+    repeated = sorted({b for b in candidates if candidates.count(b) > 1})
+    if repeated:  # a repeated block would be counted as several blocks' savings: the plan would miss its target
+        raise ValueError(f"candidate blocks must be distinct; got {list(candidates)} (repeated: {repeated})")
     return candidates
 
 
@@ -158,6 +161,9 @@ def plan(model: nn.Module, target_macs: float, *, blocks: Optional[int] = None,
     draft = Plan(n, min(kept, hidden), remove_attention, profile.total, target, 0, candidates, hidden, profile.input_size)
     order = _least_saving_first(profile, candidates)[:n]
     planned = count_macs(apply_plan(model, draft, order), profile.input_size)
+    if planned > target * 1.01:  # the formula's per-block estimate went wrong: never miss the target silently
+        raise ValueError(f"the plan reaches {planned / 1e6:.3f}M MACs, more than 1% above the target of "
+                         f"{target / 1e6:.3f}M MACs; try other candidate blocks or blocks=n")
     return Plan(**{**draft.__dict__, "macs_planned": planned})
 
 

@@ -14,10 +14,29 @@ from torch import nn
 
 from .files import load, read_json, save, write_json
 
+# settings.json's "format" (Engine writes it): bumped whenever what the settings fingerprint changes, so a folder
+# of an older format is never resumed.
+FORMAT = 2
+
+
+def _differences(saved: dict, settings: dict) -> list[str]:
+    """The keys whose values differ, one level into nested dicts (config.lr rather than config)."""
+    names = []
+    for k in sorted(set(saved) | set(settings)):
+        a, b = saved.get(k), settings.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            names += [f"{k}.{sub}" for sub in _differences(a, b)]
+        elif a != b:
+            names.append(k)
+    return names
+
 
 class Workspace:
     def __init__(self, root: Optional[Path], settings: dict[str, Any], resume: bool = False, is_main: bool = True):
         self.temporary = root is None
+        # A folder this run made and finished no step in is removed again on failure (see cleanup).
+        self.created = root is not None and is_main and not Path(root).exists()
+        self.finished = False
         self.root = Path(tempfile.mkdtemp(prefix="dcvit-")) if root is None else Path(root)
         settings_file = self.root / "settings.json"
         if settings_file.is_file():
@@ -26,7 +45,7 @@ class Workspace:
                                  f"or choose another folder")
             saved = read_json(settings_file)
             if saved != settings:
-                changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+                changed = _differences(saved, settings)
                 raise ValueError(f"cannot resume {self.root}: settings differ from the saved run ({', '.join(changed)})")
         elif is_main:
             write_json(settings_file, settings)
@@ -45,6 +64,7 @@ class Workspace:
     def save(self, key: str, model: nn.Module, meta: dict[str, Any]) -> None:
         save(model, self.root / key / "model")
         write_json(self.root / key / "meta.json", meta)  # last: marks the step as done
+        self.finished = True
 
     def meta(self, key: str) -> dict[str, Any]:
         return read_json(self.root / key / "meta.json")
@@ -53,5 +73,7 @@ class Workspace:
         return load(self.root / key / "model")
 
     def cleanup(self) -> None:
-        if self.temporary:
+        """Called when the run ends, finished or failed. A folder this run created but finished no step in
+        holds nothing worth resuming; left behind, its settings.json would refuse a corrected rerun."""
+        if self.temporary or (self.created and not self.finished):
             shutil.rmtree(self.root, ignore_errors=True)

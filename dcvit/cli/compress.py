@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from .common import Command, emit, model_argument, structure_argument
@@ -53,6 +54,24 @@ def _summary(result) -> dict:
             "history": list(result.history)}
 
 
+def _strict(value):
+    """JSON without NaN/Infinity (not JSON, refused by strict readers): non-finite numbers become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
+def _refuse_finished(out: Path, resume: bool) -> None:
+    """A finished run's model and result.json stay unless --resume says to redo or reuse them."""
+    finished = [out / "result.json", out / "model", *out.glob("target-*/result.json"), *out.glob("target-*/model")]
+    if not resume and any(p.exists() for p in finished):
+        raise ValueError(f"{out} already holds a finished run; choose another --out or pass --resume")
+
+
 def _run_targets(args, targets: list[str]) -> list[dict]:
     from ..driver import compress_family, plan_for
     from ..data import few_shot_subset
@@ -60,17 +79,18 @@ def _run_targets(args, targets: list[str]) -> list[dict]:
     from ..factory import resolve_model
     from ..files import save
     config = _config(args)  # config and targets are checked before any data or model work
+    out = Path(args.out)
+    _refuse_finished(out, args.resume)
     model = resolve_model(args.model, weights="pretrained")
     plans = [plan_for(model, t, config) for t in targets]
     data = few_shot_subset(args.data, args.shots, seed=args.seed, calibration_size=args.calibration_size)
-    out = Path(args.out)
     results = compress_family(model, plans, data, config, workdir=out / "checkpoints", resume=args.resume)
     summaries = []
     for target, result in zip(targets, results):
         folder = out if len(targets) == 1 else out / f"target-{target}"
         save(result.model, folder / "model")
-        summaries.append({"target": target, "model_dir": str(folder / "model"), **_summary(result),
-                          "describe": result.describe()})
+        summaries.append(_strict({"target": target, "model_dir": str(folder / "model"), **_summary(result),
+                                  "describe": result.describe()}))
         write_json(folder / "result.json", summaries[-1])
     return summaries
 
