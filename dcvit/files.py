@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -16,15 +17,32 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .arch import adapter_for_spec, get_adapter
+from .arch import UnsupportedModelError, adapter_for_spec, get_adapter
+from .arch.base import Adapter, short
 from .surgery import replay_edits
 
+try:
+    import fcntl
+except ImportError:  # no flock (Windows): saves still work, stale temp folders are just never removed
+    fcntl = None
+
 FORMAT = "dcvit-model"
+SPEC, WEIGHTS = "spec.json", "model.safetensors"
 DATA_CFG_KEYS = ("input_size", "mean", "std", "crop_pct", "interpolation", "crop_mode", "num_classes")
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
+SAVE_SUFFIX = ".dcvit-save"  # the temp folder of a save in progress: .NAME.XXXXXXXX.dcvit-save
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be used (corrupt, mistyped, or not matching its weights): the user's to fix,
+    reported in one line naming the file."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(message.split()))  # names and values read from the file may hold newlines
 
 
 @contextmanager
@@ -34,15 +52,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
     try:
         yield Path(tmp)
+        # after writing: mkstemp makes 0600 files, and some writers (safetensors) replace the file we made
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -61,12 +84,32 @@ def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> 
         save_file(flat, str(tmp))
 
 
+def _refuse_pickle(path: Path) -> None:
+    if path.suffix in PICKLE_SUFFIXES:
+        raise ModelFileError(f"refusing to load {path.name}: pickle files (.pt/.pth/.bin/...) are never unpickled; "
+                             f"accepted: a directory written by dcvit.save (model.safetensors + spec.json)")
+
+
 def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
-    if path.suffix in PICKLE_SUFFIXES:
-        raise ValueError(f"refusing to read {path.name}: pickle files are never loaded; "
-                         f"accepted: .safetensors written by dcvit.save")
-    return load_file(str(path))
+    _refuse_pickle(path)
+    try:
+        return load_file(str(path))
+    except SafetensorError as err:  # truncated, corrupt, or not safetensors at all (pickle bytes, say)
+        raise ModelFileError(f"{path} is not a valid safetensors file ({_one_line(err, 200)})") from None
+
+
+def _one_line(err: BaseException, limit: int = 1000) -> str:
+    return " ".join(str(err).split())[:limit] or type(err).__name__
+
+
+def tensor_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a safetensors file, from its header alone (no tensor is read)."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except SafetensorError as err:  # truncated, corrupt, or not safetensors at all (pickle bytes, say)
+        raise ModelFileError(f"{path} is not a valid safetensors file ({_one_line(err, 200)})") from None
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -105,25 +148,113 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
 
 
 def save(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write `model` to directory `path` (model.safetensors + spec.json), replacing it atomically."""
+    """Write `model` to directory `path` (model.safetensors + spec.json), replacing a model directory there.
+
+    Everything is written into a temp folder next to `path` and renamed into place, so `path` always holds a
+    whole model, the old or the new. Anything at `path` that is not a dcvit model directory is refused.
+    """
     path = Path(path)
     spec = model_spec(model)
+    _check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        write_tensors(tmp / "model.safetensors", model.state_dict())
-        write_json(tmp / "spec.json", spec)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    _remove_stale(path)
+    with _save_folder(path) as tmp:
+        (tmp / "new").mkdir()  # made with the umask's permissions, unlike mkdtemp's 0700
+        write_tensors(tmp / "new" / WEIGHTS, model.state_dict())
+        write_json(tmp / "new" / SPEC, spec)
+        _swap(tmp / "new", path, tmp / "old")
     return path
+
+
+def _check_replaceable(path: Path) -> None:
+    """Saving replaces a dcvit model directory (or an empty one); anything else there is the user's."""
+    if (path.exists() or path.is_symlink()) and not (path.is_dir() and _is_model_dir(path)):
+        raise ValueError(f"refusing to save to {path}: it exists and is not a dcvit model directory "
+                         f"(only {SPEC} and {WEIGHTS} may be replaced); choose another path or remove it")
+
+
+def _is_model_dir(path: Path) -> bool:
+    names = [p.name for p in path.iterdir()]
+    return not names or (SPEC in names and all(_is_model_file(n) for n in names) and _is_spec(path / SPEC))
+
+
+def _is_model_file(name: str) -> bool:
+    """A file a dcvit model directory holds, or a temp file an interrupted atomic write left next to one."""
+    return name in (SPEC, WEIGHTS) or re.fullmatch(r"\.(spec\.json|model\.safetensors)\.\w+\.tmp", name) is not None
+
+
+def _is_spec(path: Path) -> bool:
+    try:
+        spec = read_json(path)
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(spec, dict) and spec.get("format") == FORMAT
+
+
+@contextmanager
+def _save_folder(target: Path) -> Iterator[Path]:
+    """A temp folder next to `target`, locked while the save runs (so no other save takes it for stale)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=SAVE_SUFFIX, dir=target.parent))
+    with _flock(tmp, wait=True):
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def _flock(folder: Path, wait: bool) -> Iterator[bool]:
+    """Hold an exclusive flock on `folder` for the block. Yields False where another process holds it, or
+    where it cannot be had at all (no fcntl, a file system without flock): then the folder counts as in use."""
+    try:
+        fd = os.open(folder, os.O_RDONLY) if fcntl is not None else None
+    except OSError:  # gone meanwhile: another save removed it
+        fd = None
+    try:
+        yield fd is not None and _lock(fd, wait)
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
+
+
+def _lock(fd: int, wait: bool) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        return True
+    except OSError:  # held by another process (LOCK_NB), or not supported here
+        return False
+
+
+def _swap(new: Path, target: Path, old: Path) -> None:
+    """Rename `new` onto `target`; a model already there goes to `old` (inside the temp folder, removed with it)."""
+    if not (target.exists() or target.is_symlink()):
+        os.replace(new, target)
+        return
+    os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except OSError:
+        os.replace(old, target)  # put the previous model back rather than lose it with the temp folder
+        raise
+
+
+def _remove_stale(target: Path) -> None:
+    """Remove what killed saves of `target` left next to it: temp folders no live save holds, and the
+    `.NAME.old` / `.NAME.XXXXXXXX` folders of earlier dcvit versions when they hold only model files."""
+    for entry in target.parent.iterdir():
+        rest = entry.name[len(target.name) + 2:] if entry.name.startswith(f".{target.name}.") else None
+        if rest is None or entry.is_symlink() or not entry.is_dir():
+            continue
+        if re.fullmatch(r"\w{8}" + re.escape(SAVE_SUFFIX), rest):
+            _remove_unlocked(entry)
+        elif re.fullmatch(r"old|\w{8}", rest) and all(_is_model_file(p.name) for p in entry.iterdir()):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _remove_unlocked(folder: Path) -> None:
+    with _flock(folder, wait=False) as ours:
+        if ours:  # the lock is kept until it is gone, so no save can start using it meanwhile
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _restore_data_config(model: nn.Module, data_config: dict) -> None:
@@ -134,19 +265,146 @@ def _restore_data_config(model: nn.Module, data_config: dict) -> None:
 
 
 def load(path: str | os.PathLike) -> nn.Module:
-    """Rebuild a model saved by `save` (offline) and load its weights. Pickle files are refused."""
-    path = Path(path)
-    if path.suffix in PICKLE_SUFFIXES:
-        raise ValueError(f"refusing to load {path.name}: pickle files (.pt/.pth/.bin/...) are never unpickled; "
-                         f"accepted: a directory written by dcvit.save (model.safetensors + spec.json)")
-    folder = path.parent if path.is_file() else path
-    if not (folder / "spec.json").is_file() or not (folder / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{path} is not a dcvit model directory (needs model.safetensors and spec.json)")
-    spec = read_json(folder / "spec.json")
-    if spec.get("format") != FORMAT:
-        raise ValueError(f"{folder / 'spec.json'} is not a dcvit model spec (format {spec.get('format')!r})")
-    model = adapter_for_spec(spec["adapter"]).build(spec["base"])
-    model = replay_edits(model, spec["edits"])
-    model.load_state_dict(read_tensors(folder / "model.safetensors"), strict=True)
+    """Rebuild a model saved by `save` (offline) and load its weights. Pickle files are refused.
+
+    spec.json is untrusted: it is type-checked, its base is built on the meta device first and must match
+    the weights file's header exactly, so a bad file fails in one line before anything is allocated.
+    """
+    folder = _model_folder(Path(path))
+    spec = read_spec(folder / SPEC)
+    adapter = _adapter(spec, folder / SPEC)
+    _check_weights(_meta_model(adapter, spec, folder / SPEC), folder / WEIGHTS)
+    model = replay_edits(adapter.build(spec["base"]), spec["edits"])
+    model.load_state_dict(read_tensors(folder / WEIGHTS), strict=True)
     _restore_data_config(model, spec.get("data_config", {}))
     return model.eval()
+
+
+def _model_folder(path: Path) -> Path:
+    _refuse_pickle(path)
+    folder = path.parent if path.is_file() else path
+    if not (folder / SPEC).is_file() or not (folder / WEIGHTS).is_file():
+        raise FileNotFoundError(f"{path} is not a dcvit model directory (needs {WEIGHTS} and {SPEC})")
+    return folder
+
+
+def read_spec(path: Path) -> dict[str, Any]:
+    """spec.json, checked field by field: it is read from files anyone may hand over."""
+    try:
+        spec = read_json(path)
+    except (ValueError, RecursionError) as err:  # bad JSON or UTF-8 (ValueErrors), or absurdly deep nesting
+        raise ModelFileError(f"{path} is not valid JSON ({_one_line(err)})") from None
+    if not isinstance(spec, dict):
+        raise ModelFileError(f"{path} must hold a JSON object, not {_json_type(spec)}")
+    if spec.get("format") != FORMAT:
+        raise ModelFileError(f"{path} is not a dcvit model spec (format {short(spec.get('format'))})")
+    for key, kind in (("adapter", str), ("base", dict), ("edits", list), ("data_config", dict)):
+        if key != "data_config" and key not in spec:
+            raise ModelFileError(f"{path}: field '{key}' is missing")
+        if key in spec and not isinstance(spec[key], kind):
+            raise ModelFileError(f"{path}: field '{key}' must be {_json_type(kind())}, not {_json_type(spec[key])}")
+    for i, edit in enumerate(spec["edits"]):
+        _check_edit(path, i, edit)
+    _check_data_config(path, spec.get("data_config", {}))
+    return spec
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "true/false", int: "a number",
+             float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int  # json's true/false are bools, which are ints to Python
+
+
+# op -> the fields an edit record needs (besides op and block), each with a test and what it must be
+_UNITS = (lambda v: v is None or (isinstance(v, list) and all(map(_is_int, v))), "null or a list of integers")
+_EDIT_FIELDS = {
+    "edit": {"attention": (lambda v: type(v) is bool, "true/false"), "kept_units": _UNITS},
+    "compress": {"remove_attention": (lambda v: type(v) is bool, "true/false"), "kept_units": _UNITS},
+    "drop": {},
+}
+
+
+def _check_edit(path: Path, i: int, edit: Any) -> None:
+    where = f"{path}: edits[{i}]"
+    if not isinstance(edit, dict):
+        raise ModelFileError(f"{where} must be an object, not {_json_type(edit)}")
+    if edit.get("op") not in _EDIT_FIELDS:
+        raise ModelFileError(f"{where} has op {short(edit.get('op'))}; accepted: {', '.join(_EDIT_FIELDS)}")
+    if not _is_int(edit.get("block")):
+        raise ModelFileError(f"{where}: field 'block' must be an integer, not {short(edit.get('block'))}")
+    for key, (test, what) in _EDIT_FIELDS[edit["op"]].items():
+        if key not in edit or not test(edit[key]):
+            raise ModelFileError(f"{where}: field '{key}' must be {what}, not {short(edit.get(key))}")
+
+
+def _numbers(v: Any) -> bool:
+    return isinstance(v, list) and 0 < len(v) <= 16 and all(type(x) in (int, float) for x in v)
+
+
+_DATA_FIELDS = {
+    "input_size": (lambda v: isinstance(v, list) and len(v) == 3 and all(_is_int(x) and x > 0 for x in v),
+                   "3 positive integers (C, H, W)"),
+    "mean": (_numbers, "a list of numbers"), "std": (_numbers, "a list of numbers"),
+    "crop_pct": (lambda v: type(v) in (int, float) and 0 < v <= 10, "a number in (0, 10]"),
+    "interpolation": (lambda v: isinstance(v, str), "a string"),
+    "crop_mode": (lambda v: isinstance(v, str), "a string"),
+    "num_classes": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+}
+
+
+def _check_data_config(path: Path, data_config: dict) -> None:
+    for key, value in data_config.items():
+        if key not in _DATA_FIELDS:
+            raise ModelFileError(f"{path}: data_config field {short(key)} is unknown "
+                                 f"(accepted: {', '.join(_DATA_FIELDS)})")
+        test, what = _DATA_FIELDS[key]
+        if not test(value):
+            raise ModelFileError(f"{path}: data_config '{key}' must be {what}, not {short(value)}")
+
+
+def _adapter(spec: dict[str, Any], path: Path) -> type[Adapter]:
+    try:
+        return adapter_for_spec(spec["adapter"])
+    except UnsupportedModelError as err:
+        raise ModelFileError(f"{path}: {err}") from None
+
+
+# What constructors raise on bad settings (timm and torchvision assert on shapes; a missing key in a custom
+# adapter's spec is a KeyError). Caught only around the meta-device build of a spec, never around real work.
+_BUILD_ERRORS = (TypeError, ValueError, AssertionError, KeyError)
+
+
+def _meta_model(adapter: type[Adapter], spec: dict[str, Any], path: Path) -> nn.Module:
+    """The model `spec` describes, edits replayed, on the meta device: shapes only, no memory, no init."""
+    try:
+        with torch.device("meta"):
+            model = adapter.build(spec["base"])
+    except _BUILD_ERRORS as err:
+        detail = _one_line(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {_one_line(err)}"
+        raise ModelFileError(f"{path}: base refused: {detail}") from None
+    if not adapter.matches(model):
+        raise ModelFileError(f"{path}: base builds a {type(model).__name__}, which adapter "
+                             f"'{adapter.name}' does not handle")
+    try:
+        with torch.device("meta"):
+            return replay_edits(model, spec["edits"])
+    except ValueError as err:  # surgery's refusals: a block out of range, units out of range or repeated
+        raise ModelFileError(f"{path}: edits do not apply ({_one_line(err)})") from None
+
+
+def _check_weights(model: nn.Module, weights: Path) -> None:
+    """The weights file must hold exactly the tensors `model` has, shape for shape (read from its header)."""
+    found = tensor_shapes(weights)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(expected.keys() - found.keys())
+    unexpected = sorted(found.keys() - expected.keys())
+    wrong = [f"{k} {found[k]} (spec: {expected[k]})" for k in sorted(expected.keys() & found.keys())
+             if found[k] != expected[k]]
+    problems = [f"{label}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''} ({len(names)})"
+                for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if names]
+    if problems:
+        raise ModelFileError(f"{weights} does not match {SPEC} ({'; '.join(problems)})")

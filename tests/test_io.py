@@ -70,3 +70,21 @@ def test_save_replaces_atomically(tmp_path):
     dcvit.save(b, tmp_path / "m")
     assert len(dcvit.load(tmp_path / "m").blocks) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_models_saved_today_round_trip(tmp_path):
+    """Specs written before model files were checked (a timm name plus plain kwargs) still load."""
+    torch.manual_seed(0)
+    small = dcvit.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=48, depth=3,
+                               num_heads=3, num_classes=10).eval()
+    teacher = dcvit.create_model("fmnist_vit12", num_classes=10).eval()
+    swin = dcvit.create_model("swin_tiny_patch4_window7_224", img_size=56, embed_dim=24, depths=(2, 2),
+                              num_heads=(2, 2), window_size=7, num_classes=5).eval()
+    cases = (("small", small, (3, 32, 32)), ("teacher", teacher, (1, 28, 28)), ("swin", swin, (3, 56, 56)))
+    for name, model, size in cases:
+        dcvit.save(model, tmp_path / name)
+        loaded = dcvit.load(tmp_path / name)
+        x = torch.randn(1, *size)
+        assert _same_state(model, loaded) and torch.equal(loaded(x), model(x)), name
+    assert json.loads((tmp_path / "teacher" / "spec.json").read_text())["base"] == {
+        "source": "timm", "name": "fmnist_vit12", "kwargs": {"num_classes": 10}}

@@ -7,6 +7,8 @@ Everything else (planning, surgery, mimicking, selection) is written once agains
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -89,4 +91,70 @@ class Adapter:
 
     @staticmethod
     def build(spec: dict[str, Any]) -> nn.Module:
+        """The base model `spec` describes. Specs come from files, so check them (see check_kwargs): a
+        build must never load files or go online, and `dcvit.load` runs it on the meta device first."""
         raise NotImplementedError
+
+
+# --- checking the settings a model file may pass to a constructor (spec.json is untrusted) ------
+@dataclass(frozen=True)
+class Setting:
+    """One constructor argument a model file may set: what it must be (for messages) and the test."""
+    what: str
+    test: Callable[[Any], bool]
+
+
+def integer(lo: int = 0, hi: int = 1 << 20) -> Setting:
+    return Setting(f"an integer in [{lo}, {hi}]", lambda v: type(v) is int and lo <= v <= hi)  # not bool
+
+
+def number(lo: float = 0.0, hi: float = 1e6) -> Setting:
+    # json reads NaN and Infinity; neither is a sane architecture setting
+    return Setting(f"a number in [{lo}, {hi}]",
+                   lambda v: type(v) in (int, float) and math.isfinite(v) and lo <= v <= hi)
+
+
+def choice(*options: Any) -> Setting:
+    return Setting(f"one of {', '.join(map(repr, options))}", lambda v: type(v) in (str, type(None)) and v in options)
+
+
+def listed(item: Setting, max_len: int = 8) -> Setting:
+    return Setting(f"a list of up to {max_len} of: {item.what}", lambda v: isinstance(v, (list, tuple))
+                   and 0 < len(v) <= max_len and all(item.test(x) for x in v))
+
+
+def either(*settings: Setting) -> Setting:
+    return Setting(" or ".join(s.what for s in settings), lambda v: any(s.test(v) for s in settings))
+
+
+FLAG = Setting("true or false", lambda v: type(v) is bool)
+NOTHING = Setting("null", lambda v: v is None)
+
+
+def check_kwargs(family: str, kwargs: Any, accepted: Mapping[str, Setting]) -> dict[str, Any]:
+    """`kwargs` if every key is an accepted architecture setting of the right type, else a one-line
+    ValueError: anything else could load a checkpoint, go online, or allocate without bound."""
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"{family} kwargs must be a JSON object, got {type(kwargs).__name__}")
+    for key, value in kwargs.items():
+        if key not in accepted:
+            raise ValueError(f"{family} setting {key!r} is not accepted in a model file (only architecture "
+                             f"settings are; accepted: {', '.join(sorted(accepted))})")
+        if not accepted[key].test(value):
+            raise ValueError(f"{family} setting {key}={short(value)} must be {accepted[key].what}")
+    return kwargs
+
+
+def check_keys(what: str, spec: Any, allowed: tuple[str, ...]) -> None:
+    """`spec` is a JSON object whose keys are among `allowed`."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"{what} must be a JSON object, got {type(spec).__name__}")
+    extra = sorted(set(spec) - set(allowed))
+    if extra:
+        raise ValueError(f"{what} has unknown field(s) {', '.join(map(repr, extra))} (accepted: {', '.join(allowed)})")
+
+
+def short(value: Any) -> str:
+    """repr(value), cut to fit in a one-line message."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

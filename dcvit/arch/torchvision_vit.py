@@ -6,7 +6,14 @@ from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
 
 from . import register_adapter
-from .base import Adapter, MlpParts
+from .base import NOTHING, Adapter, MlpParts, Setting, check_keys, check_kwargs, either, integer
+
+# A model file may pass torchvision's VisionTransformer its sizes only (no norm_layer or conv stem objects).
+TV_SETTINGS: dict[str, Setting] = {
+    "image_size": integer(1, 1 << 16), "patch_size": integer(1, 1 << 16), "num_layers": integer(0, 1000),
+    "num_heads": integer(1, 1 << 12), "hidden_dim": integer(1), "mlp_dim": integer(1), "num_classes": integer(),
+    "representation_size": either(NOTHING, integer(1)),
+}
 
 
 @register_adapter
@@ -51,4 +58,7 @@ class TorchvisionViTAdapter(Adapter):
 
     @staticmethod
     def build(spec):
-        return VisionTransformer(**spec["kwargs"])
+        check_keys("torchvision base", spec, ("source", "kwargs"))
+        if spec.get("source", "torchvision") != "torchvision":
+            raise ValueError("torchvision base must have source 'torchvision'")
+        return VisionTransformer(**check_kwargs("torchvision VisionTransformer", spec.get("kwargs"), TV_SETTINGS))
