@@ -5,6 +5,7 @@ Depends on torch only (tqdm for record's progress bar, matplotlib inside plot_cu
 Costs are plain numbers (MACs per sample) given by the caller; confidence = max softmax, and a sample
 exits at a stage when confidence >= that stage's threshold.
 """
+
 from .calibration import Calibration, SweepResult, calibrate, sweep
 from .inference import prepare_for_inference
 from .record import Recorded, record
@@ -13,7 +14,20 @@ from .routing import Cascade, CascadeStats
 from .saver import SaverRow, delta_cost, match_ratio, select_saver
 
 __all__ = [
-    "Calibration", "Cascade", "CascadeStats", "Recorded", "SaverRow", "SweepResult",
-    "calibrate", "delta_cost", "format_table", "match_ratio", "plot_curves", "prepare_for_inference", "record",
-    "report_table", "select_saver", "sweep",
+    "Calibration",
+    "Cascade",
+    "CascadeStats",
+    "Recorded",
+    "SaverRow",
+    "SweepResult",
+    "calibrate",
+    "delta_cost",
+    "format_table",
+    "match_ratio",
+    "plot_curves",
+    "prepare_for_inference",
+    "record",
+    "report_table",
+    "select_saver",
+    "sweep",
 ]

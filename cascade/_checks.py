@@ -3,11 +3,12 @@
 Every check raises ValueError with one line saying what was wrong and what is accepted, so a
 mistyped threshold list fails at construction time instead of silently routing everything to one model.
 """
+
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -45,15 +46,18 @@ def check_thresholds(thresholds: Sequence[float], n_models: int) -> tuple[float,
     except TypeError:
         raise ValueError(f"thresholds must be a sequence of numbers in [0, 1], got {_describe(thresholds)}") from None
     if len(values) != n_models - 1:
-        raise ValueError(f"need len(models) - 1 = {n_models - 1} thresholds (the last model always answers), "
-                         f"got {len(values)}")
+        raise ValueError(
+            f"need len(models) - 1 = {n_models - 1} thresholds (the last model always answers), got {len(values)}"
+        )
     out = []
     for i, t in enumerate(values):
         t = _as_float(t, f"thresholds[{i}]")
         if not (math.isfinite(t) and 0.0 <= t <= 1.0):
             problem = "is outside [0, 1]" if math.isfinite(t) else "is not finite"
-            raise ValueError(f"thresholds[{i}]={t!r} {problem}; accepted: finite numbers 0 <= t <= 1 "
-                             f"(a sample exits when its confidence >= t)")
+            raise ValueError(
+                f"thresholds[{i}]={t!r} {problem}; accepted: finite numbers 0 <= t <= 1 "
+                f"(a sample exits when its confidence >= t)"
+            )
         out.append(t)
     return tuple(out)
 
@@ -62,8 +66,9 @@ def check_costs(costs: Sequence[float] | None, n_models: int, *, required: bool 
     """One non-negative, finite cost (MACs per sample) per model, cheapest stage first."""
     if costs is None:
         if required:
-            raise ValueError(f"costs are required: one non-negative number (MACs per sample) per model, "
-                             f"{n_models} in all")
+            raise ValueError(
+                f"costs are required: one non-negative number (MACs per sample) per model, {n_models} in all"
+            )
         return None
     try:
         values = list(costs)
@@ -83,8 +88,9 @@ def check_costs(costs: Sequence[float] | None, n_models: int, *, required: bool 
 def check_big_cost(costs: tuple[float, ...]) -> float:
     """The last (big) model's cost, which reports divide by, so it must be > 0."""
     if costs[-1] <= 0.0:
-        raise ValueError(f"the big (last) model's cost must be > 0 to express savings relative to it, "
-                         f"got {costs[-1]!r}")
+        raise ValueError(
+            f"the big (last) model's cost must be > 0 to express savings relative to it, got {costs[-1]!r}"
+        )
     return costs[-1]
 
 
@@ -102,8 +108,10 @@ def check_confidence(confidence: float | None) -> float | None:
         raise ValueError(f"confidence={confidence!r} is not a level; accepted: None or a number in [0.5, 1)")
     c = _as_float(confidence, "confidence")
     if not 0.5 <= c < 1.0:
-        raise ValueError(f"confidence={c!r} is outside [0.5, 1); accepted: None (compare measured accuracies) "
-                         f"or a one-sided confidence level such as 0.95")
+        raise ValueError(
+            f"confidence={c!r} is outside [0.5, 1); accepted: None (compare measured accuracies) "
+            f"or a one-sided confidence level such as 0.95"
+        )
     return c
 
 
@@ -140,20 +148,25 @@ def _check_simplex(probs: torch.Tensor, what: str, tol: float) -> None:
         return
     lo, hi = probs.aminmax()
     if lo < 0 or hi > 1:
-        raise ValueError(f"{what} are not probabilities (values {float(lo):.3g} to {float(hi):.3g}, outside [0, 1]): "
-                         f"pass softmax outputs, not logits")
+        raise ValueError(
+            f"{what} are not probabilities (values {float(lo):.3g} to {float(hi):.3g}, outside [0, 1]): "
+            f"pass softmax outputs, not logits"
+        )
     sums = probs.sum(dim=1, dtype=torch.float64)
     if bool(((sums - 1.0).abs() > tol).any()):
-        raise ValueError(f"{what} are not probabilities (row sums {float(sums.min()):.3g}-{float(sums.max()):.3g}, "
-                         f"not 1 within {tol:g}): pass softmax outputs over the classes, not logits or scores")
+        raise ValueError(
+            f"{what} are not probabilities (row sums {float(sums.min()):.3g}-{float(sums.max()):.3g}, "
+            f"not 1 within {tol:g}): pass softmax outputs over the classes, not logits or scores"
+        )
 
 
 def check_labels(labels: torch.Tensor, n: int, what: str = "labels", num_classes: int | None = None) -> torch.Tensor:
     """n integer class indices, each in [0, num_classes) when num_classes is given."""
     labels = torch.as_tensor(labels)
     if labels.ndim != 1 or labels.shape[0] != n:
-        raise ValueError(f"{what} must be a 1-D tensor with one class index per sample ({n}), "
-                         f"got shape {tuple(labels.shape)}")
+        raise ValueError(
+            f"{what} must be a 1-D tensor with one class index per sample ({n}), got shape {tuple(labels.shape)}"
+        )
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise ValueError(f"{what} must hold integer class indices, got dtype {labels.dtype}")
     labels = labels.detach().to("cpu", torch.long)
@@ -161,14 +174,21 @@ def check_labels(labels: torch.Tensor, n: int, what: str = "labels", num_classes
     if num_classes is not None and labels.numel():
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= num_classes:
-            raise ValueError(f"{what} must be class indices in [0, {num_classes}) ({num_classes} probability "
-                             f"columns), got values {lo} to {hi}")
+            raise ValueError(
+                f"{what} must be class indices in [0, {num_classes}) ({num_classes} probability "
+                f"columns), got values {lo} to {hi}"
+            )
     return labels
 
 
-def check_stage_probs(stage_probs: Sequence[torch.Tensor], labels: torch.Tensor, *, min_stages: int = 1,
-                      what: str = "stage_probs",
-                      labels_what: str = "labels") -> tuple[list[torch.Tensor], torch.Tensor]:
+def check_stage_probs(
+    stage_probs: Sequence[torch.Tensor],
+    labels: torch.Tensor,
+    *,
+    min_stages: int = 1,
+    what: str = "stage_probs",
+    labels_what: str = "labels",
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     """A list of N x K probability matrices (cheapest model first, big model last) plus N labels in [0, K)."""
     if isinstance(stage_probs, torch.Tensor):
         raise ValueError(f"{what} must be a list of N x K tensors, one per model (cheapest first), got one tensor")
@@ -178,11 +198,14 @@ def check_stage_probs(stage_probs: Sequence[torch.Tensor], labels: torch.Tensor,
     n, k = probs[0].shape
     for i, p in enumerate(probs[1:], start=1):
         if p.shape[0] != n:
-            raise ValueError(f"{what}[{i}] has {p.shape[0]} rows but {what}[0] has {n}; "
-                             f"every model must score the same samples, in the same order")
+            raise ValueError(
+                f"{what}[{i}] has {p.shape[0]} rows but {what}[0] has {n}; "
+                f"every model must score the same samples, in the same order"
+            )
         if p.shape[1] != k:
-            raise ValueError(f"{what}[{i}] has {p.shape[1]} classes but {what}[0] has {k}; "
-                             f"all models must share the label space")
+            raise ValueError(
+                f"{what}[{i}] has {p.shape[1]} classes but {what}[0] has {k}; all models must share the label space"
+            )
     if n == 0:
         raise ValueError(f"{what} has no samples; accepted: at least one sample")
     return probs, check_labels(labels, n, labels_what, num_classes=k)
@@ -225,8 +248,10 @@ def check_model_classes(models: Sequence[nn.Module]) -> None:
     for i, (n, where) in known[1:]:
         j, (n0, where0) = known[0]
         if n != n0:
-            raise ValueError(f"models[{i}] has {n} classes ({where}) but models[{j}] has {n0} ({where0}); "
-                             f"all models must share the label space")
+            raise ValueError(
+                f"models[{i}] has {n} classes ({where}) but models[{j}] has {n0} ({where0}); "
+                f"all models must share the label space"
+            )
 
 
 def conf_correct(probs: list[torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,12 +4,13 @@ The engine behind sweep, calibrate and report_table: every threshold tuple of a 
 grids is evaluated at once from a histogram and cumulative sums, never by re-running a model or
 looping over samples. Confidences are float32 and a sample exits when confidence >= t, as in Cascade.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Sequence
 
 import torch
 
@@ -69,8 +70,9 @@ class _Candidates:
         return tuple(reversed(out))
 
 
-def _grid_candidates(conf: torch.Tensor, correct: torch.Tensor, costs: Sequence[float],
-                     grids: list[torch.Tensor]) -> _Candidates:
+def _grid_candidates(
+    conf: torch.Tensor, correct: torch.Tensor, costs: Sequence[float], grids: list[torch.Tensor]
+) -> _Candidates:
     """Evaluate every threshold tuple in the product of grids at once, in O(N + prod(G_i)).
 
     With b_i = #(grid_i values <= conf_i), threshold grids[i][j] lets a sample exit at stage i iff
@@ -141,8 +143,15 @@ def _lower_bound(gain: torch.Tensor, differ: torch.Tensor, n: int, confidence: f
     return diff - z * var.sqrt()
 
 
-def _feasible(correct: torch.Tensor, differ: torch.Tensor, early: torch.Tensor, big_correct: int, n: int,
-              max_acc_drop: float, confidence: float | None) -> torch.Tensor:
+def _feasible(
+    correct: torch.Tensor,
+    differ: torch.Tensor,
+    early: torch.Tensor,
+    big_correct: int,
+    n: int,
+    max_acc_drop: float,
+    confidence: float | None,
+) -> torch.Tensor:
     """Which operating points keep accuracy within max_acc_drop of the big model: as measured (confidence
     None), or with that one-sided confidence given the split's size (see _lower_bound). correct, differ and
     early (samples answered before the last stage) are counts of any one shape; a point where nothing exits
@@ -164,8 +173,9 @@ def _pick_cheapest(cands: _Candidates, feasible: torch.Tensor) -> int | None:
     return int(ok.nonzero().max())  # grids ascend, so the largest index has the largest thresholds
 
 
-def _evaluate(conf: torch.Tensor, correct: torch.Tensor, costs: Sequence[float] | None,
-              thresholds: Sequence[float]) -> tuple[int, int, CascadeStats]:
+def _evaluate(
+    conf: torch.Tensor, correct: torch.Tensor, costs: Sequence[float] | None, thresholds: Sequence[float]
+) -> tuple[int, int, CascadeStats]:
     """Correct count, disagreement count with the big model and statistics of fixed thresholds,
     vectorised over samples (loop over stages only)."""
     n_stages, n = conf.shape

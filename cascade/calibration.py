@@ -6,15 +6,23 @@ thresholds costs about one pass over the samples. Confidences are compared in fl
 ">= t" rule as Cascade, so a threshold chosen here routes identically at inference.
 Thresholds are chosen on calibration data only; test tensors are evaluated with the chosen thresholds.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
-from ._checks import (check_big_cost, check_confidence, check_costs, check_fraction, check_grid_size,
-                      check_stage_probs, conf_correct)
+from ._checks import (
+    check_big_cost,
+    check_confidence,
+    check_costs,
+    check_fraction,
+    check_grid_size,
+    check_stage_probs,
+    conf_correct,
+)
 from ._search import _candidates, _evaluate, _exact_grid, _feasible, _grid_candidates, _lower_bound, _pick_cheapest
 
 
@@ -61,8 +69,12 @@ class Calibration:
     calib_lower_bound: float | None = None
 
 
-def sweep(stage_probs: Sequence[torch.Tensor], labels: torch.Tensor, costs: Sequence[float],
-          thresholds_grid: Sequence[float] | torch.Tensor | None = None) -> SweepResult:
+def sweep(
+    stage_probs: Sequence[torch.Tensor],
+    labels: torch.Tensor,
+    costs: Sequence[float],
+    thresholds_grid: Sequence[float] | torch.Tensor | None = None,
+) -> SweepResult:
     """Accuracy, average cost and exit ratio of a little -> big cascade for every threshold.
 
     Default grid: the distinct observed confidences of the little model plus 0 and 1, ascending.
@@ -71,8 +83,10 @@ def sweep(stage_probs: Sequence[torch.Tensor], labels: torch.Tensor, costs: Sequ
     """
     probs, labels = check_stage_probs(stage_probs, labels, min_stages=2)
     if len(probs) != 2:
-        raise ValueError(f"sweep takes exactly 2 models (little, big), got {len(probs)}; "
-                         f"for N-pass cascades use calibrate or report_table")
+        raise ValueError(
+            f"sweep takes exactly 2 models (little, big), got {len(probs)}; "
+            f"for N-pass cascades use calibrate or report_table"
+        )
     costs = check_costs(costs, 2, required=True)
     conf, correct = conf_correct(probs, labels)
     if thresholds_grid is None:
@@ -85,14 +99,25 @@ def sweep(stage_probs: Sequence[torch.Tensor], labels: torch.Tensor, costs: Sequ
     # Compare in float32, like Cascade; evaluate on the sorted distinct values, then map back.
     uniq, inverse = torch.unique(grid.float(), return_inverse=True)
     cands = _grid_candidates(conf, correct, costs, [uniq])
-    return SweepResult(thresholds=grid, accuracy=cands.correct[inverse].double() / n,
-                       avg_cost=cands.cost[inverse] / n, exit_ratio=cands.exits[0][inverse].double() / n)
+    return SweepResult(
+        thresholds=grid,
+        accuracy=cands.correct[inverse].double() / n,
+        avg_cost=cands.cost[inverse] / n,
+        exit_ratio=cands.exits[0][inverse].double() / n,
+    )
 
 
-def calibrate(calib_probs: Sequence[torch.Tensor], calib_labels: torch.Tensor, costs: Sequence[float],
-              max_acc_drop: float = 0.0, test_probs: Sequence[torch.Tensor] | None = None,
-              test_labels: torch.Tensor | None = None, *, confidence: float | None = None,
-              grid_size: int = 100) -> Calibration:
+def calibrate(
+    calib_probs: Sequence[torch.Tensor],
+    calib_labels: torch.Tensor,
+    costs: Sequence[float],
+    max_acc_drop: float = 0.0,
+    test_probs: Sequence[torch.Tensor] | None = None,
+    test_labels: torch.Tensor | None = None,
+    *,
+    confidence: float | None = None,
+    grid_size: int = 100,
+) -> Calibration:
     """Cheapest thresholds whose calibration accuracy >= big-alone calibration accuracy - max_acc_drop.
 
     calib_probs / test_probs: one N x K probability tensor per model, cheapest first, big last: softmax
@@ -111,8 +136,9 @@ def calibrate(calib_probs: Sequence[torch.Tensor], calib_labels: torch.Tensor, c
     grid_size ** (N - 1), fine for N <= 4.
     No feasible thresholds except all-1.0: returns thresholds all 1.0 with fallback=True (see Calibration).
     """
-    probs, labels = check_stage_probs(calib_probs, calib_labels, min_stages=2, what="calib_probs",
-                                      labels_what="calib_labels")
+    probs, labels = check_stage_probs(
+        calib_probs, calib_labels, min_stages=2, what="calib_probs", labels_what="calib_labels"
+    )
     costs = check_costs(costs, len(probs), required=True)
     big_cost = check_big_cost(costs)
     drop = check_fraction(max_acc_drop, "max_acc_drop")
@@ -121,18 +147,21 @@ def calibrate(calib_probs: Sequence[torch.Tensor], calib_labels: torch.Tensor, c
     if (test_probs is None) != (test_labels is None):
         raise ValueError("give both test_probs and test_labels, or neither")
     if test_probs is not None:
-        test_probs, test_labels = check_stage_probs(test_probs, test_labels, what="test_probs",
-                                                     labels_what="test_labels")
+        test_probs, test_labels = check_stage_probs(
+            test_probs, test_labels, what="test_probs", labels_what="test_labels"
+        )
         if len(test_probs) != len(probs) or test_probs[0].shape[1] != probs[0].shape[1]:
-            raise ValueError(f"test_probs must have one N x {probs[0].shape[1]} tensor per model "
-                             f"({len(probs)}), like calib_probs")
+            raise ValueError(
+                f"test_probs must have one N x {probs[0].shape[1]} tensor per model ({len(probs)}), like calib_probs"
+            )
 
     conf, correct = conf_correct(probs, labels)
     n = labels.numel()
     big_correct = int(correct[-1].sum())
     cands = _candidates(conf, correct, costs, grid_size)
-    k = _pick_cheapest(cands, _feasible(cands.correct, cands.differ, n - cands.exits[-1], big_correct, n, drop,
-                                        confidence))
+    k = _pick_cheapest(
+        cands, _feasible(cands.correct, cands.differ, n - cands.exits[-1], big_correct, n, drop, confidence)
+    )
     thresholds = cands.thresholds(k) if k is not None else (1.0,) * (len(probs) - 1)
     n_correct, n_differ, stats = _evaluate(conf, correct, costs, thresholds)
     chosen = torch.tensor([n_correct, n_differ, n - stats.exit_counts[-1]])
@@ -144,24 +173,43 @@ def calibrate(calib_probs: Sequence[torch.Tensor], calib_labels: torch.Tensor, c
         if confidence is not None:
             note += f" with {confidence:.0%} one-sided confidence"
     elif meets:
-        note = ("no cheaper thresholds stay within tolerance: thresholds 1.0 send everything to the big model "
-                "(cost = sum of all costs)")
+        note = (
+            "no cheaper thresholds stay within tolerance: thresholds 1.0 send everything to the big model "
+            "(cost = sum of all costs)"
+        )
         if stats.exit_counts[-1] < n:
             note += f", except {n - stats.exit_counts[-1]} samples whose confidence is exactly 1.0"
     else:
-        note = (f"no thresholds meet the tolerance: even at 1.0, {n - stats.exit_counts[-1]} samples with "
-                f"confidence exactly 1.0 exit early and lose accuracy; use the big model alone")
+        note = (
+            f"no thresholds meet the tolerance: even at 1.0, {n - stats.exit_counts[-1]} samples with "
+            f"confidence exactly 1.0 exit early and lose accuracy; use the big model alone"
+        )
 
     test = {}
     if test_probs is not None:
         t_conf, t_correct = conf_correct(test_probs, test_labels)
         t_n = test_labels.numel()
         t_right, _, t_stats = _evaluate(t_conf, t_correct, costs, thresholds)
-        test = dict(test_accuracy=t_right / t_n, test_avg_cost=t_stats.avg_cost,
-                    test_big_accuracy=int(t_correct[-1].sum()) / t_n,
-                    test_cost_reduction=1.0 - t_stats.avg_cost / big_cost, test_exit_ratios=t_stats.exit_ratios)
-    return Calibration(thresholds=thresholds, max_acc_drop=drop, confidence=confidence, calib_lower_bound=bound,
-                       big_cost=big_cost, calib_accuracy=n_correct / n,
-                       calib_avg_cost=stats.avg_cost, calib_big_accuracy=big_correct / n,
-                       calib_cost_reduction=1.0 - stats.avg_cost / big_cost, calib_exit_ratios=stats.exit_ratios,
-                       meets_tolerance=meets, fallback=fallback, note=note, **test)
+        test = dict(
+            test_accuracy=t_right / t_n,
+            test_avg_cost=t_stats.avg_cost,
+            test_big_accuracy=int(t_correct[-1].sum()) / t_n,
+            test_cost_reduction=1.0 - t_stats.avg_cost / big_cost,
+            test_exit_ratios=t_stats.exit_ratios,
+        )
+    return Calibration(
+        thresholds=thresholds,
+        max_acc_drop=drop,
+        confidence=confidence,
+        calib_lower_bound=bound,
+        big_cost=big_cost,
+        calib_accuracy=n_correct / n,
+        calib_avg_cost=stats.avg_cost,
+        calib_big_accuracy=big_correct / n,
+        calib_cost_reduction=1.0 - stats.avg_cost / big_cost,
+        calib_exit_ratios=stats.exit_ratios,
+        meets_tolerance=meets,
+        fallback=fallback,
+        note=note,
+        **test,
+    )

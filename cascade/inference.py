@@ -6,6 +6,7 @@ every BatchNorm is an extra pass over the activations, and oneDNN's convolutions
 channels-last layout than in the default NCHW one. `prepare_for_inference` fixes both, generically, and
 keeps a change only if the prepared model still gives the original's outputs on an example batch.
 """
+
 from __future__ import annotations
 
 import copy
@@ -17,8 +18,9 @@ from torch import nn
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def prepare_for_inference(model: nn.Module, example: torch.Tensor, channels_last: bool = True,
-                          rtol: float = 1e-3, atol: float = 1e-4) -> nn.Module:
+def prepare_for_inference(
+    model: nn.Module, example: torch.Tensor, channels_last: bool = True, rtol: float = 1e-3, atol: float = 1e-4
+) -> nn.Module:
     """An eval-mode copy of `model` that computes the same outputs on `example` (within rtol/atol), faster.
 
     Tried in order, each kept only if the outputs on `example` still match the original's:
@@ -53,14 +55,18 @@ def prepare_for_inference(model: nn.Module, example: torch.Tensor, channels_last
             what = " + ".join(n for n, on in (("BatchNorm folding", fold), ("channels-last", cl)) if on)
             failures.append(f"{what}: {type(err).__name__}")
     if failures:
-        warnings.warn(f"{type(model).__name__} is left as it was for inference ({'; '.join(failures)})",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"{type(model).__name__} is left as it was for inference ({'; '.join(failures)})",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return reference
 
 
 def _rewrite(model: nn.Module, fold_batch_norms: bool, channels_last: bool) -> nn.Module:
     if fold_batch_norms:
         from torch.fx.experimental.optimization import fuse  # lazily: fx is heavy and rarely needed
+
         model = fuse(model, inplace=True)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -3,9 +3,11 @@
 Threshold sweeps, calibration and saver selection all work on these cached tensors, so choosing a
 threshold never re-runs a network.
 """
+
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -26,8 +28,9 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def record(model: nn.Module, loader: Iterable, device: torch.device | str | None = None,
-           progress: bool = True) -> Recorded:
+def record(
+    model: nn.Module, loader: Iterable, device: torch.device | str | None = None, progress: bool = True
+) -> Recorded:
     """Softmax probabilities and labels of `model` over a loader of (x, y) batches.
 
     Runs under torch.no_grad() in eval mode and restores the model's previous mode afterwards.

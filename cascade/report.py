@@ -4,35 +4,66 @@ The table answers "what does it cost to stay within x points of the big model?" 
 the most accurate operating point; the plot shows whole sweeps. matplotlib is imported inside
 plot_curves only, so `import cascade` does not pull it in.
 """
+
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
-from ._checks import (check_big_cost, check_costs, check_fraction, check_grid_size, check_stage_probs,
-                      conf_correct)
+from ._checks import check_big_cost, check_costs, check_fraction, check_grid_size, check_stage_probs, conf_correct
 from ._search import _candidates, _evaluate, _feasible, _pick_cheapest
 from .calibration import SweepResult
 
 
-def _row(target: str, drop: float | None, thresholds: tuple[float, ...] | None, conf: torch.Tensor,
-         correct: torch.Tensor, costs: tuple[float, ...], big_acc: float) -> dict[str, Any]:
+def _row(
+    target: str,
+    drop: float | None,
+    thresholds: tuple[float, ...] | None,
+    conf: torch.Tensor,
+    correct: torch.Tensor,
+    costs: tuple[float, ...],
+    big_acc: float,
+) -> dict[str, Any]:
     n = conf.shape[1]
     if thresholds is None:  # no operating point meets this tolerance
-        return dict(target=target, max_acc_drop=drop, accuracy=None, acc_drop=None, avg_cost=None,
-                    cost_frac=None, thresholds=None, exit_ratios=None, feasible=False)
+        return dict(
+            target=target,
+            max_acc_drop=drop,
+            accuracy=None,
+            acc_drop=None,
+            avg_cost=None,
+            cost_frac=None,
+            thresholds=None,
+            exit_ratios=None,
+            feasible=False,
+        )
     n_correct, _, stats = _evaluate(conf, correct, costs, thresholds)
-    return dict(target=target, max_acc_drop=drop, accuracy=n_correct / n, acc_drop=big_acc - n_correct / n,
-                avg_cost=stats.avg_cost, cost_frac=stats.avg_cost / costs[-1], thresholds=thresholds,
-                exit_ratios=stats.exit_ratios, feasible=True)
+    return dict(
+        target=target,
+        max_acc_drop=drop,
+        accuracy=n_correct / n,
+        acc_drop=big_acc - n_correct / n,
+        avg_cost=stats.avg_cost,
+        cost_frac=stats.avg_cost / costs[-1],
+        thresholds=thresholds,
+        exit_ratios=stats.exit_ratios,
+        feasible=True,
+    )
 
 
-def report_table(stage_probs: Sequence[torch.Tensor], labels: torch.Tensor, costs: Sequence[float],
-                 drops: Sequence[float] = (0.01, 0.005, 0.0001, 0.0), *, grid_size: int = 100) -> list[dict[str, Any]]:
+def report_table(
+    stage_probs: Sequence[torch.Tensor],
+    labels: torch.Tensor,
+    costs: Sequence[float],
+    drops: Sequence[float] = (0.01, 0.005, 0.0001, 0.0),
+    *,
+    grid_size: int = 100,
+) -> list[dict[str, Any]]:
     """Rows: the big model alone (reference), then for each tolerated accuracy drop (a fraction) the
     cheapest operating point with accuracy >= big - drop, then the best-accuracy point (ties: cheapest).
 
@@ -50,12 +81,26 @@ def report_table(stage_probs: Sequence[torch.Tensor], labels: torch.Tensor, cost
     big_correct = int(correct[-1].sum())
     big_acc = big_correct / n
     cands = _candidates(conf, correct, costs, grid_size)
-    rows = [dict(target="big model alone", max_acc_drop=None, accuracy=big_acc, acc_drop=0.0, avg_cost=big_cost,
-                 cost_frac=1.0, thresholds=None, exit_ratios=None, feasible=True)]
+    rows = [
+        dict(
+            target="big model alone",
+            max_acc_drop=None,
+            accuracy=big_acc,
+            acc_drop=0.0,
+            avg_cost=big_cost,
+            cost_frac=1.0,
+            thresholds=None,
+            exit_ratios=None,
+            feasible=True,
+        )
+    ]
     for d in drops:
-        k = _pick_cheapest(cands, _feasible(cands.correct, cands.differ, n - cands.exits[-1], big_correct, n, d, confidence=None))
-        rows.append(_row(f"drop <= {d * 100:g}%", d, None if k is None else cands.thresholds(k),
-                         conf, correct, costs, big_acc))
+        k = _pick_cheapest(
+            cands, _feasible(cands.correct, cands.differ, n - cands.exits[-1], big_correct, n, d, confidence=None)
+        )
+        rows.append(
+            _row(f"drop <= {d * 100:g}%", d, None if k is None else cands.thresholds(k), conf, correct, costs, big_acc)
+        )
     best = _pick_cheapest(cands, cands.correct == cands.correct.max())  # most accurate, then cheapest
     rows.append(_row("best accuracy", None, cands.thresholds(best), conf, correct, costs, big_acc))
     return rows
@@ -70,20 +115,23 @@ def _fmt_cost(c: float) -> str:
 
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Markdown table of report_table rows."""
-    lines = ["| target | accuracy | Δacc vs big | avg cost (MACs) | cost / big | thresholds |",
-             "|---|---:|---:|---:|---:|---|"]
+    lines = [
+        "| target | accuracy | Δacc vs big | avg cost (MACs) | cost / big | thresholds |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
         if not r.get("feasible", True) or r.get("accuracy") is None:
             lines.append(f"| {r['target']} | n/a | n/a | n/a | n/a | none feasible |")
             continue
         ts = "—" if r.get("thresholds") is None else ", ".join(f"{t:.4f}" for t in r["thresholds"])
-        lines.append(f"| {r['target']} | {r['accuracy'] * 100:.2f}% | {-r['acc_drop'] * 100 + 0.0:+.2f} | "
-                     f"{_fmt_cost(r['avg_cost'])} | {r['cost_frac']:.3f} | {ts} |")
+        lines.append(
+            f"| {r['target']} | {r['accuracy'] * 100:.2f}% | {-r['acc_drop'] * 100 + 0.0:+.2f} | "
+            f"{_fmt_cost(r['avg_cost'])} | {r['cost_frac']:.3f} | {ts} |"
+        )
     return "\n".join(lines)
 
 
-def plot_curves(curves: Mapping[str, SweepResult], big_acc: float, big_cost: float,
-                path: str | os.PathLike) -> Path:
+def plot_curves(curves: Mapping[str, SweepResult], big_acc: float, big_cost: float, path: str | os.PathLike) -> Path:
     """Accuracy-vs-average-cost PNG, one line per sweep, the big model alone as a star.
 
     Written to a temporary file in the destination folder then renamed, so readers never see half a PNG.

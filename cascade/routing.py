@@ -5,10 +5,11 @@ Model 1 sees the whole batch; a sample leaves the cascade at the first stage who
 model always answers. Routing uses boolean masks and index_select only: there is no loop over samples,
 so a batch of 256 costs one call per stage, not 256.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -32,7 +33,7 @@ class CascadeStats:
     n: int
 
     @classmethod
-    def from_counts(cls, exit_counts: Sequence[int], costs: Sequence[float] | None = None) -> "CascadeStats":
+    def from_counts(cls, exit_counts: Sequence[int], costs: Sequence[float] | None = None) -> CascadeStats:
         counts = tuple(int(c) for c in exit_counts)
         n = sum(counts)
         # A sample answered by model i ran models 0..i, so model i ran on everything not answered before it.
@@ -62,8 +63,9 @@ class Cascade(nn.Module):
     the cascade does not switch modes itself, as that is the caller's decision.
     """
 
-    def __init__(self, models: Sequence[nn.Module], thresholds: Sequence[float],
-                 costs: Sequence[float] | None = None) -> None:
+    def __init__(
+        self, models: Sequence[nn.Module], thresholds: Sequence[float], costs: Sequence[float] | None = None
+    ) -> None:
         super().__init__()
         models = list(models)
         if len(models) < 1:
@@ -101,15 +103,18 @@ class Cascade(nn.Module):
             logits = model(xs)
             if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != xs.shape[0]:
                 shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-                raise ValueError(f"models[{i}] must return B x num_classes logits for a batch of {xs.shape[0]}, "
-                                 f"got {shape}")
+                raise ValueError(
+                    f"models[{i}] must return B x num_classes logits for a batch of {xs.shape[0]}, got {shape}"
+                )
             logits = logits.to(device)
             if out is None:
                 out = logits
             else:
                 if logits.shape[1] != out.shape[1]:
-                    raise ValueError(f"models[{i}] returns {logits.shape[1]} classes but models[0] returns "
-                                     f"{out.shape[1]}; all models must share the label space")
+                    raise ValueError(
+                        f"models[{i}] returns {logits.shape[1]} classes but models[0] returns "
+                        f"{out.shape[1]}; all models must share the label space"
+                    )
                 dtype = torch.promote_types(out.dtype, logits.dtype)  # e.g. fp16 little, fp32 big
                 if out.dtype != dtype:
                     out = out.to(dtype)

@@ -6,14 +6,16 @@ least as often right on the exited samples as B would have been on those same sa
 ΔC = C_S / C_B - r_match: a saver that can take a large share of the traffic for a small fraction of B's
 cost has a strongly negative ΔC and wins.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
 
-from ._checks import check_labels, check_probs, _as_float
+from ._checks import _as_float, check_labels, check_probs
 
 
 class SaverRow(NamedTuple):
@@ -34,8 +36,9 @@ def match_ratio(saver_probs: torch.Tensor, big_probs: torch.Tensor, labels: torc
     saver = check_probs(saver_probs, "saver_probs")
     big = check_probs(big_probs, "big_probs")
     if saver.shape != big.shape:
-        raise ValueError(f"saver_probs and big_probs must have the same N x K shape, got "
-                         f"{tuple(saver.shape)} and {tuple(big.shape)}")
+        raise ValueError(
+            f"saver_probs and big_probs must have the same N x K shape, got {tuple(saver.shape)} and {tuple(big.shape)}"
+        )
     n = saver.shape[0]
     if n == 0:
         raise ValueError("match_ratio needs at least one sample")
@@ -53,14 +56,16 @@ def match_ratio(saver_probs: torch.Tensor, big_probs: torch.Tensor, labels: torc
     return (int(ok.max()) + 1) / n
 
 
-def delta_cost(saver_probs: torch.Tensor, big_probs: torch.Tensor, labels: torch.Tensor,
-               saver_cost: float, big_cost: float) -> float:
+def delta_cost(
+    saver_probs: torch.Tensor, big_probs: torch.Tensor, labels: torch.Tensor, saver_cost: float, big_cost: float
+) -> float:
     """ΔC = saver_cost / big_cost - r_match (lower is better; below 0 means the saver pays for itself)."""
     return _delta_from_ratio(saver_cost, big_cost, match_ratio(saver_probs, big_probs, labels))
 
 
-def select_saver(pool: Mapping[str, tuple[torch.Tensor, float]], big: tuple[torch.Tensor, float],
-                 labels: torch.Tensor) -> list[SaverRow]:
+def select_saver(
+    pool: Mapping[str, tuple[torch.Tensor, float]], big: tuple[torch.Tensor, float], labels: torch.Tensor
+) -> list[SaverRow]:
     """Rank candidate savers by ΔC, best (lowest) first; ties keep the pool's order.
 
     pool: name -> (probs N x K, cost); big: (probs N x K, cost). Returns SaverRow(name, delta_c, r_match)

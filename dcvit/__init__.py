@@ -14,6 +14,7 @@ The public API (docs/method.md gives the equations, README.md the walk-through):
 
 Names are imported on first use, so `import dcvit` stays light and no module imports the package face.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -23,18 +24,38 @@ from . import models  # noqa: F401  registers the shipped models in timm
 
 # public name -> the module (under dcvit) that defines it
 _EXPORTS = {
-    "Adapter": "arch", "MlpParts": "arch", "UnsupportedModelError": "arch", "get_adapter": "arch",
+    "Adapter": "arch",
+    "MlpParts": "arch",
+    "UnsupportedModelError": "arch",
+    "get_adapter": "arch",
     "register_adapter": "arch",
-    "MacsProfile": "macs", "count_macs": "macs", "macs_profile": "macs",
-    "Plan": "planning", "plan": "planning", "plan_block_drop": "planning",
-    "MlpOnlyBlock": "surgery", "apply_plan": "surgery", "drop_blocks": "surgery",
-    "CompressConfig": "config", "ABLATIONS": "config", "BLOCK_DROP": "config",
-    "CompressionResult": "driver", "compress": "driver", "compress_family": "driver", "plan_for": "driver",
-    "few_shot_subset": "data", "load_dataset": "data", "calibration_indices": "data", "eval_transform": "data",
+    "MacsProfile": "macs",
+    "count_macs": "macs",
+    "macs_profile": "macs",
+    "Plan": "planning",
+    "plan": "planning",
+    "plan_block_drop": "planning",
+    "MlpOnlyBlock": "surgery",
+    "apply_plan": "surgery",
+    "drop_blocks": "surgery",
+    "CompressConfig": "config",
+    "ABLATIONS": "config",
+    "BLOCK_DROP": "config",
+    "CompressionResult": "driver",
+    "compress": "driver",
+    "compress_family": "driver",
+    "plan_for": "driver",
+    "few_shot_subset": "data",
+    "load_dataset": "data",
+    "calibration_indices": "data",
+    "eval_transform": "data",
     "CALIBRATION_SIZE": "data",
-    "evaluate": "studies.evaluate", "loader_for": "studies.evaluate",
-    "save": "files", "load": "files",
-    "create_model": "factory", "resolve_model": "factory",
+    "evaluate": "studies.evaluate",
+    "loader_for": "studies.evaluate",
+    "save": "files",
+    "load": "files",
+    "create_model": "factory",
+    "resolve_model": "factory",
 }
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

@@ -1,4 +1,5 @@
 """`python -m dcvit`: the same as the `dcvit` command."""
+
 import sys
 
 from .cli import main

@@ -3,10 +3,10 @@
 Defaults are the ones measured for the shipped Fashion-MNIST teacher (BENCHMARKS.md); the paper's
 ImageNet settings are `CompressConfig.paper()` (2000 epochs, lr 3e-5, batch 64, RandAugment).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Optional
 
 STRUCTURES = ("auto", "dcvit", "drop", "mlp")
 METRICS = ("kl", "mse", "train_loss")
@@ -19,35 +19,35 @@ PRECISIONS = ("no", "bf16", "fp16")
 @dataclass(frozen=True)
 class CompressConfig:
     # Feature mimicking (Eq. 3)
-    epochs: int = 20                 # per progressive step; one epoch = one pass over the few-shot set
-    trial_epochs: Optional[int] = 5  # per block-wise trial candidate (None: same as epochs)
+    epochs: int = 20  # per progressive step; one epoch = one pass over the few-shot set
+    trial_epochs: int | None = 5  # per block-wise trial candidate (None: same as epochs)
     batch_size: int = 64
     lr: float = 3e-4
     weight_decay: float = 1e-4
-    loss_warmup: float = 0.01        # loss x min(epoch / (loss_warmup * epochs), 1); the reference: 20 of 2000 epochs
+    loss_warmup: float = 0.01  # loss x min(epoch / (loss_warmup * epochs), 1); the reference: 20 of 2000 epochs
     clip_grad: float = 1.0
-    augment: bool = False            # RandomResizedCrop + flip + RandAugment on the few-shot images
-    mixed_precision: str = "no"      # Accelerate: no | bf16 | fp16
+    augment: bool = False  # RandomResizedCrop + flip + RandAugment on the few-shot images
+    mixed_precision: str = "no"  # Accelerate: no | bf16 | fp16
     # Selection (Eq. 6) on the synthetic metric set (Eq. 4-5)
     synth_images: int = 50
     synth_iterations: int = 200
-    synth_jitter: float = 1 / 28     # roll by up to this fraction of the side; 1 px at 28 (the reference: 30/224)
-    candidate_blocks: Optional[tuple[int, ...]] = None
+    synth_jitter: float = 1 / 28  # roll by up to this fraction of the side; 1 px at 28 (the reference: 30/224)
+    candidate_blocks: tuple[int, ...] | None = None
     # What each block may lose (docs/method.md §11): "auto" lets the synthetic set choose per block among
     # keep / narrow MLP / remove MLP / remove attention (MLP maybe narrowed) / drop; "mlp" only edits MLPs;
     # "dcvit" is the paper's structure (Eq. 1-2); "drop" the block-dropping baseline (with BLOCK_DROP's settings).
     structure: str = "auto"
-    search_steps: Optional[int] = None  # auto/mlp: progressive steps, each fine-tuned for `epochs`; None: one
-                                        # per average block's worth of MACs removed (DC-ViT's step count), 1-8
+    search_steps: int | None = None  # auto/mlp: progressive steps, each fine-tuned for `epochs`; None: one
+    # per average block's worth of MACs removed (DC-ViT's step count), 1-8
     # Algorithm 1 and its ablations (docs/method.md §8)
-    metric: str = "kl"               # kl (the paper) | mse (features on the synthetic set) | train_loss (few-shot)
-    progressive: bool = True         # False: "top-k", all n blocks at once, fine-tuned for n steps' epochs
-    train_scope: str = "front"       # "all": fine-tune every block (head stays frozen)
-    mimic_tokens: str = "all"        # "cls": mimic the class token only
-    unit_choice: Optional[str] = None  # which MLP units stay: "random" (the paper) or "activation" (largest mean
-                                       # |hidden| x |fc2 column| on the few shots); None: random for dcvit, else activation
-    reinit_mlp: bool = False         # re-initialise the kept MLP weights instead of reusing them
-    extra_blocks: int = 0            # compress more blocks than Eq. 1 needs
+    metric: str = "kl"  # kl (the paper) | mse (features on the synthetic set) | train_loss (few-shot)
+    progressive: bool = True  # False: "top-k", all n blocks at once, fine-tuned for n steps' epochs
+    train_scope: str = "front"  # "all": fine-tune every block (head stays frozen)
+    mimic_tokens: str = "all"  # "cls": mimic the class token only
+    unit_choice: str | None = None  # which MLP units stay: "random" (the paper) or "activation" (largest mean
+    # |hidden| x |fc2 column| on the few shots); None: random for dcvit, else activation
+    reinit_mlp: bool = False  # re-initialise the kept MLP weights instead of reusing them
+    extra_blocks: int = 0  # compress more blocks than Eq. 1 needs
     seed: int = 0
     progress: bool = True
 
@@ -82,17 +82,28 @@ class CompressConfig:
     def epochs_per_trial(self) -> int:
         return self.trial_epochs or self.epochs
 
-    def replace(self, **changes) -> "CompressConfig":
+    def replace(self, **changes) -> CompressConfig:
         return replace(self, **changes)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def paper(cls, **changes) -> "CompressConfig":
+    def paper(cls, **changes) -> CompressConfig:
         """The reference ImageNet settings (docs/method.md §4, §6)."""
-        return cls(**{"epochs": 2000, "trial_epochs": None, "lr": 3e-5, "batch_size": 64, "augment": True, "loss_warmup": 0.01,
-                      "synth_iterations": 2000, "synth_jitter": 30 / 224, **changes})
+        return cls(
+            **{
+                "epochs": 2000,
+                "trial_epochs": None,
+                "lr": 3e-5,
+                "batch_size": 64,
+                "augment": True,
+                "loss_warmup": 0.01,
+                "synth_iterations": 2000,
+                "synth_jitter": 30 / 224,
+                **changes,
+            }
+        )
 
 
 # The ablations of docs/method.md §8 (paper Tab. 6) as config changes relative to a base config.

@@ -4,11 +4,12 @@ Specs: ``fashion-mnist`` (Debian's files, or ``fashion-mnist:ROOT`` for a torchv
 ``imagefolder:PATH`` (class sub-folders; PATH/train and PATH/val are used when present),
 ``cifar10:PATH`` and ``cifar100:PATH`` (torchvision's layout). The test split never drives a choice.
 """
+
 from __future__ import annotations
 
 import gzip
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -17,8 +18,18 @@ from torch.utils.data import Dataset, Subset
 
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 SPEC_HELP = "accepted: fashion-mnist[:ROOT], imagefolder:PATH, cifar10:PATH, cifar100:PATH"
-FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FMNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -32,12 +43,18 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def _find_idx(root: Path, stem: str) -> Path:
-    for candidate in (root / stem, root / f"{stem}.gz", root / "FashionMNIST" / "raw" / stem,
-                      root / "FashionMNIST" / "raw" / f"{stem}.gz"):
+    for candidate in (
+        root / stem,
+        root / f"{stem}.gz",
+        root / "FashionMNIST" / "raw" / stem,
+        root / "FashionMNIST" / "raw" / f"{stem}.gz",
+    ):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"Fashion-MNIST file {stem}(.gz) not found under {root}; "
-                            f"install Debian's dataset-fashion-mnist or pass fashion-mnist:ROOT")
+    raise FileNotFoundError(
+        f"Fashion-MNIST file {stem}(.gz) not found under {root}; "
+        f"install Debian's dataset-fashion-mnist or pass fashion-mnist:ROOT"
+    )
 
 
 class FashionMNIST(Dataset):
@@ -45,10 +62,12 @@ class FashionMNIST(Dataset):
 
     classes = FMNIST_CLASSES
 
-    def __init__(self, root: Path = DEBIAN_FMNIST, train: bool = True, transform: Optional[Callable] = None):
+    def __init__(self, root: Path = DEBIAN_FMNIST, train: bool = True, transform: Callable | None = None):
         prefix = "train" if train else "t10k"
         self.images = torch.from_numpy(_read_idx(_find_idx(Path(root), f"{prefix}-images-idx3-ubyte")).copy())
-        self.targets = torch.from_numpy(_read_idx(_find_idx(Path(root), f"{prefix}-labels-idx1-ubyte")).astype(np.int64))
+        self.targets = torch.from_numpy(
+            _read_idx(_find_idx(Path(root), f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
+        )
         self.transform = transform
 
     def __len__(self) -> int:
@@ -62,7 +81,7 @@ class FashionMNIST(Dataset):
 
 
 # --- specs ------------------------------------------------------------------------------------
-def parse_spec(spec: str) -> tuple[str, Optional[Path]]:
+def parse_spec(spec: str) -> tuple[str, Path | None]:
     """'fashion-mnist', 'fashion-mnist:ROOT', 'imagefolder:PATH', 'cifar10:PATH', 'cifar100:PATH'."""
     kind, _, path = str(spec).partition(":")
     kind = kind.lower()
@@ -78,6 +97,7 @@ def parse_spec(spec: str) -> tuple[str, Optional[Path]]:
 
 def _imagefolder(root: Path, train: bool, transform):
     from torchvision.datasets import ImageFolder
+
     names = ("train",) if train else ("val", "test")
     folder = next((root / n for n in names if (root / n).is_dir()), None)
     if folder is None:
@@ -90,7 +110,7 @@ def _imagefolder(root: Path, train: bool, transform):
         raise FileNotFoundError(f"image folder {folder} has no usable class sub-folders with images ({err})") from None
 
 
-def load_dataset(spec: str, train: bool = True, transform: Optional[Callable] = None) -> Dataset:
+def load_dataset(spec: str, train: bool = True, transform: Callable | None = None) -> Dataset:
     """A labelled dataset by spec; every dataset exposes `targets` (labels without loading images)."""
     kind, root = parse_spec(spec)
     if kind == "fashion-mnist":
@@ -100,10 +120,12 @@ def load_dataset(spec: str, train: bool = True, transform: Optional[Callable] = 
             if root is None:
                 raise
             from torchvision.datasets import FashionMNIST as TorchvisionFMNIST  # downloads where the network allows
+
             return TorchvisionFMNIST(str(root), train=train, transform=transform, download=True)
     if kind == "imagefolder":
         return _imagefolder(root, train, transform)
     from torchvision import datasets
+
     cls = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100
     try:
         return cls(str(root), train=train, transform=transform, download=False)
@@ -114,7 +136,9 @@ def load_dataset(spec: str, train: bool = True, transform: Optional[Callable] = 
 # --- transforms from the model's data config --------------------------------------------------
 def data_config(model: torch.nn.Module) -> dict:
     from timm.data import resolve_data_config
+
     from .macs import default_input_size
+
     cfg = resolve_data_config(model=model)
     cfg["input_size"] = default_input_size(model)
     return cfg
@@ -133,6 +157,7 @@ class _ToMode:
 def eval_transform(model: torch.nn.Module) -> Callable:
     from timm.data import create_transform
     from torchvision import transforms
+
     cfg = data_config(model)
     return transforms.Compose([_ToMode(cfg["input_size"][0]), create_transform(**cfg, is_training=False)])
 
@@ -142,15 +167,25 @@ def eval_transform(model: torch.nn.Module) -> Callable:
 DEFAULT_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1-mmax9"
 
 
-def train_transform(model: torch.nn.Module, auto_augment: Optional[str] = DEFAULT_AUTO_AUGMENT,
-                    scale=(0.08, 1.0), hflip: float = 0.5) -> Callable:
+def train_transform(
+    model: torch.nn.Module, auto_augment: str | None = DEFAULT_AUTO_AUGMENT, scale=(0.08, 1.0), hflip: float = 0.5
+) -> Callable:
     """RandomResizedCrop + flip + RandAugment (the reference mimicking augmentation), timm's implementation."""
     from timm.data import create_transform
     from torchvision import transforms
+
     cfg = data_config(model)
     cfg.pop("crop_pct", None), cfg.pop("crop_mode", None)
-    aug = create_transform(**cfg, is_training=True, auto_augment=auto_augment, scale=scale, hflip=hflip,
-                           vflip=0.0, color_jitter=None, re_prob=0.0)
+    aug = create_transform(
+        **cfg,
+        is_training=True,
+        auto_augment=auto_augment,
+        scale=scale,
+        hflip=hflip,
+        vflip=0.0,
+        color_jitter=None,
+        re_prob=0.0,
+    )
     return transforms.Compose([_ToMode(cfg["input_size"][0]), aug])
 
 
@@ -174,15 +209,18 @@ def calibration_indices(num_images: int, size: int, seed: int = 0) -> list[int]:
     return sorted(torch.randperm(num_images, generator=gen)[:size].tolist())
 
 
-def few_shot_indices(targets: Sequence[int] | torch.Tensor, shots: int, seed: int = 0,
-                     exclude: Sequence[int] = ()) -> list[int]:
+def few_shot_indices(
+    targets: Sequence[int] | torch.Tensor, shots: int, seed: int = 0, exclude: Sequence[int] = ()
+) -> list[int]:
     """The reference sampling: under 1000 shots draw a random class, then a random unused image of it,
     `shots` times; from 1000 shots on, an equal number per class (remainder to random classes)."""
     targets = torch.as_tensor(targets)
     available = torch.ones(len(targets), dtype=torch.bool)
     available[torch.as_tensor(list(exclude), dtype=torch.long)] = False
     if not isinstance(shots, int) or shots < 1 or shots > int(available.sum()):
-        raise ValueError(f"shots must be an integer between 1 and {int(available.sum())} (the images available); got {shots}")
+        raise ValueError(
+            f"shots must be an integer between 1 and {int(available.sum())} (the images available); got {shots}"
+        )
     gen = torch.Generator().manual_seed(seed)
     pools = {int(c): (torch.nonzero(available & (targets == c)).flatten()) for c in targets.unique()}
     pools = {c: p[torch.randperm(len(p), generator=gen)].tolist() for c, p in pools.items() if len(p)}

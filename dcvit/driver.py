@@ -6,12 +6,13 @@
    until n blocks are compressed. Every finished step is checkpointed, so `resume=True` continues a
    killed run and ends with exactly the model an uninterrupted run makes.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
 
 from torch import nn
 from torch.utils.data import Dataset
@@ -19,7 +20,8 @@ from torch.utils.data import Dataset
 from .config import CompressConfig
 from .engine import Engine
 from .macs import count_macs
-from .planning import Plan, plan as make_plan, plan_block_drop, plan_search
+from .planning import Plan, plan_block_drop, plan_search
+from .planning import plan as make_plan
 from .scoring import Trial
 
 
@@ -27,18 +29,20 @@ from .scoring import Trial
 class CompressionResult:
     model: nn.Module
     plan: Plan
-    blocks: tuple[int, ...]              # compressed (or dropped) blocks, in the order they were done
-    scores: dict[int, float]             # selection metric per candidate block (lower is better)
+    blocks: tuple[int, ...]  # compressed (or dropped) blocks, in the order they were done
+    scores: dict[int, float]  # selection metric per candidate block (lower is better)
     trials: dict[int, Trial]
-    history: tuple[dict, ...]            # one record per progressive step
+    history: tuple[dict, ...]  # one record per progressive step
     macs: int
     seconds: dict[str, float] = field(default_factory=dict)
-    structure: tuple[dict, ...] = ()     # per block: attention kept, MLP units kept of the original
+    structure: tuple[dict, ...] = ()  # per block: attention kept, MLP units kept of the original
 
     def describe(self) -> str:
         """The compressed structure, one line per changed block."""
-        lines = [f"{self.macs / 1e6:.2f}M MACs ({100 * self.macs / self.plan.macs_original:.1f}% of "
-                 f"{self.plan.macs_original / 1e6:.2f}M), structure '{self.plan.structure}':"]
+        lines = [
+            f"{self.macs / 1e6:.2f}M MACs ({100 * self.macs / self.plan.macs_original:.1f}% of "
+            f"{self.plan.macs_original / 1e6:.2f}M), structure '{self.plan.structure}':"
+        ]
         lines += [f"  block {s['block']:>2}: {s['edit']}" for s in self.structure if s["edit"] != "kept"]
         return "\n".join(lines)
 
@@ -47,15 +51,25 @@ def block_structure(model: nn.Module, original: nn.Module) -> tuple[dict, ...]:
     """What each block of `model` kept of `original`'s: attention or not, how many MLP units."""
     from .arch import get_adapter
     from .surgery import block_state
+
     adapter = get_adapter(model)
     rows = []
     for b, (block, before) in enumerate(zip(adapter.blocks(model), adapter.blocks(original))):
         attention, units = block_state(adapter, block)
         _, width = block_state(adapter, before)
-        edit = ("dropped" if not attention and units == 0 else
-                ", ".join(p for p in ("attention removed" if not attention else "",
-                                      "MLP removed" if units == 0 else f"MLP {width}->{units}" if units < width else "")
-                          if p) or "kept")
+        edit = (
+            "dropped"
+            if not attention and units == 0
+            else ", ".join(
+                p
+                for p in (
+                    "attention removed" if not attention else "",
+                    "MLP removed" if units == 0 else f"MLP {width}->{units}" if units < width else "",
+                )
+                if p
+            )
+            or "kept"
+        )
         rows.append({"block": b, "attention": attention, "mlp_units": units, "mlp_units_original": width, "edit": edit})
     return tuple(rows)
 
@@ -68,13 +82,14 @@ def trial_key(plan: Plan, block: int, surgery: str) -> str:
 def run_trials(engine: Engine, plan: Plan, candidates: Sequence[int]) -> dict[int, Trial]:
     """Fine-tune and score one candidate model per block; returns {block: Trial} (all processes agree)."""
     acc = engine.accelerator
-    mine = list(candidates)[acc.process_index::acc.num_processes]
+    mine = list(candidates)[acc.process_index :: acc.num_processes]
     for block in engine.progress(mine, "block-wise trial"):
         key = trial_key(plan, block, engine.config.structure)
         if engine.workspace.has(key):
             continue
-        model, fit, seconds = engine.build_and_tune(key, engine.teacher, plan, [block], [block],
-                                                    engine.config.epochs_per_trial)
+        model, fit, seconds = engine.build_and_tune(
+            key, engine.teacher, plan, [block], [block], engine.config.epochs_per_trial
+        )
         trial = engine.score(model, block, fit.final_loss, seconds, acc.process_index)
         engine.workspace.save(key, model, trial.__dict__)
     acc.wait_for_everyone()
@@ -90,14 +105,20 @@ def rank(trials: dict[int, Trial]) -> list[int]:
 def plan_for(model: nn.Module, target_macs: float, config: CompressConfig) -> Plan:
     """The plan `config.structure` asks for: Eq. 1-2 (dcvit), whole blocks (drop), or a search plan (auto, mlp)."""
     if config.structure in ("auto", "mlp"):
-        return plan_search(model, target_macs, structure=config.structure, steps=config.search_steps,
-                           candidate_blocks=config.candidate_blocks)
+        return plan_search(
+            model,
+            target_macs,
+            structure=config.structure,
+            steps=config.search_steps,
+            candidate_blocks=config.candidate_blocks,
+        )
     if config.structure == "drop":
         return plan_block_drop(model, target_macs, candidate_blocks=config.candidate_blocks)
     base = make_plan(model, target_macs, candidate_blocks=config.candidate_blocks)
     if config.extra_blocks:
-        return make_plan(model, target_macs, blocks=base.n_blocks + config.extra_blocks,
-                         candidate_blocks=config.candidate_blocks)
+        return make_plan(
+            model, target_macs, blocks=base.n_blocks + config.extra_blocks, candidate_blocks=config.candidate_blocks
+        )
     return base
 
 
@@ -107,8 +128,16 @@ def _step_key(plan: Plan, blocks: Sequence[int], surgery: str, progressive: bool
 
 
 def _save_step(engine: Engine, key: str, blocks: Sequence[int], model: nn.Module, fit, seconds: float) -> None:
-    engine.workspace.save(key, model, {"blocks": list(blocks), "train_loss": fit.final_loss, "seconds": seconds,
-                                       "images_per_second": fit.images_per_second})
+    engine.workspace.save(
+        key,
+        model,
+        {
+            "blocks": list(blocks),
+            "train_loss": fit.final_loss,
+            "seconds": seconds,
+            "images_per_second": fit.images_per_second,
+        },
+    )
 
 
 def _progressive(engine: Engine, plan: Plan, order: list[int]) -> tuple[nn.Module, list[dict]]:
@@ -118,10 +147,14 @@ def _progressive(engine: Engine, plan: Plan, order: list[int]) -> tuple[nn.Modul
     model = engine.workspace.load(first)
     history = [{"blocks": order[:1], **engine.workspace.meta(first)}]
     for i in range(1, len(order)):
-        key = _step_key(plan, order[:i + 1], surgery, True)
+        key = _step_key(plan, order[: i + 1], surgery, True)
         if not engine.workspace.has(key):
-            _save_step(engine, key, order[:i + 1],
-                       *engine.build_and_tune(key, model, plan, [order[i]], order[:i + 1], engine.config.epochs))
+            _save_step(
+                engine,
+                key,
+                order[: i + 1],
+                *engine.build_and_tune(key, model, plan, [order[i]], order[: i + 1], engine.config.epochs),
+            )
         model = engine.workspace.load(key)
         history.append(engine.workspace.meta(key))
     return model, history
@@ -131,14 +164,19 @@ def _all_at_once(engine: Engine, plan: Plan, order: list[int]) -> tuple[nn.Modul
     """Top-k ablation and PRACTISE-style dropping: all n blocks at once, fine-tuned for n steps' epochs."""
     key = _step_key(plan, sorted(order), engine.config.structure, False)
     if not engine.workspace.has(key):
-        _save_step(engine, key, order,
-                   *engine.build_and_tune(key, engine.teacher, plan, order, order, engine.config.epochs * len(order)))
+        _save_step(
+            engine,
+            key,
+            order,
+            *engine.build_and_tune(key, engine.teacher, plan, order, order, engine.config.epochs * len(order)),
+        )
     return engine.workspace.load(key), [engine.workspace.meta(key)]
 
 
 def _search(engine: Engine, plan: Plan) -> CompressionResult:
     """auto / mlp: the synthetic set chooses each block's edit (dcvit.search)."""
     from .search import Search
+
     start = time.perf_counter()
     search = Search(engine, plan)
     if engine.accelerator.is_main_process:
@@ -151,10 +189,17 @@ def _search(engine: Engine, plan: Plan) -> CompressionResult:
     for h in history[:1]:
         for e in h["scored"]:
             scores[e["block"]] = min(scores.get(e["block"], float("inf")), e["score"])
-    return CompressionResult(model=model, plan=plan, blocks=edited, scores=scores, trials={},
-                             history=tuple(history), macs=count_macs(model, plan.input_size),
-                             seconds={**engine.timings, "search": time.perf_counter() - start},
-                             structure=block_structure(model, engine.teacher))
+    return CompressionResult(
+        model=model,
+        plan=plan,
+        blocks=edited,
+        scores=scores,
+        trials={},
+        history=tuple(history),
+        macs=count_macs(model, plan.input_size),
+        seconds={**engine.timings, "search": time.perf_counter() - start},
+        structure=block_structure(model, engine.teacher),
+    )
 
 
 def _run(engine: Engine, plan: Plan) -> CompressionResult:
@@ -164,7 +209,7 @@ def _run(engine: Engine, plan: Plan) -> CompressionResult:
     start = time.perf_counter()
     trials = run_trials(engine, plan, plan.candidate_blocks)
     timings["trials"] = time.perf_counter() - start
-    order = rank(trials)[:plan.n_blocks]
+    order = rank(trials)[: plan.n_blocks]
     start = time.perf_counter()
     step = _progressive if engine.config.progressive else _all_at_once
     if engine.accelerator.is_main_process:
@@ -173,14 +218,29 @@ def _run(engine: Engine, plan: Plan) -> CompressionResult:
     if not engine.accelerator.is_main_process:  # the steps are checkpointed: this only reads the main process's result
         model, history = step(engine, plan, order)
     timings["progressive"] = time.perf_counter() - start
-    return CompressionResult(model=model, plan=plan, blocks=tuple(order),
-                             scores={b: t.score for b, t in trials.items()}, trials=trials,
-                             history=tuple(history), macs=count_macs(model, plan.input_size),
-                             seconds={**engine.timings, **timings}, structure=block_structure(model, engine.teacher))
+    return CompressionResult(
+        model=model,
+        plan=plan,
+        blocks=tuple(order),
+        scores={b: t.score for b, t in trials.items()},
+        trials=trials,
+        history=tuple(history),
+        macs=count_macs(model, plan.input_size),
+        seconds={**engine.timings, **timings},
+        structure=block_structure(model, engine.teacher),
+    )
 
 
-def compress(model: nn.Module, target_macs: float | Plan, data: Dataset, config: CompressConfig = CompressConfig(), *,
-             workdir: Optional[str | Path] = None, resume: bool = False, metric_set=None) -> CompressionResult:
+def compress(
+    model: nn.Module,
+    target_macs: float | Plan,
+    data: Dataset,
+    config: CompressConfig = CompressConfig(),
+    *,
+    workdir: str | Path | None = None,
+    resume: bool = False,
+    metric_set=None,
+) -> CompressionResult:
     """Compress `model` to `target_macs` (fraction in (0, 1) or absolute MACs, or the Plan that
     plan_for(model, target, config) already returned) with the unlabeled few-shot `data`.
 
@@ -188,13 +248,19 @@ def compress(model: nn.Module, target_macs: float | Plan, data: Dataset, config:
     augmentation when `config.augment`); tensors are used as they are. `workdir` keeps checkpoints.
     `metric_set` (a synth.SyntheticSet) reuses a synthetic metric set instead of making one.
     """
-    return compress_family(model, [target_macs], data, config, workdir=workdir, resume=resume,
-                           metric_set=metric_set)[0]
+    return compress_family(model, [target_macs], data, config, workdir=workdir, resume=resume, metric_set=metric_set)[0]
 
 
-def compress_family(model: nn.Module, targets: Sequence[float | Plan], data: Dataset,
-                    config: CompressConfig = CompressConfig(), *, workdir: Optional[str | Path] = None,
-                    resume: bool = False, metric_set=None) -> list[CompressionResult]:
+def compress_family(
+    model: nn.Module,
+    targets: Sequence[float | Plan],
+    data: Dataset,
+    config: CompressConfig = CompressConfig(),
+    *,
+    workdir: str | Path | None = None,
+    resume: bool = False,
+    metric_set=None,
+) -> list[CompressionResult]:
     """A dense family: one result per target, sharing the synthetic set, teacher tokens and any trial
     whose plan (width, attention) matches. A target may be a Plan from plan_for with the same config, so a
     caller that showed the plans first does not compute them again."""

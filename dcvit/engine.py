@@ -2,6 +2,7 @@
 metric set, the Accelerate state, the checkpoint workspace, and the surgery/fine-tune/score steps
 configured by CompressConfig (so the driver and the trial read as the paper's Algorithm 1).
 """
+
 from __future__ import annotations
 
 import copy
@@ -9,8 +10,8 @@ import hashlib
 import math
 import time
 import zlib
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
 
 import torch
 from accelerate import Accelerator
@@ -47,6 +48,7 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
     """Accelerate keeps one global state per process; a later run with another precision needs it reset
     (the process-group part, which holds the distributed set-up, is kept)."""
     from accelerate.state import AcceleratorState
+
     state = AcceleratorState._shared_state
     if state and state.get("_mixed_precision", mixed_precision) != mixed_precision:
         AcceleratorState._reset_state(reset_partial_state=False)
@@ -54,9 +56,15 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
 
 
 class Engine:
-    def __init__(self, teacher: nn.Module, data: Dataset, config: CompressConfig,
-                 workdir: Optional[Path] = None, resume: bool = False,
-                 metric_set: Optional["synth.SyntheticSet"] = None):
+    def __init__(
+        self,
+        teacher: nn.Module,
+        data: Dataset,
+        config: CompressConfig,
+        workdir: Path | None = None,
+        resume: bool = False,
+        metric_set: synth.SyntheticSet | None = None,
+    ):
         if len(data) == 0:
             raise ValueError("the few-shot set is empty; give at least one image")
         if not math.isfinite(config.lr):  # CompressConfig checks lr > 0 only; inf trains a NaN model
@@ -78,12 +86,17 @@ class Engine:
         """Everything that determines the result, so a resume never mixes checkpoints of different runs
         (a synthesized metric set follows from the teacher and the config; a given one is hashed)."""
         given = None if metric_set is None else tensor_sha256({"images": metric_set.images})
-        return {"format": FORMAT, "config": {k: v for k, v in self.config.as_dict().items() if k != "progress"},
-                "shots": shots, "teacher_macs_blocks": len(get_adapter(teacher).blocks(teacher)),
-                "teacher_sha256": tensor_sha256(teacher.state_dict()),
-                "few_shot_sha256": tensor_sha256({"fixed": self.images.fixed}), "metric_set_sha256": given}
+        return {
+            "format": FORMAT,
+            "config": {k: v for k, v in self.config.as_dict().items() if k != "progress"},
+            "shots": shots,
+            "teacher_macs_blocks": len(get_adapter(teacher).blocks(teacher)),
+            "teacher_sha256": tensor_sha256(teacher.state_dict()),
+            "few_shot_sha256": tensor_sha256({"fixed": self.images.fixed}),
+            "metric_set_sha256": given,
+        }
 
-    def _prepare(self, teacher: nn.Module, metric_set: Optional["synth.SyntheticSet"]) -> None:
+    def _prepare(self, teacher: nn.Module, metric_set: synth.SyntheticSet | None) -> None:
         """Teacher on the accelerator, its tokens for the few shots, and the synthetic metric set."""
         config = self.config
         self.teacher = copy.deepcopy(teacher).eval().requires_grad_(False).to(self.accelerator.device)
@@ -96,10 +109,11 @@ class Engine:
                 self.metric_images = self.metric_set.images.to(self.accelerator.device)
                 self.metric_logits = self.teacher(self.metric_images).float()
                 # Output tokens are only needed by the MSE-metric ablation: skip that teacher pass otherwise.
-                self.metric_features = (self.adapter.features(self.teacher, self.metric_images).float()
-                                        if config.metric == "mse" else None)
+                self.metric_features = (
+                    self.adapter.features(self.teacher, self.metric_images).float() if config.metric == "mse" else None
+                )
 
-    def _workspace(self, workdir: Optional[Path], settings: dict, resume: bool) -> Workspace:
+    def _workspace(self, workdir: Path | None, settings: dict, resume: bool) -> Workspace:
         """The main process creates (or checks) the run folder first; the others join it afterwards."""
         acc = self.accelerator
         if acc.num_processes > 1 and workdir is None:
@@ -108,13 +122,19 @@ class Engine:
         acc.wait_for_everyone()
         return workspace or Workspace(workdir, settings, resume=True, is_main=False)
 
-    def _metric_set(self) -> "synth.SyntheticSet":
+    def _metric_set(self) -> synth.SyntheticSet:
         """The synthetic metric set (Eq. 4-5): made once by the main process, shared through the workspace."""
         path = self.workspace.root / "metric_set"
         if self.accelerator.is_main_process and not (path / "meta.json").is_file():
             start = time.perf_counter()
-            made = synth.synthesize(self.teacher, self.config.synth_images, iterations=self.config.synth_iterations,
-                                    jitter=self.config.synth_jitter, seed=self.config.seed, progress=self.config.progress)
+            made = synth.synthesize(
+                self.teacher,
+                self.config.synth_images,
+                iterations=self.config.synth_iterations,
+                jitter=self.config.synth_jitter,
+                seed=self.config.seed,
+                progress=self.config.progress,
+            )
             self.timings["synth"] = time.perf_counter() - start
             made.save(path)
         self.accelerator.wait_for_everyone()
@@ -139,8 +159,9 @@ class Engine:
             reinit_mlps(model, blocks, seed=self.config.seed)
         return model
 
-    def build_and_tune(self, key: str, base: nn.Module, plan, new_blocks: Sequence[int],
-                       trained_blocks: Sequence[int], epochs: int) -> tuple[nn.Module, MimicResult, float]:
+    def build_and_tune(
+        self, key: str, base: nn.Module, plan, new_blocks: Sequence[int], trained_blocks: Sequence[int], epochs: int
+    ) -> tuple[nn.Module, MimicResult, float]:
         """Surgery on new_blocks, then Eq. 3 fine-tuning for trained_blocks; returns (model, fit, seconds)."""
         start = time.perf_counter()
         model = self.build(base, plan, new_blocks)
@@ -151,18 +172,36 @@ class Engine:
         """Eq. 3, training the blocks up to the one right after the last compressed block."""
         last = len(self.adapter.blocks(model)) - 1
         upto = min(max(compressed) + 1, last)
-        return mimic(model, self.targets, self.images, self.config, epochs=epochs, upto=upto,
-                     seed=derived_seed(self.config.seed, key), accelerator=self.accelerator, desc=key)
+        return mimic(
+            model,
+            self.targets,
+            self.images,
+            self.config,
+            epochs=epochs,
+            upto=upto,
+            seed=derived_seed(self.config.seed, key),
+            accelerator=self.accelerator,
+            desc=key,
+        )
 
     def score(self, model: nn.Module, block: int, train_loss: float, seconds: float, process: int = 0) -> Trial:
         metric = self.config.metric
         if self.metric_set is None:
-            return Trial(block=block, score=train_loss, kl=float("nan"), train_loss=train_loss, seconds=seconds,
-                         process=process)
+            return Trial(
+                block=block, score=train_loss, kl=float("nan"), train_loss=train_loss, seconds=seconds, process=process
+            )
         x = self.metric_images
         kl = kl_score(self.metric_logits, model, x)
-        score = kl if metric == "kl" else train_loss if metric == "train_loss" else feature_mse(self.metric_features, model, x)
+        score = (
+            kl
+            if metric == "kl"
+            else train_loss
+            if metric == "train_loss"
+            else feature_mse(self.metric_features, model, x)
+        )
         if not (math.isfinite(kl) and math.isfinite(score)):  # a blown-up candidate would corrupt the ranking
-            raise ValueError(f"mimicking diverged: the candidate for block {block} scores {score:.4g} (kl {kl:.4g}) "
-                             f"on the synthetic set: lower --lr (now {self.config.lr:g})")
+            raise ValueError(
+                f"mimicking diverged: the candidate for block {block} scores {score:.4g} (kl {kl:.4g}) "
+                f"on the synthetic set: lower --lr (now {self.config.lr:g})"
+            )
         return Trial(block=block, score=score, kl=kl, train_loss=train_loss, seconds=seconds, process=process)

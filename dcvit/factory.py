@@ -1,4 +1,5 @@
 """Models by name: timm names, 'tv:NAME' for torchvision, or a directory written by `dcvit.save`."""
+
 from __future__ import annotations
 
 import sys
@@ -17,9 +18,17 @@ def create_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Modul
     """A timm model by name, or a torchvision one as 'tv:NAME'; the creation args are kept for `save`."""
     if name.startswith(TORCHVISION_PREFIX):
         import torchvision
-        model = torchvision.models.get_model(name[len(TORCHVISION_PREFIX):], weights="DEFAULT" if pretrained else None, **kwargs)
-        model.pretrained_cfg = {"input_size": (3, model.image_size, model.image_size), "mean": (0.485, 0.456, 0.406),
-                                "std": (0.229, 0.224, 0.225), "crop_pct": 0.875, "interpolation": "bilinear"}
+
+        model = torchvision.models.get_model(
+            name[len(TORCHVISION_PREFIX) :], weights="DEFAULT" if pretrained else None, **kwargs
+        )
+        model.pretrained_cfg = {
+            "input_size": (3, model.image_size, model.image_size),
+            "mean": (0.485, 0.456, 0.406),
+            "std": (0.229, 0.224, 0.225),
+            "crop_pct": 0.875,
+            "interpolation": "bilinear",
+        }
         return model
     model = timm.create_model(name, pretrained=pretrained, **kwargs)
     model.dcvit_base = {"source": "timm", "name": name.split(".")[0], "kwargs": kwargs}
@@ -30,6 +39,7 @@ def create_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Modul
 def _sync_input_size(model: nn.Module) -> None:
     """timm keeps the registered input size when img_size/in_chans are overridden; make the data config agree."""
     from .macs import default_input_size
+
     try:
         size = default_input_size(model)
     except ValueError:
@@ -62,16 +72,23 @@ def resolve_model(name_or_dir: str, weights: str = "auto") -> nn.Module:
         return load(path)
     known = name_or_dir.startswith(TORCHVISION_PREFIX) or timm.is_model(name_or_dir.split(".")[0])
     if not known:
-        raise ValueError(f"unknown model '{name_or_dir}': not a timm model name (see timm.list_models()), "
-                         f"'tv:NAME' for torchvision, nor a saved model directory")
+        raise ValueError(
+            f"unknown model '{name_or_dir}': not a timm model name (see timm.list_models()), "
+            f"'tv:NAME' for torchvision, nor a saved model directory"
+        )
     local = not name_or_dir.startswith(TORCHVISION_PREFIX) and _has_local_weights(name_or_dir)
     if weights == "pretrained" or (weights == "auto" and local):
         try:
             return create_model(name_or_dir, pretrained=True)
         except Exception as err:  # no network, no cache, or shipped weights not trained yet
             if weights == "pretrained":
-                raise ValueError(f"pretrained weights for {name_or_dir} are unavailable ({type(err).__name__}: "
-                                 f"{str(err).splitlines()[0][:160]}); pass a saved model directory instead") from None
-            print(f"dcvit: note: pretrained weights for {name_or_dir} unavailable ({type(err).__name__}); "
-                  f"using random init", file=sys.stderr)
+                raise ValueError(
+                    f"pretrained weights for {name_or_dir} are unavailable ({type(err).__name__}: "
+                    f"{str(err).splitlines()[0][:160]}); pass a saved model directory instead"
+                ) from None
+            print(
+                f"dcvit: note: pretrained weights for {name_or_dir} unavailable ({type(err).__name__}); "
+                f"using random init",
+                file=sys.stderr,
+            )
     return create_model(name_or_dir, pretrained=False)

@@ -5,6 +5,7 @@ The spec names the adapter, the base architecture and its config, the data confi
 edits, so `load` rebuilds the module offline and loads the weights. Every writer goes to a temporary file in
 the destination folder and is renamed into place, so an interrupted run never leaves a half-written file.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,10 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -86,8 +88,10 @@ def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> 
 
 def _refuse_pickle(path: Path) -> None:
     if path.suffix in PICKLE_SUFFIXES:
-        raise ModelFileError(f"refusing to load {path.name}: pickle files (.pt/.pth/.bin/...) are never unpickled; "
-                             f"accepted: a directory written by dcvit.save (model.safetensors + spec.json)")
+        raise ModelFileError(
+            f"refusing to load {path.name}: pickle files (.pt/.pth/.bin/...) are never unpickled; "
+            f"accepted: a directory written by dcvit.save (model.safetensors + spec.json)"
+        )
 
 
 def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -141,7 +145,10 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
     adapter = get_adapter(model)
     cfg = getattr(model, "pretrained_cfg", None) or {}
     return {
-        "format": FORMAT, "version": 1, "adapter": adapter.name, "base": adapter.base_spec(model),
+        "format": FORMAT,
+        "version": 1,
+        "adapter": adapter.name,
+        "base": adapter.base_spec(model),
         "edits": list(getattr(model, "dcvit_edits", [])),
         "data_config": {k: cfg[k] for k in DATA_CFG_KEYS if cfg.get(k) is not None},
     }
@@ -169,8 +176,10 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
 def _check_replaceable(path: Path) -> None:
     """Saving replaces a dcvit model directory (or an empty one); anything else there is the user's."""
     if (path.exists() or path.is_symlink()) and not (path.is_dir() and _is_model_dir(path)):
-        raise ValueError(f"refusing to save to {path}: it exists and is not a dcvit model directory "
-                         f"(only {SPEC} and {WEIGHTS} may be replaced); choose another path or remove it")
+        raise ValueError(
+            f"refusing to save to {path}: it exists and is not a dcvit model directory "
+            f"(only {SPEC} and {WEIGHTS} may be replaced); choose another path or remove it"
+        )
 
 
 def _is_model_dir(path: Path) -> bool:
@@ -242,7 +251,7 @@ def _remove_stale(target: Path) -> None:
     """Remove what killed saves of `target` left next to it: temp folders no live save holds, and the
     `.NAME.old` / `.NAME.XXXXXXXX` folders of earlier dcvit versions when they hold only model files."""
     for entry in target.parent.iterdir():
-        rest = entry.name[len(target.name) + 2:] if entry.name.startswith(f".{target.name}.") else None
+        rest = entry.name[len(target.name) + 2 :] if entry.name.startswith(f".{target.name}.") else None
         if rest is None or entry.is_symlink() or not entry.is_dir():
             continue
         if re.fullmatch(r"\w{8}" + re.escape(SAVE_SUFFIX), rest):
@@ -310,8 +319,15 @@ def read_spec(path: Path) -> dict[str, Any]:
 
 
 def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "true/false", int: "a number",
-             float: "a number", type(None): "null"}
+    names = {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "true/false",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }
     return names.get(type(value), type(value).__name__)
 
 
@@ -346,9 +362,12 @@ def _numbers(v: Any) -> bool:
 
 
 _DATA_FIELDS = {
-    "input_size": (lambda v: isinstance(v, list) and len(v) == 3 and all(_is_int(x) and x > 0 for x in v),
-                   "3 positive integers (C, H, W)"),
-    "mean": (_numbers, "a list of numbers"), "std": (_numbers, "a list of numbers"),
+    "input_size": (
+        lambda v: isinstance(v, list) and len(v) == 3 and all(_is_int(x) and x > 0 for x in v),
+        "3 positive integers (C, H, W)",
+    ),
+    "mean": (_numbers, "a list of numbers"),
+    "std": (_numbers, "a list of numbers"),
     "crop_pct": (lambda v: type(v) in (int, float) and 0 < v <= 10, "a number in (0, 10]"),
     "interpolation": (lambda v: isinstance(v, str), "a string"),
     "crop_mode": (lambda v: isinstance(v, str), "a string"),
@@ -359,8 +378,9 @@ _DATA_FIELDS = {
 def _check_data_config(path: Path, data_config: dict) -> None:
     for key, value in data_config.items():
         if key not in _DATA_FIELDS:
-            raise ModelFileError(f"{path}: data_config field {short(key)} is unknown "
-                                 f"(accepted: {', '.join(_DATA_FIELDS)})")
+            raise ModelFileError(
+                f"{path}: data_config field {short(key)} is unknown (accepted: {', '.join(_DATA_FIELDS)})"
+            )
         test, what = _DATA_FIELDS[key]
         if not test(value):
             raise ModelFileError(f"{path}: data_config '{key}' must be {what}, not {short(value)}")
@@ -387,8 +407,9 @@ def _meta_model(adapter: type[Adapter], spec: dict[str, Any], path: Path) -> nn.
         detail = _one_line(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {_one_line(err)}"
         raise ModelFileError(f"{path}: base refused: {detail}") from None
     if not adapter.matches(model):
-        raise ModelFileError(f"{path}: base builds a {type(model).__name__}, which adapter "
-                             f"'{adapter.name}' does not handle")
+        raise ModelFileError(
+            f"{path}: base builds a {type(model).__name__}, which adapter '{adapter.name}' does not handle"
+        )
     try:
         with torch.device("meta"):
             return replay_edits(model, spec["edits"])
@@ -402,9 +423,15 @@ def _check_weights(model: nn.Module, weights: Path) -> None:
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(expected.keys() - found.keys())
     unexpected = sorted(found.keys() - expected.keys())
-    wrong = [f"{k} {found[k]} (spec: {expected[k]})" for k in sorted(expected.keys() & found.keys())
-             if found[k] != expected[k]]
-    problems = [f"{label}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''} ({len(names)})"
-                for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if names]
+    wrong = [
+        f"{k} {found[k]} (spec: {expected[k]})"
+        for k in sorted(expected.keys() & found.keys())
+        if found[k] != expected[k]
+    ]
+    problems = [
+        f"{label}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''} ({len(names)})"
+        for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+        if names
+    ]
     if problems:
         raise ModelFileError(f"{weights} does not match {SPEC} ({'; '.join(problems)})")

@@ -4,13 +4,15 @@ Built on fvcore's jit-trace counter, with handlers for what it skips: fused atte
 (`scaled_dot_product_attention`, which timm uses for q·kᵀ and attn·v) and PyTorch's native
 multi-head-attention kernel. Per-block attention (with norm1) and MLP (without norm2) MACs feed Eq. 1-2.
 """
+
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from math import prod
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -56,7 +58,7 @@ def default_input_size(model: nn.Module) -> tuple[int, int, int]:
     return tuple(size)
 
 
-def _analysis(model: nn.Module, input_size: Optional[Sequence[int]]) -> FlopCountAnalysis:
+def _analysis(model: nn.Module, input_size: Sequence[int] | None) -> FlopCountAnalysis:
     size = tuple(input_size) if input_size is not None else default_input_size(model)
     if len(size) != 3:
         raise ValueError(f"input_size must be (C, H, W); got {size}")
@@ -89,7 +91,7 @@ def _by_module(model: nn.Module, input_size) -> dict[str, int]:
             raise ValueError(f"{type(model).__name__} does not run on input size {size}: {first}") from None
 
 
-def count_macs(model: nn.Module, input_size: Optional[Sequence[int]] = None) -> int:
+def count_macs(model: nn.Module, input_size: Sequence[int] | None = None) -> int:
     """MACs of one forward pass of one image."""
     return int(_by_module(model, input_size)[""])
 
@@ -97,10 +99,11 @@ def count_macs(model: nn.Module, input_size: Optional[Sequence[int]] = None) -> 
 @dataclass(frozen=True)
 class MacsProfile:
     """Total MACs and, per block, the attention side (norm1 + attention) and the MLP (without norm2)."""
+
     total: int
     attn: tuple[int, ...]
     mlp: tuple[int, ...]
-    blocks: tuple[int, ...]     # whole-block MACs (attention + MLP + norm2)
+    blocks: tuple[int, ...]  # whole-block MACs (attention + MLP + norm2)
     mlp_hidden: tuple[int, ...]  # hidden units of each block's MLP (0 for a dropped block)
     input_size: tuple[int, int, int]
 
@@ -109,7 +112,7 @@ class MacsProfile:
         return self.mlp[block] / self.mlp_hidden[block] if self.mlp_hidden[block] else 0.0
 
 
-def macs_profile(model: nn.Module, input_size: Optional[Sequence[int]] = None) -> MacsProfile:
+def macs_profile(model: nn.Module, input_size: Sequence[int] | None = None) -> MacsProfile:
     adapter = get_adapter(model)
     size = tuple(input_size) if input_size is not None else default_input_size(model)
     counts = _by_module(model, size)

@@ -6,13 +6,13 @@ and the blocks up to and including the one right after the last compressed block
 tail (final norm, head) are frozen. AdamW, cosine schedule, loss warm-up, gradient clipping applied.
 Accelerate places tensors and handles mixed precision.
 """
+
 from __future__ import annotations
 
 import math
 import random
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -33,7 +33,9 @@ class FewShotImages:
         items = [dataset[i][0] for i in range(len(dataset))]
         self.is_pil = not torch.is_tensor(items[0])
         if augment and not self.is_pil:
-            raise ValueError("augmentation needs PIL images; pass a dataset without a transform (e.g. dcvit.data.few_shot_subset)")
+            raise ValueError(
+                "augmentation needs PIL images; pass a dataset without a transform (e.g. dcvit.data.few_shot_subset)"
+            )
         self.raw = items
         self.augment = augment
         to_tensor = eval_transform(model) if self.is_pil else (lambda t: t)
@@ -47,7 +49,7 @@ class FewShotImages:
         """(indices, images) batches for one epoch, shuffled; augmented views when augmenting."""
         order = torch.randperm(len(self), generator=gen)
         for start in range(0, len(self), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             if self.augment:
                 yield idx, torch.stack([self.train_view(self.raw[i]) for i in idx.tolist()])
             else:
@@ -56,7 +58,7 @@ class FewShotImages:
 
 @dataclass(frozen=True)
 class MimicResult:
-    final_loss: float         # mean loss of the last epoch (the "few-shot training loss")
+    final_loss: float  # mean loss of the last epoch (the "few-shot training loss")
     losses: tuple[float, ...]  # per epoch
     seconds: float
     images_per_second: float
@@ -70,16 +72,16 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def trainable_parameters(model: nn.Module, upto: Optional[int]) -> list[nn.Parameter]:
+def trainable_parameters(model: nn.Module, upto: int | None) -> list[nn.Parameter]:
     """Embeddings and blocks 0..upto (all blocks if upto is None); never the tail (final norm, head)."""
     adapter = get_adapter(model)
     frozen = {id(p) for m in adapter.tail_modules(model) for p in m.parameters()}
     if upto is not None:
-        frozen |= {id(p) for b in adapter.blocks(model)[upto + 1:] for p in b.parameters()}
+        frozen |= {id(p) for b in adapter.blocks(model)[upto + 1 :] for p in b.parameters()}
     return [p for p in model.parameters() if id(p) not in frozen]
 
 
-def token_loss(student: torch.Tensor, teacher: torch.Tensor, tokens: str, cls_index: Optional[int]) -> torch.Tensor:
+def token_loss(student: torch.Tensor, teacher: torch.Tensor, tokens: str, cls_index: int | None) -> torch.Tensor:
     if tokens == "cls":
         if cls_index is None:
             raise ValueError("CLS-only mimicking needs a model with a class token")
@@ -103,17 +105,29 @@ class TeacherTokens:
         return self.cached[idx.to(self.cached.device)] if self.cached is not None else self.compute(x)
 
 
-def check_finite(epoch: int, loss: float, params: Optional[list[nn.Parameter]], lr: float) -> None:
+def check_finite(epoch: int, loss: float, params: list[nn.Parameter] | None, lr: float) -> None:
     """Stop a diverged fine-tune: its NaN model would otherwise be scored, checkpointed and saved."""
     weights_ok = not params or bool(torch.stack([torch.isfinite(p).all() for p in params]).all())  # one sync
     if not math.isfinite(loss) or not weights_ok:
         what = "" if weights_ok else ", non-finite weights"
-        raise ValueError(f"mimicking diverged at epoch {epoch} (loss {loss:.4g}{what}): lower --lr "
-                         f"(now {lr:g}; CompressConfig.lr in Python)")
+        raise ValueError(
+            f"mimicking diverged at epoch {epoch} (loss {loss:.4g}{what}): lower --lr "
+            f"(now {lr:g}; CompressConfig.lr in Python)"
+        )
 
 
-def mimic(student: nn.Module, targets: TeacherTokens, images: FewShotImages, config: CompressConfig, *,
-          epochs: int, upto: Optional[int], seed: int, accelerator, desc: str = "mimicking") -> MimicResult:
+def mimic(
+    student: nn.Module,
+    targets: TeacherTokens,
+    images: FewShotImages,
+    config: CompressConfig,
+    *,
+    epochs: int,
+    upto: int | None,
+    seed: int,
+    accelerator,
+    desc: str = "mimicking",
+) -> MimicResult:
     """Fine-tune `student` in place by Eq. 3; deterministic for a seed on CPU."""
     if not math.isfinite(config.lr):
         raise ValueError(f"lr must be a finite number; got {config.lr}")

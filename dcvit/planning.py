@@ -4,17 +4,17 @@ Eq. 1: n = ceil((M_o - M_p) / (M_attn + M_mlp)) blocks lose their attention;
 Eq. 2: their MLPs keep H' = floor((1 - r) * H) units, r = ((M_o - M_p) - n * M_attn) / (n * M_mlp).
 Per-block values are used, taking the blocks that save least, so any choice of n candidates fits the target.
 """
+
 from __future__ import annotations
 
 import math
-from fractions import Fraction
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from fractions import Fraction
 
 from torch import nn
 
 from .macs import MacsProfile, count_macs, macs_profile
-
 
 STRUCTURES = ("auto", "dcvit", "drop", "mlp")
 
@@ -24,12 +24,13 @@ class Plan:
     """What to compress. dcvit: n blocks lose their attention and keep mlp_hidden MLP units (Eq. 1-2);
     drop: n whole blocks; auto / mlp: the search chooses per-block edits in n_blocks progressive steps,
     so macs_planned is the target until the run has measured its model."""
+
     n_blocks: int
-    mlp_hidden: int            # kept hidden units per compressed block (for blocks of width mlp_hidden_original)
+    mlp_hidden: int  # kept hidden units per compressed block (for blocks of width mlp_hidden_original)
     remove_attention: bool
     macs_original: int
     macs_target: int
-    macs_planned: int          # measured on the compressed module, not taken from the formula
+    macs_planned: int  # measured on the compressed module, not taken from the formula
     candidate_blocks: tuple[int, ...]
     mlp_hidden_original: int
     input_size: tuple[int, int, int]
@@ -48,17 +49,23 @@ class Plan:
     def describe(self) -> str:
         if self.structure in ("auto", "mlp"):
             what = "any edit" if self.structure == "auto" else "MLP edits only"
-            return (f"structure search ({what}) over blocks {list(self.candidate_blocks)} in {self.n_blocks} steps; "
-                    f"MACs {self.macs_original / 1e6:.2f}M -> at most {self.macs_target / 1e6:.2f}M "
-                    f"({100 * self.macs_target / self.macs_original:.1f}%); the synthetic metric set chooses each "
-                    f"block's edit during compression")
+            return (
+                f"structure search ({what}) over blocks {list(self.candidate_blocks)} in {self.n_blocks} steps; "
+                f"MACs {self.macs_original / 1e6:.2f}M -> at most {self.macs_target / 1e6:.2f}M "
+                f"({100 * self.macs_target / self.macs_original:.1f}%); the synthetic metric set chooses each "
+                f"block's edit during compression"
+            )
         if self.structure == "drop":
-            return (f"drop {self.n_blocks} whole block(s); MACs {self.macs_original / 1e6:.2f}M -> "
-                    f"{self.macs_planned / 1e6:.2f}M ({100 * self.macs_planned / self.macs_original:.1f}%)")
+            return (
+                f"drop {self.n_blocks} whole block(s); MACs {self.macs_original / 1e6:.2f}M -> "
+                f"{self.macs_planned / 1e6:.2f}M ({100 * self.macs_planned / self.macs_original:.1f}%)"
+            )
         what = "attention removed" if self.remove_attention else "attention kept"
-        return (f"compress {self.n_blocks} block(s), {what}, MLP {self.mlp_hidden_original} -> {self.mlp_hidden} units; "
-                f"MACs {self.macs_original / 1e6:.2f}M -> {self.macs_planned / 1e6:.2f}M "
-                f"(target {self.macs_target / 1e6:.2f}M, {100 * self.macs_planned / self.macs_original:.1f}%)")
+        return (
+            f"compress {self.n_blocks} block(s), {what}, MLP {self.mlp_hidden_original} -> {self.mlp_hidden} units; "
+            f"MACs {self.macs_original / 1e6:.2f}M -> {self.macs_planned / 1e6:.2f}M "
+            f"(target {self.macs_target / 1e6:.2f}M, {100 * self.macs_planned / self.macs_original:.1f}%)"
+        )
 
 
 def resolve_target(target_macs: float, macs_original: int) -> int:
@@ -66,13 +73,17 @@ def resolve_target(target_macs: float, macs_original: int) -> int:
     try:
         target = float(target_macs)
     except (TypeError, ValueError):
-        raise ValueError(f"target MACs must be a number: a fraction in (0, 1) or absolute MACs; got {target_macs!r}") from None
+        raise ValueError(
+            f"target MACs must be a number: a fraction in (0, 1) or absolute MACs; got {target_macs!r}"
+        ) from None
     if not math.isfinite(target) or target <= 0:
         raise ValueError(f"target MACs must be positive: a fraction in (0, 1) or absolute MACs; got {target_macs}")
     absolute = int(target * macs_original) if target < 1 else int(target)
     if target == 1 or absolute >= macs_original:
-        raise ValueError(f"target MACs {target_macs} is not below the original model's {macs_original} MACs; "
-                         f"give a fraction in (0, 1) or fewer MACs")
+        raise ValueError(
+            f"target MACs {target_macs} is not below the original model's {macs_original} MACs; "
+            f"give a fraction in (0, 1) or fewer MACs"
+        )
     return absolute
 
 
@@ -84,8 +95,9 @@ def default_candidates(num_blocks: int) -> tuple[int, ...]:
 def block_drop_macs(model: nn.Module, drop: int) -> int:
     """MACs after dropping the first `drop` default candidate blocks: the equal-MACs point at which DC-ViT and
     block dropping are compared (the demo, `dcvit bench`, the compression benchmark)."""
-    from .surgery import drop_blocks
     from .arch import get_adapter
+    from .surgery import drop_blocks
+
     candidates = default_candidates(len(get_adapter(model).blocks(model)))
     return count_macs(drop_blocks(model, candidates[:drop]))
 
@@ -100,7 +112,7 @@ def _least_saving_first(profile: MacsProfile, candidates: Sequence[int]) -> list
     return sorted(candidates, key=lambda b: profile.attn[b] + profile.mlp[b])
 
 
-def _candidates(profile: MacsProfile, candidate_blocks: Optional[Sequence[int]]) -> tuple[int, ...]:
+def _candidates(profile: MacsProfile, candidate_blocks: Sequence[int] | None) -> tuple[int, ...]:
     """The given candidate blocks, checked, or the default ones."""
     num_blocks = len(profile.attn)
     candidates = tuple(candidate_blocks) if candidate_blocks is not None else default_candidates(num_blocks)
@@ -112,7 +124,7 @@ def _candidates(profile: MacsProfile, candidate_blocks: Optional[Sequence[int]])
     return candidates
 
 
-def _structure(profile: MacsProfile, candidates: Sequence[int], delta: int, forced: Optional[int]):
+def _structure(profile: MacsProfile, candidates: Sequence[int], delta: int, forced: int | None):
     """(n, remove_attention, kept units) for a MACs reduction `delta`, or None if n blocks cannot reach it."""
     # Conservative order: blocks that save the least first, so the plan fits whichever blocks are picked.
     order = _least_saving_first(profile, candidates)
@@ -120,8 +132,9 @@ def _structure(profile: MacsProfile, candidates: Sequence[int], delta: int, forc
     if forced is None and delta < min(profile.attn[b] for b in order) and delta < profile.mlp[order[0]]:
         # Less than one attention module: keep every attention, narrow one MLP (dense small reductions).
         return 1, False, hidden - math.ceil(Fraction(delta) / Fraction(profile.mlp[order[0]], hidden))
-    n = forced or next(k for k in range(1, len(order) + 1)
-                       if sum(profile.attn[b] + profile.mlp[b] for b in order[:k]) >= delta)
+    n = forced or next(
+        k for k in range(1, len(order) + 1) if sum(profile.attn[b] + profile.mlp[b] for b in order[:k]) >= delta
+    )
     chosen = order[:n]
     mlp_savings_needed = max(0, delta - sum(profile.attn[b] for b in chosen))
     # Eq. 2 in exact arithmetic, so that floor() never rounds a width up past the target.
@@ -130,8 +143,14 @@ def _structure(profile: MacsProfile, candidates: Sequence[int], delta: int, forc
     return n, True, kept
 
 
-def plan(model: nn.Module, target_macs: float, *, blocks: Optional[int] = None,
-         input_size: Optional[Sequence[int]] = None, candidate_blocks: Optional[Sequence[int]] = None) -> Plan:
+def plan(
+    model: nn.Module,
+    target_macs: float,
+    *,
+    blocks: int | None = None,
+    input_size: Sequence[int] | None = None,
+    candidate_blocks: Sequence[int] | None = None,
+) -> Plan:
     """Plan the compressed structure for `target_macs` (fraction in (0, 1), or absolute MACs).
 
     `blocks=n` forces the number of compressed blocks. Raises ValueError for unreachable targets.
@@ -143,9 +162,11 @@ def plan(model: nn.Module, target_macs: float, *, blocks: Optional[int] = None,
     target = resolve_target(target_macs, profile.total)
     floor = floor_macs(profile, candidates)
     if target < floor:
-        raise ValueError(f"target {target / 1e6:.3f}M MACs is below the floor of {floor / 1e6:.3f}M MACs "
-                         f"({100 * floor / profile.total:.1f}% of the original: all {len(candidates)} candidate "
-                         f"blocks without attention and with 1 MLP unit)")
+        raise ValueError(
+            f"target {target / 1e6:.3f}M MACs is below the floor of {floor / 1e6:.3f}M MACs "
+            f"({100 * floor / profile.total:.1f}% of the original: all {len(candidates)} candidate "
+            f"blocks without attention and with 1 MLP unit)"
+        )
     if blocks is not None and not 1 <= blocks <= len(candidates):
         raise ValueError(f"blocks must be between 1 and {len(candidates)} (the candidate blocks); got {blocks}")
 
@@ -155,20 +176,31 @@ def plan(model: nn.Module, target_macs: float, *, blocks: Optional[int] = None,
         # Degenerate plan (plain block dropping): compress one more block instead, as the paper's matched-MACs runs do.
         n, remove_attention, kept = _structure(profile, candidates, delta, n + 1)
     if kept <= 0:
-        raise ValueError(f"compressing {n} blocks leaves no MLP units to reach {target} MACs; "
-                         f"use more blocks (blocks={n + 1}) or drop_blocks for plain block dropping")
+        raise ValueError(
+            f"compressing {n} blocks leaves no MLP units to reach {target} MACs; "
+            f"use more blocks (blocks={n + 1}) or drop_blocks for plain block dropping"
+        )
     hidden = profile.mlp_hidden[candidates[0]]
-    draft = Plan(n, min(kept, hidden), remove_attention, profile.total, target, 0, candidates, hidden, profile.input_size)
+    draft = Plan(
+        n, min(kept, hidden), remove_attention, profile.total, target, 0, candidates, hidden, profile.input_size
+    )
     order = _least_saving_first(profile, candidates)[:n]
     planned = count_macs(apply_plan(model, draft, order), profile.input_size)
     if planned > target * 1.01:  # the formula's per-block estimate went wrong: never miss the target silently
-        raise ValueError(f"the plan reaches {planned / 1e6:.3f}M MACs, more than 1% above the target of "
-                         f"{target / 1e6:.3f}M MACs; try other candidate blocks or blocks=n")
+        raise ValueError(
+            f"the plan reaches {planned / 1e6:.3f}M MACs, more than 1% above the target of "
+            f"{target / 1e6:.3f}M MACs; try other candidate blocks or blocks=n"
+        )
     return Plan(**{**draft.__dict__, "macs_planned": planned})
 
 
-def plan_block_drop(model: nn.Module, target_macs: float, *, input_size: Optional[Sequence[int]] = None,
-                    candidate_blocks: Optional[Sequence[int]] = None) -> Plan:
+def plan_block_drop(
+    model: nn.Module,
+    target_macs: float,
+    *,
+    input_size: Sequence[int] | None = None,
+    candidate_blocks: Sequence[int] | None = None,
+) -> Plan:
     """The block-dropping baseline's structure: the fewest whole candidate blocks whose removal reaches the target."""
     from .surgery import drop_blocks
 
@@ -186,9 +218,15 @@ def plan_block_drop(model: nn.Module, target_macs: float, *, input_size: Optiona
     raise ValueError(f"dropping all {len(candidates)} candidate blocks cannot reach {target} MACs")
 
 
-def plan_search(model: nn.Module, target_macs: float, *, structure: str = "auto", steps: Optional[int] = None,
-                input_size: Optional[Sequence[int]] = None,
-                candidate_blocks: Optional[Sequence[int]] = None) -> Plan:
+def plan_search(
+    model: nn.Module,
+    target_macs: float,
+    *,
+    structure: str = "auto",
+    steps: int | None = None,
+    input_size: Sequence[int] | None = None,
+    candidate_blocks: Sequence[int] | None = None,
+) -> Plan:
     """The structure search's plan: the target, the candidate blocks (default: all) and the step count
     (default: one step per average block's worth of MACs removed, 1 to 8, so the search fine-tunes about as
     often as DC-ViT, which compresses one block per step). Raises ValueError for unreachable targets."""
@@ -204,8 +242,10 @@ def plan_search(model: nn.Module, target_macs: float, *, structure: str = "auto"
         floor = profile.total - sum(profile.blocks[b] - profile.attn[b] for b in candidates)
         what = "every candidate MLP removed"
     if target < floor:
-        raise ValueError(f"target {target / 1e6:.3f}M MACs is below the floor of {floor / 1e6:.3f}M MACs "
-                         f"({100 * floor / profile.total:.1f}% of the original: {what})")
+        raise ValueError(
+            f"target {target / 1e6:.3f}M MACs is below the floor of {floor / 1e6:.3f}M MACs "
+            f"({100 * floor / profile.total:.1f}% of the original: {what})"
+        )
     if steps is None:
         block = sum(profile.blocks) / len(profile.blocks)
         steps = min(8, max(1, round((profile.total - target) / block)))

@@ -3,6 +3,7 @@
 score_b = mean over synthetic images of KL(p_teacher || p_b); lower means the candidate is more recoverable.
 The block-wise trial that fine-tunes each candidate and calls these lives in `dcvit.driver`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,11 +18,11 @@ from .arch import get_adapter
 @dataclass(frozen=True)
 class Trial:
     block: int
-    score: float        # the selection metric (Eq. 6 by default); lower is better
-    kl: float           # KL(teacher || candidate) on the synthetic set, whatever the metric
-    train_loss: float   # final few-shot mimicking loss
+    score: float  # the selection metric (Eq. 6 by default); lower is better
+    kl: float  # KL(teacher || candidate) on the synthetic set, whatever the metric
+    train_loss: float  # final few-shot mimicking loss
     seconds: float
-    process: int = 0    # which Accelerate process ran it
+    process: int = 0  # which Accelerate process ran it
 
 
 @torch.no_grad()

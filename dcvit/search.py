@@ -18,20 +18,22 @@ worth of MACs removed) (Algorithm 1's shape, with the structure chosen per step)
 4. Apply them, fine-tune by feature mimicking (Eq. 3), checkpoint, repeat until the target is met.
 Labels and test data are never used.
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .macs import MacsProfile, count_macs, macs_profile
 from .scoring import kl_score
-from .surgery import _parts, block_state, edit_block, edit_blocks, random_units
+from .surgery import block_state, edit_block, edit_blocks, random_units
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
@@ -45,11 +47,12 @@ KNAPSACK_RESOLUTION = 1000  # MACs buckets: savings are rounded down to need / 1
 @dataclass(frozen=True)
 class Edit:
     """One candidate change of one block: keep attention or not, keep `units` MLP hidden units."""
+
     block: int
     attention: bool
     units: int
-    saved: int            # MACs it saves on the current model (from the MACs profile, exact for these layers)
-    score: float          # KL increase on the synthetic set (Eq. 6): zero-shot, or after a trial fine-tune
+    saved: int  # MACs it saves on the current model (from the MACs profile, exact for these layers)
+    score: float  # KL increase on the synthetic set (Eq. 6): zero-shot, or after a trial fine-tune
     confirmed: bool = False
 
     def describe(self, width: int) -> str:
@@ -59,8 +62,9 @@ class Edit:
         return ", ".join(part for part in ("attention removed" if not self.attention else "", mlp) if part)
 
 
-def block_savings(profile: MacsProfile, block: int, has_attention: bool, width: int, attention: bool,
-                  units: int) -> int:
+def block_savings(
+    profile: MacsProfile, block: int, has_attention: bool, width: int, attention: bool, units: int
+) -> int:
     """MACs saved when a block at (has_attention, width) becomes (attention, units)."""
     if not attention and units == 0:
         return profile.blocks[block]
@@ -87,18 +91,23 @@ def unit_importance(model: nn.Module, adapter, blocks: Sequence[int], images: to
     sums, hooks = {}, []
     for b in blocks:
         _, fc2 = adapter.mlp_linears(adapter.blocks(model)[b])
-        hooks.append(fc2.register_forward_hook(
-            lambda m, inputs, out, b=b: sums.__setitem__(b, inputs[0].abs().flatten(0, -2).mean(0))))
+        hooks.append(
+            fc2.register_forward_hook(
+                lambda m, inputs, out, b=b: sums.__setitem__(b, inputs[0].abs().flatten(0, -2).mean(0))
+            )
+        )
     try:
         model.eval()(images)
     finally:
         for h in hooks:
             h.remove()
-    return {b: sums[b].float().cpu() * adapter.mlp_linears(adapter.blocks(model)[b])[1].weight.norm(dim=0).float().cpu()
-            for b in blocks}
+    return {
+        b: sums[b].float().cpu() * adapter.mlp_linears(adapter.blocks(model)[b])[1].weight.norm(dim=0).float().cpu()
+        for b in blocks
+    }
 
 
-def kept_units(width: int, units: int, importance: Optional[torch.Tensor], seed: int, block: int) -> Optional[list[int]]:
+def kept_units(width: int, units: int, importance: torch.Tensor | None, seed: int, block: int) -> list[int] | None:
     """Which of a block's current units stay: the most important, or a seeded random subset."""
     if units == width:
         return None
@@ -146,8 +155,8 @@ def choose(edits: Sequence[Edit], need: int) -> list[Edit]:
     unit = max(1, math.ceil(need / KNAPSACK_RESOLUTION))
     cap = math.ceil(need / unit)
     inf = float("inf")
-    best = [0.0] + [inf] * cap                    # least score that saves >= j buckets
-    back: list[list[Optional[tuple[Edit, int]]]] = []
+    best = [0.0] + [inf] * cap  # least score that saves >= j buckets
+    back: list[list[tuple[Edit, int] | None]] = []
     for block in sorted({e.block for e in edits}):
         options = [e for e in edits if e.block == block]
         new, choice = list(best), [None] * (cap + 1)
@@ -173,7 +182,7 @@ def choose(edits: Sequence[Edit], need: int) -> list[Edit]:
 class Search:
     """One auto/mlp compression run on an Engine (teacher, shots, metric set, workspace)."""
 
-    def __init__(self, engine: "Engine", plan: "Plan"):
+    def __init__(self, engine: Engine, plan: Plan):
         self.engine, self.plan = engine, plan
         self.config, self.adapter = engine.config, engine.adapter
         self.mlp_only = plan.structure == "mlp"
@@ -191,7 +200,9 @@ class Search:
             if isinstance(blocks[b], nn.Identity):
                 continue
             has_attention, width = block_state(self.adapter, blocks[b])
-            out += [(b, a, u, has_attention, width) for a, u in menu(has_attention, width, self.original[b], self.mlp_only)]
+            out += [
+                (b, a, u, has_attention, width) for a, u in menu(has_attention, width, self.original[b], self.mlp_only)
+            ]
         return out
 
     def edited(self, model: nn.Module, block: int, attention: bool, units: int, importance) -> nn.Module:
@@ -237,11 +248,16 @@ class Search:
                 candidate = self._apply(model, [e], importance)
                 fit = self.engine.fine_tune(candidate, [e.block], self.config.epochs_per_trial, key)
                 kl = kl_score(self.engine.metric_logits, candidate, self.engine.metric_images)
-                self.engine.workspace.save(key, candidate, {"kl": kl, "train_loss": fit.final_loss,
-                                                             "seconds": time.perf_counter() - start})
+                self.engine.workspace.save(
+                    key, candidate, {"kl": kl, "train_loss": fit.final_loss, "seconds": time.perf_counter() - start}
+                )
             confirmed[(e.block, e.attention, e.units)] = self.engine.workspace.meta(key)["kl"]
-        return [Edit(e.block, e.attention, e.units, e.saved, confirmed[(e.block, e.attention, e.units)], True)
-                if (e.block, e.attention, e.units) in confirmed else e for e in edits]
+        return [
+            Edit(e.block, e.attention, e.units, e.saved, confirmed[(e.block, e.attention, e.units)], True)
+            if (e.block, e.attention, e.units) in confirmed
+            else e
+            for e in edits
+        ]
 
     # --- 3-4. choose, apply, fine-tune ----------------------------------------------------------------
     def _apply(self, model: nn.Module, edits: Sequence[Edit], importance: dict) -> nn.Module:
@@ -268,10 +284,16 @@ class Search:
         chosen = choose(edits, need)
         new = self._apply(model, chosen, importance)
         fit = self.engine.fine_tune(new, [e.block for e in chosen] or [0], self.config.epochs, key)
-        meta = {"step": index, "need": need, "macs": count_macs(new, self.plan.input_size),
-                "chosen": [asdict(e) for e in chosen], "scored": [asdict(e) for e in edits],
-                "train_loss": fit.final_loss, "seconds": time.perf_counter() - start,
-                "images_per_second": fit.images_per_second}
+        meta = {
+            "step": index,
+            "need": need,
+            "macs": count_macs(new, self.plan.input_size),
+            "chosen": [asdict(e) for e in chosen],
+            "scored": [asdict(e) for e in edits],
+            "train_loss": fit.final_loss,
+            "seconds": time.perf_counter() - start,
+            "images_per_second": fit.images_per_second,
+        }
         self.engine.workspace.save(key, new, meta)
         return self.engine.workspace.load(key), meta
 

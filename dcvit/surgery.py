@@ -7,10 +7,11 @@ columns of fc2 (weight), fc2's bias whole. A block without its MLP computes ``x 
 block without both is dropped (identity). Every edit is recorded on the returned model (``model.dcvit_edits``)
 so `dcvit.load` can rebuild it. The input model is never modified.
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Iterable, Mapping, Optional, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -87,7 +88,7 @@ def _replace(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
     _set_submodule(root, name, new)
 
 
-def edit_block(adapter: Adapter, block: nn.Module, attention: bool, units: Optional[Sequence[int]]) -> nn.Module:
+def edit_block(adapter: Adapter, block: nn.Module, attention: bool, units: Sequence[int] | None) -> nn.Module:
     """A new block from `block`: attention kept or removed, and `units` (indices into its current MLP hidden
     units) kept, None meaning all of them and [] none. A block left with neither is dropped (identity)."""
     has_attention, width = block_state(adapter, block)
@@ -114,7 +115,7 @@ def edit_block(adapter: Adapter, block: nn.Module, attention: bool, units: Optio
     return block
 
 
-def _edit_in_place(model: nn.Module, edits: Mapping[int, tuple[bool, Optional[Sequence[int]]]]) -> nn.Module:
+def _edit_in_place(model: nn.Module, edits: Mapping[int, tuple[bool, Sequence[int] | None]]) -> nn.Module:
     adapter = get_adapter(model)
     num_blocks = len(adapter.blocks(model))
     for i, (attention, units) in sorted(edits.items()):
@@ -125,7 +126,7 @@ def _edit_in_place(model: nn.Module, edits: Mapping[int, tuple[bool, Optional[Se
     return model
 
 
-def edit_blocks(model: nn.Module, edits: Mapping[int, tuple[bool, Optional[Sequence[int]]]]) -> nn.Module:
+def edit_blocks(model: nn.Module, edits: Mapping[int, tuple[bool, Sequence[int] | None]]) -> nn.Module:
     """A copy of `model` with block i edited to edits[i] = (attention kept, kept MLP unit indices or None)."""
     get_adapter(model)
     return _edit_in_place(_edited_copy(model), edits)
@@ -147,8 +148,9 @@ def compress_blocks(model: nn.Module, units: Mapping[int, Sequence[int]], remove
     return edit_blocks(model, {b: (not remove_attention, kept) for b, kept in units.items()})
 
 
-def apply_plan(model: nn.Module, plan, blocks: Iterable[int], seed: int = 0,
-               units: Optional[Mapping[int, Sequence[int]]] = None) -> nn.Module:
+def apply_plan(
+    model: nn.Module, plan, blocks: Iterable[int], seed: int = 0, units: Mapping[int, Sequence[int]] | None = None
+) -> nn.Module:
     """Compress `blocks` as `plan` says: attention removed (if planned) and `plan.mlp_hidden` random units kept.
 
     `units` overrides the random choice per block (used by the activation-based-choice ablation).
@@ -194,7 +196,9 @@ def activation_units(model: nn.Module, block: int, images: torch.Tensor, keep: i
     adapter = get_adapter(model)
     fc1, _ = adapter.mlp_linears(adapter.blocks(model)[block])
     totals = []
-    handle = fc1.register_forward_hook(lambda m, i, out: totals.append(torch.nn.functional.gelu(out).abs().flatten(0, -2).mean(0)))
+    handle = fc1.register_forward_hook(
+        lambda m, i, out: totals.append(torch.nn.functional.gelu(out).abs().flatten(0, -2).mean(0))
+    )
     try:
         model.eval()(images)
     finally:

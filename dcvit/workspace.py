@@ -3,12 +3,13 @@
 A step counts as done only once its meta.json exists, and that file is written last (atomically), so a run
 killed at any moment resumes from the last finished step and redoes at most the one it was in.
 """
+
 from __future__ import annotations
 
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from torch import nn
 
@@ -32,7 +33,7 @@ def _differences(saved: dict, settings: dict) -> list[str]:
 
 
 class Workspace:
-    def __init__(self, root: Optional[Path], settings: dict[str, Any], resume: bool = False, is_main: bool = True):
+    def __init__(self, root: Path | None, settings: dict[str, Any], resume: bool = False, is_main: bool = True):
         self.temporary = root is None
         # A folder this run made and finished no step in is removed again on failure (see cleanup).
         self.created = root is not None and is_main and not Path(root).exists()
@@ -41,17 +42,21 @@ class Workspace:
         settings_file = self.root / "settings.json"
         if settings_file.is_file():
             if not resume:
-                raise ValueError(f"{self.root} already holds a run; pass resume=True (--resume) to continue it, "
-                                 f"or choose another folder")
+                raise ValueError(
+                    f"{self.root} already holds a run; pass resume=True (--resume) to continue it, "
+                    f"or choose another folder"
+                )
             saved = read_json(settings_file)
             if saved != settings:
                 changed = _differences(saved, settings)
-                raise ValueError(f"cannot resume {self.root}: settings differ from the saved run ({', '.join(changed)})")
+                raise ValueError(
+                    f"cannot resume {self.root}: settings differ from the saved run ({', '.join(changed)})"
+                )
         elif is_main:
             write_json(settings_file, settings)
 
     @classmethod
-    def existing(cls, root: Path) -> "Workspace":
+    def existing(cls, root: Path) -> Workspace:
         """A finished or running run's folder, to read its steps and candidates by name."""
         settings_file = Path(root) / "settings.json"
         if not settings_file.is_file():

@@ -11,6 +11,7 @@ the block-dropping baseline. Writes OUT/target-X/{model,result.json} per target,
 OUT/checkpoints (rerun with --resume after an interruption). --epochs, --synth-images, ... override the
 preset's sizes (tiny values check the wiring in seconds). One file: copy it anywhere dcvit is installed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,10 @@ from pathlib import Path
 
 import dcvit
 
-PRESETS = {"paper": {},  # CompressConfig.paper(): 2000 epochs per step and per trial, lr 3e-5, batch 64, RandAugment
-           "quick": {"epochs": 100, "trial_epochs": 20, "synth_iterations": 200}}
+PRESETS = {
+    "paper": {},  # CompressConfig.paper(): 2000 epochs per step and per trial, lr 3e-5, batch 64, RandAugment
+    "quick": {"epochs": 100, "trial_epochs": 20, "synth_iterations": 200},
+}
 TARGETS = (0.9, 0.83, 0.75, 0.67)
 SIZES = ("epochs", "trial_epochs", "batch_size", "synth_images", "synth_iterations", "search_steps")
 DATASETS = ("imagefolder", "cifar10", "cifar100", "fashion-mnist")
@@ -52,17 +55,39 @@ def positive_int(text: str) -> int:
 
 def build_parser() -> Parser:
     p = Parser(prog=Path(__file__).name, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="vit_base_patch16_224", help="timm model name (pretrained weights are "
-                   "loaded) or a dcvit.save directory (default vit_base_patch16_224)")
-    p.add_argument("--targets", type=target, nargs="+", default=list(TARGETS), metavar="T", help="target MACs, "
-                   f"each a fraction in (0, 1) or absolute MACs (default {' '.join(map(str, TARGETS))})")
-    p.add_argument("--data", required=True, help="an ImageFolder root (PATH/train is used when present) or "
-                   f"KIND:PATH, KIND one of {', '.join(DATASETS)}; labels are never used")
+    p.add_argument(
+        "--model",
+        default="vit_base_patch16_224",
+        help="timm model name (pretrained weights are loaded) or a dcvit.save directory (default vit_base_patch16_224)",
+    )
+    p.add_argument(
+        "--targets",
+        type=target,
+        nargs="+",
+        default=list(TARGETS),
+        metavar="T",
+        help=f"target MACs, each a fraction in (0, 1) or absolute MACs (default {' '.join(map(str, TARGETS))})",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        help="an ImageFolder root (PATH/train is used when present) or "
+        f"KIND:PATH, KIND one of {', '.join(DATASETS)}; labels are never used",
+    )
     p.add_argument("--shots", type=positive_int, default=100, help="unlabeled training images (default 100)")
-    p.add_argument("--structure", choices=("auto", "dcvit", "drop", "mlp"), default="auto",
-                   help="what blocks may lose (default auto; see above)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="paper: the paper's settings (2000 "
-                   "epochs, lr 3e-5, batch 64, RandAugment); quick: 100 epochs per step, 20 per trial (default paper)")
+    p.add_argument(
+        "--structure",
+        choices=("auto", "dcvit", "drop", "mlp"),
+        default="auto",
+        help="what blocks may lose (default auto; see above)",
+    )
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="paper",
+        help="paper: the paper's settings (2000 "
+        "epochs, lr 3e-5, batch 64, RandAugment); quick: 100 epochs per step, 20 per trial (default paper)",
+    )
     p.add_argument("--out", required=True, help="output folder (checkpoints go to OUT/checkpoints)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--seed", type=int, default=0, help="few-shot sampling and training seed (default 0)")
@@ -74,8 +99,9 @@ def build_parser() -> Parser:
 
 def config_for(args) -> dcvit.CompressConfig:
     sizes = {k: getattr(args, k) for k in SIZES if getattr(args, k) is not None}
-    config = dcvit.CompressConfig.paper(**{**PRESETS[args.preset], **sizes}, seed=args.seed,
-                                        progress=sys.stderr.isatty())
+    config = dcvit.CompressConfig.paper(
+        **{**PRESETS[args.preset], **sizes}, seed=args.seed, progress=sys.stderr.isatty()
+    )
     return config.replace(**dcvit.BLOCK_DROP) if args.structure == "drop" else config.replace(structure=args.structure)
 
 
@@ -100,13 +126,25 @@ def write_json(path: Path, obj) -> None:
 def save_result(result: dcvit.CompressionResult, target_macs: float, folder: Path, **extra) -> dict:
     """FOLDER/model (dcvit.load-able) and FOLDER/result.json; returns the summary written there."""
     plan, model_dir = result.plan, dcvit.save(result.model, folder / "model")
-    summary = {"target": target_macs, "model_dir": str(model_dir), "macs": result.macs,
-               "macs_original": plan.macs_original, "macs_fraction": result.macs / plan.macs_original,
-               "blocks": list(result.blocks), "structure_kind": plan.structure, "structure": list(result.structure),
-               "describe": result.describe(), "plan": plan.describe(), "mlp_hidden": plan.mlp_hidden,
-               "mlp_hidden_original": plan.mlp_hidden_original, "remove_attention": plan.remove_attention,
-               "scores": {str(b): s for b, s in result.scores.items()}, "seconds": result.seconds,
-               "history": list(result.history), **extra}
+    summary = {
+        "target": target_macs,
+        "model_dir": str(model_dir),
+        "macs": result.macs,
+        "macs_original": plan.macs_original,
+        "macs_fraction": result.macs / plan.macs_original,
+        "blocks": list(result.blocks),
+        "structure_kind": plan.structure,
+        "structure": list(result.structure),
+        "describe": result.describe(),
+        "plan": plan.describe(),
+        "mlp_hidden": plan.mlp_hidden,
+        "mlp_hidden_original": plan.mlp_hidden_original,
+        "remove_attention": plan.remove_attention,
+        "scores": {str(b): s for b, s in result.scores.items()},
+        "seconds": result.seconds,
+        "history": list(result.history),
+        **extra,
+    }
     write_json(folder / "result.json", summary)
     return summary
 
@@ -133,10 +171,21 @@ def run(args) -> list[dict]:
     results = dcvit.compress_family(model, plans, data, config, workdir=out / "checkpoints", resume=args.resume)
     if int(os.environ.get("RANK", 0)) > 0:  # under `accelerate launch`, only the main process writes
         return []
-    summaries = [save_result(r, t, out / f"target-{label}", shots=args.shots, preset=args.preset)
-                 for label, t, r in zip(labels, args.targets, results)]
-    write_json(out / "family.json", {"model": args.model, "data": spec, "shots": args.shots, "preset": args.preset,
-                                     "config": config.as_dict(), "family": summaries})
+    summaries = [
+        save_result(r, t, out / f"target-{label}", shots=args.shots, preset=args.preset)
+        for label, t, r in zip(labels, args.targets, results)
+    ]
+    write_json(
+        out / "family.json",
+        {
+            "model": args.model,
+            "data": spec,
+            "shots": args.shots,
+            "preset": args.preset,
+            "config": config.as_dict(),
+            "family": summaries,
+        },
+    )
     print(table(summaries))
     print(f"models: {out}/target-*/model (dcvit.load), summary: {out / 'family.json'}")
     return summaries

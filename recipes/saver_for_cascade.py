@@ -14,6 +14,7 @@ dcvit is the paper's structure, mlp edits MLPs only, drop is the block-dropping 
 override the preset's sizes (tiny values check the wiring in seconds). One file: copy it anywhere dcvit is
 installed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,10 @@ import dcvit
 from dcvit.studies.companions import cascade_study, check_saver
 from dcvit.studies.report import study_summary, write_study
 
-PRESETS = {"paper": {},  # CompressConfig.paper(): 2000 epochs per step and per trial, lr 3e-5, batch 64, RandAugment
-           "quick": {"epochs": 100, "trial_epochs": 20, "synth_iterations": 200}}
+PRESETS = {
+    "paper": {},  # CompressConfig.paper(): 2000 epochs per step and per trial, lr 3e-5, batch 64, RandAugment
+    "quick": {"epochs": 100, "trial_epochs": 20, "synth_iterations": 200},
+}
 TARGETS = (0.5, 0.3)
 SIZES = ("epochs", "trial_epochs", "batch_size", "synth_images", "synth_iterations", "search_steps")
 DATASETS = ("imagefolder", "cifar10", "cifar100", "fashion-mnist")
@@ -57,27 +60,69 @@ def positive_int(text: str) -> int:
 
 def build_parser() -> Parser:
     p = Parser(prog=Path(__file__).name, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--big", default="vit_base_patch16_224", help="the big model: timm name (pretrained weights "
-                   "are loaded) or a dcvit.save directory (default vit_base_patch16_224)")
-    p.add_argument("--targets", type=target, nargs="+", default=list(TARGETS), metavar="T", help="MACs of the "
-                   f"compressed companions, fractions of the big model's (default {' '.join(map(str, TARGETS))})")
-    p.add_argument("--extra-savers", nargs="+", default=[], metavar="NAME",
-                   help="more candidates: timm names (pretrained) or dcvit.save directories")
-    p.add_argument("--calibration-size", type=positive_int, default=dcvit.CALIBRATION_SIZE, help="held-out training "
-                   f"images for saver choice and threshold calibration (default {dcvit.CALIBRATION_SIZE})")
-    p.add_argument("--max-acc-drop", type=float, default=0.0, help="tolerated top-1 drop vs the big model, "
-                   "a fraction in [0, 1) (0.01 = 1 point; default 0 = lossless)")
-    p.add_argument("--confidence", type=float, default=0.95, help="one-sided confidence in [0.5, 1) that the cascade "
-                   "stays within --max-acc-drop on new data (default 0.95; 0: compare measured accuracies)")
-    p.add_argument("--speed-images", type=positive_int, default=2000,
-                   help="test images for the timed cascade (default 2000)")
-    p.add_argument("--data", required=True, help="an ImageFolder root (PATH/train is used when present) or "
-                   f"KIND:PATH, KIND one of {', '.join(DATASETS)}; labels are never used")
+    p.add_argument(
+        "--big",
+        default="vit_base_patch16_224",
+        help="the big model: timm name (pretrained weights "
+        "are loaded) or a dcvit.save directory (default vit_base_patch16_224)",
+    )
+    p.add_argument(
+        "--targets",
+        type=target,
+        nargs="+",
+        default=list(TARGETS),
+        metavar="T",
+        help=f"MACs of the compressed companions, fractions of the big model's (default {' '.join(map(str, TARGETS))})",
+    )
+    p.add_argument(
+        "--extra-savers",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="more candidates: timm names (pretrained) or dcvit.save directories",
+    )
+    p.add_argument(
+        "--calibration-size",
+        type=positive_int,
+        default=dcvit.CALIBRATION_SIZE,
+        help=f"held-out training images for saver choice and threshold calibration (default {dcvit.CALIBRATION_SIZE})",
+    )
+    p.add_argument(
+        "--max-acc-drop",
+        type=float,
+        default=0.0,
+        help="tolerated top-1 drop vs the big model, a fraction in [0, 1) (0.01 = 1 point; default 0 = lossless)",
+    )
+    p.add_argument(
+        "--confidence",
+        type=float,
+        default=0.95,
+        help="one-sided confidence in [0.5, 1) that the cascade "
+        "stays within --max-acc-drop on new data (default 0.95; 0: compare measured accuracies)",
+    )
+    p.add_argument(
+        "--speed-images", type=positive_int, default=2000, help="test images for the timed cascade (default 2000)"
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        help="an ImageFolder root (PATH/train is used when present) or "
+        f"KIND:PATH, KIND one of {', '.join(DATASETS)}; labels are never used",
+    )
     p.add_argument("--shots", type=positive_int, default=100, help="unlabeled training images (default 100)")
-    p.add_argument("--structure", choices=("auto", "dcvit", "drop", "mlp"), default="auto",
-                   help="what blocks may lose (default auto; see above)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="paper: the paper's settings (2000 "
-                   "epochs, lr 3e-5, batch 64, RandAugment); quick: 100 epochs per step, 20 per trial (default paper)")
+    p.add_argument(
+        "--structure",
+        choices=("auto", "dcvit", "drop", "mlp"),
+        default="auto",
+        help="what blocks may lose (default auto; see above)",
+    )
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="paper",
+        help="paper: the paper's settings (2000 "
+        "epochs, lr 3e-5, batch 64, RandAugment); quick: 100 epochs per step, 20 per trial (default paper)",
+    )
     p.add_argument("--out", required=True, help="output folder (checkpoints go to OUT/checkpoints)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--seed", type=int, default=0, help="few-shot sampling and training seed (default 0)")
@@ -89,8 +134,9 @@ def build_parser() -> Parser:
 
 def config_for(args) -> dcvit.CompressConfig:
     sizes = {k: getattr(args, k) for k in SIZES if getattr(args, k) is not None}
-    config = dcvit.CompressConfig.paper(**{**PRESETS[args.preset], **sizes}, seed=args.seed,
-                                        progress=sys.stderr.isatty())
+    config = dcvit.CompressConfig.paper(
+        **{**PRESETS[args.preset], **sizes}, seed=args.seed, progress=sys.stderr.isatty()
+    )
     return config.replace(**dcvit.BLOCK_DROP) if args.structure == "drop" else config.replace(structure=args.structure)
 
 
@@ -115,13 +161,25 @@ def write_json(path: Path, obj) -> None:
 def save_result(result: dcvit.CompressionResult, target_macs: float, folder: Path, **extra) -> dict:
     """FOLDER/model (dcvit.load-able) and FOLDER/result.json; returns the summary written there."""
     plan, model_dir = result.plan, dcvit.save(result.model, folder / "model")
-    summary = {"target": target_macs, "model_dir": str(model_dir), "macs": result.macs,
-               "macs_original": plan.macs_original, "macs_fraction": result.macs / plan.macs_original,
-               "blocks": list(result.blocks), "structure_kind": plan.structure, "structure": list(result.structure),
-               "describe": result.describe(), "plan": plan.describe(), "mlp_hidden": plan.mlp_hidden,
-               "mlp_hidden_original": plan.mlp_hidden_original, "remove_attention": plan.remove_attention,
-               "scores": {str(b): s for b, s in result.scores.items()}, "seconds": result.seconds,
-               "history": list(result.history), **extra}
+    summary = {
+        "target": target_macs,
+        "model_dir": str(model_dir),
+        "macs": result.macs,
+        "macs_original": plan.macs_original,
+        "macs_fraction": result.macs / plan.macs_original,
+        "blocks": list(result.blocks),
+        "structure_kind": plan.structure,
+        "structure": list(result.structure),
+        "describe": result.describe(),
+        "plan": plan.describe(),
+        "mlp_hidden": plan.mlp_hidden,
+        "mlp_hidden_original": plan.mlp_hidden_original,
+        "remove_attention": plan.remove_attention,
+        "scores": {str(b): s for b, s in result.scores.items()},
+        "seconds": result.seconds,
+        "history": list(result.history),
+        **extra,
+    }
     write_json(folder / "result.json", summary)
     return summary
 
@@ -151,21 +209,35 @@ def run(args) -> dict:
     results = dcvit.compress_family(big, plans, data, config, workdir=out / "checkpoints", resume=args.resume)
     if int(os.environ.get("RANK", 0)) > 0:  # under `accelerate launch`, only the main process goes on
         return {}
-    summaries = [save_result(r, t, out / f"target-{label}", shots=args.shots, preset=args.preset)
-                 for label, t, r in zip(labels, args.targets, results)]
+    summaries = [
+        save_result(r, t, out / f"target-{label}", shots=args.shots, preset=args.preset)
+        for label, t, r in zip(labels, args.targets, results)
+    ]
     print("\n".join(f"{m}: {r.describe()}" for m, r in zip(members, results)), flush=True)
     models = {args.big: big, **{m: r.model for m, r in zip(members, results)}, **extras}
-    study = cascade_study(args.big, models, spec, calibration_size=args.calibration_size, seed=args.seed,
-                          max_acc_drop=args.max_acc_drop, confidence=args.confidence or None,
-                          speed_images=args.speed_images, progress=sys.stderr.isatty())
+    study = cascade_study(
+        args.big,
+        models,
+        spec,
+        calibration_size=args.calibration_size,
+        seed=args.seed,
+        max_acc_drop=args.max_acc_drop,
+        confidence=args.confidence or None,
+        speed_images=args.speed_images,
+        progress=sys.stderr.isatty(),
+    )
     write_json(out / "study.json", study_summary(study))
     write_study(study, out)
     best, big_macs, saver_macs = study.calibrations[study.saver], study.costs[args.big], study.costs[study.saver]
-    print(f"Chosen saver: {study.saver} ({saver_macs / 1e6:.2f}M MACs vs {args.big}'s {big_macs / 1e6:.2f}M; "
-          f"ΔC {study.ranking[0][1]:.3f} on the calibration split)")
-    print(f"cascade on the test split: {100 * best.test_cost_reduction:.1f}% fewer MACs per image, top-1 "
-          f"{100 * best.test_accuracy:.2f}% vs {100 * best.test_big_accuracy:.2f}% for {args.big} alone"
-          + (" (no cheaper threshold kept the accuracy: everything goes to the big model)" if best.fallback else ""))
+    print(
+        f"Chosen saver: {study.saver} ({saver_macs / 1e6:.2f}M MACs vs {args.big}'s {big_macs / 1e6:.2f}M; "
+        f"ΔC {study.ranking[0][1]:.3f} on the calibration split)"
+    )
+    print(
+        f"cascade on the test split: {100 * best.test_cost_reduction:.1f}% fewer MACs per image, top-1 "
+        f"{100 * best.test_accuracy:.2f}% vs {100 * best.test_big_accuracy:.2f}% for {args.big} alone"
+        + (" (no cheaper threshold kept the accuracy: everything goes to the big model)" if best.fallback else "")
+    )
     print(f"report: {out / 'report.md'}")
     return {"saver": study.saver, "macs_reduction": best.test_cost_reduction, "family": summaries}
 

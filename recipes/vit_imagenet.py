@@ -12,6 +12,7 @@ the block-dropping baseline. Writes OUT/model (load it with dcvit.load), OUT/res
 trial and per step): run it on a GPU. --epochs, --synth-images, ... override the preset's sizes (tiny values
 check the wiring in seconds). A single file: copy it anywhere dcvit is installed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,10 @@ from pathlib import Path
 
 import dcvit
 
-PRESETS = {"paper": {},  # CompressConfig.paper(): 2000 epochs per step and per trial, lr 3e-5, batch 64, RandAugment
-           "quick": {"epochs": 100, "trial_epochs": 20, "synth_iterations": 200}}
+PRESETS = {
+    "paper": {},  # CompressConfig.paper(): 2000 epochs per step and per trial, lr 3e-5, batch 64, RandAugment
+    "quick": {"epochs": 100, "trial_epochs": 20, "synth_iterations": 200},
+}
 SIZES = ("epochs", "trial_epochs", "batch_size", "synth_images", "synth_iterations", "search_steps")
 DATASETS = ("imagefolder", "cifar10", "cifar100", "fashion-mnist")
 
@@ -53,17 +56,37 @@ def positive_int(text: str) -> int:
 
 def build_parser() -> Parser:
     p = Parser(prog=Path(__file__).name, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="vit_base_patch16_224", help="timm model name (pretrained weights are "
-                   "loaded) or a dcvit.save directory (default vit_base_patch16_224)")
-    p.add_argument("--target-macs", type=target, default=0.75,
-                   help="fraction of the original MACs in (0, 1), or absolute MACs (default 0.75)")
-    p.add_argument("--data", required=True, help="an ImageFolder root (PATH/train is used when present) or "
-                   f"KIND:PATH, KIND one of {', '.join(DATASETS)}; labels are never used")
+    p.add_argument(
+        "--model",
+        default="vit_base_patch16_224",
+        help="timm model name (pretrained weights are loaded) or a dcvit.save directory (default vit_base_patch16_224)",
+    )
+    p.add_argument(
+        "--target-macs",
+        type=target,
+        default=0.75,
+        help="fraction of the original MACs in (0, 1), or absolute MACs (default 0.75)",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        help="an ImageFolder root (PATH/train is used when present) or "
+        f"KIND:PATH, KIND one of {', '.join(DATASETS)}; labels are never used",
+    )
     p.add_argument("--shots", type=positive_int, default=100, help="unlabeled training images (default 100)")
-    p.add_argument("--structure", choices=("auto", "dcvit", "drop", "mlp"), default="auto",
-                   help="what blocks may lose (default auto; see above)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="paper: the paper's settings (2000 "
-                   "epochs, lr 3e-5, batch 64, RandAugment); quick: 100 epochs per step, 20 per trial (default paper)")
+    p.add_argument(
+        "--structure",
+        choices=("auto", "dcvit", "drop", "mlp"),
+        default="auto",
+        help="what blocks may lose (default auto; see above)",
+    )
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="paper",
+        help="paper: the paper's settings (2000 "
+        "epochs, lr 3e-5, batch 64, RandAugment); quick: 100 epochs per step, 20 per trial (default paper)",
+    )
     p.add_argument("--out", required=True, help="output folder (checkpoints go to OUT/checkpoints)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--seed", type=int, default=0, help="few-shot sampling and training seed (default 0)")
@@ -75,8 +98,9 @@ def build_parser() -> Parser:
 
 def config_for(args) -> dcvit.CompressConfig:
     sizes = {k: getattr(args, k) for k in SIZES if getattr(args, k) is not None}
-    config = dcvit.CompressConfig.paper(**{**PRESETS[args.preset], **sizes}, seed=args.seed,
-                                        progress=sys.stderr.isatty())
+    config = dcvit.CompressConfig.paper(
+        **{**PRESETS[args.preset], **sizes}, seed=args.seed, progress=sys.stderr.isatty()
+    )
     return config.replace(**dcvit.BLOCK_DROP) if args.structure == "drop" else config.replace(structure=args.structure)
 
 
@@ -101,13 +125,25 @@ def write_json(path: Path, obj) -> None:
 def save_result(result: dcvit.CompressionResult, target_macs: float, folder: Path, **extra) -> dict:
     """FOLDER/model (dcvit.load-able) and FOLDER/result.json; returns the summary written there."""
     plan, model_dir = result.plan, dcvit.save(result.model, folder / "model")
-    summary = {"target": target_macs, "model_dir": str(model_dir), "macs": result.macs,
-               "macs_original": plan.macs_original, "macs_fraction": result.macs / plan.macs_original,
-               "blocks": list(result.blocks), "structure_kind": plan.structure, "structure": list(result.structure),
-               "describe": result.describe(), "plan": plan.describe(), "mlp_hidden": plan.mlp_hidden,
-               "mlp_hidden_original": plan.mlp_hidden_original, "remove_attention": plan.remove_attention,
-               "scores": {str(b): s for b, s in result.scores.items()}, "seconds": result.seconds,
-               "history": list(result.history), **extra}
+    summary = {
+        "target": target_macs,
+        "model_dir": str(model_dir),
+        "macs": result.macs,
+        "macs_original": plan.macs_original,
+        "macs_fraction": result.macs / plan.macs_original,
+        "blocks": list(result.blocks),
+        "structure_kind": plan.structure,
+        "structure": list(result.structure),
+        "describe": result.describe(),
+        "plan": plan.describe(),
+        "mlp_hidden": plan.mlp_hidden,
+        "mlp_hidden_original": plan.mlp_hidden_original,
+        "remove_attention": plan.remove_attention,
+        "scores": {str(b): s for b, s in result.scores.items()},
+        "seconds": result.seconds,
+        "history": list(result.history),
+        **extra,
+    }
     write_json(folder / "result.json", summary)
     return summary
 
@@ -124,11 +160,22 @@ def run(args) -> dict:
     result = dcvit.compress(model, plan, data, config, workdir=out / "checkpoints", resume=args.resume)
     if int(os.environ.get("RANK", 0)) > 0:  # under `accelerate launch`, only the main process writes
         return {}
-    summary = save_result(result, args.target_macs, out, model=args.model, data=spec, shots=args.shots,
-                          preset=args.preset, config=config.as_dict(), wall_seconds=time.perf_counter() - start)
+    summary = save_result(
+        result,
+        args.target_macs,
+        out,
+        model=args.model,
+        data=spec,
+        shots=args.shots,
+        preset=args.preset,
+        config=config.as_dict(),
+        wall_seconds=time.perf_counter() - start,
+    )
     print(result.describe())
-    print(f"MACs {summary['macs_original'] / 1e6:.2f}M -> {summary['macs'] / 1e6:.2f}M "
-          f"({100 * summary['macs_fraction']:.1f}% of the original) in {summary['wall_seconds']:.1f} s")
+    print(
+        f"MACs {summary['macs_original'] / 1e6:.2f}M -> {summary['macs'] / 1e6:.2f}M "
+        f"({100 * summary['macs_fraction']:.1f}% of the original) in {summary['wall_seconds']:.1f} s"
+    )
     print(f"model: {summary['model_dir']} (dcvit.load), summary: {out / 'result.json'}")
     return summary
 

@@ -66,7 +66,9 @@ def choose_labels(
         if given.is_floating_point() or given.is_complex() or given.dtype == torch.bool:
             raise ValueError(f"labels must be integers; got dtype {given.dtype}")
         if len(given) and (int(given.min()) < 0 or int(given.max()) >= num_classes):
-            raise ValueError(f"labels must be in [0, {num_classes}) for this model; got min {int(given.min())}, max {int(given.max())}")
+            raise ValueError(
+                f"labels must be in [0, {num_classes}) for this model; got min {int(given.min())}, max {int(given.max())}"
+            )
         return given.long().cpu()
     permutation = torch.randperm(num_classes, generator=generator)
     if num_images <= num_classes:
@@ -196,9 +198,21 @@ def synthesize(
             for start in starts:
                 y = targets[start : start + chunk]
                 best_x, best_loss = invert_batch(
-                    model, y, shape, low, high, generator,
-                    iterations=iterations, lr=lr, tv=tv, tv_exponent=float(tv_exponent), l2=l2,
-                    jitter=float(jitter), flip=bool(flip), warmup=warmup, bar=bar,
+                    model,
+                    y,
+                    shape,
+                    low,
+                    high,
+                    generator,
+                    iterations=iterations,
+                    lr=lr,
+                    tv=tv,
+                    tv_exponent=float(tv_exponent),
+                    l2=l2,
+                    jitter=float(jitter),
+                    flip=bool(flip),
+                    warmup=warmup,
+                    bar=bar,
                 )
                 with torch.no_grad():
                     losses.append(F.cross_entropy(logits_of(model(best_x)), y, reduction="none"))
@@ -208,12 +222,28 @@ def synthesize(
         for module, training in modes:
             module.training = training
     config = {
-        "method": "deepinversion", "num_images": num_images, "image_size": list(shape),
-        "iterations": iterations, "lr": lr, "tv": tv, "tv_exponent": float(tv_exponent), "l2": l2,
-        "jitter": float(jitter), "flip": bool(flip), "warmup": warmup, "seed": seed,
-        "batch_size": batch_size, "num_classes": num_classes, "model": type(model).__name__,
+        "method": "deepinversion",
+        "num_images": num_images,
+        "image_size": list(shape),
+        "iterations": iterations,
+        "lr": lr,
+        "tv": tv,
+        "tv_exponent": float(tv_exponent),
+        "l2": l2,
+        "jitter": float(jitter),
+        "flip": bool(flip),
+        "warmup": warmup,
+        "seed": seed,
+        "batch_size": batch_size,
+        "num_classes": num_classes,
+        "model": type(model).__name__,
     }
     return SyntheticSet(
-        images=torch.cat(images), labels=targets, losses=torch.cat(losses).float(),
-        mean=mean_t, std=std_t, total_loss=weighted_total / num_images, config=config,
+        images=torch.cat(images),
+        labels=targets,
+        losses=torch.cat(losses).float(),
+        mean=mean_t,
+        std=std_t,
+        total_loss=weighted_total / num_images,
+        config=config,
     )

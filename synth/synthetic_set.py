@@ -18,9 +18,10 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -132,7 +133,7 @@ class SyntheticSet:
         return out
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> "SyntheticSet":
+    def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> SyntheticSet:
         """Read a set written by :meth:`save` (a directory)."""
         from safetensors.torch import load_file  # lazy: only needed for files
 
@@ -140,8 +141,7 @@ class SyntheticSet:
         tensors_path, meta_path = src / TENSORS_FILE, src / META_FILE
         if not tensors_path.is_file() or not meta_path.is_file():
             raise FileNotFoundError(
-                f"{src} is not a saved SyntheticSet: expected a directory with "
-                f"{TENSORS_FILE} and {META_FILE}"
+                f"{src} is not a saved SyntheticSet: expected a directory with {TENSORS_FILE} and {META_FILE}"
             )
         tensors = load_file(str(tensors_path), device=str(device))
         with open(meta_path, encoding="utf-8") as f:

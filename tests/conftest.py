@@ -8,15 +8,32 @@ torch.set_num_threads(1)
 
 
 def small_vit(depth=6, dim=48, heads=3, img=32, patch=8, chans=3, **kwargs):
-    return dcvit.create_model("vit_tiny_patch16_224", img_size=img, patch_size=patch, embed_dim=dim, depth=depth,
-                              num_heads=heads, in_chans=chans, num_classes=10, **kwargs).eval()
+    return dcvit.create_model(
+        "vit_tiny_patch16_224",
+        img_size=img,
+        patch_size=patch,
+        embed_dim=dim,
+        depth=depth,
+        num_heads=heads,
+        in_chans=chans,
+        num_classes=10,
+        **kwargs,
+    ).eval()
 
 
 def tiny_vit(depth=5):
     """A 1-channel 16-pixel ViT small enough to compress in seconds."""
     torch.manual_seed(0)
-    return dcvit.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=depth,
-                              num_heads=2, in_chans=1, num_classes=10).eval()
+    return dcvit.create_model(
+        "vit_tiny_patch16_224",
+        img_size=16,
+        patch_size=4,
+        embed_dim=32,
+        depth=depth,
+        num_heads=2,
+        in_chans=1,
+        num_classes=10,
+    ).eval()
 
 
 def tiny_data(n=16):

@@ -1,5 +1,6 @@
 """Tests for the cascade package (docs/method.md §9): batched routing, statistics, r_match / ΔC, sweeps,
 calibration against brute force, reports and input validation. Small tensors only: runs in seconds on CPU."""
+
 from __future__ import annotations
 
 import itertools
@@ -37,7 +38,7 @@ def reference_route(models, thresholds, x):
     outs, stages = [], []
     for i in range(x.shape[0]):
         for s, m in enumerate(models):
-            logits = m(x[i:i + 1])
+            logits = m(x[i : i + 1])
             if s == len(models) - 1 or torch.softmax(logits.float(), -1).max() >= thresholds[s]:
                 outs.append(logits[0])
                 stages.append(s)
@@ -67,7 +68,7 @@ class Take(nn.Module):
         self.lo, self.hi = lo, hi
 
     def forward(self, x):
-        return x[:, self.lo:self.hi]
+        return x[:, self.lo : self.hi]
 
 
 def probs_from(conf, pred, k: int = 3) -> torch.Tensor:
@@ -124,7 +125,7 @@ def test_routing_matches_per_sample_reference(n_stages, seed):
     st = casc.last_stats
     assert st.exit_counts == counts and st.n == 64
     assert st.exit_ratios == pytest.approx([c / 64 for c in counts])
-    assert st.avg_cost == pytest.approx(sum(sum(costs[:s + 1]) for s in stages) / 64)
+    assert st.avg_cost == pytest.approx(sum(sum(costs[: s + 1]) for s in stages) / 64)
 
 
 def test_later_models_see_only_undecided_samples():
@@ -152,7 +153,7 @@ def _table_input(rows):
 
 def test_costs_and_avg_cost_by_hand():
     # stage-1 confidences: ~1.0, e^2/(e^2+2) = 0.787, 1/3
-    x = _table_input([([10., 0, 0], [0., 5, 0]), ([2., 0, 0], [0., 5, 0]), ([0., 0, 0], [0., 5, 0])])
+    x = _table_input([([10.0, 0, 0], [0.0, 5, 0]), ([2.0, 0, 0], [0.0, 5, 0]), ([0.0, 0, 0], [0.0, 5, 0])])
     casc = Cascade([Take(0, 3), Take(3, 6)], [0.5], costs=[1.0, 10.0])
     out = casc(x)
     assert casc.last_stats.exit_counts == (2, 1)
@@ -168,9 +169,13 @@ def test_costs_and_avg_cost_by_hand():
 
 
 def test_three_stage_costs_by_hand():
-    x = torch.tensor([[9., 0, 0, 0, 0, 0, 0, 0, 7],  # exits at stage 1
-                      [0., 0, 0, 9, 0, 0, 0, 7, 0],  # exits at stage 2
-                      [0., 0, 0, 0, 0, 0, 7, 0, 0]])  # big answers
+    x = torch.tensor(
+        [
+            [9.0, 0, 0, 0, 0, 0, 0, 0, 7],  # exits at stage 1
+            [0.0, 0, 0, 9, 0, 0, 0, 7, 0],  # exits at stage 2
+            [0.0, 0, 0, 0, 0, 0, 7, 0, 0],
+        ]
+    )  # big answers
     casc = Cascade([Take(0, 3), Take(3, 6), Take(6, 9)], [0.9, 0.9], costs=[1, 4, 10])
     out = casc(x)
     assert casc.last_stats.exit_counts == (1, 1, 1)
@@ -191,8 +196,8 @@ def test_threshold_zero_sends_everything_out_and_skips_later_models():
 
 
 def test_threshold_one_only_exact_confidence_one_exits():
-    assert torch.softmax(torch.tensor([100., 0, 0]), 0).max().item() == 1.0  # precondition of this test
-    x = _table_input([([100., 0, 0], [0., 1, 0]), ([10., 0, 0], [0., 1, 0]), ([1., 0, 0], [0., 1, 0])])
+    assert torch.softmax(torch.tensor([100.0, 0, 0]), 0).max().item() == 1.0  # precondition of this test
+    x = _table_input([([100.0, 0, 0], [0.0, 1, 0]), ([10.0, 0, 0], [0.0, 1, 0]), ([1.0, 0, 0], [0.0, 1, 0])])
     little, big = Spy(Take(0, 3)), Spy(Take(3, 6))
     casc = Cascade([little, big], [1.0], costs=[1.0, 10.0])
     out = casc(x)
@@ -202,7 +207,7 @@ def test_threshold_one_only_exact_confidence_one_exits():
 
 
 def test_every_sample_goes_on_and_empty_input():
-    x = _table_input([([1., 0, 0], [0., 1, 0])] * 5)
+    x = _table_input([([1.0, 0, 0], [0.0, 1, 0])] * 5)
     little, big = Spy(Take(0, 3)), Spy(Take(3, 6))
     casc = Cascade([little, big], [0.99], costs=[1.0, 10.0])
     assert torch.equal(casc(x), x[:, 3:])
@@ -246,7 +251,7 @@ def test_mixed_precision_outputs_are_promoted():
         def forward(self, x):
             return x[:, 3:6].double()
 
-    x = _table_input([([5., 0, 0], [0., 1, 0]), ([0., 0, 0], [0., 1, 0])])
+    x = _table_input([([5.0, 0, 0], [0.0, 1, 0]), ([0.0, 0, 0], [0.0, 1, 0])])
     out = Cascade([little, Double()], [0.9])(x)
     assert out.dtype == torch.float64 and torch.equal(out[1], x[1, 3:].double())
 
@@ -267,8 +272,8 @@ def test_cascade_on_cuda_matches_cpu():
 def test_stats_from_counts():
     st = CascadeStats.from_counts([3, 1, 0], costs=[1, 2, 4])
     assert st.run_counts == (4, 1, 0) and st.avg_cost == pytest.approx((4 * 1 + 1 * 2) / 4)
-    with pytest.raises(Exception):
-        st.n = 5  # frozen
+    with pytest.raises(AttributeError):  # frozen dataclass
+        st.n = 5
 
 
 # ------------------------------------------------------------------------------------------------ record
@@ -439,8 +444,12 @@ def test_calibrate_n_stage_matches_brute_force_grid(n_stages, n):
     cal = calibrate(p, y, costs, max_acc_drop=drop)
     big_correct = int((p[-1].argmax(1) == y).sum())
     grids = [torch.unique(q.max(1).values).tolist() + [0.0, 1.0] for q in p[:-1]]
-    best = min(cost for ts in itertools.product(*grids)
-               for right, cost in [brute_force(p, y, costs, ts)] if right >= big_correct - drop * n - 1e-9)
+    best = min(
+        cost
+        for ts in itertools.product(*grids)
+        for right, cost in [brute_force(p, y, costs, ts)]
+        if right >= big_correct - drop * n - 1e-9
+    )
     assert best < sum(costs)
     assert cal.calib_avg_cost == pytest.approx(best)
     right, cost = brute_force(p, y, costs, cal.thresholds)
@@ -614,17 +623,20 @@ def test_import_does_not_load_matplotlib():
 
 
 # ------------------------------------------------------------------------------------------- bad inputs
-@pytest.mark.parametrize("kwargs", [
-    dict(thresholds=[1.5]),
-    dict(thresholds=[-0.1]),
-    dict(thresholds=[math.nan]),
-    dict(thresholds=[0.5, 0.5]),
-    dict(thresholds=[]),
-    dict(thresholds=["high"]),
-    dict(thresholds=[0.5], costs=[1.0]),
-    dict(thresholds=[0.5], costs=[1.0, -2.0]),
-    dict(thresholds=[0.5], costs=[1.0, math.inf]),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(thresholds=[1.5]),
+        dict(thresholds=[-0.1]),
+        dict(thresholds=[math.nan]),
+        dict(thresholds=[0.5, 0.5]),
+        dict(thresholds=[]),
+        dict(thresholds=["high"]),
+        dict(thresholds=[0.5], costs=[1.0]),
+        dict(thresholds=[0.5], costs=[1.0, -2.0]),
+        dict(thresholds=[0.5], costs=[1.0, math.inf]),
+    ],
+)
 def test_cascade_rejects_bad_arguments(kwargs):
     with pytest.raises(ValueError) as e:
         Cascade(linear_models(2), **kwargs)
@@ -708,12 +720,16 @@ def is_channels_last(model) -> bool:
     return convs[-1].weight.is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("variant,folded,channels_last", [
-    ("plain", True, True), ("dict", True, True),
-    ("branchy", False, True),  # fx cannot trace it: channels-last only
-    ("view", True, False),     # channels-last breaks .view: folding only
-    ("shared", False, True),   # folding changes the outputs: channels-last only
-])
+@pytest.mark.parametrize(
+    "variant,folded,channels_last",
+    [
+        ("plain", True, True),
+        ("dict", True, True),
+        ("branchy", False, True),  # fx cannot trace it: channels-last only
+        ("view", True, False),  # channels-last breaks .view: folding only
+        ("shared", False, True),  # folding changes the outputs: channels-last only
+    ],
+)
 def test_prepare_for_inference_keeps_outputs(variant, folded, channels_last):
     model = trained_bn_model(variant)
     x = torch.randn(5, 1, 8, 8)
@@ -755,10 +771,12 @@ def one_line_error(exc_info) -> str:
 def test_calibrate_rejects_logits_and_non_probabilities(bad, where):
     p, y = synthetic(20, 3, 2, seed=21)
     g = torch.Generator().manual_seed(22)
-    wrong = {"logits": torch.randn(20, 3, generator=g) * 5,
-             "positive_logits": torch.rand(20, 3, generator=g) * 60,  # once calibrated to threshold 60.0
-             "half_scaled": p[0] * 0.5,  # entries in [0, 1] but rows sum to 0.5
-             "nan": p[0].clone().index_fill_(0, torch.tensor([3]), math.nan)}[bad]
+    wrong = {
+        "logits": torch.randn(20, 3, generator=g) * 5,
+        "positive_logits": torch.rand(20, 3, generator=g) * 60,  # once calibrated to threshold 60.0
+        "half_scaled": p[0] * 0.5,  # entries in [0, 1] but rows sum to 0.5
+        "nan": p[0].clone().index_fill_(0, torch.tensor([3]), math.nan),
+    }[bad]
     args = dict(test_probs=[wrong, p[1]], test_labels=y) if where == "test" else {}
     probs = p if where == "test" else [wrong, p[1]]
     with pytest.raises(ValueError) as e:
@@ -774,18 +792,23 @@ def test_probability_check_tolerates_low_precision_softmax():
     # bfloat16 rounding moves a 100-class row sum by up to ~0.004: still probabilities.
     g = torch.Generator().manual_seed(23)
     y = torch.randint(100, (32,), generator=g)
-    p = [torch.softmax(torch.randn(32, 100, generator=g) * s, 1).to(dt)
-         for s, dt in ((1, torch.bfloat16), (3, torch.float16))]
+    p = [
+        torch.softmax(torch.randn(32, 100, generator=g) * s, 1).to(dt)
+        for s, dt in ((1, torch.bfloat16), (3, torch.float16))
+    ]
     assert calibrate(p, y, [1.0, 4.0], max_acc_drop=1.0).calib_exit_ratios[0] == 1.0
 
 
-@pytest.mark.parametrize("labels,match", [
-    (lambda y: y.clone().index_fill_(0, torch.tensor([0]), 3), r"\[0, 3\)"),  # K = 3: 3 is out of range
-    (lambda y: y.clone().index_fill_(0, torch.tensor([0]), -1), r"\[0, 3\)"),
-    (lambda y: y.float(), "integer"),
-    (lambda y: y[None], "1-D"),
-    (lambda y: y[:10], "1-D"),
-])
+@pytest.mark.parametrize(
+    "labels,match",
+    [
+        (lambda y: y.clone().index_fill_(0, torch.tensor([0]), 3), r"\[0, 3\)"),  # K = 3: 3 is out of range
+        (lambda y: y.clone().index_fill_(0, torch.tensor([0]), -1), r"\[0, 3\)"),
+        (lambda y: y.float(), "integer"),
+        (lambda y: y[None], "1-D"),
+        (lambda y: y[:10], "1-D"),
+    ],
+)
 def test_calibrate_rejects_bad_labels(labels, match):
     p, y = synthetic(20, 3, 2, seed=24)
     with pytest.raises(ValueError, match=match) as e:
@@ -809,11 +832,19 @@ def test_calibrate_rejects_mismatched_stages():
     one_line_error(e)
 
 
-@pytest.mark.parametrize("threshold,match", [
-    (True, "bool"), (False, "bool"), (torch.tensor(True), "bool"), ("0.5", "str"),
-    (torch.full((30,), 0.5), "real number"),  # its repr spans lines: the message must not
-    (math.inf, "not finite"), (-math.inf, "not finite"), (math.nan, "not finite"),
-])
+@pytest.mark.parametrize(
+    "threshold,match",
+    [
+        (True, "bool"),
+        (False, "bool"),
+        (torch.tensor(True), "bool"),
+        ("0.5", "str"),
+        (torch.full((30,), 0.5), "real number"),  # its repr spans lines: the message must not
+        (math.inf, "not finite"),
+        (-math.inf, "not finite"),
+        (math.nan, "not finite"),
+    ],
+)
 def test_cascade_rejects_bool_and_non_real_thresholds(threshold, match):
     with pytest.raises(ValueError, match=match) as e:
         Cascade(linear_models(2), [threshold])
@@ -846,12 +877,15 @@ class Declares(nn.Module):
         return self.layer(x)
 
 
-@pytest.mark.parametrize("members", [
-    lambda: [nn.Linear(6, 3), nn.Linear(6, 4)],
-    lambda: [Declares(3, attr="fc"), Declares(4, attr="classifier", sequential=True)],
-    lambda: [Declares(3, num_classes=3), Declares(4, num_classes=4)],
-    lambda: [Declares(3), Take(0, 3), Declares(4, attr="heads", sequential=True)],  # undeclared one skipped
-])
+@pytest.mark.parametrize(
+    "members",
+    [
+        lambda: [nn.Linear(6, 3), nn.Linear(6, 4)],
+        lambda: [Declares(3, attr="fc"), Declares(4, attr="classifier", sequential=True)],
+        lambda: [Declares(3, num_classes=3), Declares(4, num_classes=4)],
+        lambda: [Declares(3), Take(0, 3), Declares(4, attr="heads", sequential=True)],  # undeclared one skipped
+    ],
+)
 def test_cascade_checks_declared_class_counts_at_construction(members):
     members = members()
     with pytest.raises(ValueError, match="classes") as e:

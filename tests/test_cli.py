@@ -33,17 +33,20 @@ def test_macs_of_a_model_without_adapter_is_its_total(capsys):
     assert "GMACs" in out and "no per-block breakdown" in out and "unsupported architecture" in out
 
 
-@pytest.mark.parametrize("argv,fragment", [
-    (["plan", "--model", "fmnist_vit12", "--target-macs", "0"], "positive"),
-    (["plan", "--model", "fmnist_vit12", "--target-macs", "-1"], "positive"),
-    (["plan", "--model", "fmnist_vit12", "--target-macs", "1"], "not below"),
-    (["plan", "--model", "fmnist_vit12", "--target-macs", "0.05"], "floor"),
-    (["plan", "--model", "fmnist_vit12", "--target-macs", "lots"], "number"),
-    (["plan", "--model", "no_such_model", "--target-macs", "0.5"], "unknown model"),
-    (["macs", "--model", "fmnist_cnn", "--input-size", "3", "32", "32"], "does not run on input size"),
-    (["cascade", "--big", "fmnist_vit12", "--savers", "fmnist_cnn", "--confidence", "0.3"], "confidence level"),
-    (["cascade", "--big", "fmnist_vit12", "--savers", "fmnist_cnn", "--max-acc-drop", "2"], "fraction in [0, 1)"),
-])
+@pytest.mark.parametrize(
+    "argv,fragment",
+    [
+        (["plan", "--model", "fmnist_vit12", "--target-macs", "0"], "positive"),
+        (["plan", "--model", "fmnist_vit12", "--target-macs", "-1"], "positive"),
+        (["plan", "--model", "fmnist_vit12", "--target-macs", "1"], "not below"),
+        (["plan", "--model", "fmnist_vit12", "--target-macs", "0.05"], "floor"),
+        (["plan", "--model", "fmnist_vit12", "--target-macs", "lots"], "number"),
+        (["plan", "--model", "no_such_model", "--target-macs", "0.5"], "unknown model"),
+        (["macs", "--model", "fmnist_cnn", "--input-size", "3", "32", "32"], "does not run on input size"),
+        (["cascade", "--big", "fmnist_vit12", "--savers", "fmnist_cnn", "--confidence", "0.3"], "confidence level"),
+        (["cascade", "--big", "fmnist_vit12", "--savers", "fmnist_cnn", "--max-acc-drop", "2"], "fraction in [0, 1)"),
+    ],
+)
 def test_bad_input_one_line_error(capsys, argv, fragment):
     code, out, err = run_cli(capsys, *argv)
     assert code == 2 and fragment in err
@@ -51,14 +54,18 @@ def test_bad_input_one_line_error(capsys, argv, fragment):
 
 
 def test_console_script_exit_code_and_no_traceback():
-    proc = subprocess.run([sys.executable, "-m", "dcvit.cli", "plan", "--model", "resnet18", "--target-macs", "0.5"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dcvit.cli", "plan", "--model", "resnet18", "--target-macs", "0.5"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "unsupported" in proc.stderr
 
 
 def test_bench_runs_and_reports_ratios(capsys):
-    code, out, _ = run_cli(capsys, "bench", "--model", "fmnist_vit12", "--drop", "1", "--batch-sizes", "2",
-                           "--repeats", "2", "--json")
+    code, out, _ = run_cli(
+        capsys, "bench", "--model", "fmnist_vit12", "--drop", "1", "--batch-sizes", "2", "--repeats", "2", "--json"
+    )
     rows = json.loads(out)["rows"]
     assert code == 0 and [r["name"] for r in rows] == ["original", "drop1", "dcvit1"]
     assert abs(rows[1]["macs"] - rows[2]["macs"]) / rows[0]["macs"] < 0.01
@@ -66,7 +73,9 @@ def test_bench_runs_and_reports_ratios(capsys):
 
 def test_cascade_refuses_a_saver_with_other_classes(capsys, tmp_path):
     import timm
+
     import dcvit
+
     saver = dcvit.save(timm.create_model("fmnist_vit_tiny", num_classes=5), tmp_path / "five_classes")
     code, _, err = run_cli(capsys, "cascade", "--big", "fmnist_vit12", "--savers", str(saver))
     assert code == 2 and "predicts 5 classes; the big model predicts 10" in err

@@ -1,11 +1,18 @@
 import pytest
 import torch
+from conftest import small_vit
 from PIL import Image
 
 import dcvit
-from dcvit.data import (calibration_indices, eval_transform, few_shot_indices, few_shot_subset, load_dataset,
-                        targets_of, train_transform)
-from conftest import small_vit
+from dcvit.data import (
+    calibration_indices,
+    eval_transform,
+    few_shot_indices,
+    few_shot_subset,
+    load_dataset,
+    targets_of,
+    train_transform,
+)
 
 
 def test_fashion_mnist_is_real_and_complete():
@@ -40,9 +47,15 @@ def test_calibration_split_is_disjoint_from_shots():
     assert not calib & set(subset.indices) and len(calib) == 5000
 
 
-@pytest.mark.parametrize("spec,error", [("mnist", ValueError), ("imagefolder", ValueError),
-                                        ("imagefolder:/no/such/dir", FileNotFoundError),
-                                        ("cifar10:/tmp", FileNotFoundError)])
+@pytest.mark.parametrize(
+    "spec,error",
+    [
+        ("mnist", ValueError),
+        ("imagefolder", ValueError),
+        ("imagefolder:/no/such/dir", FileNotFoundError),
+        ("cifar10:/tmp", FileNotFoundError),
+    ],
+)
 def test_bad_specs(spec, error):
     with pytest.raises(error):
         load_dataset(spec)

@@ -1,4 +1,5 @@
 """`dcvit demo --fast` end to end on the shipped teacher (the same code path as `make demo`)."""
+
 import json
 
 import pytest
@@ -12,9 +13,13 @@ def test_fast_demo_writes_a_complete_report(tmp_path, capsys):
     report = json.loads((tmp_path / "report.json").read_text())
     assert {"teacher", "auto", "dcvit", "block_drop", "cascade", "seconds"} <= set(report)
     assert {"name", "top1", "macs"} <= set(report["teacher"])
-    assert all({"target", "macs", "top1", "blocks", "mlp_hidden", "structure"} <= set(r)
-               for r in report["dcvit"] + report["auto"])
-    assert {"saver", "thresholds", "top1", "macs_per_sample", "macs_reduction", "throughput_speedup"} <= set(report["cascade"])
+    assert all(
+        {"target", "macs", "top1", "blocks", "mlp_hidden", "structure"} <= set(r)
+        for r in report["dcvit"] + report["auto"]
+    )
+    assert {"saver", "thresholds", "top1", "macs_per_sample", "macs_reduction", "throughput_speedup"} <= set(
+        report["cascade"]
+    )
     teacher_macs = report["teacher"]["macs"]
     # Block dropping and DC-ViT rows are compared at the same MACs (to two decimals of the teacher's).
     for drop, dcvit in zip(report["block_drop"], report["dcvit"]):
@@ -22,7 +27,10 @@ def test_fast_demo_writes_a_complete_report(tmp_path, capsys):
         assert dcvit["macs"] <= drop["macs"] and len(dcvit["blocks"]) == len(drop["dropped"]) + 1
     # auto runs at the same budgets (and is never above them)
     for drop, auto in zip(report["block_drop"], report["auto"]):
-        assert auto["macs"] <= drop["macs"] and round(auto["macs"] / teacher_macs, 2) >= round(drop["macs"] / teacher_macs, 2) - 0.01
+        assert (
+            auto["macs"] <= drop["macs"]
+            and round(auto["macs"] / teacher_macs, 2) >= round(drop["macs"] / teacher_macs, 2) - 0.01
+        )
     assert report["cascade"]["macs_per_sample"] <= teacher_macs
     assert "Three structures at equal MACs" in (tmp_path / "report.md").read_text()
     for name in ("report.md", "accuracy_vs_macs.png", "metric_vs_error.png", "cascade_curves.png"):

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_data, tiny_vit
 
 import dcvit
-from conftest import tiny_data, tiny_vit
-from dcvit.driver import compress, compress_family, plan_for
 from dcvit.config import ABLATIONS, BLOCK_DROP, CompressConfig
+from dcvit.driver import compress, compress_family, plan_for
 from dcvit.engine import Engine
 from dcvit.mimic import trainable_parameters
 
@@ -130,12 +130,34 @@ def test_two_process_accelerate_launch_gives_the_same_ranking(tmp_path):
     args = [str(tmp_path / "model"), str(tmp_path / "data.pt")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # --multi_gpu on a machine without GPUs starts gloo CPU processes (plain --cpu starts a single process).
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    subprocess.run(launcher + [str(HELPER)] + args + [str(tmp_path / "w2"), str(tmp_path / "two.json")],
-                   check=True, env=env, capture_output=True, timeout=240)
-    subprocess.run([sys.executable, str(HELPER)] + args + [str(tmp_path / "w1"), str(tmp_path / "one.json")],
-                   check=True, env=env, capture_output=True, timeout=240)
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
+    subprocess.run(
+        launcher + [str(HELPER)] + args + [str(tmp_path / "w2"), str(tmp_path / "two.json")],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=240,
+    )
+    subprocess.run(
+        [sys.executable, str(HELPER)] + args + [str(tmp_path / "w1"), str(tmp_path / "one.json")],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=240,
+    )
     one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
     assert one == two
     processes = {json.loads(p.read_text())["process"] for p in (tmp_path / "w2").glob("trial-*/meta.json")}

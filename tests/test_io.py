@@ -5,9 +5,9 @@ import pytest
 import timm
 import torch
 import torchvision
+from conftest import small_vit
 
 import dcvit
-from conftest import small_vit
 
 
 def _same_state(a, b):
@@ -18,7 +18,7 @@ def _same_state(a, b):
 def test_round_trip_compressed_and_dropped(tmp_path):
     model = small_vit(depth=6, init_values=0.1)
     p = dcvit.plan(model, 0.7)
-    compressed = dcvit.drop_blocks(dcvit.apply_plan(model, p, [1, 3, 4][:p.n_blocks], seed=5), [5])
+    compressed = dcvit.drop_blocks(dcvit.apply_plan(model, p, [1, 3, 4][: p.n_blocks], seed=5), [5])
     dcvit.save(compressed, tmp_path / "m")
     loaded = dcvit.load(tmp_path / "m")
     assert _same_state(compressed, loaded)
@@ -33,8 +33,9 @@ def test_round_trip_plain_timm_and_torchvision(tmp_path):
     model = timm.create_model("fmnist_vit12")  # created by name only: spec comes from pretrained_cfg
     dcvit.save(model, tmp_path / "a")
     assert _same_state(model, dcvit.load(tmp_path / "a"))
-    tv = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=3, num_heads=2,
-                                              hidden_dim=32, mlp_dim=64, num_classes=7)
+    tv = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=3, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=7
+    )
     tv = dcvit.apply_plan(tv, dcvit.plan(tv, 0.8), [1])
     dcvit.save(tv, tmp_path / "b")
     assert _same_state(tv, dcvit.load(tmp_path / "b"))
@@ -52,6 +53,7 @@ def test_pickle_is_refused_never_unpickled(tmp_path, suffix):
     class Boom:
         def __reduce__(self):
             return (open, (str(tmp_path / "pwned"), "w"))
+
     path = tmp_path / f"evil{suffix}"
     path.write_bytes(pickle.dumps(Boom()))
     with pytest.raises(ValueError, match="pickle"):
@@ -75,11 +77,19 @@ def test_save_replaces_atomically(tmp_path):
 def test_models_saved_today_round_trip(tmp_path):
     """Specs written before model files were checked (a timm name plus plain kwargs) still load."""
     torch.manual_seed(0)
-    small = dcvit.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=48, depth=3,
-                               num_heads=3, num_classes=10).eval()
+    small = dcvit.create_model(
+        "vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=48, depth=3, num_heads=3, num_classes=10
+    ).eval()
     teacher = dcvit.create_model("fmnist_vit12", num_classes=10).eval()
-    swin = dcvit.create_model("swin_tiny_patch4_window7_224", img_size=56, embed_dim=24, depths=(2, 2),
-                              num_heads=(2, 2), window_size=7, num_classes=5).eval()
+    swin = dcvit.create_model(
+        "swin_tiny_patch4_window7_224",
+        img_size=56,
+        embed_dim=24,
+        depths=(2, 2),
+        num_heads=(2, 2),
+        window_size=7,
+        num_classes=5,
+    ).eval()
     cases = (("small", small, (3, 32, 32)), ("teacher", teacher, (1, 28, 28)), ("swin", swin, (3, 56, 56)))
     for name, model, size in cases:
         dcvit.save(model, tmp_path / name)
@@ -87,4 +97,7 @@ def test_models_saved_today_round_trip(tmp_path):
         x = torch.randn(1, *size)
         assert _same_state(model, loaded) and torch.equal(loaded(x), model(x)), name
     assert json.loads((tmp_path / "teacher" / "spec.json").read_text())["base"] == {
-        "source": "timm", "name": "fmnist_vit12", "kwargs": {"num_classes": 10}}
+        "source": "timm",
+        "name": "fmnist_vit12",
+        "kwargs": {"num_classes": 10},
+    }

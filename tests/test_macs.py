@@ -1,8 +1,8 @@
 import timm
 import torchvision
+from conftest import small_vit
 
 import dcvit
-from conftest import small_vit
 
 
 def test_vit_base_matches_timm_published_gmacs_within_1_percent():
@@ -31,15 +31,23 @@ def test_profile_sums_to_total_and_uses_data_config():
 
 
 def test_torchvision_vit_counts_like_timm():
-    tv = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
-                                              hidden_dim=32, mlp_dim=128, num_classes=10)
+    tv = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=128, num_classes=10
+    )
     tm = small_vit(depth=2, dim=32, heads=2)
     # Same shapes: identical MACs but for the head/patch embedding, which match too.
     assert dcvit.count_macs(tv, (3, 32, 32)) == dcvit.count_macs(tm)
 
 
 def test_swin_profile_has_a_value_per_block():
-    model = timm.create_model("swin_tiny_patch4_window7_224", img_size=56, embed_dim=16, depths=(2, 2),
-                              num_heads=(1, 2), window_size=7, num_classes=10)
+    model = timm.create_model(
+        "swin_tiny_patch4_window7_224",
+        img_size=56,
+        embed_dim=16,
+        depths=(2, 2),
+        num_heads=(1, 2),
+        window_size=7,
+        num_classes=10,
+    )
     profile = dcvit.macs_profile(model)
     assert len(profile.attn) == 4 and all(a > 0 for a in profile.attn) and all(m > 0 for m in profile.mlp)

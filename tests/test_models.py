@@ -1,4 +1,5 @@
 """The shipped models load offline from the package and are as accurate as BENCHMARKS.md says."""
+
 import socket
 
 import pytest
@@ -14,6 +15,7 @@ from dcvit.studies.evaluate import evaluate, loader_for
 def no_network(monkeypatch):
     def refuse(*args, **kwargs):
         raise OSError("network disabled in this test")
+
     monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
@@ -43,6 +45,7 @@ def _hit_rate(model, made):
 @pytest.mark.slow
 def test_synthetic_set_from_the_teacher_is_classified_as_its_labels():
     import synth
+
     teacher = timm.create_model("fmnist_vit12", pretrained=True).eval()
     # jitter 1 px: the setting measured for this 28x28 teacher (CompressConfig.synth_jitter; BENCHMARKS.md)
     made = synth.synthesize(teacher, 20, iterations=100, warmup=5, jitter=1 / 28, seed=0, progress=False)
@@ -53,6 +56,7 @@ def test_synthetic_set_from_the_teacher_is_classified_as_its_labels():
 @pytest.mark.parametrize("name", ["fmnist_cnn", "fmnist_vit12"])
 def test_prepared_shipped_model_answers_the_same(name):
     import cascade
+
     model = timm.create_model(name, pretrained=True).eval()
     test = load_dataset("fashion-mnist", train=False, transform=eval_transform(model))
     x = torch.stack([test[i][0] for i in range(256)])
@@ -65,6 +69,7 @@ def test_prepared_shipped_model_answers_the_same(name):
 def load_tool(name: str):
     import importlib.util
     from pathlib import Path
+
     path = Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     tool = importlib.util.module_from_spec(spec)
@@ -73,15 +78,34 @@ def load_tool(name: str):
 
 
 def test_bench_calibration_tool_runs(capsys):
-    assert load_tool("bench_calibration").main(["--calibration-size", "500", "--test-limit", "500",
-                                                "--drops", "0", "0.01"]) == 0
+    assert (
+        load_tool("bench_calibration").main(
+            ["--calibration-size", "500", "--test-limit", "500", "--drops", "0", "0.01"]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 + 1 + 2 * 2 * 2 + 1 and lines[-1].startswith("tolerance held on test")
 
 
 def test_bench_cascade_tool_runs(capsys):
     tool = load_tool("bench_cascade")
-    assert tool.main(["--calibration-size", "400", "--images", "64", "--batch-sizes", "32", "--repeats", "1",
-                      "--threads", str(torch.get_num_threads())]) == 0  # keep the suite's thread count
+    assert (
+        tool.main(
+            [
+                "--calibration-size",
+                "400",
+                "--images",
+                "64",
+                "--batch-sizes",
+                "32",
+                "--repeats",
+                "1",
+                "--threads",
+                str(torch.get_num_threads()),
+            ]
+        )
+        == 0
+    )  # keep the suite's thread count
     out = capsys.readouterr().out
     assert "fmnist_cnn -> fmnist_vit12" in out and len(out.strip().splitlines()) == 4

@@ -1,9 +1,9 @@
 import math
 
 import pytest
+from conftest import small_vit
 
 import dcvit
-from conftest import small_vit
 
 
 @pytest.mark.parametrize("depth,dim,ratio", [(4, 32, 4.0), (8, 48, 4.0), (12, 64, 2.0), (6, 96, 3.0)])
@@ -67,8 +67,17 @@ def test_dense_range_every_percent_is_reachable():
         assert p.macs_planned <= p.macs_target
 
 
-@pytest.mark.parametrize("bad,msg", [(0, "positive"), (-0.5, "positive"), (1.0, "not below"), (10**12, "not below"),
-                                     ("abc", "number"), (0.02, "floor")])
+@pytest.mark.parametrize(
+    "bad,msg",
+    [
+        (0, "positive"),
+        (-0.5, "positive"),
+        (1.0, "not below"),
+        (10**12, "not below"),
+        ("abc", "number"),
+        (0.02, "floor"),
+    ],
+)
 def test_bad_targets(bad, msg):
     with pytest.raises(ValueError, match=msg):
         dcvit.plan(small_vit(depth=4), bad)

@@ -1,4 +1,5 @@
 """Every Python example in the README runs as printed (in a temporary working directory)."""
+
 import re
 from pathlib import Path
 

@@ -1,6 +1,7 @@
 """The recipes/ scripts: real runs as subprocesses (from recipes/ and copied alone into an empty folder) on a
 tiny saved ViT and a generated ImageFolder with tiny sizes, plus one-line errors for bad input (in-process,
 loaded from their files: recipes/ is not a package)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -22,14 +23,29 @@ import dcvit
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 NAMES = ("vit_imagenet", "dense_family", "saver_for_cascade")
 # Tiny sizes overriding the preset: each run takes seconds on one CPU thread.
-TINY = ["--shots", "8", "--epochs", "1", "--trial-epochs", "1", "--batch-size", "8", "--synth-images", "4",
-        "--synth-iterations", "2", "--search-steps", "1"]
+TINY = [
+    "--shots",
+    "8",
+    "--epochs",
+    "1",
+    "--trial-epochs",
+    "1",
+    "--batch-size",
+    "8",
+    "--synth-images",
+    "4",
+    "--synth-iterations",
+    "2",
+    "--search-steps",
+    "1",
+]
 
 
 def tiny_vit(depth: int = 4, img_size: int = 32, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return dcvit.create_model("vit_tiny_patch16_224", img_size=img_size, patch_size=8, embed_dim=48, depth=depth,
-                              num_heads=3, num_classes=4).eval()
+    return dcvit.create_model(
+        "vit_tiny_patch16_224", img_size=img_size, patch_size=8, embed_dim=48, depth=depth, num_heads=3, num_classes=4
+    ).eval()
 
 
 def image_folder(root: Path, splits=(("train", 12), ("val", 4)), classes: int = 4, size: int = 32) -> Path:
@@ -48,17 +64,20 @@ def image_folder(root: Path, splits=(("train", 12), ("val", 4)), classes: int = 
 def files(tmp_path_factory) -> dict[str, str]:
     """Absolute paths: the tiny big model, a smaller saver, a saver of another input size, the image folders."""
     root = tmp_path_factory.mktemp("recipe-files")
-    return {"model": str(dcvit.save(tiny_vit(), root / "tiny")),
-            "extra": str(dcvit.save(tiny_vit(depth=2, seed=1), root / "extra")),
-            "wrong_size": str(dcvit.save(tiny_vit(depth=2, img_size=64), root / "wrong-size")),
-            "images": str(image_folder(root / "images")),
-            "train_only": str(image_folder(root / "train-only", splits=(("train", 12),)))}
+    return {
+        "model": str(dcvit.save(tiny_vit(), root / "tiny")),
+        "extra": str(dcvit.save(tiny_vit(depth=2, seed=1), root / "extra")),
+        "wrong_size": str(dcvit.save(tiny_vit(depth=2, img_size=64), root / "wrong-size")),
+        "images": str(image_folder(root / "images")),
+        "train_only": str(image_folder(root / "train-only", splits=(("train", 12),))),
+    }
 
 
 def run_script(script: Path, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}  # one thread; never a download
-    return subprocess.run([sys.executable, str(script), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, str(script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def alone(tmp_path: Path, name: str) -> Path:
@@ -89,8 +108,17 @@ def check_model_dir(folder: Path, summary: dict) -> None:
 
 def test_vit_imagenet_copied_alone(tmp_path, files):
     cwd = alone(tmp_path, "vit_imagenet")
-    args = ["--model", files["model"], "--data", f"imagefolder:{files['images']}", "--out", "out",
-            "--target-macs", "0.7", *TINY]
+    args = [
+        "--model",
+        files["model"],
+        "--data",
+        f"imagefolder:{files['images']}",
+        "--out",
+        "out",
+        "--target-macs",
+        "0.7",
+        *TINY,
+    ]
     proc = run_script(cwd / "vit_imagenet.py", args, cwd)
     assert proc.returncode == 0, proc.stderr
     assert "plan: structure search" in proc.stdout and "structure 'auto'" in proc.stdout and "MACs" in proc.stdout
@@ -126,10 +154,30 @@ def test_dense_family(tmp_path, files, structure, targets, where):
 
 def test_saver_for_cascade_copied_alone(tmp_path, files):
     cwd = alone(tmp_path, "saver_for_cascade")
-    proc = run_script(cwd / "saver_for_cascade.py", [
-        "--big", files["model"], "--data", files["images"], "--out", "out", "--structure", "dcvit",
-        "--targets", "0.75", "0.67", "--extra-savers", files["extra"], "--calibration-size", "8",
-        "--speed-images", "16", *TINY], cwd)
+    proc = run_script(
+        cwd / "saver_for_cascade.py",
+        [
+            "--big",
+            files["model"],
+            "--data",
+            files["images"],
+            "--out",
+            "out",
+            "--structure",
+            "dcvit",
+            "--targets",
+            "0.75",
+            "0.67",
+            "--extra-savers",
+            files["extra"],
+            "--calibration-size",
+            "8",
+            "--speed-images",
+            "16",
+            *TINY,
+        ],
+        cwd,
+    )
     assert proc.returncode == 0, proc.stderr
     out = cwd / "out"
     study = json.loads((out / "study.json").read_text())
@@ -144,9 +192,14 @@ def test_saver_for_cascade_copied_alone(tmp_path, files):
         check_model_dir(out / f"target-{t}", summary)
 
 
-@pytest.mark.parametrize("name,bad", [("vit_imagenet", ["--target-macs", "1.0"]),
-                                      ("dense_family", ["--targets", "0.9", "1"]),
-                                      ("saver_for_cascade", ["--targets", "0"])])
+@pytest.mark.parametrize(
+    "name,bad",
+    [
+        ("vit_imagenet", ["--target-macs", "1.0"]),
+        ("dense_family", ["--targets", "0.9", "1"]),
+        ("saver_for_cascade", ["--targets", "0"]),
+    ],
+)
 def test_command_line_error(tmp_path, name, bad):
     """Started as a script, a bad target exits 2 with one line on stderr and writes nothing."""
     proc = run_script(RECIPES / f"{name}.py", ["--data", "x", "--out", "unused", *bad], tmp_path)
@@ -170,6 +223,7 @@ def offline(monkeypatch):
     def guarded(*args, pretrained=False, **kwargs):
         assert not pretrained, "a recipe test requested pretrained weights"
         return create(*args, **kwargs)
+
     monkeypatch.setattr(timm, "create_model", guarded)
 
 
@@ -239,10 +293,12 @@ def test_structure_and_sizes(name):
     assert parse().replace(progress=True) == dcvit.CompressConfig.paper()
     assert parse().structure == "auto"
     quick = parse("--preset", "quick", "--structure", "drop", "--epochs", "3", "--seed", "5")
-    assert quick == dcvit.CompressConfig.paper(epochs=3, trial_epochs=20, synth_iterations=200, seed=5,
-                                               progress=quick.progress).replace(**dcvit.BLOCK_DROP)
-    assert parse("--structure", "mlp", "--search-steps", "2").replace(progress=True) == \
-        dcvit.CompressConfig.paper(structure="mlp", search_steps=2)
+    assert quick == dcvit.CompressConfig.paper(
+        epochs=3, trial_epochs=20, synth_iterations=200, seed=5, progress=quick.progress
+    ).replace(**dcvit.BLOCK_DROP)
+    assert parse("--structure", "mlp", "--search-steps", "2").replace(progress=True) == dcvit.CompressConfig.paper(
+        structure="mlp", search_steps=2
+    )
 
 
 def test_recipes_use_the_public_api_only():
@@ -251,6 +307,9 @@ def test_recipes_use_the_public_api_only():
     for name in NAMES:
         text = (RECIPES / f"{name}.py").read_text()
         imports = [line.split()[1] for line in text.splitlines() if line.startswith(("import ", "from "))]
-        assert {m for m in imports if m.split(".")[0] == "dcvit"} <= {"dcvit", "dcvit.studies.companions",
-                                                                      "dcvit.studies.report"}, name
+        assert {m for m in imports if m.split(".")[0] == "dcvit"} <= {
+            "dcvit",
+            "dcvit.studies.companions",
+            "dcvit.studies.report",
+        }, name
         assert "sys.path" not in text and "dcvit.cli" not in text

@@ -1,14 +1,15 @@
 """A run never silently mixes, loses or corrupts work: resume fingerprints, divergence, finished folders,
 plan targets, and MACs counting leaving the caller's model as it was."""
+
 import json
 import shutil
 
 import pytest
 import torch
+from conftest import tiny_data, tiny_vit
 from PIL import Image
 
 import dcvit
-from conftest import tiny_data, tiny_vit
 from dcvit.cli import main
 from dcvit.config import CompressConfig
 from dcvit.driver import compress
@@ -16,10 +17,26 @@ from dcvit.engine import Engine
 from dcvit.macs import count_macs, macs_profile
 from dcvit.scoring import Trial
 
-FAST = CompressConfig(epochs=1, trial_epochs=1, batch_size=8, synth_images=8, synth_iterations=5, structure="dcvit",
-                      progress=False)
-CLI_FAST = ["--shots", "8", "--target-macs", "0.8", "--epochs", "1", "--trial-epochs", "1", "--batch-size", "8",
-            "--synth-iterations", "5", "--structure", "dcvit", "--quiet"]
+FAST = CompressConfig(
+    epochs=1, trial_epochs=1, batch_size=8, synth_images=8, synth_iterations=5, structure="dcvit", progress=False
+)
+CLI_FAST = [
+    "--shots",
+    "8",
+    "--target-macs",
+    "0.8",
+    "--epochs",
+    "1",
+    "--trial-epochs",
+    "1",
+    "--batch-size",
+    "8",
+    "--synth-iterations",
+    "5",
+    "--structure",
+    "dcvit",
+    "--quiet",
+]
 
 
 def other_teacher():
@@ -53,13 +70,29 @@ def image_folder(root, seed, n=12):
 @pytest.fixture
 def cli_env(tmp_path):
     """A saved tiny teacher, another one, and two different image folders."""
-    return {"model": dcvit.save(tiny_vit(), tmp_path / "teacher"), "other": dcvit.save(other_teacher(), tmp_path / "t2"),
-            "data": image_folder(tmp_path / "a", 1), "other_data": image_folder(tmp_path / "b", 2)}
+    return {
+        "model": dcvit.save(tiny_vit(), tmp_path / "teacher"),
+        "other": dcvit.save(other_teacher(), tmp_path / "t2"),
+        "data": image_folder(tmp_path / "a", 1),
+        "other_data": image_folder(tmp_path / "b", 2),
+    }
 
 
 def compress_cli(capsys, env, out, *extra, model=None, data=None, calibration=2):
-    return run_cli(capsys, "compress", "--model", model or env["model"], "--data", data or env["data"],
-                   "--calibration-size", calibration, "--out", out, *CLI_FAST, *extra)
+    return run_cli(
+        capsys,
+        "compress",
+        "--model",
+        model or env["model"],
+        "--data",
+        data or env["data"],
+        "--calibration-size",
+        calibration,
+        "--out",
+        out,
+        *CLI_FAST,
+        *extra,
+    )
 
 
 # --- 1. resume fingerprints ---------------------------------------------------------------------
@@ -76,9 +109,14 @@ def test_resume_refuses_another_teacher_or_other_shots(tmp_path):
     assert settings["format"] >= 2
 
 
-@pytest.mark.parametrize("change,fragment", [({"model": "other"}, "teacher_sha256"),
-                                             ({"data": "other_data"}, "few_shot_sha256"),
-                                             ({"calibration": 3}, "few_shot_sha256")])
+@pytest.mark.parametrize(
+    "change,fragment",
+    [
+        ({"model": "other"}, "teacher_sha256"),
+        ({"data": "other_data"}, "few_shot_sha256"),
+        ({"calibration": 3}, "few_shot_sha256"),
+    ],
+)
 def test_cli_resume_refuses_other_teacher_data_or_calibration(capsys, tmp_path, cli_env, change, fragment):
     assert compress_cli(capsys, cli_env, tmp_path / "out")[0] == 0
     kwargs = {k: cli_env.get(v, v) for k, v in change.items()}
@@ -148,13 +186,29 @@ def test_a_run_failing_before_any_step_leaves_no_settings(tmp_path, monkeypatch)
 def test_repeated_candidates_are_refused(capsys):
     with pytest.raises(ValueError, match="distinct"):
         dcvit.plan(tiny_vit(), 0.8, candidate_blocks=[3, 3, 3])
-    code, _, err = run_cli(capsys, "plan", "--model", "fmnist_vit12", "--structure", "dcvit", "--target-macs", "0.75",
-                           "--candidates", 3, 3, 3, 3, 3, 3)
+    code, _, err = run_cli(
+        capsys,
+        "plan",
+        "--model",
+        "fmnist_vit12",
+        "--structure",
+        "dcvit",
+        "--target-macs",
+        "0.75",
+        "--candidates",
+        3,
+        3,
+        3,
+        3,
+        3,
+        3,
+    )
     one_line_error(code, err, "distinct")
 
 
 def test_a_plan_above_its_target_is_never_returned(monkeypatch):
     import dcvit.planning as planning
+
     monkeypatch.setattr(planning, "_candidates", lambda profile, blocks: tuple(blocks))  # bypass the check
     with pytest.raises(ValueError, match="above the target"):
         planning.plan(tiny_vit(), 0.8, candidate_blocks=[3, 3, 3])

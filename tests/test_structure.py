@@ -1,5 +1,6 @@
 """Every block edit of the structure search: surgery equals the reference computation, files replay it,
 the MACs model is exact, the knapsack is optimal, and structure="auto" / "mlp" compress to their target."""
+
 import itertools
 
 import pytest
@@ -68,8 +69,8 @@ def test_edit_survives_save_and_load(tmp_path, kind):
 def test_edits_compose_on_an_edited_block(tmp_path):
     torch.manual_seed(0)
     model = small_vit(depth=2)
-    once = edit_blocks(model, {0: (False, list(range(0, 192, 2)))})      # DC-ViT block, 96 units
-    twice = edit_blocks(once, {0: (False, [0, 5, 9])})                     # narrowed again
+    once = edit_blocks(model, {0: (False, list(range(0, 192, 2)))})  # DC-ViT block, 96 units
+    twice = edit_blocks(once, {0: (False, [0, 5, 9])})  # narrowed again
     assert isinstance(twice.blocks[0], MlpOnlyBlock) and twice.blocks[0].mlp.fc1.out_features == 3
     thrice = edit_blocks(twice, {0: (False, [])})
     assert isinstance(thrice.blocks[0], nn.Identity)
@@ -94,10 +95,18 @@ def test_impossible_edits_are_refused():
 def _families():
     torch.manual_seed(0)
     vit = small_vit(depth=3)
-    tv = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=3, num_heads=2, hidden_dim=32,
-                                              mlp_dim=64, num_classes=10).eval()
-    swin = timm.create_model("swin_tiny_patch4_window7_224", img_size=56, embed_dim=24, depths=(2, 2), num_heads=(2, 2),
-                             window_size=7, num_classes=5).eval()
+    tv = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=3, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10
+    ).eval()
+    swin = timm.create_model(
+        "swin_tiny_patch4_window7_224",
+        img_size=56,
+        embed_dim=24,
+        depths=(2, 2),
+        num_heads=(2, 2),
+        window_size=7,
+        num_classes=5,
+    ).eval()
     return {"timm ViT": vit, "torchvision ViT": tv, "timm Swin": swin}
 
 
@@ -120,9 +129,12 @@ def test_macs_model_is_exact_for_every_edit_and_family(family):
 
 def test_knapsack_matches_brute_force():
     gen = torch.Generator().manual_seed(3)
-    for trial in range(30):
-        edits = [Edit(b, True, u, int(torch.randint(1, 50, (1,), generator=gen)), float(torch.rand(1, generator=gen)))
-                 for b in range(4) for u in range(3)]
+    for _ in range(30):
+        edits = [
+            Edit(b, True, u, int(torch.randint(1, 50, (1,), generator=gen)), float(torch.rand(1, generator=gen)))
+            for b in range(4)
+            for u in range(3)
+        ]
         need = int(torch.randint(10, 120, (1,), generator=gen))
         best = None
         for pick in itertools.product(*[[None] + [e for e in edits if e.block == b] for b in range(4)]):
@@ -142,11 +154,12 @@ def test_knapsack_matches_brute_force():
 def test_menu_respects_the_structure():
     assert all(attention for attention, _ in menu(True, 64, 64, mlp_only=True))
     assert (False, 0) in menu(True, 64, 64, mlp_only=False) and (True, 0) in menu(True, 64, 64, mlp_only=False)
-    assert menu(True, 0, 64, mlp_only=True) == []                     # nothing left to take from an MLP
+    assert menu(True, 0, 64, mlp_only=True) == []  # nothing left to take from an MLP
 
 
-SEARCH = CompressConfig(epochs=1, trial_epochs=1, batch_size=8, synth_images=8, synth_iterations=5, search_steps=2,
-                        progress=False)
+SEARCH = CompressConfig(
+    epochs=1, trial_epochs=1, batch_size=8, synth_images=8, synth_iterations=5, search_steps=2, progress=False
+)
 
 
 @pytest.mark.parametrize("structure", ["auto", "mlp"])
@@ -183,6 +196,7 @@ def test_scoring_from_a_cached_block_input_equals_the_full_forward(family):
     """The zero-shot scores skip the blocks before the edited one; the outputs must not change."""
     from dcvit.search import block_inputs, starting_at
     from dcvit.surgery import edit_block
+
     model = _families()[family]
     adapter = get_adapter(model)
     x = torch.randn(3, *macs_profile(model).input_size)

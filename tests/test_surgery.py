@@ -2,15 +2,15 @@ import pytest
 import timm
 import torch
 import torchvision
+from conftest import small_vit
 
 import dcvit
-from conftest import small_vit
 
 
 def test_compressed_block_reuses_weights_and_drops_attention():
     model = small_vit(depth=4, init_values=0.1)  # DeiT3-style LayerScale
     p = dcvit.plan(model, 0.8)
-    new = dcvit.apply_plan(model, p, [1, 2][:p.n_blocks], seed=3)
+    new = dcvit.apply_plan(model, p, [1, 2][: p.n_blocks], seed=3)
     edit = new.dcvit_edits[0]
     units = torch.tensor(edit["kept_units"])
     old_block, block = model.blocks[edit["block"]], new.blocks[edit["block"]]
@@ -50,15 +50,23 @@ def test_drop_blocks_is_identity():
 
 
 def test_torchvision_and_swin_surgery_run():
-    tv = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=4, num_heads=2,
-                                              hidden_dim=32, mlp_dim=128, num_classes=10).eval()
+    tv = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=4, num_heads=2, hidden_dim=32, mlp_dim=128, num_classes=10
+    ).eval()
     p = dcvit.plan(tv, 0.75)
-    out = dcvit.apply_plan(tv, p, [1, 2][:p.n_blocks])(torch.randn(2, 3, 32, 32))
+    out = dcvit.apply_plan(tv, p, [1, 2][: p.n_blocks])(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 10)
-    swin = timm.create_model("swin_tiny_patch4_window7_224", img_size=56, embed_dim=16, depths=(2, 2),
-                             num_heads=(1, 2), window_size=7, num_classes=10).eval()
+    swin = timm.create_model(
+        "swin_tiny_patch4_window7_224",
+        img_size=56,
+        embed_dim=16,
+        depths=(2, 2),
+        num_heads=(1, 2),
+        window_size=7,
+        num_classes=10,
+    ).eval()
     p = dcvit.plan(swin, 0.9)
-    new = dcvit.apply_plan(swin, p, p.candidate_blocks[:p.n_blocks])
+    new = dcvit.apply_plan(swin, p, p.candidate_blocks[: p.n_blocks])
     assert new(torch.randn(1, 3, 56, 56)).shape == (1, 10)
     assert dcvit.count_macs(new) <= p.macs_target
 

@@ -33,9 +33,13 @@ def tiny_cnn(in_chans: int = 1, num_classes: int = 10, seed: int = 0) -> nn.Modu
     """Global-pooled CNN: accepts any image size."""
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(in_chans, 16, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes),
+        nn.Conv2d(in_chans, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, num_classes),
     ).eval()
 
 
@@ -49,8 +53,14 @@ def tiny_vit(in_chans: int = 1, img_size: int = 32, patch_size: int = 8) -> nn.M
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     return timm.create_model(
-        "vit_tiny_patch16_224", img_size=img_size, patch_size=patch_size, embed_dim=32,
-        depth=2, num_heads=2, num_classes=10, in_chans=in_chans,
+        "vit_tiny_patch16_224",
+        img_size=img_size,
+        patch_size=patch_size,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        num_classes=10,
+        in_chans=in_chans,
     ).eval()
 
 
@@ -218,11 +228,26 @@ def test_save_grid_png(tmp_path, chans, side, mode):
 @pytest.mark.parametrize(
     "kwargs",
     [
-        dict(num_images=0), dict(num_images=-2), dict(num_images=2.5), dict(num_images=True),
-        dict(iterations=0), dict(lr=-0.1), dict(tv=-1.0), dict(l2=-1e-5),
-        dict(jitter=1.0), dict(jitter=-0.1), dict(tv_exponent=0.0), dict(batch_size=0),
-        dict(labels=[0, 1]), dict(labels=[0, 1, 10]), dict(labels=[0, -1, 2]), dict(labels=[0.5, 1, 2]),
-        dict(image_size=32), dict(image_size=(3, 28, 28)), dict(image_size="28"), dict(image_size=(0, 28)),
+        dict(num_images=0),
+        dict(num_images=-2),
+        dict(num_images=2.5),
+        dict(num_images=True),
+        dict(iterations=0),
+        dict(lr=-0.1),
+        dict(tv=-1.0),
+        dict(l2=-1e-5),
+        dict(jitter=1.0),
+        dict(jitter=-0.1),
+        dict(tv_exponent=0.0),
+        dict(batch_size=0),
+        dict(labels=[0, 1]),
+        dict(labels=[0, 1, 10]),
+        dict(labels=[0, -1, 2]),
+        dict(labels=[0.5, 1, 2]),
+        dict(image_size=32),
+        dict(image_size=(3, 28, 28)),
+        dict(image_size="28"),
+        dict(image_size=(0, 28)),
         dict(mean=(0.1, 0.2)),
     ],
     ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()),
@@ -250,8 +275,10 @@ def test_model_without_config_needs_image_size():
 def test_regularizers_match_definitions():
     x = torch.randn(2, 3, 5, 6)
     diffs = [
-        x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :],
-        x[..., 1:, 1:] - x[..., :-1, :-1], x[..., 1:, :-1] - x[..., :-1, 1:],
+        x[..., :, 1:] - x[..., :, :-1],
+        x[..., 1:, :] - x[..., :-1, :],
+        x[..., 1:, 1:] - x[..., :-1, :-1],
+        x[..., 1:, :-1] - x[..., :-1, 1:],
     ]
     expected = sum(d.pow(2).sum().sqrt() ** 0.6 for d in diffs)
     torch.testing.assert_close(total_variation(x, 0.6), expected)

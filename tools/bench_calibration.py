@@ -9,17 +9,17 @@ Example (the BENCHMARKS.md entry):
     python tools/bench_calibration.py --big fmnist_vit12 --savers fmnist_cnn fmnist_vit_tiny \\
         --drops 0 0.001 0.005 0.01 --confidence 0.95
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 
-
 import cascade
-from dcvit.studies.companions import cascade_splits, record_split
 from dcvit.data import CALIBRATION_SIZE
 from dcvit.factory import resolve_model
 from dcvit.macs import count_macs
+from dcvit.studies.companions import cascade_splits, record_split
 
 
 def parse_args(argv):
@@ -52,18 +52,28 @@ def main(argv=None) -> int:
         costs = [count_macs(models[saver]), count_macs(models[big])]
         for drop in args.drops:
             for conf in (None, args.confidence):
-                cal = cascade.calibrate([rec_calib[saver].probs, rec_calib[big].probs], rec_calib[big].labels, costs,
-                                        drop, test_probs=[rec_test[saver].probs, rec_test[big].probs],
-                                        test_labels=rec_test[big].labels, confidence=conf)
+                cal = cascade.calibrate(
+                    [rec_calib[saver].probs, rec_calib[big].probs],
+                    rec_calib[big].labels,
+                    costs,
+                    drop,
+                    test_probs=[rec_test[saver].probs, rec_test[big].probs],
+                    test_labels=rec_test[big].labels,
+                    confidence=conf,
+                )
                 delta = cal.test_accuracy - cal.test_big_accuracy
                 ok = delta >= -drop - 1e-12
                 held[conf] += ok
                 rule = "measured" if conf is None else f"bound {conf:g}"
-                print(f"{saver:15s}  {drop:5.3f}  {rule:10s}  {cal.thresholds[0]:9.3f}  {100 * delta:+18.2f}  "
-                      f"{cal.test_cost_reduction:10.1%}  {'yes' if ok else 'no'}")
+                print(
+                    f"{saver:15s}  {drop:5.3f}  {rule:10s}  {cal.thresholds[0]:9.3f}  {100 * delta:+18.2f}  "
+                    f"{cal.test_cost_reduction:10.1%}  {'yes' if ok else 'no'}"
+                )
     cases = len(args.savers) * len(args.drops)
-    print(f"tolerance held on test: measured rule {held[None]}/{cases}, "
-          f"{args.confidence:g} bound {held[args.confidence]}/{cases}")
+    print(
+        f"tolerance held on test: measured rule {held[None]}/{cases}, "
+        f"{args.confidence:g} bound {held[args.confidence]}/{cases}"
+    )
     return 0
 
 

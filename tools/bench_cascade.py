@@ -8,6 +8,7 @@ times the cascade, the big model and the saver on test images, interleaved, medi
 Example (the BENCHMARKS.md entry):
     python tools/bench_cascade.py --big fmnist_vit12 --saver fmnist_cnn --batch-sizes 256 1 --repeats 9
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,10 +19,10 @@ import torch
 
 import cascade
 from dcvit.cli.cascade import tolerance_arguments
-from dcvit.studies.companions import cascade_splits, record_split, time_cascade
 from dcvit.data import CALIBRATION_SIZE
 from dcvit.factory import resolve_model
 from dcvit.macs import count_macs
+from dcvit.studies.companions import cascade_splits, record_split, time_cascade
 
 
 def parse_args(argv):
@@ -46,22 +47,45 @@ def main(argv=None) -> int:
     calib, test = cascade_splits(big, args.data, args.calibration_size)
     rec = record_split({"saver": saver, "big": big}, calib, progress=False)
     costs = [count_macs(saver), count_macs(big)]
-    cal = cascade.calibrate([rec["saver"].probs, rec["big"].probs], rec["big"].labels, costs,
-                            max_acc_drop=args.max_acc_drop, confidence=args.confidence)
-    runs = {prepare: time_cascade(saver, big, cal.thresholds, test, (costs[0], costs[1]), images=args.images,
-                                  batch_sizes=args.batch_sizes, repeats=args.repeats, prepare=prepare)
-            for prepare in (False, True)}
-    rows = [{**r, "ratio": r["realised_speedup"] / r["predicted_speedup"]}
-            for key in runs[True] for r in (runs[False][key], runs[True][key])]
+    cal = cascade.calibrate(
+        [rec["saver"].probs, rec["big"].probs],
+        rec["big"].labels,
+        costs,
+        max_acc_drop=args.max_acc_drop,
+        confidence=args.confidence,
+    )
+    runs = {
+        prepare: time_cascade(
+            saver,
+            big,
+            cal.thresholds,
+            test,
+            (costs[0], costs[1]),
+            images=args.images,
+            batch_sizes=args.batch_sizes,
+            repeats=args.repeats,
+            prepare=prepare,
+        )
+        for prepare in (False, True)
+    }
+    rows = [
+        {**r, "ratio": r["realised_speedup"] / r["predicted_speedup"]}
+        for key in runs[True]
+        for r in (runs[False][key], runs[True][key])
+    ]
     if args.json:
         print(json.dumps({"thresholds": cal.thresholds, "rows": rows}, indent=2))
         return 0
-    print(f"{args.saver} -> {args.big}, thresholds {cal.thresholds} ({cal.note}); MACs ratio {costs[1] / costs[0]:.1f}x")
+    print(
+        f"{args.saver} -> {args.big}, thresholds {cal.thresholds} ({cal.note}); MACs ratio {costs[1] / costs[0]:.1f}x"
+    )
     print("batch  prepared  exit   big img/s  saver/big speed  cascade speed-up  MACs-predicted  realised/predicted")
     for r in rows:
-        print(f"{r['batch_size']:5d}  {str(r['prepared']):8s}  {r['exit_ratio']:.3f}  {r['images'] / r['big_seconds']:9.0f}  "
-              f"{r['saver_speed_ratio']:15.1f}  {r['realised_speedup']:16.2f}  {r['predicted_speedup']:14.2f}  "
-              f"{r['ratio']:18.2f}")
+        print(
+            f"{r['batch_size']:5d}  {str(r['prepared']):8s}  {r['exit_ratio']:.3f}  {r['images'] / r['big_seconds']:9.0f}  "
+            f"{r['saver_speed_ratio']:15.1f}  {r['realised_speedup']:16.2f}  {r['predicted_speedup']:14.2f}  "
+            f"{r['ratio']:18.2f}"
+        )
     return 0
 
 

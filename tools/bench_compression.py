@@ -13,6 +13,7 @@ Every finished cell is appended to OUT/results.jsonl and skipped on a rerun, so 
 
 Example:  python tools/bench_compression.py grid --part 0/2 & python tools/bench_compression.py grid --part 1/2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,13 +25,13 @@ from pathlib import Path
 import torch
 
 import synth
-from dcvit.driver import compress
 from dcvit.config import ABLATIONS, BLOCK_DROP, CompressConfig
 from dcvit.data import CALIBRATION_SIZE, eval_transform, few_shot_subset, load_dataset
-from dcvit.studies.evaluate import evaluate, loader_for
+from dcvit.driver import compress
 from dcvit.factory import resolve_model
 from dcvit.macs import count_macs
 from dcvit.planning import block_drop_macs, default_candidates
+from dcvit.studies.evaluate import evaluate, loader_for
 from dcvit.surgery import drop_blocks
 
 SEEDS = (2021, 2022, 2023)
@@ -60,9 +61,14 @@ class Bench:
         path = self.out / f"metric_set_{seed}"
         if not (path / "meta.json").is_file():
             start = time.perf_counter()
-            made = synth.synthesize(self.teacher, config.synth_images, iterations=config.synth_iterations,
-                                    jitter=config.synth_jitter, seed=seed,
-                                    progress=False)
+            made = synth.synthesize(
+                self.teacher,
+                config.synth_images,
+                iterations=config.synth_iterations,
+                jitter=config.synth_jitter,
+                seed=seed,
+                progress=False,
+            )
             made.save(path)
             (self.out / f"metric_set_{seed}.seconds").write_text(f"{time.perf_counter() - start:.2f}\n")
         return synth.load(path)
@@ -73,21 +79,42 @@ class Bench:
         metric_set = None if config.metric == "train_loss" else self.metric_set(seed, config)
         result = compress(self.teacher, self.drop_macs[k], data, config, workdir=workdir, metric_set=metric_set)
         top1 = evaluate(result.model, loader_for(self.test), progress=False)["top1"]
-        row = {"cell": cell, "k": k, "shots": shots, "seed": seed, "top1": top1, "macs": result.macs,
-               "macs_fraction": result.macs / self.macs, "blocks": list(result.blocks),
-               "mlp_hidden": result.plan.mlp_hidden, "structure": [s["edit"] for s in result.structure], "scores": {str(b): s for b, s in result.scores.items()},
-               "stage_seconds": result.seconds,
-               "chosen": [[{k: e[k] for k in ("block", "attention", "units", "saved", "score", "confirmed")}
-                           for e in h["chosen"]] for h in result.history if "chosen" in h], "seconds": time.perf_counter() - start,
-               "images_per_second": [h.get("images_per_second") for h in result.history]}
+        row = {
+            "cell": cell,
+            "k": k,
+            "shots": shots,
+            "seed": seed,
+            "top1": top1,
+            "macs": result.macs,
+            "macs_fraction": result.macs / self.macs,
+            "blocks": list(result.blocks),
+            "mlp_hidden": result.plan.mlp_hidden,
+            "structure": [s["edit"] for s in result.structure],
+            "scores": {str(b): s for b, s in result.scores.items()},
+            "stage_seconds": result.seconds,
+            "chosen": [
+                [{k: e[k] for k in ("block", "attention", "units", "saved", "score", "confirmed")} for e in h["chosen"]]
+                for h in result.history
+                if "chosen" in h
+            ],
+            "seconds": time.perf_counter() - start,
+            "images_per_second": [h.get("images_per_second") for h in result.history],
+        }
         with self.results.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        print(f"{cell}: top-1 {100 * top1:.2f}% at {100 * row['macs_fraction']:.1f}% MACs ({row['seconds']:.0f} s)", flush=True)
+        print(
+            f"{cell}: top-1 {100 * top1:.2f}% at {100 * row['macs_fraction']:.1f}% MACs ({row['seconds']:.0f} s)",
+            flush=True,
+        )
         return row
 
 
-STRUCTURE_CONFIG = {"auto": {"structure": "auto"}, "mlp": {"structure": "mlp"}, "dcvit": {"structure": "dcvit"},
-                    "drop": BLOCK_DROP}
+STRUCTURE_CONFIG = {
+    "auto": {"structure": "auto"},
+    "mlp": {"structure": "mlp"},
+    "dcvit": {"structure": "dcvit"},
+    "drop": BLOCK_DROP,
+}
 
 
 def cells(mode: str):
@@ -96,8 +123,13 @@ def cells(mode: str):
             for seed in SEEDS:
                 for k in (1, 2, 3, 5):
                     for method in ("auto", "dcvit", "drop"):
-                        yield f"grid/{method}/k{k}/s{shots}/seed{seed}", k, shots, seed, \
-                            config_for(shots, seed, **STRUCTURE_CONFIG[method])
+                        yield (
+                            f"grid/{method}/k{k}/s{shots}/seed{seed}",
+                            k,
+                            shots,
+                            seed,
+                            config_for(shots, seed, **STRUCTURE_CONFIG[method]),
+                        )
     elif mode == "ablations":
         for k in (1, 3):
             for name, change in [("default", {})] + sorted(ABLATIONS.items()):
@@ -107,12 +139,14 @@ def cells(mode: str):
 def correlation(bench: Bench, k: int = 2, shots: int = 100) -> None:
     """Paper Fig. 4: candidates' synthetic-set scores and few-shot losses against their real test error."""
     from scipy.stats import spearmanr
-    from dcvit.files import read_json
-    from dcvit.files import load
+
+    from dcvit.files import load, read_json
+
     seed = SEEDS[0]
     workdir = bench.out / "correlation_run"
     if not (workdir / "done").is_file():
         import shutil
+
         shutil.rmtree(workdir, ignore_errors=True)
         bench.run(f"correlation/k{k}", k, shots, seed, config_for(shots, seed), workdir=workdir)
         (workdir / "done").write_text("1")
@@ -122,9 +156,14 @@ def correlation(bench: Bench, k: int = 2, shots: int = 100) -> None:
         err = 1 - evaluate(load(meta_file.parent / "model"), loader_for(bench.test), progress=False)["top1"]
         rows.append({"block": meta["block"], "kl": meta["kl"], "train_loss": meta["train_loss"], "test_error": err})
     errors = [r["test_error"] for r in rows]
-    summary = {"k": k, "shots": shots, "seed": seed, "candidates": rows,
-               "spearman_kl": float(spearmanr([r["kl"] for r in rows], errors).statistic),
-               "spearman_train_loss": float(spearmanr([r["train_loss"] for r in rows], errors).statistic)}
+    summary = {
+        "k": k,
+        "shots": shots,
+        "seed": seed,
+        "candidates": rows,
+        "spearman_kl": float(spearmanr([r["kl"] for r in rows], errors).statistic),
+        "spearman_train_loss": float(spearmanr([r["train_loss"] for r in rows], errors).statistic),
+    }
     (bench.out / "correlation.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
 
@@ -135,8 +174,10 @@ def anatomy(bench: Bench) -> None:
     DC-ViT's premise is that attention is the cheaper part to lose; this checks it on our teacher.
     """
     import copy
+
     from dcvit.arch import get_adapter
     from dcvit.surgery import compress_blocks
+
     adapter = get_adapter(bench.teacher)
     rows = []
     for b in default_candidates(len(bench.teacher.blocks)):
@@ -147,7 +188,10 @@ def anatomy(bench: Bench) -> None:
         with torch.no_grad():  # the MLP branch outputs zero: the block keeps only its attention
             fc2.weight.zero_(), fc2.bias.zero_() if fc2.bias is not None else None
         models = {"no_attention": no_attn, "no_mlp": no_mlp, "dropped": drop_blocks(bench.teacher, [b])}
-        row = {"block": b, **{k: evaluate(m, loader_for(bench.test), progress=False)["top1"] for k, m in models.items()}}
+        row = {
+            "block": b,
+            **{k: evaluate(m, loader_for(bench.test), progress=False)["top1"] for k, m in models.items()},
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
     (bench.out / "anatomy.json").write_text(json.dumps(rows, indent=2))
@@ -167,8 +211,10 @@ def _timing_report(out: Path, grid: list[dict]) -> None:
         compress = [statistics.mean(work(r) for r in mine if r["k"] == k) for k in ks]
         whole = [statistics.mean(r["seconds"] for r in mine if r["k"] == k) for k in ks]
         speed = [v for r in mine for v in r["images_per_second"] if v is not None]
-        print(f"| {method} | {' / '.join(f'{v:.1f}' for v in compress)} (k = {ks}) | "
-              f"{' / '.join(f'{v:.1f}' for v in whole)} | {statistics.mean(speed):.0f} |")
+        print(
+            f"| {method} | {' / '.join(f'{v:.1f}' for v in compress)} (k = {ks}) | "
+            f"{' / '.join(f'{v:.1f}' for v in whole)} | {statistics.mean(speed):.0f} |"
+        )
     synth = [float(p.read_text()) for p in sorted(out.glob("metric_set_*.seconds"))]
     if synth:
         print(f"synthetic metric sets: {', '.join(f'{v:.1f}' for v in synth)} s")
@@ -188,22 +234,29 @@ def _paired(a: list[dict], b: list[dict]) -> list[float]:
 
 
 def _grid_report(rows: list[dict]) -> None:
-    print("| k (blocks dropped) | shots | MACs % (auto / dcvit / drop) | auto | DC-ViT | block dropping | auto − drop "
-          "| auto − max(DC-ViT, drop) | seeds |")
+    print(
+        "| k (blocks dropped) | shots | MACs % (auto / dcvit / drop) | auto | DC-ViT | block dropping | auto − drop "
+        "| auto − max(DC-ViT, drop) | seeds |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for k in (1, 2, 3, 5):
         for shots in (50, 100, 500):
-            get = lambda m: [r for r in rows if r["cell"].startswith(f"grid/{m}/k{k}/s{shots}/")]
+            get = lambda m, k=k, shots=shots: [r for r in rows if r["cell"].startswith(f"grid/{m}/k{k}/s{shots}/")]
             a, c, d = get("auto"), get("dcvit"), get("drop")
             if not (a or c or d):
                 continue
-            best = {r["seed"]: max(x["top1"] for x in c + d if x["seed"] == r["seed"])
-                    for r in a if any(x["seed"] == r["seed"] for x in c + d)}
+            best = {
+                r["seed"]: max(x["top1"] for x in c + d if x["seed"] == r["seed"])
+                for r in a
+                if any(x["seed"] == r["seed"] for x in c + d)
+            }
             versus_best = [r["top1"] - best[r["seed"]] for r in a if r["seed"] in best]
             macs = " / ".join(f"{100 * g[0]['macs_fraction']:.1f}" if g else "—" for g in (a, c, d))
-            print(f"| {k} | {shots} | {macs} | {_stat([r['top1'] for r in a])} | {_stat([r['top1'] for r in c])} "
-                  f"| {_stat([r['top1'] for r in d])} | {_stat(_paired(a, d))} | {_stat(versus_best)} "
-                  f"| {len(a)}/{len(c)}/{len(d)} |")
+            print(
+                f"| {k} | {shots} | {macs} | {_stat([r['top1'] for r in a])} | {_stat([r['top1'] for r in c])} "
+                f"| {_stat([r['top1'] for r in d])} | {_stat(_paired(a, d))} | {_stat(versus_best)} "
+                f"| {len(a)}/{len(c)}/{len(d)} |"
+            )
 
 
 def _choices_report(rows: list[dict]) -> None:
@@ -211,11 +264,19 @@ def _choices_report(rows: list[dict]) -> None:
     print("\n| k | seed | MACs % | auto's blocks 0-11 | step-1 edits (block: edit, KL score, trial-confirmed) |")
     print("|---|---|---|---|---|")
     code = {"kept": ".", "dropped": "D", "MLP removed": "M"}
-    for r in sorted((r for r in rows if r["cell"].startswith("grid/auto/") and r["shots"] == 100),
-                    key=lambda r: (r["k"], r["seed"])):
+    for r in sorted(
+        (r for r in rows if r["cell"].startswith("grid/auto/") and r["shots"] == 100), key=lambda r: (r["k"], r["seed"])
+    ):
         blocks = "".join(code.get(e, "a" if e.startswith("attention") else "m") for e in r["structure"])
-        first = ", ".join(f"{e['block']}: {'' if e['attention'] else 'no attn, '}{e['units']} units, "
-                          f"{e['score']:.4f}{'*' if e['confirmed'] else ''}" for e in r["chosen"][0]) if r["chosen"] else ""
+        first = (
+            ", ".join(
+                f"{e['block']}: {'' if e['attention'] else 'no attn, '}{e['units']} units, "
+                f"{e['score']:.4f}{'*' if e['confirmed'] else ''}"
+                for e in r["chosen"][0]
+            )
+            if r["chosen"]
+            else ""
+        )
         print(f"| {r['k']} | {r['seed']} | {100 * r['macs_fraction']:.1f} | `{blocks}` | {first} |")
 
 

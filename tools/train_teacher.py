@@ -7,6 +7,7 @@ can span interrupted sessions. The finished weights are exported to dcvit/models
 Example (the command behind the shipped teacher; see BENCHMARKS.md):
     python tools/train_teacher.py --model fmnist_vit12 --epochs 20 --batch-size 256 --lr 2e-3 --bf16
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,14 +52,18 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
 @torch.no_grad()
 def evaluate(model, images, targets, batch_size=1000) -> float:
     model.eval()
-    correct = sum((model(normalize(images[i:i + batch_size])).argmax(1) == targets[i:i + batch_size]).sum().item()
-                  for i in range(0, len(targets), batch_size))
+    correct = sum(
+        (model(normalize(images[i : i + batch_size])).argmax(1) == targets[i : i + batch_size]).sum().item()
+        for i in range(0, len(targets), batch_size)
+    )
     return correct / len(targets)
 
 
 def save_checkpoint(ckpt: Path, model, optimizer, epoch: int, history: list) -> None:
     opt_tensors, opt_meta = optimizer_tensors(optimizer)
-    write_tensors(ckpt / "state.safetensors", {**{f"model.{k}": v for k, v in model.state_dict().items()}, **opt_tensors})
+    write_tensors(
+        ckpt / "state.safetensors", {**{f"model.{k}": v for k, v in model.state_dict().items()}, **opt_tensors}
+    )
     write_json(ckpt / "state.json", {"epoch": epoch, "optimizer": opt_meta, "history": history})
 
 
@@ -67,7 +72,7 @@ def load_checkpoint(ckpt: Path, model, optimizer) -> tuple[int, list]:
         return 0, []
     meta = read_json(ckpt / "state.json")
     tensors = read_tensors(ckpt / "state.safetensors")
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     restore_optimizer(optimizer, tensors, meta["optimizer"])
     return meta["epoch"], meta["history"]
 
@@ -82,19 +87,35 @@ def main() -> None:
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward pass (about 1.4x faster on CPUs with AVX512-BF16)")
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bfloat16 autocast for the forward pass (about 1.4x faster on CPUs with AVX512-BF16)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data", default=str(DEBIAN_FMNIST), help="Fashion-MNIST root (idx files)")
     p.add_argument("--checkpoints", default="checkpoints", help="folder for per-epoch checkpoints")
     p.add_argument("--max-epochs-this-run", type=int, default=None, help="stop after this many epochs (resume later)")
-    p.add_argument("--start-from-shipped", action="store_true", help="initialise from the shipped weights (a second phase)")
-    p.add_argument("--distill", nargs="+", default=[], metavar="NAME",
-                   help="shipped models whose averaged softmax (temperature 2) is a soft target, weight --kd-weight")
+    p.add_argument(
+        "--start-from-shipped", action="store_true", help="initialise from the shipped weights (a second phase)"
+    )
+    p.add_argument(
+        "--distill",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="shipped models whose averaged softmax (temperature 2) is a soft target, weight --kd-weight",
+    )
     p.add_argument("--kd-weight", type=float, default=0.5)
     p.add_argument("--tag", default="", help="checkpoint folder suffix, e.g. -kd for a second phase")
-    p.add_argument("--exclude-calibration", type=int, default=0, metavar="N",
-                   help="leave out the N-image calibration split (dcvit.data.calibration_indices, seed 0) so cascade "
-                        "calibration sees images the model never trained on")
+    p.add_argument(
+        "--exclude-calibration",
+        type=int,
+        default=0,
+        metavar="N",
+        help="leave out the N-image calibration split (dcvit.data.calibration_indices, seed 0) so cascade "
+        "calibration sees images the model never trained on",
+    )
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -125,7 +146,7 @@ def main() -> None:
             step = epoch * steps_per_epoch + i
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total, warmup, args.lr)
-            idx = order[i * args.batch_size:(i + 1) * args.batch_size]
+            idx = order[i * args.batch_size : (i + 1) * args.batch_size]
             x = normalize(augment(train.images[idx], gen))
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
                 logits = model(x)
@@ -141,14 +162,22 @@ def main() -> None:
             optimizer.step()
             running += loss.item()
         acc = evaluate(model, test.images, test.targets)
-        history.append({"epoch": epoch + 1, "loss": running / steps_per_epoch, "test_top1": acc,
-                        "seconds": round(time.time() - t0, 1)})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": running / steps_per_epoch,
+                "test_top1": acc,
+                "seconds": round(time.time() - t0, 1),
+            }
+        )
         print(json.dumps(history[-1]), flush=True)
         save_checkpoint(ckpt, model, optimizer, epoch + 1, history)
 
     if stop == args.epochs:
         write_tensors(weights_path(args.model), model.state_dict())
-        write_json(weights_path(args.model).with_suffix(".json"), {"model": args.model, "args": vars(args), "history": history})
+        write_json(
+            weights_path(args.model).with_suffix(".json"), {"model": args.model, "args": vars(args), "history": history}
+        )
         print(f"exported {weights_path(args.model)}")
 
 

@@ -3,6 +3,7 @@
 `get_adapter(model)` returns the first registered adapter whose `matches` accepts the model.
 To support a custom ViT, subclass `Adapter` and call `register_adapter` (README shows an example).
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -31,16 +32,18 @@ def get_adapter(model: nn.Module) -> Adapter:
     raise UnsupportedModelError(
         f"unsupported architecture {type(model).__name__}: no adapter found; dcvit needs a transformer "
         f"whose blocks have an attention module and an MLP (supported: {', '.join(sorted(_SOURCES))}; "
-        f"see README 'Custom architectures')")
+        f"see README 'Custom architectures')"
+    )
 
 
 def adapter_for_spec(name: str) -> type[Adapter]:
     if name not in _SOURCES:
-        raise UnsupportedModelError(f"model file names adapter '{name}', which is not registered "
-                                    f"(registered: {', '.join(sorted(_SOURCES))})")
+        raise UnsupportedModelError(
+            f"model file names adapter '{name}', which is not registered (registered: {', '.join(sorted(_SOURCES))})"
+        )
     return _SOURCES[name]
 
 
-from . import timm_vit, timm_swin, torchvision_vit  # noqa: E402,F401  register the built-in adapters
+from . import timm_swin, timm_vit, torchvision_vit  # noqa: E402,F401  register the built-in adapters
 
 __all__ = ["Adapter", "MlpParts", "UnsupportedModelError", "register_adapter", "get_adapter", "adapter_for_spec"]

@@ -5,6 +5,7 @@ norm1) and its MLP (without norm2), how to swap or drop a block, how to reach th
 before pooling and head, and how to describe the base model so it can be rebuilt with no network.
 Everything else (planning, surgery, mimicking, selection) is written once against this protocol.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,6 +20,7 @@ from torch import nn
 @dataclass(frozen=True)
 class MlpParts:
     """What a compressed block keeps from an original block: norm2, the MLP, LayerScale and drop-path."""
+
     norm: nn.Module
     mlp: nn.Module
     scale: nn.Module
@@ -64,7 +66,9 @@ class Adapter:
         mlp = getattr(block, self.mlp_name)
         linears = [m for m in mlp.modules() if isinstance(m, nn.Linear)]
         if len(linears) < 2:
-            raise ValueError(f"{self.name}: the MLP of a block has {len(linears)} Linear layer(s); expected fc1 and fc2")
+            raise ValueError(
+                f"{self.name}: the MLP of a block has {len(linears)} Linear layer(s); expected fc1 and fc2"
+            )
         return linears[0], linears[-1]
 
     # --- forward pieces ---------------------------------------------------------------------
@@ -100,6 +104,7 @@ class Adapter:
 @dataclass(frozen=True)
 class Setting:
     """One constructor argument a model file may set: what it must be (for messages) and the test."""
+
     what: str
     test: Callable[[Any], bool]
 
@@ -110,8 +115,9 @@ def integer(lo: int = 0, hi: int = 1 << 20) -> Setting:
 
 def number(lo: float = 0.0, hi: float = 1e6) -> Setting:
     # json reads NaN and Infinity; neither is a sane architecture setting
-    return Setting(f"a number in [{lo}, {hi}]",
-                   lambda v: type(v) in (int, float) and math.isfinite(v) and lo <= v <= hi)
+    return Setting(
+        f"a number in [{lo}, {hi}]", lambda v: type(v) in (int, float) and math.isfinite(v) and lo <= v <= hi
+    )
 
 
 def choice(*options: Any) -> Setting:
@@ -119,8 +125,10 @@ def choice(*options: Any) -> Setting:
 
 
 def listed(item: Setting, max_len: int = 8) -> Setting:
-    return Setting(f"a list of up to {max_len} of: {item.what}", lambda v: isinstance(v, (list, tuple))
-                   and 0 < len(v) <= max_len and all(item.test(x) for x in v))
+    return Setting(
+        f"a list of up to {max_len} of: {item.what}",
+        lambda v: isinstance(v, (list, tuple)) and 0 < len(v) <= max_len and all(item.test(x) for x in v),
+    )
 
 
 def either(*settings: Setting) -> Setting:
@@ -138,8 +146,10 @@ def check_kwargs(family: str, kwargs: Any, accepted: Mapping[str, Setting]) -> d
         raise ValueError(f"{family} kwargs must be a JSON object, got {type(kwargs).__name__}")
     for key, value in kwargs.items():
         if key not in accepted:
-            raise ValueError(f"{family} setting {key!r} is not accepted in a model file (only architecture "
-                             f"settings are; accepted: {', '.join(sorted(accepted))})")
+            raise ValueError(
+                f"{family} setting {key!r} is not accepted in a model file (only architecture "
+                f"settings are; accepted: {', '.join(sorted(accepted))})"
+            )
         if not accepted[key].test(value):
             raise ValueError(f"{family} setting {key}={short(value)} must be {accepted[key].what}")
     return kwargs

@@ -1,4 +1,5 @@
 """Adapter for timm's VisionTransformer family (ViT, DeiT, DeiT3 with LayerScale, any size, with or without class token)."""
+
 from __future__ import annotations
 
 import re
@@ -6,13 +7,26 @@ from collections.abc import Mapping
 from typing import Any
 
 import timm
-from torch import nn
 from timm.layers import create_act, create_norm
 from timm.models.vision_transformer import VisionTransformer
+from torch import nn
 
 from . import register_adapter
-from .base import (FLAG, NOTHING, Adapter, MlpParts, Setting, check_keys, check_kwargs, choice, either, integer,
-                   listed, number, short)
+from .base import (
+    FLAG,
+    NOTHING,
+    Adapter,
+    MlpParts,
+    Setting,
+    check_keys,
+    check_kwargs,
+    choice,
+    either,
+    integer,
+    listed,
+    number,
+    short,
+)
 
 # What a model file may pass to timm: architecture settings only, never checkpoint_path, pretrained_cfg(_overlay),
 # pretrained, features_only, device or classes (those load files, go online, or run code); strings only where
@@ -24,15 +38,37 @@ ACTIVATION = choice(*sorted(create_act._ACT_LAYER_DEFAULT))
 NORM = choice(*sorted(create_norm._NORM_MAP))
 DROP_RATES = {k: RATE for k in ("drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate")}
 VIT_SETTINGS: dict[str, Setting] = {
-    "img_size": SIZE, "patch_size": SIZE, "in_chans": integer(1, 1 << 12), "num_classes": integer(),
-    "global_pool": choice("", "avg", "avgmax", "max", "token", "map", "prr"), "embed_dim": integer(1),
-    "depth": COUNT, "num_heads": integer(1, 1 << 12), "mlp_ratio": number(0.0, 1e3), "qkv_bias": FLAG,
-    "qk_norm": FLAG, "proj_bias": FLAG, "init_values": either(NOTHING, number(0.0, 1e3)), "class_token": FLAG,
-    "pos_embed": choice("", "none", "learn"), "no_embed_class": FLAG, "reg_tokens": integer(0, 1 << 10),
-    "pre_norm": FLAG, "final_norm": FLAG, "fc_norm": either(NOTHING, FLAG), "pool_include_prefix": FLAG,
-    "dynamic_img_size": FLAG, "dynamic_img_pad": FLAG, "pos_drop_rate": RATE, "patch_drop_rate": RATE,
-    "weight_init": choice("", "skip", "reset", "jax", "jax_nlhb", "moco"), "fix_init": FLAG,
-    "act_layer": ACTIVATION, "norm_layer": NORM, "embed_norm_layer": either(NOTHING, NORM), **DROP_RATES,
+    "img_size": SIZE,
+    "patch_size": SIZE,
+    "in_chans": integer(1, 1 << 12),
+    "num_classes": integer(),
+    "global_pool": choice("", "avg", "avgmax", "max", "token", "map", "prr"),
+    "embed_dim": integer(1),
+    "depth": COUNT,
+    "num_heads": integer(1, 1 << 12),
+    "mlp_ratio": number(0.0, 1e3),
+    "qkv_bias": FLAG,
+    "qk_norm": FLAG,
+    "proj_bias": FLAG,
+    "init_values": either(NOTHING, number(0.0, 1e3)),
+    "class_token": FLAG,
+    "pos_embed": choice("", "none", "learn"),
+    "no_embed_class": FLAG,
+    "reg_tokens": integer(0, 1 << 10),
+    "pre_norm": FLAG,
+    "final_norm": FLAG,
+    "fc_norm": either(NOTHING, FLAG),
+    "pool_include_prefix": FLAG,
+    "dynamic_img_size": FLAG,
+    "dynamic_img_pad": FLAG,
+    "pos_drop_rate": RATE,
+    "patch_drop_rate": RATE,
+    "weight_init": choice("", "skip", "reset", "jax", "jax_nlhb", "moco"),
+    "fix_init": FLAG,
+    "act_layer": ACTIVATION,
+    "norm_layer": NORM,
+    "embed_norm_layer": either(NOTHING, NORM),
+    **DROP_RATES,
 }
 # Creation arguments that only say where pretrained weights come from: the saved file has the weights.
 LOAD_ONLY = ("pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir", "pretrained_strict")
@@ -48,8 +84,10 @@ def timm_spec(model: nn.Module, family: str, kwargs: dict[str, Any], accepted: M
     else:
         cfg = getattr(model, "pretrained_cfg", None) or {}
         if not cfg.get("architecture"):
-            raise ValueError(f"cannot describe this {family} for saving: it was not created by a registered "
-                             f"timm name; create it with dcvit.create_model(name, **kwargs)")
+            raise ValueError(
+                f"cannot describe this {family} for saving: it was not created by a registered "
+                f"timm name; create it with dcvit.create_model(name, **kwargs)"
+            )
         spec = {"source": "timm", "name": cfg["architecture"], "kwargs": kwargs}
     check_timm_spec(spec, family, accepted)
     return spec
@@ -62,8 +100,10 @@ def check_timm_spec(spec: Any, family: str, accepted: Mapping[str, Setting]) -> 
     if spec.get("source", "timm") != "timm":
         raise ValueError(f"{family} base has source {short(spec.get('source'))}; expected 'timm'")
     if not isinstance(name, str) or not re.fullmatch(r"\w+", name, re.ASCII) or not timm.is_model(name):
-        raise ValueError(f"{family} base name {short(name)} is not a registered timm model name "
-                         f"(hub, file and directory names are refused: model files rebuild offline)")
+        raise ValueError(
+            f"{family} base name {short(name)} is not a registered timm model name "
+            f"(hub, file and directory names are refused: model files rebuild offline)"
+        )
     check_kwargs(f"{family} {name}", spec.get("kwargs", {}), accepted)
 
 

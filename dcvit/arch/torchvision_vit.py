@@ -1,4 +1,5 @@
 """Adapter for torchvision's VisionTransformer (vit_b_16 and friends)."""
+
 from __future__ import annotations
 
 import torch
@@ -10,8 +11,13 @@ from .base import NOTHING, Adapter, MlpParts, Setting, check_keys, check_kwargs,
 
 # A model file may pass torchvision's VisionTransformer its sizes only (no norm_layer or conv stem objects).
 TV_SETTINGS: dict[str, Setting] = {
-    "image_size": integer(1, 1 << 16), "patch_size": integer(1, 1 << 16), "num_layers": integer(0, 1000),
-    "num_heads": integer(1, 1 << 12), "hidden_dim": integer(1), "mlp_dim": integer(1), "num_classes": integer(),
+    "image_size": integer(1, 1 << 16),
+    "patch_size": integer(1, 1 << 16),
+    "num_layers": integer(0, 1000),
+    "num_heads": integer(1, 1 << 12),
+    "hidden_dim": integer(1),
+    "mlp_dim": integer(1),
+    "num_classes": integer(),
     "representation_size": either(NOTHING, integer(1)),
 }
 
@@ -50,11 +56,19 @@ class TorchvisionViTAdapter(Adapter):
 
     def base_spec(self, model):
         first = next(b for b in model.encoder.layers if hasattr(b, "self_attention"))
-        return {"source": "torchvision", "kwargs": {
-            "image_size": model.image_size, "patch_size": model.patch_size,
-            "num_layers": len(model.encoder.layers), "num_heads": first.self_attention.num_heads,
-            "hidden_dim": model.hidden_dim, "mlp_dim": model.mlp_dim,
-            "num_classes": model.num_classes, "representation_size": model.representation_size}}
+        return {
+            "source": "torchvision",
+            "kwargs": {
+                "image_size": model.image_size,
+                "patch_size": model.patch_size,
+                "num_layers": len(model.encoder.layers),
+                "num_heads": first.self_attention.num_heads,
+                "hidden_dim": model.hidden_dim,
+                "mlp_dim": model.mlp_dim,
+                "num_classes": model.num_classes,
+                "representation_size": model.representation_size,
+            },
+        }
 
     @staticmethod
     def build(spec):

@@ -4,6 +4,7 @@ Each command group lives in its own module and lists its commands in COMMANDS; t
 parser from those lists and runs the chosen command. Errors a user can fix (bad numbers, unknown models,
 unsupported architectures, missing files) print one line on stderr and exit 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,11 @@ COMMANDS = [*models.COMMANDS, *compress.COMMANDS, *cascade.COMMANDS, *demo.COMMA
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="dcvit", description="Few-shot compression of vision transformers "
-                                     "(DC-ViT) and cascades of compressed companions. See README.md.")
+    parser = OneLineParser(
+        prog="dcvit",
+        description="Few-shot compression of vision transformers "
+        "(DC-ViT) and cascades of compressed companions. See README.md.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         p = sub.add_parser(command.name, help=command.help, description=command.help)

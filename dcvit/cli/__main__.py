@@ -1,4 +1,5 @@
 """`python -m dcvit.cli`: the same as the `dcvit` command."""
+
 import sys
 
 from . import main

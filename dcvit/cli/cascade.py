@@ -1,11 +1,12 @@
 """`dcvit cascade`: pick a saver for a big model, calibrate a cascade on held-out data, report and time it."""
+
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from .common import Command, emit
 from ..data import CALIBRATION_SIZE
+from .common import Command, emit
 
 
 def acc_drop(text: str) -> float:
@@ -36,13 +37,21 @@ def confidence_level(text: str) -> float | None:
 
 def tolerance_arguments(p: argparse.ArgumentParser) -> None:
     """--max-acc-drop and --confidence of `dcvit cascade` (and of tools/bench_cascade.py)."""
-    p.add_argument("--max-acc-drop", type=acc_drop, default=0.0,
-                   help="tolerated top-1 drop vs the big model, as a fraction (0.01 = 1 point; default 0 = lossless)")
-    p.add_argument("--confidence", type=confidence_level, default=0.95,
-                   help="one-sided confidence that the cascade stays within --max-acc-drop on new data: the lower "
-                        "bound of the paired accuracy difference on the calibration split must meet it "
-                        "(default 0.95; 0 compares measured accuracies, which lands below the tolerance on new "
-                        "data about half of the time)")
+    p.add_argument(
+        "--max-acc-drop",
+        type=acc_drop,
+        default=0.0,
+        help="tolerated top-1 drop vs the big model, as a fraction (0.01 = 1 point; default 0 = lossless)",
+    )
+    p.add_argument(
+        "--confidence",
+        type=confidence_level,
+        default=0.95,
+        help="one-sided confidence that the cascade stays within --max-acc-drop on new data: the lower "
+        "bound of the paired accuracy difference on the calibration split must meet it "
+        "(default 0.95; 0 compares measured accuracies, which lands below the tolerance on new "
+        "data about half of the time)",
+    )
 
 
 def _cascade_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,27 +59,43 @@ def _cascade_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--savers", nargs="+", required=True, help="candidate little models (names or directories)")
     p.add_argument("--data", default="fashion-mnist", help="dataset spec (calibration from train, report on test)")
     tolerance_arguments(p)
-    p.add_argument("--calibration-size", type=int, default=CALIBRATION_SIZE,
-                   help=f"held-out training images for calibration (default {CALIBRATION_SIZE})")
+    p.add_argument(
+        "--calibration-size",
+        type=int,
+        default=CALIBRATION_SIZE,
+        help=f"held-out training images for calibration (default {CALIBRATION_SIZE})",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="folder for report.md and curves.png")
     p.add_argument("--json", action="store_true")
 
 
 def run_cascade(args) -> None:
+    from ..factory import resolve_model
     from ..studies.companions import cascade_study
     from ..studies.report import study_markdown, study_summary, write_study
-    from ..factory import resolve_model
+
     names = [args.big] + [s for s in args.savers if s != args.big]
     models = {n: resolve_model(n, weights="pretrained") for n in names}
-    study = cascade_study(args.big, models, args.data, calibration_size=args.calibration_size, seed=args.seed,
-                          max_acc_drop=args.max_acc_drop, confidence=args.confidence)
+    study = cascade_study(
+        args.big,
+        models,
+        args.data,
+        calibration_size=args.calibration_size,
+        seed=args.seed,
+        max_acc_drop=args.max_acc_drop,
+        confidence=args.confidence,
+    )
     if args.out:
         write_study(study, Path(args.out))
     emit(args, study_summary(study), study_markdown(study))
 
 
 COMMANDS = [
-    Command('cascade', "little-big cascade: saver selection by ΔC, held-out threshold calibration, measured speed-up",
-            _cascade_arguments, run_cascade),
+    Command(
+        "cascade",
+        "little-big cascade: saver selection by ΔC, held-out threshold calibration, measured speed-up",
+        _cascade_arguments,
+        run_cascade,
+    ),
 ]

@@ -1,37 +1,56 @@
 """`dcvit compress`, `dcvit family` and `dcvit synth`: thin wrappers over dcvit.compress and synth."""
+
 from __future__ import annotations
 
 import argparse
 import math
 from pathlib import Path
 
-from .common import Command, emit, model_argument, structure_argument
 from ..data import CALIBRATION_SIZE
+from .common import Command, emit, model_argument, structure_argument
 
 
 def _engine_arguments(p: argparse.ArgumentParser) -> None:
     from ..config import CompressConfig
+
     d = CompressConfig()
     model_argument(p, input_size=False)
     p.add_argument("--data", default="fashion-mnist", help="few-shot source (dataset spec; labels are never used)")
     p.add_argument("--shots", type=int, default=100, help="number of unlabeled images (default 100)")
     p.add_argument("--out", required=True, help="output folder: the model (dcvit.load-able), result.json, checkpoints")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"mimicking epochs per step (default {d.epochs})")
-    p.add_argument("--trial-epochs", type=int, default=d.trial_epochs,
-                   help=f"epochs per block-wise trial candidate (default {d.trial_epochs})")
+    p.add_argument(
+        "--trial-epochs",
+        type=int,
+        default=d.trial_epochs,
+        help=f"epochs per block-wise trial candidate (default {d.trial_epochs})",
+    )
     p.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr})")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--augment", action="store_true", help="RandomResizedCrop + flip + RandAugment on the few shots")
     p.add_argument("--synth-iterations", type=int, default=d.synth_iterations)
     structure_argument(p)
-    p.add_argument("--baseline", action="store_const", const="drop", dest="structure",
-                   help="the same as --structure drop (block dropping, PRACTISE-style)")
-    p.add_argument("--search-steps", type=int, default=d.search_steps,
-                   help="auto/mlp: progressive steps, each fine-tuned for --epochs (default: one per average "
-                        "block's worth of MACs removed, as many as DC-ViT takes, 1 to 8)")
-    p.add_argument("--calibration-size", type=int, default=CALIBRATION_SIZE,
-                   help="training images held out for cascade calibration, never used as shots (default 5000; "
-                        "use the same value and --seed with `dcvit cascade`)")
+    p.add_argument(
+        "--baseline",
+        action="store_const",
+        const="drop",
+        dest="structure",
+        help="the same as --structure drop (block dropping, PRACTISE-style)",
+    )
+    p.add_argument(
+        "--search-steps",
+        type=int,
+        default=d.search_steps,
+        help="auto/mlp: progressive steps, each fine-tuned for --epochs (default: one per average "
+        "block's worth of MACs removed, as many as DC-ViT takes, 1 to 8)",
+    )
+    p.add_argument(
+        "--calibration-size",
+        type=int,
+        default=CALIBRATION_SIZE,
+        help="training images held out for cascade calibration, never used as shots (default 5000; "
+        "use the same value and --seed with `dcvit cascade`)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -39,19 +58,36 @@ def _engine_arguments(p: argparse.ArgumentParser) -> None:
 
 def _config(args):
     from ..config import BLOCK_DROP, CompressConfig
+
     extra = BLOCK_DROP if args.structure == "drop" else {"structure": args.structure}
-    return CompressConfig(epochs=args.epochs, trial_epochs=args.trial_epochs, lr=args.lr, batch_size=args.batch_size,
-                          augment=args.augment, synth_iterations=args.synth_iterations, seed=args.seed,
-                          search_steps=args.search_steps, progress=not args.quiet, **extra)
+    return CompressConfig(
+        epochs=args.epochs,
+        trial_epochs=args.trial_epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        augment=args.augment,
+        synth_iterations=args.synth_iterations,
+        seed=args.seed,
+        search_steps=args.search_steps,
+        progress=not args.quiet,
+        **extra,
+    )
 
 
 def _summary(result) -> dict:
-    return {"macs": result.macs, "macs_original": result.plan.macs_original,
-            "macs_fraction": result.macs / result.plan.macs_original, "blocks": list(result.blocks),
-            "mlp_hidden": result.plan.mlp_hidden, "remove_attention": result.plan.remove_attention,
-            "structure_kind": result.plan.structure, "structure": list(result.structure),
-            "scores": {str(b): s for b, s in result.scores.items()}, "seconds": result.seconds,
-            "history": list(result.history)}
+    return {
+        "macs": result.macs,
+        "macs_original": result.plan.macs_original,
+        "macs_fraction": result.macs / result.plan.macs_original,
+        "blocks": list(result.blocks),
+        "mlp_hidden": result.plan.mlp_hidden,
+        "remove_attention": result.plan.remove_attention,
+        "structure_kind": result.plan.structure,
+        "structure": list(result.structure),
+        "scores": {str(b): s for b, s in result.scores.items()},
+        "seconds": result.seconds,
+        "history": list(result.history),
+    }
 
 
 def _strict(value):
@@ -73,11 +109,11 @@ def _refuse_finished(out: Path, resume: bool) -> None:
 
 
 def _run_targets(args, targets: list[str]) -> list[dict]:
-    from ..driver import compress_family, plan_for
     from ..data import few_shot_subset
-    from ..files import write_json
+    from ..driver import compress_family, plan_for
     from ..factory import resolve_model
-    from ..files import save
+    from ..files import save, write_json
+
     config = _config(args)  # config and targets are checked before any data or model work
     out = Path(args.out)
     _refuse_finished(out, args.resume)
@@ -89,8 +125,16 @@ def _run_targets(args, targets: list[str]) -> list[dict]:
     for target, result in zip(targets, results):
         folder = out if len(targets) == 1 else out / f"target-{target}"
         save(result.model, folder / "model")
-        summaries.append(_strict({"target": target, "model_dir": str(folder / "model"), **_summary(result),
-                                  "describe": result.describe()}))
+        summaries.append(
+            _strict(
+                {
+                    "target": target,
+                    "model_dir": str(folder / "model"),
+                    **_summary(result),
+                    "describe": result.describe(),
+                }
+            )
+        )
         write_json(folder / "result.json", summaries[-1])
     return summaries
 
@@ -113,44 +157,69 @@ def _synth_arguments(p: argparse.ArgumentParser) -> None:
     model_argument(p)
     p.add_argument("--num-images", type=int, default=50)
     p.add_argument("--iterations", type=int, default=2000, help="optimisation steps (default 2000, the reference)")
-    p.add_argument("--jitter", type=float, default=30 / 224,
-                   help="random roll, as a fraction of the side (default 30/224, the reference; 1/28 measured best for "
-                        "the 28x28 fmnist_vit12)")
+    p.add_argument(
+        "--jitter",
+        type=float,
+        default=30 / 224,
+        help="random roll, as a fraction of the side (default 30/224, the reference; 1/28 measured best for "
+        "the 28x28 fmnist_vit12)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="folder for the set (safetensors + JSON) and grid.png")
 
 
 def run_synth(args) -> None:
     import synth
+
     from ..factory import resolve_model
+
     model = resolve_model(args.model, weights="pretrained")
-    made = synth.synthesize(model, args.num_images, iterations=args.iterations,
-                            jitter=args.jitter, seed=args.seed, image_size=args.input_size)
+    made = synth.synthesize(
+        model,
+        args.num_images,
+        iterations=args.iterations,
+        jitter=args.jitter,
+        seed=args.seed,
+        image_size=args.input_size,
+    )
     made.save(Path(args.out))
     made.save_grid(Path(args.out) / "grid.png")
     hit, conf = made.target_agreement(model)
     payload = {"out": args.out, "num_images": len(made), "target_hit_rate": hit, "mean_target_confidence": conf}
-    emit(args, payload, f"{len(made)} images -> {args.out} (grid.png); classified as their target: {100 * hit:.1f}%, "
-                        f"mean target confidence {conf:.3f}")
+    emit(
+        args,
+        payload,
+        f"{len(made)} images -> {args.out} (grid.png); classified as their target: {100 * hit:.1f}%, "
+        f"mean target confidence {conf:.3f}",
+    )
 
 
 def _compress_arguments(p: argparse.ArgumentParser) -> None:
     _engine_arguments(p)
-    p.add_argument(
-    "--target-macs", required=True, help="fraction of the original in (0, 1), or absolute MACs")
+    p.add_argument("--target-macs", required=True, help="fraction of the original in (0, 1), or absolute MACs")
 
 
 def _family_arguments(p: argparse.ArgumentParser) -> None:
     _engine_arguments(p)
     p.add_argument(
-    "--targets", nargs="+", required=True, help="target MACs, each a fraction in (0, 1) or absolute MACs")
+        "--targets", nargs="+", required=True, help="target MACs, each a fraction in (0, 1) or absolute MACs"
+    )
 
 
 COMMANDS = [
-    Command('compress', "compress a ViT to a target MACs with a few unlabeled images (DC-ViT, Algorithm 1)",
-            _compress_arguments, run_compress),
-    Command('family', "a dense family: one compressed model per target MACs, trials shared where plans allow",
-            _family_arguments, run_family),
-    Command('synth', "synthesize a DeepInversion-style metric set from a classifier (Eq. 4-5)",
-            _synth_arguments, run_synth),
+    Command(
+        "compress",
+        "compress a ViT to a target MACs with a few unlabeled images (DC-ViT, Algorithm 1)",
+        _compress_arguments,
+        run_compress,
+    ),
+    Command(
+        "family",
+        "a dense family: one compressed model per target MACs, trials shared where plans allow",
+        _family_arguments,
+        run_family,
+    ),
+    Command(
+        "synth", "synthesize a DeepInversion-style metric set from a classifier (Eq. 4-5)", _synth_arguments, run_synth
+    ),
 ]

@@ -1,4 +1,5 @@
 """`dcvit demo`: the main job on the embedded default (what `make demo` runs)."""
+
 from __future__ import annotations
 
 from .common import Command
@@ -14,6 +15,7 @@ def _demo_arguments(p) -> None:
 
 def run_demo_command(args) -> None:
     from ..studies.demo import DemoSettings, run_demo
+
     settings = DemoSettings.fast() if args.fast else DemoSettings()
     changes = {"seed": args.seed}
     if args.shots is not None:
@@ -21,10 +23,15 @@ def run_demo_command(args) -> None:
             raise ValueError(f"--shots must be a positive integer; got {args.shots}")
         changes["shots"] = args.shots
     from dataclasses import replace
+
     run_demo(args.out, replace(settings, **changes), progress=not args.quiet)
 
 
 COMMANDS = [
-    Command('demo', "compress the shipped teacher into a family, compare with block dropping, build a cascade, write a report",
-            _demo_arguments, run_demo_command),
+    Command(
+        "demo",
+        "compress the shipped teacher into a family, compare with block dropping, build a cascade, write a report",
+        _demo_arguments,
+        run_demo_command,
+    ),
 ]

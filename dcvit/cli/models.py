@@ -1,4 +1,5 @@
 """`dcvit macs`, `plan`, `bench` and `eval`: looking at one model."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,6 +12,7 @@ def run_macs(args) -> None:
     from ..arch import UnsupportedModelError
     from ..factory import resolve_model
     from ..macs import count_macs, default_input_size, macs_profile
+
     model = resolve_model(args.model)
     try:
         profile = macs_profile(model, args.input_size)
@@ -18,13 +20,23 @@ def run_macs(args) -> None:
         size = tuple(args.input_size or default_input_size(model))
         total = count_macs(model, size)
         payload = {"model": args.model, "total": total, "attn": None, "mlp": None, "input_size": list(size)}
-        emit(args, payload, f"{args.model}: {total / 1e9:.4f} GMACs ({total:,d} MACs) at input {size} "
-                            f"(no per-block breakdown: {err})")
+        emit(
+            args,
+            payload,
+            f"{args.model}: {total / 1e9:.4f} GMACs ({total:,d} MACs) at input {size} (no per-block breakdown: {err})",
+        )
         return
-    payload = {"model": args.model, "total": profile.total, "attn": list(profile.attn), "mlp": list(profile.mlp),
-               "input_size": list(profile.input_size)}
-    lines = [f"{args.model}: {profile.total / 1e9:.4f} GMACs at input {tuple(profile.input_size)}",
-             "block  attn(+norm1) MACs  mlp MACs"]
+    payload = {
+        "model": args.model,
+        "total": profile.total,
+        "attn": list(profile.attn),
+        "mlp": list(profile.mlp),
+        "input_size": list(profile.input_size),
+    }
+    lines = [
+        f"{args.model}: {profile.total / 1e9:.4f} GMACs at input {tuple(profile.input_size)}",
+        "block  attn(+norm1) MACs  mlp MACs",
+    ]
     lines += [f"{i:5d}  {a:17,d}  {m:,d}" for i, (a, m) in enumerate(zip(profile.attn, profile.mlp))]
     emit(args, payload, "\n".join(lines))
 
@@ -35,22 +47,33 @@ def _plan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-macs", required=True, help="fraction of the original in (0, 1), or absolute MACs")
     structure_argument(p)
     p.add_argument("--blocks", type=int, help="dcvit: force the number of compressed blocks")
-    p.add_argument("--candidates", type=int, nargs="+",
-                   help="candidate block indices (default: all but first and last for dcvit and drop, all for auto/mlp)")
+    p.add_argument(
+        "--candidates",
+        type=int,
+        nargs="+",
+        help="candidate block indices (default: all but first and last for dcvit and drop, all for auto/mlp)",
+    )
 
 
 def run_plan(args) -> None:
     from ..factory import resolve_model
     from ..planning import plan, plan_block_drop, plan_search
+
     model = resolve_model(args.model)
     if args.structure in ("auto", "mlp"):
-        p = plan_search(model, args.target_macs, structure=args.structure, input_size=args.input_size,
-                        candidate_blocks=args.candidates)
+        p = plan_search(
+            model,
+            args.target_macs,
+            structure=args.structure,
+            input_size=args.input_size,
+            candidate_blocks=args.candidates,
+        )
     elif args.structure == "drop":
         p = plan_block_drop(model, args.target_macs, input_size=args.input_size, candidate_blocks=args.candidates)
     else:
-        p = plan(model, args.target_macs, blocks=args.blocks, input_size=args.input_size,
-                 candidate_blocks=args.candidates)
+        p = plan(
+            model, args.target_macs, blocks=args.blocks, input_size=args.input_size, candidate_blocks=args.candidates
+        )
     payload = {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.__dict__.items()}
     emit(args, payload, p.describe())
 
@@ -58,8 +81,13 @@ def run_plan(args) -> None:
 # --- bench ------------------------------------------------------------------------------------
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
     model_argument(p)
-    p.add_argument("--drop", type=int, nargs="+", default=[1, 2, 3],
-                   help="compare at the MACs of dropping k blocks (DC-ViT then compresses k+1); default 1 2 3")
+    p.add_argument(
+        "--drop",
+        type=int,
+        nargs="+",
+        default=[1, 2, 3],
+        help="compare at the MACs of dropping k blocks (DC-ViT then compresses k+1); default 1 2 3",
+    )
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     p.add_argument("--repeats", type=int, default=20, help="interleaved timing rounds (median reported)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
@@ -67,22 +95,31 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_bench(args) -> None:
     import torch
-    from ..studies.latency import format_latency, latency_table
+
     from ..factory import resolve_model
+    from ..studies.latency import format_latency, latency_table
+
     if args.threads:
         torch.set_num_threads(args.threads)
     if min(args.drop) < 1 or min(args.batch_sizes) < 1 or args.repeats < 1:
         raise ValueError("--drop, --batch-sizes and --repeats must be positive integers")
     rows = latency_table(resolve_model(args.model), args.drop, args.batch_sizes, args.repeats, args.input_size)
-    emit(args, {"model": args.model, "threads": torch.get_num_threads(), "rows": [r.as_dict() for r in rows]},
-         format_latency(rows))
+    emit(
+        args,
+        {"model": args.model, "threads": torch.get_num_threads(), "rows": [r.as_dict() for r in rows]},
+        format_latency(rows),
+    )
 
 
 # --- eval -------------------------------------------------------------------------------------
 def _eval_arguments(p: argparse.ArgumentParser) -> None:
     model_argument(p)
-    p.add_argument("--data", default="fashion-mnist", help="dataset spec: fashion-mnist[:ROOT], imagefolder:PATH, "
-                                                           "cifar10:PATH, cifar100:PATH (default fashion-mnist)")
+    p.add_argument(
+        "--data",
+        default="fashion-mnist",
+        help="dataset spec: fashion-mnist[:ROOT], imagefolder:PATH, "
+        "cifar10:PATH, cifar100:PATH (default fashion-mnist)",
+    )
     p.add_argument("--split", choices=["test", "train"], default="test")
     p.add_argument("--limit", type=int, help="evaluate the first N images only")
     p.add_argument("--batch-size", type=int, default=256)
@@ -90,30 +127,51 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_eval(args) -> None:
     from ..data import eval_transform, load_dataset
-    from ..studies.evaluate import evaluate, loader_for, throughput
     from ..factory import resolve_model
     from ..macs import count_macs, default_input_size
+    from ..studies.evaluate import evaluate, loader_for, throughput
+
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise ValueError("--batch-size and --limit must be positive integers")
     model = resolve_model(args.model, weights="pretrained")
     data = load_dataset(args.data, train=args.split == "train", transform=eval_transform(model))
     result = evaluate(model, loader_for(data, args.batch_size, args.limit))
     size = args.input_size or default_input_size(model)
-    result.update(model=args.model, data=args.data, split=args.split, macs=count_macs(model, size),
-                  params=sum(p.numel() for p in model.parameters()),
-                  images_per_second=round(throughput(model, size, args.batch_size), 1))
-    emit(args, result, f"{args.model} on {args.data} {args.split} ({result['n']} images): top-1 {100 * result['top1']:.2f}%  "
-                       f"top-5 {100 * result['top5']:.2f}%  {result['macs'] / 1e6:.2f}M MACs  "
-                       f"{result['params'] / 1e6:.3f}M params  {result['images_per_second']:.0f} img/s (batch {args.batch_size})")
+    result.update(
+        model=args.model,
+        data=args.data,
+        split=args.split,
+        macs=count_macs(model, size),
+        params=sum(p.numel() for p in model.parameters()),
+        images_per_second=round(throughput(model, size, args.batch_size), 1),
+    )
+    emit(
+        args,
+        result,
+        f"{args.model} on {args.data} {args.split} ({result['n']} images): top-1 {100 * result['top1']:.2f}%  "
+        f"top-5 {100 * result['top5']:.2f}%  {result['macs'] / 1e6:.2f}M MACs  "
+        f"{result['params'] / 1e6:.3f}M params  {result['images_per_second']:.0f} img/s (batch {args.batch_size})",
+    )
 
 
 COMMANDS = [
-    Command('macs', "MACs of a model: total and, for supported transformers, per block (attention with norm1, MLP without norm2)",
-            model_argument, run_macs),
-    Command('plan', "structure for a target MACs: the search plan (auto, mlp), Eq. 1-2 (dcvit), or whole blocks (drop)",
-            _plan_arguments, run_plan),
-    Command('bench', "latency: original vs DC-ViT vs block dropping at equal MACs (interleaved medians)",
-            _bench_arguments, run_bench),
-    Command('eval', "top-1, top-5, MACs, params and CPU throughput of a model on a dataset",
-            _eval_arguments, run_eval),
+    Command(
+        "macs",
+        "MACs of a model: total and, for supported transformers, per block (attention with norm1, MLP without norm2)",
+        model_argument,
+        run_macs,
+    ),
+    Command(
+        "plan",
+        "structure for a target MACs: the search plan (auto, mlp), Eq. 1-2 (dcvit), or whole blocks (drop)",
+        _plan_arguments,
+        run_plan,
+    ),
+    Command(
+        "bench",
+        "latency: original vs DC-ViT vs block dropping at equal MACs (interleaved medians)",
+        _bench_arguments,
+        run_bench,
+    ),
+    Command("eval", "top-1, top-5, MACs, params and CPU throughput of a model on a dataset", _eval_arguments, run_eval),
 ]

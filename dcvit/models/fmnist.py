@@ -3,14 +3,15 @@
 Importing dcvit registers them in timm, so `timm.create_model("fmnist_vit12", pretrained=True)`
 loads the shipped safetensors file with no network.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-from torch import nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from torch import nn
 
 # Statistics of the Fashion-MNIST training images (pixels in [0, 1]).
 FMNIST_MEAN = (0.2860,)
@@ -42,11 +43,13 @@ def _cfg(name: str) -> dict:
     }
 
 
-default_cfgs = generate_default_cfgs({
-    "fmnist_vit12.fmnist": _cfg("fmnist_vit12"),
-    "fmnist_vit_tiny.fmnist": _cfg("fmnist_vit_tiny"),
-    "fmnist_cnn.fmnist": {**_cfg("fmnist_cnn"), "first_conv": "features.0", "classifier": "head"},
-})
+default_cfgs = generate_default_cfgs(
+    {
+        "fmnist_vit12.fmnist": _cfg("fmnist_vit12"),
+        "fmnist_vit_tiny.fmnist": _cfg("fmnist_vit_tiny"),
+        "fmnist_cnn.fmnist": {**_cfg("fmnist_cnn"), "first_conv": "features.0", "classifier": "head"},
+    }
+)
 
 
 class FmnistCNN(nn.Module):
@@ -77,15 +80,15 @@ def _check_weights(name: str, pretrained: bool) -> None:
     if pretrained and not weights_path(name).is_file():
         raise FileNotFoundError(
             f"shipped weights for {name} are missing ({weights_path(name)}); "
-            f"train them with tools/train_teacher.py --model {name}")
+            f"train them with tools/train_teacher.py --model {name}"
+        )
 
 
 def _create_vit(name: str, pretrained: bool, **kwargs) -> VisionTransformer:
     _check_weights(name, pretrained)
     args = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, mlp_ratio=4.0, **VIT_ARGS[name])
     args.update(kwargs)
-    return build_model_with_cfg(VisionTransformer, name, pretrained,
-                                pretrained_filter_fn=checkpoint_filter_fn, **args)
+    return build_model_with_cfg(VisionTransformer, name, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **args)
 
 
 @register_model

@@ -3,13 +3,12 @@ calibration split, calibrate thresholds there, report on the test split, and tim
 
 The calibration split is a seeded held-out part of the *training* set; the test set never drives a choice.
 """
+
 from __future__ import annotations
 
-import statistics
-import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
 
 import torch
 from torch import nn
@@ -18,22 +17,22 @@ from torch.utils.data import Subset
 import cascade
 
 from ..data import CALIBRATION_SIZE, calibration_indices, eval_transform, load_dataset
+from ..macs import count_macs, default_input_size
 from .evaluate import loader_for
 from .timing import interleaved_medians
-from ..macs import count_macs, default_input_size
 
 
 @dataclass(frozen=True)
 class CascadeStudy:
     big: str
-    costs: dict[str, int]                       # MACs per image of every model
-    accuracy: dict[str, float]                  # test top-1 of every model alone
-    ranking: list[tuple[str, float, float]]     # (saver, ΔC, r_match) on the calibration split, best first
+    costs: dict[str, int]  # MACs per image of every model
+    accuracy: dict[str, float]  # test top-1 of every model alone
+    ranking: list[tuple[str, float, float]]  # (saver, ΔC, r_match) on the calibration split, best first
     test_ranking: list[tuple[str, float, float]]  # the same on the test split (only to check the choice)
     calibrations: dict[str, cascade.Calibration]  # per saver, thresholds chosen on the calibration split
-    tables: dict[str, list[dict]]               # TinySaver-style rows per saver (test split)
+    tables: dict[str, list[dict]]  # TinySaver-style rows per saver (test split)
     curves: dict[str, cascade.SweepResult] = field(repr=False, default_factory=dict)
-    speed: dict = field(default_factory=dict)   # realised vs predicted speed-up of the chosen cascade
+    speed: dict = field(default_factory=dict)  # realised vs predicted speed-up of the chosen cascade
 
     @property
     def saver(self) -> str:
@@ -55,8 +54,9 @@ def check_saver(name: str, model: nn.Module, big: nn.Module) -> None:
         try:
             out = model.eval()(x)
         except Exception as err:  # any failure here means "wrong input", whatever the model raises
-            raise ValueError(f"saver {name} does not accept the big model's input {tuple(x.shape[1:])} "
-                             f"({type(err).__name__})") from None
+            raise ValueError(
+                f"saver {name} does not accept the big model's input {tuple(x.shape[1:])} ({type(err).__name__})"
+            ) from None
     if not isinstance(out, torch.Tensor):
         raise ValueError(f"saver {name} returns {type(out).__name__}; a cascade needs a B x classes logits tensor")
     if out.shape != (1, classes):
@@ -64,12 +64,21 @@ def check_saver(name: str, model: nn.Module, big: nn.Module) -> None:
     cfgs = [getattr(m, "pretrained_cfg", None) or {} for m in (model, big)]
     norm = [tuple(cfg.get(k) or ()) for cfg in cfgs for k in ("mean", "std")]
     if norm[:2] != norm[2:]:  # e.g. DeiT (ImageNet statistics) next to an augreg ViT (0.5, 0.5)
-        warnings.warn(f"saver {name} expects mean/std {norm[:2]}, but the study normalises with the big model's "
-                      f"{norm[2:]}; its accuracy may suffer", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"saver {name} expects mean/std {norm[:2]}, but the study normalises with the big model's "
+            f"{norm[2:]}; its accuracy may suffer",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
-def cascade_splits(big: nn.Module, data: str = "fashion-mnist", calibration_size: int = CALIBRATION_SIZE, seed: int = 0,
-                   test_limit: Optional[int] = None):
+def cascade_splits(
+    big: nn.Module,
+    data: str = "fashion-mnist",
+    calibration_size: int = CALIBRATION_SIZE,
+    seed: int = 0,
+    test_limit: int | None = None,
+):
     """(calibration, test) datasets in the big model's eval transform: the calibration split is the seeded
     held-out part of the training set (never among the shots), the test split optionally a fixed prefix."""
     transform = eval_transform(big)
@@ -88,8 +97,16 @@ def record_split(models: Mapping[str, nn.Module], dataset, batch_size: int = 256
 
 
 @torch.inference_mode()
-def measure_speedup(saver: nn.Module, big: nn.Module, thresholds, images: torch.Tensor, batch_size: int,
-                    costs: tuple[float, float], repeats: int = 7, prepare: bool = True) -> dict:
+def measure_speedup(
+    saver: nn.Module,
+    big: nn.Module,
+    thresholds,
+    images: torch.Tensor,
+    batch_size: int,
+    costs: tuple[float, float],
+    repeats: int = 7,
+    prepare: bool = True,
+) -> dict:
     """Wall-clock time of the cascade, of the big model alone and of the saver alone over `images` (CPU).
 
     All models are first made ready for inference the same way (cascade.prepare_for_inference, checked on
@@ -105,34 +122,71 @@ def measure_speedup(saver: nn.Module, big: nn.Module, thresholds, images: torch.
         saver, big = (cascade.prepare_for_inference(m, example) for m in (saver, big))
     saver, big = saver.eval(), big.eval()
     runs = {"cascade": cascade.Cascade([saver, big], thresholds), "big": big, "saver": saver}
-    batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
+    batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
     t = interleaved_medians({name: (lambda net=net: [net(b) for b in batches]) for name, net in runs.items()}, repeats)
     exit_ratio = runs["cascade"].total_stats.exit_ratios[0]
     saver_cost, big_cost = costs
-    return {"batch_size": batch_size, "images": len(images), "repeats": repeats, "prepared": prepare,
-            "cascade_seconds": t["cascade"], "big_seconds": t["big"], "saver_seconds": t["saver"],
-            "realised_speedup": t["big"] / t["cascade"], "saver_speed_ratio": t["big"] / t["saver"],
-            "exit_ratio": exit_ratio, "macs_ratio": big_cost / saver_cost,
-            "predicted_speedup": big_cost / (saver_cost + (1 - exit_ratio) * big_cost)}
+    return {
+        "batch_size": batch_size,
+        "images": len(images),
+        "repeats": repeats,
+        "prepared": prepare,
+        "cascade_seconds": t["cascade"],
+        "big_seconds": t["big"],
+        "saver_seconds": t["saver"],
+        "realised_speedup": t["big"] / t["cascade"],
+        "saver_speed_ratio": t["big"] / t["saver"],
+        "exit_ratio": exit_ratio,
+        "macs_ratio": big_cost / saver_cost,
+        "predicted_speedup": big_cost / (saver_cost + (1 - exit_ratio) * big_cost),
+    }
 
 
-def time_cascade(saver: nn.Module, big: nn.Module, thresholds, test, costs: tuple[float, float], *,
-                 images: int = 2000, batch_sizes=(256, 1), repeats: Optional[int] = None,
-                 prepare: bool = True) -> dict[str, dict]:
+def time_cascade(
+    saver: nn.Module,
+    big: nn.Module,
+    thresholds,
+    test,
+    costs: tuple[float, float],
+    *,
+    images: int = 2000,
+    batch_sizes=(256, 1),
+    repeats: int | None = None,
+    prepare: bool = True,
+) -> dict[str, dict]:
     """measure_speedup on the first `images` test images at each batch size, keyed "batch{size}". Batch 1
     is timed on a quarter of them and, by default, fewer passes (3 instead of 7): one forward per image is
     slow, and the ratio is what matters."""
     stacked = torch.stack([test[i][0] for i in range(min(images, len(test)))])
-    return {f"batch{bs}": measure_speedup(saver, big, thresholds, stacked if bs > 1 else stacked[:max(1, len(stacked) // 4)],
-                                          bs, costs, repeats=repeats or (7 if bs > 1 else 3), prepare=prepare)
-            for bs in batch_sizes}
+    return {
+        f"batch{bs}": measure_speedup(
+            saver,
+            big,
+            thresholds,
+            stacked if bs > 1 else stacked[: max(1, len(stacked) // 4)],
+            bs,
+            costs,
+            repeats=repeats or (7 if bs > 1 else 3),
+            prepare=prepare,
+        )
+        for bs in batch_sizes
+    }
 
 
-def cascade_study(big_name: str, models: Mapping[str, nn.Module], data: str = "fashion-mnist", *,
-                  calibration_size: int = CALIBRATION_SIZE, seed: int = 0, max_acc_drop: float = 0.0,
-                  confidence: Optional[float] = 0.95, speed_images: int = 2000, speed_batches=(256, 1),
-                  test_limit: Optional[int] = None,
-                  progress: bool = True) -> CascadeStudy:
+def cascade_study(
+    big_name: str,
+    models: Mapping[str, nn.Module],
+    data: str = "fashion-mnist",
+    *,
+    calibration_size: int = CALIBRATION_SIZE,
+    seed: int = 0,
+    max_acc_drop: float = 0.0,
+    confidence: float | None = 0.95,
+    speed_images: int = 2000,
+    speed_batches=(256, 1),
+    test_limit: int | None = None,
+    progress: bool = True,
+) -> CascadeStudy:
     """Record every model on the calibration and test splits, rank savers, calibrate and time the best.
 
     confidence: the one-sided level at which the cascade must stay within max_acc_drop of the big model on
@@ -152,21 +206,35 @@ def cascade_study(big_name: str, models: Mapping[str, nn.Module], data: str = "f
 
     def ranking(rec):
         pool = {n: (rec[n].probs, costs[n]) for n in savers}
-        return [tuple(r) for r in cascade.select_saver(pool, (rec[big_name].probs, costs[big_name]), rec[big_name].labels)]
+        return [
+            tuple(r) for r in cascade.select_saver(pool, (rec[big_name].probs, costs[big_name]), rec[big_name].labels)
+        ]
 
     calibrations, tables, curves = {}, {}, {}
     for n in savers:
         stage = [rec_calib[n].probs, rec_calib[big_name].probs]
-        calibrations[n] = cascade.calibrate(stage, rec_calib[big_name].labels, [costs[n], costs[big_name]],
-                                            max_acc_drop=max_acc_drop, confidence=confidence,
-                                            test_probs=[rec_test[n].probs, rec_test[big_name].probs],
-                                            test_labels=rec_test[big_name].labels)
+        calibrations[n] = cascade.calibrate(
+            stage,
+            rec_calib[big_name].labels,
+            [costs[n], costs[big_name]],
+            max_acc_drop=max_acc_drop,
+            confidence=confidence,
+            test_probs=[rec_test[n].probs, rec_test[big_name].probs],
+            test_labels=rec_test[big_name].labels,
+        )
         test_stage = [rec_test[n].probs, rec_test[big_name].probs]
         tables[n] = cascade.report_table(test_stage, rec_test[big_name].labels, [costs[n], costs[big_name]])
         curves[n] = cascade.sweep(test_stage, rec_test[big_name].labels, [costs[n], costs[big_name]])
     accuracy = {n: (r.probs.argmax(1) == r.labels).float().mean().item() for n, r in rec_test.items()}
     rank_calib = ranking(rec_calib)
     best = rank_calib[0][0]
-    speed = time_cascade(models[best], big, calibrations[best].thresholds, test, (costs[best], costs[big_name]),
-                         images=speed_images, batch_sizes=speed_batches)
+    speed = time_cascade(
+        models[best],
+        big,
+        calibrations[best].thresholds,
+        test,
+        (costs[best], costs[big_name]),
+        images=speed_images,
+        batch_sizes=speed_batches,
+    )
     return CascadeStudy(big_name, costs, accuracy, rank_calib, ranking(rec_test), calibrations, tables, curves, speed)

@@ -3,30 +3,29 @@
 dcvit: the paper; drop: block dropping) at equal MACs, pick a saver for a lossless cascade on a held-out
 calibration split, and write report.md, report.json and PNG plots.
 """
+
 from __future__ import annotations
 
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from scipy.stats import spearmanr
 from torch.utils.data import Subset
 
-from .companions import cascade_study
-from ..driver import compress_family
 from ..config import BLOCK_DROP, CompressConfig
 from ..data import CALIBRATION_SIZE, eval_transform, few_shot_subset, load_dataset
-from .evaluate import evaluate, loader_for
+from ..driver import compress_family, trial_key
 from ..factory import resolve_model
 from ..files import atomic_path, write_json
-from ..workspace import Workspace
 from ..macs import count_macs
 from ..planning import block_drop_macs
+from ..workspace import Workspace
+from .companions import cascade_study
+from .evaluate import evaluate, loader_for
 from .plots import accuracy_vs_macs, metric_vs_error
 from .report import study_markdown
-from ..driver import trial_key
 
 TEACHER = "fmnist_vit12"
 COMPANIONS = ("fmnist_vit_tiny", "fmnist_cnn")
@@ -35,20 +34,27 @@ COMPANIONS = ("fmnist_vit_tiny", "fmnist_cnn")
 @dataclass(frozen=True)
 class DemoSettings:
     shots: int = 100
-    drops: tuple[int, ...] = (1, 3, 5)     # every structure runs at the MACs of dropping k blocks
+    drops: tuple[int, ...] = (1, 3, 5)  # every structure runs at the MACs of dropping k blocks
     extra_targets: tuple[float, ...] = (0.5, 0.4)  # below what the others reach well: the structure search only
     calibration_size: int = CALIBRATION_SIZE
-    candidate_eval_images: int = 2000      # test images for the metric-vs-error figure
-    test_limit: Optional[int] = None       # evaluate on the first N test images only (--fast)
-    speed_images: int = 2000               # test images the cascade is timed on
+    candidate_eval_images: int = 2000  # test images for the metric-vs-error figure
+    test_limit: int | None = None  # evaluate on the first N test images only (--fast)
+    speed_images: int = 2000  # test images the cascade is timed on
     config: CompressConfig = CompressConfig()
     seed: int = 0
 
     @classmethod
-    def fast(cls) -> "DemoSettings":
-        return cls(shots=50, drops=(1, 2), extra_targets=(), calibration_size=1000, candidate_eval_images=500,
-                   test_limit=2000, speed_images=500,
-                   config=CompressConfig(epochs=8, trial_epochs=2, synth_images=20, synth_iterations=40, search_steps=2))
+    def fast(cls) -> DemoSettings:
+        return cls(
+            shots=50,
+            drops=(1, 2),
+            extra_targets=(),
+            calibration_size=1000,
+            candidate_eval_images=500,
+            test_limit=2000,
+            speed_images=500,
+            config=CompressConfig(epochs=8, trial_epochs=2, synth_images=20, synth_iterations=40, search_steps=2),
+        )
 
 
 def _log(message: str) -> None:
@@ -65,31 +71,54 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings = DemoSetting
     drop_targets = [block_drop_macs(teacher, k) for k in settings.drops]
     auto_targets = drop_targets + [int(f * teacher_macs) for f in settings.extra_targets]
     checkpoints = fresh_checkpoints(out)
-    _log(f"structure search (auto) at {[round(t / teacher_macs, 3) for t in auto_targets]} of the teacher's MACs, "
-         f"{settings.shots} shots")
+    _log(
+        f"structure search (auto) at {[round(t / teacher_macs, 3) for t in auto_targets]} of the teacher's MACs, "
+        f"{settings.shots} shots"
+    )
     auto = compress_family(teacher, auto_targets, shots, config.replace(structure="auto"), workdir=checkpoints / "auto")
     _log("DC-ViT (the paper's structure) at the block-dropping MACs")
-    family = compress_family(teacher, drop_targets, shots, config.replace(structure="dcvit"),
-                             workdir=checkpoints / "dcvit")
+    family = compress_family(
+        teacher, drop_targets, shots, config.replace(structure="dcvit"), workdir=checkpoints / "dcvit"
+    )
     test = load_dataset("fashion-mnist", train=False, transform=eval_transform(teacher))
     candidate_figure = _candidate_study(family[0], checkpoints / "dcvit", test, out, settings.candidate_eval_images)
     _log("block-dropping baseline (PRACTISE-style selection, same fine-tune budget)")
     # One family: every drop target ranks the same single-block trials, so they run once.
     drops = compress_family(teacher, drop_targets, shots, config.replace(**BLOCK_DROP), workdir=checkpoints / "drop")
 
-    models = {TEACHER: teacher, **{family_name("auto", r, teacher_macs): r.model for r in auto},
-              **{family_name("dcvit", r, teacher_macs): r.model for r in family}}
+    models = {
+        TEACHER: teacher,
+        **{family_name("auto", r, teacher_macs): r.model for r in auto},
+        **{family_name("dcvit", r, teacher_macs): r.model for r in family},
+    }
     models.update({name: resolve_model(name, weights="pretrained") for name in COMPANIONS})
     _log("recording the pool on the calibration and test splits; calibrating a lossless cascade")
-    study = cascade_study(TEACHER, models, "fashion-mnist", calibration_size=settings.calibration_size,
-                          seed=settings.seed, max_acc_drop=0.0, progress=progress,
-                          speed_images=settings.speed_images, test_limit=settings.test_limit)
-    drop_top1 = [evaluate(r.model, loader_for(test, limit=settings.test_limit), progress=progress)["top1"]
-                 for r in drops]
+    study = cascade_study(
+        TEACHER,
+        models,
+        "fashion-mnist",
+        calibration_size=settings.calibration_size,
+        seed=settings.seed,
+        max_acc_drop=0.0,
+        progress=progress,
+        speed_images=settings.speed_images,
+        test_limit=settings.test_limit,
+    )
+    drop_top1 = [
+        evaluate(r.model, loader_for(test, limit=settings.test_limit), progress=progress)["top1"] for r in drops
+    ]
 
     test_images = min(settings.test_limit or len(test), len(test))
-    report = _report_json(study, {"auto": auto, "dcvit": family}, drops, drop_top1, settings, teacher_macs,
-                          test_images, time.perf_counter() - start)
+    report = _report_json(
+        study,
+        {"auto": auto, "dcvit": family},
+        drops,
+        drop_top1,
+        settings,
+        teacher_macs,
+        test_images,
+        time.perf_counter() - start,
+    )
     report["figures"] = _figures(out, study, report, teacher_macs) + [candidate_figure["path"]]
     report["candidates"] = candidate_figure
     write_json(out / "report.json", report)
@@ -125,49 +154,93 @@ def _candidate_study(result, root: Path, test, out: Path, images: int) -> dict:
     scores = [result.trials[b].score for b in blocks]
     losses = [result.trials[b].train_loss for b in blocks]
     trials = Workspace.existing(root)
-    errors = [1 - evaluate(trials.load(trial_key(result.plan, b, "dcvit")), loader_for(test),
-                           progress=False)["top1"] for b in blocks]
+    errors = [
+        1 - evaluate(trials.load(trial_key(result.plan, b, "dcvit")), loader_for(test), progress=False)["top1"]
+        for b in blocks
+    ]
     rho_metric = float(spearmanr(scores, errors).statistic)
     rho_loss = float(spearmanr(losses, errors).statistic)
     path = metric_vs_error(scores, errors, losses, blocks, out / "metric_vs_error.png", rho_metric, rho_loss)
-    return {"blocks": blocks, "kl_scores": scores, "train_losses": losses, "test_errors": errors,
-            "test_images": images, "spearman_metric": rho_metric, "spearman_train_loss": rho_loss, "path": str(path)}
+    return {
+        "blocks": blocks,
+        "kl_scores": scores,
+        "train_losses": losses,
+        "test_errors": errors,
+        "test_images": images,
+        "spearman_metric": rho_metric,
+        "spearman_train_loss": rho_loss,
+        "path": str(path),
+    }
 
 
 def _report_json(study, families: dict, drops, drop_top1, settings, teacher_macs, test_images, seconds) -> dict:
     best = study.calibrations[study.saver]
     speed = study.throughput
-    rows = {structure: [{"target": round(r.plan.macs_target / teacher_macs, 4), "macs": r.macs,
-                         "top1": study.accuracy[family_name(structure, r, teacher_macs)], "blocks": list(r.blocks),
-                         "mlp_hidden": r.plan.mlp_hidden, "structure": [b["edit"] for b in r.structure]}
-                        for r in results] for structure, results in families.items()}
+    rows = {
+        structure: [
+            {
+                "target": round(r.plan.macs_target / teacher_macs, 4),
+                "macs": r.macs,
+                "top1": study.accuracy[family_name(structure, r, teacher_macs)],
+                "blocks": list(r.blocks),
+                "mlp_hidden": r.plan.mlp_hidden,
+                "structure": [b["edit"] for b in r.structure],
+            }
+            for r in results
+        ]
+        for structure, results in families.items()
+    }
     return {
         "teacher": {"name": TEACHER, "top1": study.accuracy[TEACHER], "macs": teacher_macs},
         **rows,
-        "block_drop": [{"dropped": list(r.blocks), "macs": r.macs, "top1": top1, "target": round(r.macs / teacher_macs, 4)}
-                       for r, top1 in zip(drops, drop_top1)],
+        "block_drop": [
+            {"dropped": list(r.blocks), "macs": r.macs, "top1": top1, "target": round(r.macs / teacher_macs, 4)}
+            for r, top1 in zip(drops, drop_top1)
+        ],
         "companions": {n: {"macs": study.costs[n], "top1": study.accuracy[n]} for n in COMPANIONS},
-        "cascade": {"saver": study.saver, "thresholds": list(best.thresholds), "top1": best.test_accuracy,
-                    "macs_per_sample": best.test_avg_cost, "macs_reduction": best.test_cost_reduction,
-                    "throughput_speedup": speed["realised_speedup"], "predicted_speedup": speed["predicted_speedup"],
-                    "calibration_top1": best.calib_accuracy, "calibration_big_top1": best.calib_big_accuracy,
-                    "confidence": best.confidence, "best_saver_on_test": study.test_ranking[0][0]},
-        "settings": {"test_images": test_images, "shots": settings.shots, "seed": settings.seed,
-                     "calibration_size": settings.calibration_size, "config": settings.config.as_dict()},
+        "cascade": {
+            "saver": study.saver,
+            "thresholds": list(best.thresholds),
+            "top1": best.test_accuracy,
+            "macs_per_sample": best.test_avg_cost,
+            "macs_reduction": best.test_cost_reduction,
+            "throughput_speedup": speed["realised_speedup"],
+            "predicted_speedup": speed["predicted_speedup"],
+            "calibration_top1": best.calib_accuracy,
+            "calibration_big_top1": best.calib_big_accuracy,
+            "confidence": best.confidence,
+            "best_saver_on_test": study.test_ranking[0][0],
+        },
+        "settings": {
+            "test_images": test_images,
+            "shots": settings.shots,
+            "seed": settings.seed,
+            "calibration_size": settings.calibration_size,
+            "config": settings.config.as_dict(),
+        },
         "seconds": round(seconds, 1),
     }
 
 
 def _figures(out: Path, study, report: dict, teacher_macs: int) -> list[str]:
     import cascade
-    series = {"auto (structure search)": [(r["macs"], r["top1"]) for r in report["auto"]],
-              "DC-ViT": [(r["macs"], r["top1"]) for r in report["dcvit"]],
-              "block dropping": [(r["macs"], r["top1"]) for r in report["block_drop"]]}
+
+    series = {
+        "auto (structure search)": [(r["macs"], r["top1"]) for r in report["auto"]],
+        "DC-ViT": [(r["macs"], r["top1"]) for r in report["dcvit"]],
+        "block dropping": [(r["macs"], r["top1"]) for r in report["block_drop"]],
+    }
     for name, c in report["companions"].items():
         series[name] = [(c["macs"], c["top1"])]
-    series["cascade (lossless on calibration split)"] = [(report["cascade"]["macs_per_sample"], report["cascade"]["top1"])]
-    a = accuracy_vs_macs(series, (teacher_macs, report["teacher"]["top1"]), out / "accuracy_vs_macs.png",
-                         "Fashion-MNIST test set, fmnist_vit12 compressed with few unlabeled shots")
+    series["cascade (lossless on calibration split)"] = [
+        (report["cascade"]["macs_per_sample"], report["cascade"]["top1"])
+    ]
+    a = accuracy_vs_macs(
+        series,
+        (teacher_macs, report["teacher"]["top1"]),
+        out / "accuracy_vs_macs.png",
+        "Fashion-MNIST test set, fmnist_vit12 compressed with few unlabeled shots",
+    )
     b = cascade.plot_curves(study.curves, study.accuracy[TEACHER], study.costs[TEACHER], out / "cascade_curves.png")
     return [str(a), str(b)]
 
@@ -180,8 +253,11 @@ def _short(structure: list[str]) -> str:
 
 def summary_table(report: dict) -> str:
     t = report["teacher"]
-    lines = [f"{'model':<28}{'MACs (M)':>10}{'% teacher':>11}{'top-1':>8}", "-" * 57,
-             f"{t['name']:<28}{t['macs'] / 1e6:>10.2f}{100:>10.1f}%{100 * t['top1']:>7.2f}%"]
+    lines = [
+        f"{'model':<28}{'MACs (M)':>10}{'% teacher':>11}{'top-1':>8}",
+        "-" * 57,
+        f"{t['name']:<28}{t['macs'] / 1e6:>10.2f}{100:>10.1f}%{100 * t['top1']:>7.2f}%",
+    ]
     rows = [(f"auto {_short(r['structure'])}", r["macs"], r["top1"]) for r in report["auto"]]
     rows += [(f"DC-ViT {r['blocks']}", r["macs"], r["top1"]) for r in report["dcvit"]]
     rows += [(f"drop {r['dropped']}", r["macs"], r["top1"]) for r in report["block_drop"]]
@@ -190,42 +266,64 @@ def summary_table(report: dict) -> str:
     rows.append((f"cascade {c['saver']}", c["macs_per_sample"], c["top1"]))
     for name, macs, top1 in sorted(rows, key=lambda r: -r[1]):
         lines.append(f"{name[:27]:<28}{macs / 1e6:>10.2f}{100 * macs / t['macs']:>10.1f}%{100 * top1:>7.2f}%")
-    lines.append(f"cascade: {100 * c['macs_reduction']:.1f}% fewer MACs, {c['throughput_speedup']:.2f}x measured "
-                 f"throughput at batch 256 (MACs predict {c['predicted_speedup']:.2f}x)")
+    lines.append(
+        f"cascade: {100 * c['macs_reduction']:.1f}% fewer MACs, {c['throughput_speedup']:.2f}x measured "
+        f"throughput at batch 256 (MACs predict {c['predicted_speedup']:.2f}x)"
+    )
     return "\n".join(lines)
 
 
 def _markdown(report: dict, study) -> str:
     c = report["candidates"]
-    return "\n".join([
-        "# dcvit demo report", "",
-        f"Teacher `{report['teacher']['name']}`, {report['settings']['shots']} unlabeled shots, seed "
-        f"{report['settings']['seed']}; all accuracies on {report['settings']['test_images']} Fashion-MNIST test images; "
-        f"thresholds chosen on a "
-        f"{report['settings']['calibration_size']}-image held-out calibration split of the training set.", "",
-        "```", summary_table(report), "```", "",
-        "![accuracy vs MACs](accuracy_vs_macs.png)", "",
-        f"Block-wise trial (Fig. 4 at our scale, {c['test_images']} test images): Spearman correlation of the "
-        f"synthetic-set KL score with candidate test error {c['spearman_metric']:.2f}; of the few-shot training loss "
-        f"{c['spearman_train_loss']:.2f}.", "", "![metric vs error](metric_vs_error.png)", "",
-        _structures_markdown(report), "",
-        study_markdown(study), "![cascade curves](cascade_curves.png)", "",
-        f"Total time: {report['seconds']:.0f} s.", ""])
+    return "\n".join(
+        [
+            "# dcvit demo report",
+            "",
+            f"Teacher `{report['teacher']['name']}`, {report['settings']['shots']} unlabeled shots, seed "
+            f"{report['settings']['seed']}; all accuracies on {report['settings']['test_images']} Fashion-MNIST test images; "
+            f"thresholds chosen on a "
+            f"{report['settings']['calibration_size']}-image held-out calibration split of the training set.",
+            "",
+            "```",
+            summary_table(report),
+            "```",
+            "",
+            "![accuracy vs MACs](accuracy_vs_macs.png)",
+            "",
+            f"Block-wise trial (Fig. 4 at our scale, {c['test_images']} test images): Spearman correlation of the "
+            f"synthetic-set KL score with candidate test error {c['spearman_metric']:.2f}; of the few-shot training loss "
+            f"{c['spearman_train_loss']:.2f}.",
+            "",
+            "![metric vs error](metric_vs_error.png)",
+            "",
+            _structures_markdown(report),
+            "",
+            study_markdown(study),
+            "![cascade curves](cascade_curves.png)",
+            "",
+            f"Total time: {report['seconds']:.0f} s.",
+            "",
+        ]
+    )
 
 
 def _structures_markdown(report: dict) -> str:
     """Each structure's top-1 at each budget, and what auto chose per block (the code of summary_table)."""
     teacher = report["teacher"]
-    lines = ["## Three structures at equal MACs", "",
-             "| % of teacher MACs | auto | DC-ViT | block dropping | auto's blocks (. kept, m MLP narrowed, M MLP "
-             "removed, a attention removed, D dropped) |", "|---|---|---|---|---|"]
+    lines = [
+        "## Three structures at equal MACs",
+        "",
+        "| % of teacher MACs | auto | DC-ViT | block dropping | auto's blocks (. kept, m MLP narrowed, M MLP "
+        "removed, a attention removed, D dropped) |",
+        "|---|---|---|---|---|",
+    ]
     by_target = {}
     for key in ("auto", "dcvit", "block_drop"):
         for r in report[key]:
             by_target.setdefault(round(r["target"], 2), {})[key] = r
     for target in sorted(by_target, reverse=True):
         row = by_target[target]
-        cell = lambda k: f"{100 * row[k]['top1']:.2f}" if k in row else "—"
+        cell = lambda k, row=row: f"{100 * row[k]['top1']:.2f}" if k in row else "—"
         blocks = _short(row["auto"]["structure"]) if "auto" in row else ""
         lines.append(f"| {100 * target:.1f} | {cell('auto')} | {cell('dcvit')} | {cell('block_drop')} | `{blocks}` |")
     lines += ["", f"Teacher: {100 * teacher['top1']:.2f}% at {teacher['macs'] / 1e6:.2f}M MACs."]

@@ -1,8 +1,8 @@
 """Top-1 / top-5 accuracy over a loader, and throughput in images per second."""
+
 from __future__ import annotations
 
 import time
-from typing import Optional
 
 import torch
 from torch import nn
@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: Optional[str] = None, progress: bool = True) -> dict:
+def evaluate(model: nn.Module, loader, device: str | None = None, progress: bool = True) -> dict:
     """{'top1', 'top5', 'n'} of `model` over (images, labels) batches."""
     device = device or next(model.parameters()).device
     model.eval()
@@ -25,7 +25,7 @@ def evaluate(model: nn.Module, loader, device: Optional[str] = None, progress: b
     return {"top1": correct1 / n, "top5": correct5 / n, "n": n}
 
 
-def loader_for(dataset: Dataset, batch_size: int = 256, limit: Optional[int] = None) -> DataLoader:
+def loader_for(dataset: Dataset, batch_size: int = 256, limit: int | None = None) -> DataLoader:
     """A plain, ordered loader; `limit` keeps the first images (a fixed subset, not a random one)."""
     if limit is not None and limit < len(dataset):
         dataset = Subset(dataset, range(limit))

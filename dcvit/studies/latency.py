@@ -3,22 +3,22 @@
 Models are timed interleaved (one forward of each per round) and summarised by medians, so slow
 drifts of a noisy machine hit every model alike; speed is reported as ratios from the same run.
 """
+
 from __future__ import annotations
 
 import math
-import statistics
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
 from ..arch import get_adapter
-from .timing import interleaved_medians
 from ..macs import count_macs, macs_profile
-from ..planning import default_candidates, plan as make_plan
+from ..planning import default_candidates
+from ..planning import plan as make_plan
 from ..surgery import apply_plan, drop_blocks, edit_blocks
+from .timing import interleaved_medians
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,9 @@ class LatencyRow:
 
 
 @torch.no_grad()
-def time_interleaved(models: dict[str, nn.Module], input_size, batch_size: int, repeats: int = 20,
-                     warmup: int = 3) -> dict[str, float]:
+def time_interleaved(
+    models: dict[str, nn.Module], input_size, batch_size: int, repeats: int = 20, warmup: int = 3
+) -> dict[str, float]:
     """Median milliseconds per forward pass of each model, measured in interleaved rounds."""
     x = torch.randn(batch_size, *input_size)
     runs = {name: (lambda m=model.eval(): m(x)) for name, model in models.items()}
@@ -58,13 +59,22 @@ def equal_macs_structures(model: nn.Module, drop: int) -> dict[str, nn.Module]:
     dropped = drop_blocks(model, candidates[:drop])
     target = count_macs(dropped)
     plan = make_plan(model, target)
-    return {f"drop{drop}": dropped, f"dcvit{drop}": apply_plan(model, plan, candidates[:plan.n_blocks]),
-            f"mlp{drop}": narrowed_mlps(model, target)}
+    return {
+        f"drop{drop}": dropped,
+        f"dcvit{drop}": apply_plan(model, plan, candidates[: plan.n_blocks]),
+        f"mlp{drop}": narrowed_mlps(model, target),
+    }
 
 
-def latency_table(model: nn.Module, drops: Sequence[int] = (1, 2, 3), batch_sizes: Sequence[int] = (1, 32),
-                  repeats: int = 20, input_size: Optional[Sequence[int]] = None) -> list[LatencyRow]:
+def latency_table(
+    model: nn.Module,
+    drops: Sequence[int] = (1, 2, 3),
+    batch_sizes: Sequence[int] = (1, 32),
+    repeats: int = 20,
+    input_size: Sequence[int] | None = None,
+) -> list[LatencyRow]:
     from ..macs import default_input_size
+
     input_size = tuple(input_size) if input_size is not None else default_input_size(model)
     models = {"original": model}
     for k in drops:
@@ -81,14 +91,18 @@ def format_latency(rows: Sequence[LatencyRow]) -> str:
     """Markdown table: MACs ratio and latency ratio to the original, and DC-ViT vs block dropping."""
     base = {r.batch_size: r for r in rows if r.name == "original"}
     by_name = {(r.name, r.batch_size): r for r in rows}
-    lines = ["| model | batch | MACs (M) | MACs ratio | median ms | latency ratio | vs drop at equal MACs |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | batch | MACs (M) | MACs ratio | median ms | latency ratio | vs drop at equal MACs |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         b = base[r.batch_size]
         versus = ""
         if r.name.startswith(("dcvit", "mlp")):
             drop = by_name[("drop" + r.name.lstrip("dcvitmlp"), r.batch_size)]
             versus = f"{r.median_ms / drop.median_ms:.3f}"
-        lines.append(f"| {r.name} | {r.batch_size} | {r.macs / 1e6:.1f} | {r.macs / b.macs:.3f} | "
-                     f"{r.median_ms:.2f} | {r.median_ms / b.median_ms:.3f} | {versus} |")
+        lines.append(
+            f"| {r.name} | {r.batch_size} | {r.macs / 1e6:.1f} | {r.macs / b.macs:.3f} | "
+            f"{r.median_ms:.2f} | {r.median_ms / b.median_ms:.3f} | {versus} |"
+        )
     return "\n".join(lines)

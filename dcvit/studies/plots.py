@@ -1,14 +1,16 @@
 """Figures a person would rather look at than read: accuracy vs MACs, and metric score vs test error."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from ..files import atomic_path
 
 
 def _figure():
     from matplotlib.figure import Figure  # no pyplot: leaves the global backend alone
+
     return Figure(figsize=(6.4, 4.4), dpi=120)
 
 
@@ -18,16 +20,22 @@ def _save(fig, path: Path) -> Path:
     return Path(path)
 
 
-def accuracy_vs_macs(series: Mapping[str, Sequence[tuple[float, float]]], teacher: tuple[float, float],
-                     path: Path, title: str = "") -> Path:
+def accuracy_vs_macs(
+    series: Mapping[str, Sequence[tuple[float, float]]], teacher: tuple[float, float], path: Path, title: str = ""
+) -> Path:
     """series: name -> [(MACs, top-1)]; teacher: (MACs, top-1). MACs in millions, top-1 in percent."""
     fig = _figure()
     ax = fig.add_subplot()
     markers = iter("osD^v<>")
     for name, points in series.items():
         points = sorted(points)
-        ax.plot([m / 1e6 for m, _ in points], [100 * a for _, a in points], marker=next(markers, "o"),
-                linestyle="-" if len(points) > 1 else "none", label=name)
+        ax.plot(
+            [m / 1e6 for m, _ in points],
+            [100 * a for _, a in points],
+            marker=next(markers, "o"),
+            linestyle="-" if len(points) > 1 else "none",
+            label=name,
+        )
     ax.scatter([teacher[0] / 1e6], [100 * teacher[1]], marker="*", s=180, color="black", label="teacher", zorder=5)
     ax.set_xlabel("MACs per image (M)")
     ax.set_ylabel("test top-1 (%)")
@@ -37,13 +45,22 @@ def accuracy_vs_macs(series: Mapping[str, Sequence[tuple[float, float]]], teache
     return _save(fig, path)
 
 
-def metric_vs_error(scores: Sequence[float], errors: Sequence[float], losses: Sequence[float],
-                    blocks: Sequence[int], path: Path, rho_metric: float, rho_loss: float) -> Path:
+def metric_vs_error(
+    scores: Sequence[float],
+    errors: Sequence[float],
+    losses: Sequence[float],
+    blocks: Sequence[int],
+    path: Path,
+    rho_metric: float,
+    rho_loss: float,
+) -> Path:
     """Paper Fig. 4 at our scale: synthetic-set KL score and few-shot loss against candidate test error."""
     fig = _figure()
     left, right = fig.subplots(1, 2)
-    for ax, x, label, rho in ((left, scores, "KL score on synthetic set (Eq. 6)", rho_metric),
-                              (right, losses, "few-shot training loss", rho_loss)):
+    for ax, x, label, rho in (
+        (left, scores, "KL score on synthetic set (Eq. 6)", rho_metric),
+        (right, losses, "few-shot training loss", rho_loss),
+    ):
         ax.scatter(x, [100 * e for e in errors])
         for b, xi, e in zip(blocks, x, errors):
             ax.annotate(str(b), (xi, 100 * e), fontsize=7, xytext=(2, 2), textcoords="offset points")

@@ -3,11 +3,12 @@
 Interleaving puts the contenders under the same drift (another job, frequency changes), so their ratio is
 meaningful even when the absolute times are not.
 """
+
 from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 
 def interleaved_medians(runs: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 0) -> dict[str, float]:

@@ -1,12 +1,13 @@
 """Run the block-wise trial on a tiny saved ViT and write the ranking (used under `accelerate launch`)."""
+
 import json
 import sys
 
 import torch
 
 import dcvit
-from dcvit.driver import compress
 from dcvit.config import CompressConfig
+from dcvit.driver import compress
 
 model_dir, data_file, workdir, out = sys.argv[1:5]
 torch.set_num_threads(1)
@@ -17,5 +18,11 @@ config = CompressConfig(epochs=2, batch_size=8, synth_images=8, synth_iterations
 result = compress(model, 0.7, data, config, workdir=workdir)
 if result.model is not None:
     with open(out, "w") as f:
-        json.dump({"ranking": sorted(result.scores, key=lambda b: (result.scores[b], b)), "scores": result.scores,
-                   "blocks": list(result.blocks)}, f)
+        json.dump(
+            {
+                "ranking": sorted(result.scores, key=lambda b: (result.scores[b], b)),
+                "scores": result.scores,
+                "blocks": list(result.blocks),
+            },
+            f,
+        )
