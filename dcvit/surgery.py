@@ -161,7 +161,9 @@ def apply_plan(
     chosen = {}
     for b in blocks:
         _check_block(b, len(current))
-        hidden = adapter.mlp_hidden(current[b])
+        attention, hidden = block_state(adapter, current[b])
+        if not attention or hidden == 0:
+            raise ValueError(f"block {b} is already compressed or dropped; a plan compresses each block once")
         keep = plan.hidden_for(hidden)
         chosen[b] = list(units[b]) if units and b in units else random_units(hidden, keep, seed, b)
     return compress_blocks(model, chosen, plan.remove_attention)

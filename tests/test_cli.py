@@ -39,7 +39,9 @@ def test_macs_of_a_model_without_adapter_is_its_total(capsys):
         (["plan", "--model", "fmnist_vit12", "--target-macs", "0"], "positive"),
         (["plan", "--model", "fmnist_vit12", "--target-macs", "-1"], "positive"),
         (["plan", "--model", "fmnist_vit12", "--target-macs", "1"], "not below"),
-        (["plan", "--model", "fmnist_vit12", "--target-macs", "0.05"], "floor"),
+        (["plan", "--model", "fmnist_vit12", "--target-macs", "0.05", "--structure", "dcvit"], "floor"),
+        (["plan", "--model", "fmnist_vit12", "--target-macs", "0.001"], "floor"),
+        (["plan", "--model", "fmnist_vit12", "--target-macs", "0.3", "--structure", "mlp"], "floor"),
         (["plan", "--model", "fmnist_vit12", "--target-macs", "lots"], "number"),
         (["plan", "--model", "no_such_model", "--target-macs", "0.5"], "unknown model"),
         (["macs", "--model", "fmnist_cnn", "--input-size", "3", "32", "32"], "does not run on input size"),
@@ -67,8 +69,8 @@ def test_bench_runs_and_reports_ratios(capsys):
         capsys, "bench", "--model", "fmnist_vit12", "--drop", "1", "--batch-sizes", "2", "--repeats", "2", "--json"
     )
     rows = json.loads(out)["rows"]
-    assert code == 0 and [r["name"] for r in rows] == ["original", "drop1", "dcvit1"]
-    assert abs(rows[1]["macs"] - rows[2]["macs"]) / rows[0]["macs"] < 0.01
+    assert code == 0 and [r["name"] for r in rows] == ["original", "drop1", "dcvit1", "mlp1"]
+    assert all(abs(rows[1]["macs"] - r["macs"]) / rows[0]["macs"] < 0.01 for r in rows[2:])
 
 
 def test_cascade_refuses_a_saver_with_other_classes(capsys, tmp_path):
