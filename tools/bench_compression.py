@@ -271,7 +271,7 @@ def _choices_report(rows: list[dict]) -> None:
         first = (
             ", ".join(
                 f"{e['block']}: {'' if e['attention'] else 'no attn, '}{e['units']} units, "
-                f"{e['score']:.4f}{'*' if e['confirmed'] else ''}"
+                f"{e['score']:.1e}{'*' if e['confirmed'] else ''}"
                 for e in r["chosen"][0]
             )
             if r["chosen"]
