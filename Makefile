@@ -26,7 +26,7 @@ test: setup
 
 # Everything except the tests marked slow (demo, README examples, multi-process runs).
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -n 2 -m "not slow" tests
 
 lint: setup
 	.venv/bin/ruff check .

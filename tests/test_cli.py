@@ -55,6 +55,7 @@ def test_bad_input_one_line_error(capsys, argv, fragment):
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_console_script_exit_code_and_no_traceback():
     proc = subprocess.run(
         [sys.executable, "-m", "dcvit.cli", "plan", "--model", "resnet18", "--target-macs", "0.5"],

@@ -77,6 +77,7 @@ def load_tool(name: str):
     return tool
 
 
+@pytest.mark.slow
 def test_bench_calibration_tool_runs(capsys):
     assert (
         load_tool("bench_calibration").main(

@@ -106,6 +106,7 @@ def check_model_dir(folder: Path, summary: dict) -> None:
     assert any(s["edit"] != "kept" for s in written["structure"])
 
 
+@pytest.mark.slow
 def test_vit_imagenet_copied_alone(tmp_path, files):
     cwd = alone(tmp_path, "vit_imagenet")
     args = [
@@ -134,6 +135,7 @@ def test_vit_imagenet_copied_alone(tmp_path, files):
     assert (again["macs"], again["structure"]) == (summary["macs"], summary["structure"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("structure,targets,where", [("auto", None, "alone"), ("drop", ["0.9", "0.6"], "recipes")])
 def test_dense_family(tmp_path, files, structure, targets, where):
     cwd = alone(tmp_path, "dense_family") if where == "alone" else tmp_path
@@ -152,6 +154,7 @@ def test_dense_family(tmp_path, files, structure, targets, where):
             assert {b["edit"] for b in s["structure"]} <= {"kept", "dropped"}
 
 
+@pytest.mark.slow
 def test_saver_for_cascade_copied_alone(tmp_path, files):
     cwd = alone(tmp_path, "saver_for_cascade")
     proc = run_script(
@@ -192,6 +195,7 @@ def test_saver_for_cascade_copied_alone(tmp_path, files):
         check_model_dir(out / f"target-{t}", summary)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name,bad",
     [
