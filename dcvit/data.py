@@ -52,8 +52,9 @@ def _find_idx(root: Path, stem: str) -> Path:
         if candidate.is_file():
             return candidate
     raise FileNotFoundError(
-        f"Fashion-MNIST file {stem}(.gz) not found under {root}; "
-        f"install Debian's dataset-fashion-mnist or pass fashion-mnist:ROOT"
+        f"Fashion-MNIST file {stem}(.gz) not found in {root} nor {root / 'FashionMNIST' / 'raw'}; install the "
+        f"Debian package dataset-fashion-mnist (files in {DEBIAN_FMNIST}) or put the four idx .gz files "
+        f"(train-/t10k-images-idx3-ubyte.gz, train-/t10k-labels-idx1-ubyte.gz) in ROOT and pass fashion-mnist:ROOT"
     )
 
 
@@ -95,6 +96,22 @@ def parse_spec(spec: str) -> tuple[str, Path | None]:
     return kind, root
 
 
+class UnreadableImageError(ValueError):
+    """An image file PIL cannot decode (corrupt, empty, not an image): a user error, reported in one line."""
+
+
+def _checked_loader(path: str) -> Image.Image:
+    """torchvision's image loader, but a file PIL cannot read names itself instead of raising from deep
+    inside a DataLoader (UnidentifiedImageError is an OSError; truncated data raises OSError or SyntaxError)."""
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except (OSError, SyntaxError, ValueError) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise UnreadableImageError(f"cannot read image {path}: {reason}") from None
+
+
 def _imagefolder(root: Path, train: bool, transform):
     from torchvision.datasets import ImageFolder
 
@@ -105,7 +122,7 @@ def _imagefolder(root: Path, train: bool, transform):
             raise FileNotFoundError(f"{root} has train/ but no val/ or test/ folder for evaluation")
         folder = root  # a bare folder of class sub-folders serves both splits
     try:
-        return ImageFolder(str(folder), transform=transform)
+        return ImageFolder(str(folder), transform=transform, loader=_checked_loader)
     except (FileNotFoundError, RuntimeError) as err:
         raise FileNotFoundError(f"image folder {folder} has no usable class sub-folders with images ({err})") from None
 
@@ -113,15 +130,8 @@ def _imagefolder(root: Path, train: bool, transform):
 def load_dataset(spec: str, train: bool = True, transform: Callable | None = None) -> Dataset:
     """A labelled dataset by spec; every dataset exposes `targets` (labels without loading images)."""
     kind, root = parse_spec(spec)
-    if kind == "fashion-mnist":
-        try:
-            return FashionMNIST(root or DEBIAN_FMNIST, train=train, transform=transform)
-        except FileNotFoundError:
-            if root is None:
-                raise
-            from torchvision.datasets import FashionMNIST as TorchvisionFMNIST  # downloads where the network allows
-
-            return TorchvisionFMNIST(str(root), train=train, transform=transform, download=True)
+    if kind == "fashion-mnist":  # never downloads: a run must not reach the network nor litter ROOT
+        return FashionMNIST(root or DEBIAN_FMNIST, train=train, transform=transform)
     if kind == "imagefolder":
         return _imagefolder(root, train, transform)
     from torchvision import datasets
@@ -194,6 +204,17 @@ def targets_of(dataset: Dataset) -> torch.Tensor:
     if isinstance(dataset, Subset):
         return targets_of(dataset.dataset)[torch.as_tensor(dataset.indices)]
     return torch.as_tensor(dataset.targets)
+
+
+def dataset_classes(dataset: Dataset) -> int:
+    """Number of classes a labelled dataset has: its `classes` list, else the largest label + 1."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    classes = getattr(dataset, "classes", None)
+    if classes is not None:
+        return len(classes)
+    targets = targets_of(dataset)
+    return int(targets.max()) + 1 if len(targets) else 0
 
 
 # Training images held out for cascade calibration (never shots): one value, so compression runs and cascade

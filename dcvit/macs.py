@@ -63,6 +63,11 @@ def _analysis(model: nn.Module, input_size: Sequence[int] | None) -> FlopCountAn
     if len(size) != 3:
         raise ValueError(f"input_size must be (C, H, W); got {size}")
     param = next(model.parameters(), None)
+    if param is not None and param.device.type == "meta":  # tracing it fails deep inside fvcore
+        raise ValueError(
+            f"{type(model).__name__} has its parameters on the meta device (no data); "
+            "materialise it first, e.g. model.to_empty(device='cpu')"
+        )
     x = torch.zeros(1, *size, device=param.device if param is not None else "cpu")
     analysis = FlopCountAnalysis(model.eval(), x).set_op_handle(**EXTRA_HANDLES)
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")

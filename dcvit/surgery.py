@@ -40,7 +40,7 @@ class ZeroMlp(nn.Module):
 
 def random_units(hidden: int, keep: int, seed: int, block: int) -> list[int]:
     """Seeded random choice of `keep` of `hidden` MLP units for one block (sorted, so rebuilds match)."""
-    gen = torch.Generator().manual_seed(seed * 100_003 + block)
+    gen = torch.Generator().manual_seed((seed * 100_003 + block) % 2**63)  # any CLI seed (< 2**63) fits torch
     return sorted(torch.randperm(hidden, generator=gen)[:keep].tolist())
 
 

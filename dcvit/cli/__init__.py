@@ -12,7 +12,7 @@ import sys
 import warnings
 
 from . import cascade, compress, demo, models
-from .common import OneLineParser
+from .common import OneLineParser, configure_logging, quiet_argument
 
 COMMANDS = [*models.COMMANDS, *compress.COMMANDS, *cascade.COMMANDS, *demo.COMMANDS]
 
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         p = sub.add_parser(command.name, help=command.help, description=command.help)
         command.arguments(p)
+        quiet_argument(p)  # every command: progress and status lines are logging, silenced alike
         p.set_defaults(run=command.run)
     return parser
 
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as done:  # --help, or a usage error already printed in one line
         return int(done.code or 0)
+    configure_logging(args.quiet)
     try:
         args.run(args)
     except (ValueError, FileNotFoundError) as err:  # dcvit's UnsupportedModelError is a ValueError

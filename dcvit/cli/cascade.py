@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..data import CALIBRATION_SIZE
-from .common import Command, emit
+from .common import Command, check_out, emit, seed_argument
 
 
 def acc_drop(text: str) -> float:
@@ -65,7 +64,7 @@ def _cascade_arguments(p: argparse.ArgumentParser) -> None:
         default=CALIBRATION_SIZE,
         help=f"held-out training images for calibration (default {CALIBRATION_SIZE})",
     )
-    p.add_argument("--seed", type=int, default=0)
+    seed_argument(p)
     p.add_argument("--out", help="folder for report.md and curves.png")
     p.add_argument("--json", action="store_true")
 
@@ -75,6 +74,7 @@ def run_cascade(args) -> None:
     from ..studies.companions import cascade_study
     from ..studies.report import study_markdown, study_summary, write_study
 
+    out = check_out(args.out) if args.out else None  # before recording and timing, not after
     names = [args.big] + [s for s in args.savers if s != args.big]
     models = {n: resolve_model(n, weights="pretrained") for n in names}
     study = cascade_study(
@@ -85,9 +85,10 @@ def run_cascade(args) -> None:
         seed=args.seed,
         max_acc_drop=args.max_acc_drop,
         confidence=args.confidence,
+        progress=not args.quiet,
     )
-    if args.out:
-        write_study(study, Path(args.out))
+    if out is not None:
+        write_study(study, out)
     emit(args, study_summary(study), study_markdown(study))
 
 

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
+import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+
+SEED_LIMIT = 2**63  # torch takes seeds below 2**64; derived seeds add offsets (10_007 + seed), so keep a margin
 
 
 @dataclass(frozen=True)
@@ -53,3 +60,79 @@ def structure_argument(p: argparse.ArgumentParser) -> None:
         "narrowing or removing the MLP, removing attention, or dropping the block; mlp: MLP edits "
         "only; dcvit: the paper (attention removed, MLPs narrowed, Eq. 1-2); drop: whole blocks",
     )
+
+
+# --- arguments every command shares ------------------------------------------------------------
+def quiet_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars or status lines (results and errors only)")
+
+
+def seed(text: str) -> int:
+    """argparse type: a seed torch accepts, 0 <= seed < 2**63."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed: an integer from 0 to 2**63 - 1")
+    return value
+
+
+def seed_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=seed, default=0, help="random seed, 0 <= seed < 2**63 (default 0)")
+
+
+# --- logging: progress and status lines ----------------------------------------------------------
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of each record (not the one at setup), so
+    redirections made after main() starts, such as test captures, are followed."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
+def configure_logging(quiet: bool) -> None:
+    """`dcvit: ...` lines on stderr from the "dcvit" logger: INFO (progress, status), or WARNING with --quiet.
+
+    Configured on the "dcvit" logger rather than with logging.basicConfig, which does nothing once the root
+    logger has a handler (an embedding application, pytest) and binds the stderr of its first call; calling
+    main() twice replaces the handler instead of adding a second one.
+    """
+    log = logging.getLogger("dcvit")
+    for handler in [h for h in log.handlers if isinstance(h, _CurrentStderr)]:
+        log.removeHandler(handler)
+    handler = _CurrentStderr()
+    handler.setFormatter(logging.Formatter("dcvit: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+# --- output folders ---------------------------------------------------------------------------
+def check_out(text: str, option: str = "--out") -> Path:
+    """Fail in one line, before any slow work, unless `text` is a folder (or can become one) that we can
+    write to. Probes by writing a byte to a temporary file in it, or in its nearest existing parent when
+    it does not exist yet (so a refused run creates nothing)."""
+    out = Path(text)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{option} {out} is an existing file, not a folder")
+    probe_in = out
+    while not probe_in.exists():
+        probe_in = probe_in.parent
+    if not probe_in.is_dir():
+        raise ValueError(f"{option} {out} cannot be created: {probe_in} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=probe_in, prefix=".dcvit-probe-") as f:
+            f.write(b"x")
+            f.flush()
+            os.fsync(f.fileno())  # a full disk may accept the write and refuse it only here
+    except OSError as err:
+        raise ValueError(f"{option} {out} is not writable ({err.strerror or err})") from None
+    return out

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from ..data import CALIBRATION_SIZE
-from .common import Command, emit, model_argument, structure_argument
+from .common import Command, check_out, emit, model_argument, seed_argument, structure_argument
 
 
 def _engine_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,9 +51,8 @@ def _engine_arguments(p: argparse.ArgumentParser) -> None:
         help="training images held out for cascade calibration, never used as shots (default 5000; "
         "use the same value and --seed with `dcvit cascade`)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    seed_argument(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _config(args):
@@ -114,8 +113,8 @@ def _run_targets(args, targets: list[str]) -> list[dict]:
     from ..factory import resolve_model
     from ..files import save, write_json
 
-    config = _config(args)  # config and targets are checked before any data or model work
-    out = Path(args.out)
+    out = check_out(args.out)  # the output place, config and targets are checked before any slow work
+    config = _config(args)
     _refuse_finished(out, args.resume)
     model = resolve_model(args.model, weights="pretrained")
     plans = [plan_for(model, t, config) for t in targets]
@@ -164,7 +163,7 @@ def _synth_arguments(p: argparse.ArgumentParser) -> None:
         help="random roll, as a fraction of the side (default 30/224, the reference; 1/28 measured best for "
         "the 28x28 fmnist_vit12)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    seed_argument(p)
     p.add_argument("--out", required=True, help="folder for the set (safetensors + JSON) and grid.png")
 
 
@@ -173,6 +172,7 @@ def run_synth(args) -> None:
 
     from ..factory import resolve_model
 
+    out = check_out(args.out)  # before the optimisation, not after it
     model = resolve_model(args.model, weights="pretrained")
     made = synth.synthesize(
         model,
@@ -181,9 +181,10 @@ def run_synth(args) -> None:
         jitter=args.jitter,
         seed=args.seed,
         image_size=args.input_size,
+        progress=not args.quiet,
     )
-    made.save(Path(args.out))
-    made.save_grid(Path(args.out) / "grid.png")
+    made.save(out)
+    made.save_grid(out / "grid.png")
     hit, conf = made.target_agreement(model)
     payload = {"out": args.out, "num_images": len(made), "target_hit_rate": hit, "mean_target_confidence": conf}
     emit(

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from .common import Command
+from .common import Command, check_out, seed_argument
 
 
 def _demo_arguments(p) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--fast", action="store_true", help="a reduced run (under 3 minutes) that exercises every step")
     p.add_argument("--shots", type=int, help="unlabeled images (default 100; 50 with --fast)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    seed_argument(p)
 
 
 def run_demo_command(args) -> None:
@@ -22,6 +21,7 @@ def run_demo_command(args) -> None:
         if args.shots < 1:
             raise ValueError(f"--shots must be a positive integer; got {args.shots}")
         changes["shots"] = args.shots
+    check_out(args.out)  # before the teacher, the shots and the compression runs
     from dataclasses import replace
 
     run_demo(args.out, replace(settings, **changes), progress=not args.quiet)

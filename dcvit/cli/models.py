@@ -99,10 +99,11 @@ def run_bench(args) -> None:
     from ..factory import resolve_model
     from ..studies.latency import format_latency, latency_table
 
+    counts = [*args.drop, *args.batch_sizes, args.repeats, *([] if args.threads is None else [args.threads])]
+    if min(counts) < 1:  # torch.set_num_threads(-2) fails with a traceback, and 0 was silently ignored
+        raise ValueError("--drop, --batch-sizes, --repeats and --threads must be positive integers")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if min(args.drop) < 1 or min(args.batch_sizes) < 1 or args.repeats < 1:
-        raise ValueError("--drop, --batch-sizes and --repeats must be positive integers")
     rows = latency_table(resolve_model(args.model), args.drop, args.batch_sizes, args.repeats, args.input_size)
     emit(
         args,
@@ -129,13 +130,14 @@ def run_eval(args) -> None:
     from ..data import eval_transform, load_dataset
     from ..factory import resolve_model
     from ..macs import count_macs, default_input_size
-    from ..studies.evaluate import evaluate, loader_for, throughput
+    from ..studies.evaluate import check_classes, evaluate, loader_for, throughput
 
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise ValueError("--batch-size and --limit must be positive integers")
     model = resolve_model(args.model, weights="pretrained")
     data = load_dataset(args.data, train=args.split == "train", transform=eval_transform(model))
-    result = evaluate(model, loader_for(data, args.batch_size, args.limit))
+    check_classes(model, data, args.data, args.model)
+    result = evaluate(model, loader_for(data, args.batch_size, args.limit), progress=not args.quiet)
     size = args.input_size or default_input_size(model)
     result.update(
         model=args.model,

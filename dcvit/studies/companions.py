@@ -18,7 +18,8 @@ import cascade
 
 from ..data import CALIBRATION_SIZE, calibration_indices, eval_transform, load_dataset
 from ..macs import count_macs, default_input_size
-from .evaluate import loader_for
+from ..progress import progress as progress_bar
+from .evaluate import check_classes, loader_for
 from .timing import interleaved_medians
 
 
@@ -93,7 +94,10 @@ def cascade_splits(
 def record_split(models: Mapping[str, nn.Module], dataset, batch_size: int = 256, progress: bool = True):
     """{name: Recorded(probs, labels)}: each model runs once over the split."""
     loader = loader_for(dataset, batch_size)
-    return {name: cascade.record(model.eval(), loader, progress=progress) for name, model in models.items()}
+    return {  # dcvit's progress (a bar on a terminal, log lines elsewhere) instead of cascade.record's tqdm
+        name: cascade.record(model.eval(), progress_bar(loader, f"record {name}", enabled=progress), progress=False)
+        for name, model in models.items()
+    }
 
 
 @torch.inference_mode()
@@ -200,6 +204,8 @@ def cascade_study(
         if name != big_name:
             check_saver(name, model, big)
     calib, test = cascade_splits(big, data, calibration_size, seed, test_limit)
+    for split in (calib, test):  # before any recording: a bigger label set would make every number meaningless
+        check_classes(big, split, data, big_name)
     rec_calib, rec_test = record_split(models, calib, progress=progress), record_split(models, test, progress=progress)
     costs = {name: count_macs(m) for name, m in models.items()}
     savers = [n for n in models if n != big_name]

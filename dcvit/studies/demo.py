@@ -6,6 +6,7 @@ calibration split, and write report.md, report.json and PNG plots.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from dataclasses import dataclass
@@ -58,7 +59,8 @@ class DemoSettings:
 
 
 def _log(message: str) -> None:
-    print(f"[demo] {message}", flush=True)
+    # a status line on stderr through logging (`dcvit: ...` from the CLI, silenced by --quiet), not stdout
+    logging.getLogger("dcvit").info(message)
 
 
 def run_demo(out: str | Path = "runs/demo", settings: DemoSettings = DemoSettings(), progress: bool = True) -> dict:

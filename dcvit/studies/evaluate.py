@@ -7,7 +7,9 @@ import time
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
+
+from ..data import dataset_classes
+from ..progress import progress as progress_bar
 
 
 @torch.no_grad()
@@ -16,13 +18,31 @@ def evaluate(model: nn.Module, loader, device: str | None = None, progress: bool
     device = device or next(model.parameters()).device
     model.eval()
     correct1 = correct5 = n = 0
-    for x, y in tqdm(loader, desc="evaluating", leave=False, disable=not progress):
+    for x, y in progress_bar(loader, "evaluating", enabled=progress):
         logits = model(x.to(device))
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices.cpu()
         correct1 += (top[:, 0] == y).sum().item()
         correct5 += (top == y[:, None]).any(dim=1).sum().item()
         n += len(y)
     return {"top1": correct1 / n, "top5": correct5 / n, "n": n}
+
+
+@torch.no_grad()
+def output_classes(model: nn.Module) -> int:
+    """How many classes `model` predicts, from one forward pass (any architecture, timm or not)."""
+    from ..macs import default_input_size
+
+    param = next(model.parameters(), None)
+    x = torch.zeros(1, *default_input_size(model), device=param.device if param is not None else "cpu")
+    return int(model.eval()(x).shape[-1])
+
+
+def check_classes(model: nn.Module, dataset: Dataset, spec: str, name: str = "the model") -> None:
+    """Refuse a dataset with more classes than the model predicts: its extra labels could never be right,
+    so the accuracy would be silently meaningless (12 classes on a 10-class model scores about 8%)."""
+    have, need = output_classes(model), dataset_classes(dataset)
+    if need > have:
+        raise ValueError(f"dataset {spec} has {need} classes but {name} predicts {have}; use a dataset of its classes")
 
 
 def loader_for(dataset: Dataset, batch_size: int = 256, limit: int | None = None) -> DataLoader:
