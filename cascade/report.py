@@ -134,7 +134,8 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
 def plot_curves(curves: Mapping[str, SweepResult], big_acc: float, big_cost: float, path: str | os.PathLike) -> Path:
     """Accuracy-vs-average-cost PNG, one line per sweep, the big model alone as a star.
 
-    Written to a temporary file in the destination folder then renamed, so readers never see half a PNG.
+    Written to a temporary file in the destination folder then renamed, so readers never see half a PNG;
+    the file gets the permissions a plain ``open`` would give (0o666 minus the umask), not mkstemp's 0o600.
     Uses matplotlib's object API on an Agg canvas: no pyplot, no change to the global backend.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -159,6 +160,9 @@ def plot_curves(curves: Mapping[str, SweepResult], big_acc: float, big_cost: flo
     os.close(fd)
     try:
         fig.savefig(tmp, format="png", dpi=120)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -14,16 +14,16 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 import synth
 
+from .accel import is_main_process, make_accelerator  # noqa: F401  (is_main_process: public here too)
 from .arch import get_adapter
 from .config import CompressConfig
 from .mimic import FewShotImages, MimicResult, TeacherTokens, mimic
+from .progress import progress
 from .scoring import Trial, feature_mse, kl_score
 from .surgery import activation_units, apply_plan, drop_blocks, reinit_mlps
 from .workspace import FORMAT, Workspace
@@ -44,15 +44,21 @@ def tensor_sha256(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def make_accelerator(mixed_precision: str) -> Accelerator:
-    """Accelerate keeps one global state per process; a later run with another precision needs it reset
-    (the process-group part, which holds the distributed set-up, is kept)."""
-    from accelerate.state import AcceleratorState
+def metric_set_inputs(model: nn.Module) -> dict:
+    """synth.synthesize's image_size / mean / std for `model`: the input size its adapter reports (a custom
+    architecture has no timm data config) and the normalisation the few-shot images get (dcvit.data), so
+    synthetic and real images live in the same input space."""
+    from .data import data_config
 
-    state = AcceleratorState._shared_state
-    if state and state.get("_mixed_precision", mixed_precision) != mixed_precision:
-        AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision)
+    cfg = data_config(model)
+    size = tuple(cfg["input_size"])
+    inputs = {"image_size": size}
+    for key in ("mean", "std"):
+        value = tuple(cfg.get(key) or ())
+        # a 3-value default for a 1-channel model: let synth broadcast or reject it with its own message
+        if len(value) == size[0] or (value and len(set(value)) == 1):
+            inputs[key] = value
+    return inputs
 
 
 class Engine:
@@ -88,7 +94,11 @@ class Engine:
         given = None if metric_set is None else tensor_sha256({"images": metric_set.images})
         return {
             "format": FORMAT,
-            "config": {k: v for k, v in self.config.as_dict().items() if k != "progress"},
+            # the precision in force (None follows the environment), so a resume under another one is refused
+            "config": {
+                **{k: v for k, v in self.config.as_dict().items() if k != "progress"},
+                "mixed_precision": self.accelerator.mixed_precision,
+            },
             "shots": shots,
             "teacher_macs_blocks": len(get_adapter(teacher).blocks(teacher)),
             "teacher_sha256": tensor_sha256(teacher.state_dict()),
@@ -134,6 +144,7 @@ class Engine:
                 jitter=self.config.synth_jitter,
                 seed=self.config.seed,
                 progress=self.config.progress,
+                **metric_set_inputs(self.teacher),
             )
             self.timings["synth"] = time.perf_counter() - start
             made.save(path)
@@ -141,7 +152,7 @@ class Engine:
         return synth.load(path)
 
     def progress(self, items: Iterable, desc: str):
-        return tqdm(list(items), desc=desc, disable=not self.config.progress or not self.accelerator.is_main_process)
+        return progress(list(items), desc, enabled=self.config.progress and self.accelerator.is_main_process)
 
     # --- the three steps of every trial and progressive step ------------------------------------
     def build(self, base: nn.Module, plan, blocks: Sequence[int]) -> nn.Module:

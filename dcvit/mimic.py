@@ -4,7 +4,11 @@ Loss: MSE (mean) between all output tokens after the final norm, before pooling 
 token only, an ablation). Trainable: everything before the blocks (patch/position embeddings, class token)
 and the blocks up to and including the one right after the last compressed block; later blocks and the
 tail (final norm, head) are frozen. AdamW, cosine schedule, loss warm-up, gradient clipping applied.
-Accelerate places tensors and handles mixed precision.
+Accelerate places tensors and handles mixed precision: autocast for the forward pass, and the optimizer goes
+through `accelerator.prepare`, so with fp16 the loss is scaled, the gradients are unscaled before clipping
+(`accelerator.clip_grad_norm_`) and a step with inf/NaN gradients is skipped. The model is placed on the
+device but not prepared: under `accelerate launch` each process fine-tunes its own candidate, so a
+DistributedDataParallel wrapper (which averages gradients across processes) would mix different models.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from .accel import make_accelerator
 from .arch import get_adapter
 from .config import CompressConfig
 from .data import eval_transform, train_transform
+from .progress import interactive
 
 
 class FewShotImages:
@@ -116,6 +122,12 @@ def check_finite(epoch: int, loss: float, params: list[nn.Parameter] | None, lr:
         )
 
 
+def make_trainer(accelerator):
+    """A new Accelerator sharing `accelerator`'s process state and precision (see dcvit.accel.make_accelerator)."""
+
+    return make_accelerator(accelerator.mixed_precision)
+
+
 def mimic(
     student: nn.Module,
     targets: TeacherTokens,
@@ -138,13 +150,18 @@ def mimic(
     for p in student.parameters():
         p.requires_grad_(id(p) in trainable)
     student.to(accelerator.device).train()
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    # A fresh Accelerator on the same state for each fine-tune: its loss scaler starts anew (a resumed run
+    # repeats the uninterrupted one) and the prepared optimizer is released with it (nothing accumulates).
+    trainer = make_trainer(accelerator)
+    optimizer = trainer.prepare(torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay))
     steps_per_epoch = math.ceil(len(images) / config.batch_size)
     total_steps = epochs * steps_per_epoch
     warmup_epochs = config.loss_warmup * epochs
     cls_index = adapter.class_token_index(student)
     losses, start, step = [], time.perf_counter(), 0
-    bar = tqdm(range(epochs), desc=desc, leave=False, disable=not config.progress)
+    # A bar per fine-tune on a terminal only: in a log, the run's own progress lines say enough.
+    shown = config.progress and trainer.is_main_process and interactive()
+    bar = tqdm(range(epochs), desc=desc, leave=False, disable=not shown)
     for epoch in bar:
         loss_scale = min((epoch + 1) / warmup_epochs, 1.0) if warmup_epochs > 0 else 1.0
         running = 0.0
@@ -152,13 +169,13 @@ def mimic(
             for group in optimizer.param_groups:  # cosine schedule over the run, per step
                 group["lr"] = 0.5 * config.lr * (1 + math.cos(math.pi * step / total_steps))
             target = targets(idx, x)
-            with accelerator.autocast():
-                feats = adapter.features(student, x.to(accelerator.device)).float()
+            with trainer.autocast():
+                feats = adapter.features(student, x.to(trainer.device)).float()
             loss = token_loss(feats, target, config.mimic_tokens, cls_index)
             optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss * loss_scale)
-            torch.nn.utils.clip_grad_norm_(params, config.clip_grad)
-            optimizer.step()
+            trainer.backward(loss * loss_scale)
+            trainer.clip_grad_norm_(params, config.clip_grad)  # unscales fp16 gradients first
+            optimizer.step()  # skipped by the loss scaler when the fp16 gradients overflowed
             value = loss.item()
             check_finite(epoch + 1, value, None, config.lr)  # the weights: once per epoch, below
             running += value * len(idx)

@@ -22,8 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .augment import jitter_and_flip, max_shift
-from .model_inputs import ImageSize, logits_of, probe_num_classes, resolve_image_shape, resolve_normalisation
+from .augment import default_jitter, jitter_and_flip, max_shift
+from .model_inputs import (
+    ImageSize,
+    logits_of,
+    patch_size,
+    probe_num_classes,
+    resolve_image_shape,
+    resolve_normalisation,
+)
 from .regularizers import image_prior
 from .synthetic_set import SyntheticSet
 
@@ -145,7 +152,7 @@ def synthesize(
     tv: float = 1e-4,
     tv_exponent: float = 0.6,
     l2: float = 1e-5,
-    jitter: float = 30 / 224,
+    jitter: float | None = None,
     flip: bool = True,
     warmup: int | None = None,
     seed: int = 0,
@@ -158,7 +165,10 @@ def synthesize(
     """Synthesise ``num_images`` images the model classifies as their labels (docs/method.md §4).
 
     Image shape and mean/std default to the model's data config (see
-    :mod:`synth.model_inputs`); ``jitter`` is a fraction of the image side.
+    :mod:`synth.model_inputs`); ``jitter`` is a fraction of the image side; None follows the model: at
+    most half a patch for a ViT (``min(30/224, (patch // 2) / side)``, see
+    :func:`synth.augment.default_jitter`), else the reference 30/224. ``config["jitter"]`` records the
+    value used.
     ``warmup`` (learning-rate warm-up iterations) defaults to 5% of ``iterations``.
     ``batch_size`` splits the images into independently optimised chunks; then
     ``total_loss`` is the size-weighted mean of the chunks' best objectives.
@@ -172,8 +182,8 @@ def synthesize(
     lr, tv, l2 = (_check_nonnegative(n, v) for n, v in (("lr", lr), ("tv", tv), ("l2", l2)))
     if isinstance(tv_exponent, bool) or not isinstance(tv_exponent, numbers.Real) or not 0 < tv_exponent < math.inf:
         raise ValueError(f"tv_exponent must be a finite number > 0; got {tv_exponent!r}")
-    if isinstance(jitter, bool) or not isinstance(jitter, numbers.Real) or not 0 <= jitter < 1:
-        raise ValueError(f"jitter must be a fraction of the image side in [0, 1); got {jitter!r}")
+    if jitter is not None and (isinstance(jitter, bool) or not isinstance(jitter, numbers.Real) or not 0 <= jitter < 1):
+        raise ValueError(f"jitter must be a fraction of the image side in [0, 1) or None; got {jitter!r}")
     if device is None:
         first = next(model.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
@@ -184,6 +194,7 @@ def synthesize(
     model.eval()
     try:
         shape = resolve_image_shape(model, image_size, mean)
+        jitter = default_jitter(patch_size(model), shape) if jitter is None else jitter
         mean_t, std_t = resolve_normalisation(model, shape[0], mean, std)
         num_classes = probe_num_classes(model, shape, device)
         generator = torch.Generator().manual_seed(seed)  # local: the global RNG is untouched

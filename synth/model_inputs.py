@@ -68,6 +68,18 @@ def _patch_embed_size(model: nn.Module) -> tuple[int, int] | None:
     return None
 
 
+def patch_size(model: nn.Module) -> tuple[int, int] | None:
+    """(ph, pw) of a patch-based model: timm's ``patch_embed.patch_size`` or torchvision's ``patch_size``."""
+    size = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if size is None:
+        size = getattr(model, "patch_size", None)
+    if _is_int(size):
+        size = (size, size)
+    if isinstance(size, Sequence) and len(size) == 2 and all(_is_int(v) and v > 0 for v in size):
+        return int(size[0]), int(size[1])
+    return None
+
+
 def resolve_image_shape(model: nn.Module, image_size: ImageSize, mean: Any = None) -> tuple[int, int, int]:
     """(C, H, W): explicit ``image_size`` > model modules > data config (> ``len(mean)`` for C)."""
     c, h, w = parse_image_size(image_size)

@@ -35,13 +35,24 @@ MIN_TILE_PX = 84
 GRID_PADDING_PX = 2
 
 
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def _atomic_write(target: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` on a temp file next to ``target``, then rename it over."""
+    """Call ``write(tmp_path)`` on a temp file next to ``target``, then rename it over.
+
+    The file gets the permissions a plain ``open`` would give (0o666 minus the umask), not mkstemp's 0o600;
+    set after writing, since some writers (safetensors) replace the file they are given.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):

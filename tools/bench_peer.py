@@ -195,7 +195,7 @@ def prune_to_macs(
 # --- recovery ----------------------------------------------------------------------------------------------
 def recover(student: nn.Module, teacher: nn.Module, data, config, *, epochs: int, seed: int):
     """Eq. 3 mimicking of `teacher`'s output tokens on the few shots `data`, all blocks trained, in place."""
-    from dcvit.engine import make_accelerator
+    from dcvit.accel import make_accelerator
     from dcvit.mimic import FewShotImages, TeacherTokens, mimic
 
     accelerator = make_accelerator(config.mixed_precision)

@@ -108,6 +108,7 @@ def _refuse_finished(out: Path, resume: bool) -> None:
 
 
 def _run_targets(args, targets: list[str]) -> list[dict]:
+    from ..accel import is_main_process
     from ..data import few_shot_subset
     from ..driver import compress_family, plan_for
     from ..factory import resolve_model
@@ -120,10 +121,12 @@ def _run_targets(args, targets: list[str]) -> list[dict]:
     plans = [plan_for(model, t, config) for t in targets]
     data = few_shot_subset(args.data, args.shots, seed=args.seed, calibration_size=args.calibration_size)
     results = compress_family(model, plans, data, config, workdir=out / "checkpoints", resume=args.resume)
+    main = is_main_process()  # under `accelerate launch` only the main process writes OUT and prints
     summaries = []
     for target, result in zip(targets, results):
         folder = out if len(targets) == 1 else out / f"target-{target}"
-        save(result.model, folder / "model")
+        if main:
+            save(result.model, folder / "model")
         summaries.append(
             _strict(
                 {
@@ -134,7 +137,8 @@ def _run_targets(args, targets: list[str]) -> list[dict]:
                 }
             )
         )
-        write_json(folder / "result.json", summaries[-1])
+        if main:
+            write_json(folder / "result.json", summaries[-1])
     return summaries
 
 
@@ -143,13 +147,19 @@ def _line(s: dict) -> str:
 
 
 def run_compress(args) -> None:
+    from ..accel import is_main_process
+
     (summary,) = _run_targets(args, [args.target_macs])
-    emit(args, summary, _line(summary))
+    if is_main_process():
+        emit(args, summary, _line(summary))
 
 
 def run_family(args) -> None:
+    from ..accel import is_main_process
+
     summaries = _run_targets(args, args.targets)
-    emit(args, {"family": summaries}, "\n".join(_line(s) for s in summaries))
+    if is_main_process():
+        emit(args, {"family": summaries}, "\n".join(_line(s) for s in summaries))
 
 
 def _synth_arguments(p: argparse.ArgumentParser) -> None:
@@ -159,9 +169,9 @@ def _synth_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--jitter",
         type=float,
-        default=30 / 224,
-        help="random roll, as a fraction of the side (default 30/224, the reference; 1/28 measured best for "
-        "the 28x28 fmnist_vit12)",
+        default=None,
+        help="random roll, as a fraction of the side (default: at most half a patch for a ViT, "
+        "min(30/224, (patch // 2) / side), else 30/224, the reference; 1/28 measured best for the 28x28 fmnist_vit12)",
     )
     seed_argument(p)
     p.add_argument("--out", required=True, help="folder for the set (safetensors + JSON) and grid.png")

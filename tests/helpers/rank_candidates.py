@@ -14,7 +14,7 @@ torch.set_num_threads(1)
 model = dcvit.load(model_dir)
 images = torch.load(data_file, weights_only=True)  # a tensor file written by the test itself
 data = torch.utils.data.TensorDataset(images, torch.zeros(len(images), dtype=torch.long))
-config = CompressConfig(epochs=2, batch_size=8, synth_images=8, synth_iterations=5, progress=False)
+config = CompressConfig(epochs=2, batch_size=8, synth_images=8, synth_iterations=5, structure="dcvit", progress=False)
 result = compress(model, 0.7, data, config, workdir=workdir)
 if result.model is not None:
     with open(out, "w") as f:

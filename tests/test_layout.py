@@ -1,0 +1,78 @@
+"""The house rules: synth/ and cascade/ depend on torch only, dcvit's modules import each other without
+circles, and the package face stays light (the public names are imported on first use)."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TORCH_ONLY = {"torch", "numpy", "safetensors", "tqdm", "PIL", "matplotlib", "scipy"}
+
+
+def imports(path: Path) -> set[str]:
+    """Top-level names of every module a file imports (relative imports resolved to 'dcvit' etc.)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("package", ["synth", "cascade"])
+def test_synth_and_cascade_depend_on_torch_only(package):
+    for path in (ROOT / package).glob("*.py"):
+        outside = {n.split(".")[0] for n in imports(path)} - TORCH_ONLY - set(sys.stdlib_module_names) - {package}
+        assert not outside, f"{path.name} imports {sorted(outside)}"
+
+
+def module_graph() -> dict[str, set[str]]:
+    """dcvit module -> the dcvit modules it imports (relative imports resolved against its package)."""
+    graph = {}
+    for path in (ROOT / "dcvit").rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        package = parts[:-1]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package[: len(package) - node.level + 1]
+                target = ".".join((*base, *(node.module.split(".") if node.module else ())))
+                # `from . import x` names submodules
+                edges |= {f"{target}.{a.name}" for a in node.names} if not node.module else {target}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dcvit"):
+                edges.add(node.module)
+        graph[module] = edges
+    return {m: {e for e in edges if e in graph and e != m} for m, edges in graph.items()}
+
+
+def test_dcvit_modules_import_each_other_without_circles():
+    graph = module_graph()
+    state = {}
+
+    def visit(module, trail):
+        if state.get(module) == "open":
+            raise AssertionError("import circle: " + " -> ".join(trail[trail.index(module) :] + [module]))
+        if state.get(module) == "done":
+            return
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            if target != "dcvit":  # the package face imports lazily (see the next test)
+                visit(target, trail + [module])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        visit(module, [])
+
+
+def test_import_dcvit_is_light_and_exposes_the_main_job():
+    code = (
+        "import sys, dcvit; heavy = [m for m in ('dcvit.driver', 'dcvit.engine', 'accelerate', 'fvcore') "
+        "if m in sys.modules]; assert not heavy, heavy; "
+        "dcvit.compress; dcvit.compress_family; dcvit.CompressConfig; import dcvit.planning; dcvit.planning.Plan"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
