@@ -9,7 +9,8 @@ from typing import Any
 import timm
 from torch import nn
 
-from .files import PICKLE_SUFFIXES, load
+from .files import load
+from .storage import PICKLE_SUFFIXES
 
 TORCHVISION_PREFIX = "tv:"
 

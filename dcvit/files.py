@@ -1,14 +1,12 @@
-"""Model files, pickle-free: a directory with ``model.safetensors`` and ``spec.json``, plus the atomic
-JSON and safetensors writers every other file of the project goes through.
+"""Model files, pickle-free: a directory with ``model.safetensors`` and ``spec.json``.
 
 The spec names the adapter, the base architecture and its config, the data config, and the recorded surgery
-edits, so `load` rebuilds the module offline and loads the weights. Every writer goes to a temporary file in
-the destination folder and is renamed into place, so an interrupted run never leaves a half-written file.
+edits, so `load` rebuilds the module offline (first on the meta device, to check it against the weights'
+header before allocating anything) and loads the weights. Saving replaces a model directory atomically.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -19,12 +17,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .arch import UnsupportedModelError, adapter_for_spec, get_adapter
 from .arch.base import Adapter, short
+from .storage import (
+    ModelFileError,
+    one_line,
+    read_json,
+    read_tensors,
+    refuse_pickle,
+    tensor_shapes,
+    write_json,
+    write_tensors,
+)
 from .surgery import replay_edits
 
 try:
@@ -35,110 +41,7 @@ except ImportError:  # no flock (Windows): saves still work, stale temp folders 
 FORMAT = "dcvit-model"
 SPEC, WEIGHTS = "spec.json", "model.safetensors"
 DATA_CFG_KEYS = ("input_size", "mean", "std", "crop_pct", "interpolation", "crop_mode", "num_classes")
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
 SAVE_SUFFIX = ".dcvit-save"  # the temp folder of a save in progress: .NAME.XXXXXXXX.dcvit-save
-
-
-class ModelFileError(ValueError):
-    """A model file that cannot be used (corrupt, mistyped, or not matching its weights): the user's to fix,
-    reported in one line naming the file."""
-
-    def __init__(self, message: str):
-        super().__init__(" ".join(message.split()))  # names and values read from the file may hold newlines
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        # after writing: mkstemp makes 0600 files, and some writers (safetensors) replace the file we made
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
-
-
-def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> None:
-    # safetensors refuses shared or non-contiguous storage; clone so any state dict can be saved.
-    flat = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(flat, str(tmp))
-
-
-def _refuse_pickle(path: Path) -> None:
-    if path.suffix in PICKLE_SUFFIXES:
-        raise ModelFileError(
-            f"refusing to load {path.name}: pickle files (.pt/.pth/.bin/...) are never unpickled; "
-            f"accepted: a directory written by dcvit.save (model.safetensors + spec.json)"
-        )
-
-
-def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    _refuse_pickle(path)
-    try:
-        return load_file(str(path))
-    except SafetensorError as err:  # truncated, corrupt, or not safetensors at all (pickle bytes, say)
-        raise ModelFileError(f"{path} is not a valid safetensors file ({_one_line(err, 200)})") from None
-
-
-def _one_line(err: BaseException, limit: int = 1000) -> str:
-    return " ".join(str(err).split())[:limit] or type(err).__name__
-
-
-def tensor_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor in a safetensors file, from its header alone (no tensor is read)."""
-    try:
-        with safe_open(str(path), "pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except SafetensorError as err:  # truncated, corrupt, or not safetensors at all (pickle bytes, say)
-        raise ModelFileError(f"{path} is not a valid safetensors file ({_one_line(err, 200)})") from None
-
-
-def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split an optimizer state dict into flat tensors (for safetensors) and JSON-able metadata."""
-    state = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for idx, per_param in state["state"].items():
-        for key, value in per_param.items():
-            if torch.is_tensor(value):
-                tensors[f"opt.{idx}.{key}"] = value
-            else:
-                scalars[f"{idx}.{key}"] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
-
-
-def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        if name.startswith("opt."):
-            _, idx, key = name.split(".", 2)
-            state.setdefault(int(idx), {})[key] = value
-    for name, value in meta["scalars"].items():
-        idx, key = name.split(".", 1)
-        state.setdefault(int(idx), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
 def model_spec(model: nn.Module) -> dict[str, Any]:
@@ -290,7 +193,7 @@ def load(path: str | os.PathLike) -> nn.Module:
 
 
 def _model_folder(path: Path) -> Path:
-    _refuse_pickle(path)
+    refuse_pickle(path)
     folder = path.parent if path.is_file() else path
     if not (folder / SPEC).is_file() or not (folder / WEIGHTS).is_file():
         raise FileNotFoundError(f"{path} is not a dcvit model directory (needs {WEIGHTS} and {SPEC})")
@@ -302,7 +205,7 @@ def read_spec(path: Path) -> dict[str, Any]:
     try:
         spec = read_json(path)
     except (ValueError, RecursionError) as err:  # bad JSON or UTF-8 (ValueErrors), or absurdly deep nesting
-        raise ModelFileError(f"{path} is not valid JSON ({_one_line(err)})") from None
+        raise ModelFileError(f"{path} is not valid JSON ({one_line(err)})") from None
     if not isinstance(spec, dict):
         raise ModelFileError(f"{path} must hold a JSON object, not {_json_type(spec)}")
     if spec.get("format") != FORMAT:
@@ -404,7 +307,7 @@ def _meta_model(adapter: type[Adapter], spec: dict[str, Any], path: Path) -> nn.
         with torch.device("meta"):
             model = adapter.build(spec["base"])
     except _BUILD_ERRORS as err:
-        detail = _one_line(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {_one_line(err)}"
+        detail = one_line(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {one_line(err)}"
         raise ModelFileError(f"{path}: base refused: {detail}") from None
     if not adapter.matches(model):
         raise ModelFileError(
@@ -414,7 +317,7 @@ def _meta_model(adapter: type[Adapter], spec: dict[str, Any], path: Path) -> nn.
         with torch.device("meta"):
             return replay_edits(model, spec["edits"])
     except ValueError as err:  # surgery's refusals: a block out of range, units out of range or repeated
-        raise ModelFileError(f"{path}: edits do not apply ({_one_line(err)})") from None
+        raise ModelFileError(f"{path}: edits do not apply ({one_line(err)})") from None
 
 
 def _check_weights(model: nn.Module, weights: Path) -> None:

@@ -13,7 +13,8 @@ from typing import Any
 
 from torch import nn
 
-from .files import load, read_json, save, write_json
+from .files import load, save
+from .storage import read_json, write_json
 
 # settings.json's "format" (Engine writes it): bumped whenever what the settings fingerprint changes, so a folder
 # of an older format is never resumed.

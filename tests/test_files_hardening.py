@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 import dcvit
 from dcvit.arch import timm_vit
 from dcvit.cli import main
-from dcvit.files import ModelFileError
+from dcvit.storage import ModelFileError
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_failed_save_keeps_the_previous_model(tmp_path, monkeypatch):
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("dcvit.files.save_file", disk_full)
+    monkeypatch.setattr("dcvit.storage.save_file", disk_full)
     with pytest.raises(OSError, match="No space"):
         dcvit.save(small_vit(depth=3), tmp_path / "m")
     assert entries(tmp_path) == ["m"]

@@ -142,7 +142,8 @@ def correlation(bench: Bench, k: int = 2, shots: int = 100) -> None:
     """Paper Fig. 4: candidates' synthetic-set scores and few-shot losses against their real test error."""
     from scipy.stats import spearmanr
 
-    from dcvit.files import load, read_json
+    from dcvit.files import load
+    from dcvit.storage import read_json
 
     seed = SEEDS[0]
     workdir = bench.out / "correlation_run"

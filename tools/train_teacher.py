@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 import dcvit  # noqa: F401  registers the models
 from dcvit.data import DEBIAN_FMNIST, FashionMNIST, calibration_indices
-from dcvit.files import optimizer_tensors, read_json, read_tensors, restore_optimizer, write_json, write_tensors
 from dcvit.models import FMNIST_MEAN, FMNIST_STD, weights_path
+from dcvit.storage import optimizer_tensors, read_json, read_tensors, restore_optimizer, write_json, write_tensors
 
 
 def augment(images: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:

@@ -112,7 +112,8 @@ def _run_targets(args, targets: list[str]) -> list[dict]:
     from ..data import few_shot_subset
     from ..driver import compress_family, plan_for
     from ..factory import resolve_model
-    from ..files import save, write_json
+    from ..files import save
+    from ..storage import write_json
 
     out = check_out(args.out)  # the output place, config and targets are checked before any slow work
     config = _config(args)

@@ -19,9 +19,9 @@ from ..config import BLOCK_DROP, CompressConfig
 from ..data import CALIBRATION_SIZE, eval_transform, few_shot_subset, load_dataset
 from ..driver import compress_family, trial_key
 from ..factory import resolve_model
-from ..files import atomic_path, write_json
 from ..macs import count_macs
 from ..planning import block_drop_macs
+from ..storage import atomic_path, write_json
 from ..workspace import Workspace
 from .companions import cascade_study
 from .evaluate import evaluate, loader_for

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..files import atomic_path
+from ..storage import atomic_path
 
 
 def _figure():

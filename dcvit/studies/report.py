@@ -6,7 +6,7 @@ from pathlib import Path
 
 import cascade
 
-from ..files import atomic_path
+from ..storage import atomic_path
 
 
 def study_summary(study) -> dict:
