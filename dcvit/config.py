@@ -97,6 +97,12 @@ class CompressConfig:
     def epochs_per_trial(self) -> int:
         return self.trial_epochs or self.epochs
 
+    def for_structure(self, structure: str) -> CompressConfig:
+        """This config compressing with `structure`; "drop" also takes the baseline's settings (BLOCK_DROP)."""
+        if structure not in STRUCTURES:
+            raise ValueError(f"structure must be one of {STRUCTURES}; got {structure!r}")
+        return self.replace(**BLOCK_DROP) if structure == "drop" else self.replace(structure=structure)
+
     def replace(self, **changes) -> CompressConfig:
         return replace(self, **changes)
 

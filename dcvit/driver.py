@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,29 @@ class CompressionResult:
     seconds: dict[str, float] = field(default_factory=dict)
     structure: tuple[dict, ...] = ()  # per block: attention kept, MLP units kept of the original
 
+    def summary(self, **extra) -> dict:
+        """What result.json holds: MACs, the structure per block, scores, timings, the progressive history;
+        strict JSON (a non-finite number becomes null)."""
+        plan = self.plan
+        return strict_json({
+            "macs": self.macs, "macs_original": plan.macs_original, "macs_fraction": self.macs / plan.macs_original,
+            "blocks": list(self.blocks), "structure_kind": plan.structure, "structure": list(self.structure),
+            "describe": self.describe(), "plan": plan.describe(), "mlp_hidden": plan.mlp_hidden,
+            "mlp_hidden_original": plan.mlp_hidden_original, "remove_attention": plan.remove_attention,
+            "scores": {str(b): s for b, s in self.scores.items()}, "seconds": self.seconds,
+            "history": list(self.history), **extra,
+        })  # fmt: skip
+
+    def save(self, folder: str | Path, **extra) -> dict:
+        """FOLDER/model (dcvit.load-able) and FOLDER/result.json (the summary, with `extra`); returns it."""
+        from .files import save
+        from .storage import write_json
+
+        folder = Path(folder)
+        summary = self.summary(model_dir=str(save(self.model, folder / "model")), **extra)
+        write_json(folder / "result.json", summary)
+        return summary
+
     def describe(self) -> str:
         """The compressed structure, one line per changed block."""
         lines = [
@@ -45,6 +69,17 @@ class CompressionResult:
         ]
         lines += [f"  block {s['block']:>2}: {s['edit']}" for s in self.structure if s["edit"] != "kept"]
         return "\n".join(lines)
+
+
+def strict_json(value):
+    """JSON without NaN/Infinity (not JSON, refused by strict readers): non-finite numbers become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
 
 
 def block_structure(model: nn.Module, original: nn.Module) -> tuple[dict, ...]:

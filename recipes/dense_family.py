@@ -102,7 +102,7 @@ def config_for(args) -> dcvit.CompressConfig:
     config = dcvit.CompressConfig.paper(
         **{**PRESETS[args.preset], **sizes}, seed=args.seed, progress=sys.stderr.isatty()
     )
-    return config.replace(**dcvit.BLOCK_DROP) if args.structure == "drop" else config.replace(structure=args.structure)
+    return config.for_structure(args.structure)
 
 
 def data_spec(text: str) -> str:
@@ -121,32 +121,6 @@ def write_json(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
     os.replace(tmp, path)
-
-
-def save_result(result: dcvit.CompressionResult, target_macs: float, folder: Path, **extra) -> dict:
-    """FOLDER/model (dcvit.load-able) and FOLDER/result.json; returns the summary written there."""
-    plan, model_dir = result.plan, dcvit.save(result.model, folder / "model")
-    summary = {
-        "target": target_macs,
-        "model_dir": str(model_dir),
-        "macs": result.macs,
-        "macs_original": plan.macs_original,
-        "macs_fraction": result.macs / plan.macs_original,
-        "blocks": list(result.blocks),
-        "structure_kind": plan.structure,
-        "structure": list(result.structure),
-        "describe": result.describe(),
-        "plan": plan.describe(),
-        "mlp_hidden": plan.mlp_hidden,
-        "mlp_hidden_original": plan.mlp_hidden_original,
-        "remove_attention": plan.remove_attention,
-        "scores": {str(b): s for b, s in result.scores.items()},
-        "seconds": result.seconds,
-        "history": list(result.history),
-        **extra,
-    }
-    write_json(folder / "result.json", summary)
-    return summary
 
 
 def table(summaries: list[dict]) -> str:
@@ -172,7 +146,7 @@ def run(args) -> list[dict]:
     if int(os.environ.get("RANK", 0)) > 0:  # under `accelerate launch`, only the main process writes
         return []
     summaries = [
-        save_result(r, t, out / f"target-{label}", shots=args.shots, preset=args.preset)
+        r.save(out / f"target-{label}", target=t, shots=args.shots, preset=args.preset)
         for label, t, r in zip(labels, args.targets, results)
     ]
     write_json(

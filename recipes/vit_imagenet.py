@@ -101,7 +101,7 @@ def config_for(args) -> dcvit.CompressConfig:
     config = dcvit.CompressConfig.paper(
         **{**PRESETS[args.preset], **sizes}, seed=args.seed, progress=sys.stderr.isatty()
     )
-    return config.replace(**dcvit.BLOCK_DROP) if args.structure == "drop" else config.replace(structure=args.structure)
+    return config.for_structure(args.structure)
 
 
 def data_spec(text: str) -> str:
@@ -122,32 +122,6 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def save_result(result: dcvit.CompressionResult, target_macs: float, folder: Path, **extra) -> dict:
-    """FOLDER/model (dcvit.load-able) and FOLDER/result.json; returns the summary written there."""
-    plan, model_dir = result.plan, dcvit.save(result.model, folder / "model")
-    summary = {
-        "target": target_macs,
-        "model_dir": str(model_dir),
-        "macs": result.macs,
-        "macs_original": plan.macs_original,
-        "macs_fraction": result.macs / plan.macs_original,
-        "blocks": list(result.blocks),
-        "structure_kind": plan.structure,
-        "structure": list(result.structure),
-        "describe": result.describe(),
-        "plan": plan.describe(),
-        "mlp_hidden": plan.mlp_hidden,
-        "mlp_hidden_original": plan.mlp_hidden_original,
-        "remove_attention": plan.remove_attention,
-        "scores": {str(b): s for b, s in result.scores.items()},
-        "seconds": result.seconds,
-        "history": list(result.history),
-        **extra,
-    }
-    write_json(folder / "result.json", summary)
-    return summary
-
-
 def run(args) -> dict:
     out, spec, config = Path(args.out), data_spec(args.data), config_for(args)
     if (out / "checkpoints" / "settings.json").is_file() and not args.resume:
@@ -160,10 +134,9 @@ def run(args) -> dict:
     result = dcvit.compress(model, plan, data, config, workdir=out / "checkpoints", resume=args.resume)
     if int(os.environ.get("RANK", 0)) > 0:  # under `accelerate launch`, only the main process writes
         return {}
-    summary = save_result(
-        result,
-        args.target_macs,
+    summary = result.save(
         out,
+        target=args.target_macs,
         model=args.model,
         data=spec,
         shots=args.shots,

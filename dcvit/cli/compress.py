@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from ..data import CALIBRATION_SIZE
@@ -56,10 +55,9 @@ def _engine_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args):
-    from ..config import BLOCK_DROP, CompressConfig
+    from ..config import CompressConfig
 
-    extra = BLOCK_DROP if args.structure == "drop" else {"structure": args.structure}
-    return CompressConfig(
+    config = CompressConfig(
         epochs=args.epochs,
         trial_epochs=args.trial_epochs,
         lr=args.lr,
@@ -69,35 +67,8 @@ def _config(args):
         seed=args.seed,
         search_steps=args.search_steps,
         progress=not args.quiet,
-        **extra,
     )
-
-
-def _summary(result) -> dict:
-    return {
-        "macs": result.macs,
-        "macs_original": result.plan.macs_original,
-        "macs_fraction": result.macs / result.plan.macs_original,
-        "blocks": list(result.blocks),
-        "mlp_hidden": result.plan.mlp_hidden,
-        "remove_attention": result.plan.remove_attention,
-        "structure_kind": result.plan.structure,
-        "structure": list(result.structure),
-        "scores": {str(b): s for b, s in result.scores.items()},
-        "seconds": result.seconds,
-        "history": list(result.history),
-    }
-
-
-def _strict(value):
-    """JSON without NaN/Infinity (not JSON, refused by strict readers): non-finite numbers become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict(v) for v in value]
-    return value
+    return config.for_structure(args.structure)
 
 
 def _refuse_finished(out: Path, resume: bool) -> None:
@@ -112,8 +83,6 @@ def _run_targets(args, targets: list[str]) -> list[dict]:
     from ..data import few_shot_subset
     from ..driver import compress_family, plan_for
     from ..factory import resolve_model
-    from ..files import save
-    from ..storage import write_json
 
     out = check_out(args.out)  # the output place, config and targets are checked before any slow work
     config = _config(args)
@@ -127,19 +96,9 @@ def _run_targets(args, targets: list[str]) -> list[dict]:
     for target, result in zip(targets, results):
         folder = out if len(targets) == 1 else out / f"target-{target}"
         if main:
-            save(result.model, folder / "model")
-        summaries.append(
-            _strict(
-                {
-                    "target": target,
-                    "model_dir": str(folder / "model"),
-                    **_summary(result),
-                    "describe": result.describe(),
-                }
-            )
-        )
-        if main:
-            write_json(folder / "result.json", summaries[-1])
+            summaries.append(result.save(folder, target=target))
+        else:
+            summaries.append(result.summary(target=target, model_dir=str(folder / "model")))
     return summaries
 
 
