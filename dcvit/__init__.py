@@ -11,6 +11,7 @@ The public API (docs/method.md gives the equations, README.md the walk-through):
     evaluate, loader_for                      top-1 / top-5 on a dataset
     save, load, create_model, resolve_model   pickle-free model files and models by name
     Adapter, register_adapter, get_adapter    support for another architecture
+    dcvit.scripts                             building blocks for compression scripts (the recipes use them)
 
 Names are imported on first use, so `import dcvit` stays light and no module imports the package face.
 """

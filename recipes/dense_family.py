@@ -14,47 +14,17 @@ preset's sizes (tiny values check the wiring in seconds). One file: copy it anyw
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
 import os
-import sys
 from pathlib import Path
 
 import dcvit
+from dcvit import scripts
 
-PRESETS = {
-    "paper": {},  # CompressConfig.paper(): 2000 epochs per step and per trial, lr 3e-5, batch 64, RandAugment
-    "quick": {"epochs": 100, "trial_epochs": 20, "synth_iterations": 200},
-}
 TARGETS = (0.9, 0.83, 0.75, 0.67)
-SIZES = ("epochs", "trial_epochs", "batch_size", "synth_images", "synth_iterations", "search_steps")
-DATASETS = ("imagefolder", "cifar10", "cifar100", "fashion-mnist")
 
 
-class Parser(argparse.ArgumentParser):
-    """Errors are one line on stderr (exit 2); --help shows this docstring as written."""
-
-    def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: error: {' '.join(str(message).split())} (see --help)\n")
-
-
-def target(text: str) -> float:
-    """argparse type: a MACs target, a fraction in (0, 1) of the original or absolute MACs above 1."""
-    value = float(text)  # argparse reports a ValueError as "invalid target value"
-    if not math.isfinite(value) or value <= 0 or value == 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in (0, 1) of the original MACs nor MACs above 1")
-    return value
-
-
-def positive_int(text: str) -> int:
-    if int(text) < 1:  # argparse reports a ValueError as "invalid positive_int value"
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
-    return int(text)
-
-
-def build_parser() -> Parser:
-    p = Parser(prog=Path(__file__).name, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> scripts.ScriptParser:
+    p = scripts.ScriptParser(prog=Path(__file__).name, description=__doc__)
     p.add_argument(
         "--model",
         default="vit_base_patch16_224",
@@ -62,65 +32,14 @@ def build_parser() -> Parser:
     )
     p.add_argument(
         "--targets",
-        type=target,
+        type=scripts.target_macs,
         nargs="+",
         default=list(TARGETS),
         metavar="T",
         help=f"target MACs, each a fraction in (0, 1) or absolute MACs (default {' '.join(map(str, TARGETS))})",
     )
-    p.add_argument(
-        "--data",
-        required=True,
-        help="an ImageFolder root (PATH/train is used when present) or "
-        f"KIND:PATH, KIND one of {', '.join(DATASETS)}; labels are never used",
-    )
-    p.add_argument("--shots", type=positive_int, default=100, help="unlabeled training images (default 100)")
-    p.add_argument(
-        "--structure",
-        choices=("auto", "dcvit", "drop", "mlp"),
-        default="auto",
-        help="what blocks may lose (default auto; see above)",
-    )
-    p.add_argument(
-        "--preset",
-        choices=sorted(PRESETS),
-        default="paper",
-        help="paper: the paper's settings (2000 "
-        "epochs, lr 3e-5, batch 64, RandAugment); quick: 100 epochs per step, 20 per trial (default paper)",
-    )
-    p.add_argument("--out", required=True, help="output folder (checkpoints go to OUT/checkpoints)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--seed", type=int, default=0, help="few-shot sampling and training seed (default 0)")
-    sizes = p.add_argument_group("sizes", "override the preset's (the dcvit.CompressConfig fields of these names)")
-    for name in SIZES:
-        sizes.add_argument(f"--{name.replace('_', '-')}", type=positive_int, metavar="N")
+    scripts.add_run_arguments(p)
     return p
-
-
-def config_for(args) -> dcvit.CompressConfig:
-    sizes = {k: getattr(args, k) for k in SIZES if getattr(args, k) is not None}
-    config = dcvit.CompressConfig.paper(
-        **{**PRESETS[args.preset], **sizes}, seed=args.seed, progress=sys.stderr.isatty()
-    )
-    return config.for_structure(args.structure)
-
-
-def data_spec(text: str) -> str:
-    """--data as a dataset spec (a bare path is an ImageFolder root), checked before any slow work."""
-    kind, _, path = text.partition(":")
-    if kind.lower() not in DATASETS:
-        text, path = f"imagefolder:{text}", text
-    if path and not Path(path).exists():
-        raise FileNotFoundError(f"dataset path {path} does not exist")
-    return text
-
-
-def write_json(path: Path, obj) -> None:
-    """Atomically: a temporary file next to PATH, renamed onto it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def table(summaries: list[dict]) -> str:
@@ -135,7 +54,7 @@ def run(args) -> list[dict]:
     labels = [f"{t:g}" for t in args.targets]
     if len(set(labels)) < len(labels):
         raise ValueError(f"--targets has duplicates: {' '.join(labels)}")
-    out, spec, config = Path(args.out), data_spec(args.data), config_for(args)
+    out, spec, config = Path(args.out), scripts.data_spec(args.data), scripts.config_from_args(args)
     if (out / "checkpoints" / "settings.json").is_file() and not args.resume:
         raise ValueError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
     model = dcvit.resolve_model(args.model, weights="pretrained")  # never random init: pointless to compress
@@ -149,7 +68,7 @@ def run(args) -> list[dict]:
         r.save(out / f"target-{label}", target=t, shots=args.shots, preset=args.preset)
         for label, t, r in zip(labels, args.targets, results)
     ]
-    write_json(
+    scripts.write_json(
         out / "family.json",
         {
             "model": args.model,
@@ -166,12 +85,7 @@ def run(args) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError) as err:  # errors a user can fix (dcvit's UnsupportedModelError included)
-        parser.error(str(err))
+    return scripts.run_main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

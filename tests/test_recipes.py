@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 import dcvit
+from dcvit import scripts
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 NAMES = ("vit_imagenet", "dense_family", "saver_for_cascade")
@@ -293,7 +294,7 @@ def test_help_shows_an_example(capsys, name):
 def test_structure_and_sizes(name):
     """auto by default with the preset's sizes; --structure drop applies BLOCK_DROP; sizes override the preset."""
     recipe = load_recipe(name)
-    parse = lambda *a: recipe.config_for(recipe.build_parser().parse_args(["--data", "x", "--out", "y", *a]))
+    parse = lambda *a: scripts.config_from_args(recipe.build_parser().parse_args(["--data", "x", "--out", "y", *a]))
     assert parse().replace(progress=True) == dcvit.CompressConfig.paper()
     assert parse().structure == "auto"
     quick = parse("--preset", "quick", "--structure", "drop", "--epochs", "3", "--seed", "5")
