@@ -79,7 +79,7 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings = DemoSetting
         f"{settings.shots} shots"
     )
     auto = compress_family(teacher, targets, shots, config.replace(structure="auto"), workdir=checkpoints / "auto")
-    _log("DC-ViT (the paper's structure) at the block-dropping MACs")
+    _log("DC-ViT (the paper's structure) at the same MACs")
     family = compress_family(teacher, targets, shots, config.replace(structure="dcvit"), workdir=checkpoints / "dcvit")
     test = load_dataset("fashion-mnist", train=False, transform=eval_transform(teacher))
     candidate_figure = _candidate_study(family[0], checkpoints / "dcvit", test, out, settings.candidate_eval_images)
@@ -326,7 +326,7 @@ def _structures_markdown(report: dict) -> str:
     by_target = {}
     for key in ("auto", "dcvit", "block_drop"):
         for r in report[key]:
-            by_target.setdefault(round(r["target"], 2), {})[key] = r
+            by_target.setdefault(round(r["target"], 3), {})[key] = r
     for target in sorted(by_target, reverse=True):
         row = by_target[target]
         cell = lambda k, row=row: f"{100 * row[k]['top1']:.2f}" if k in row else "—"
