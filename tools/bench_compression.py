@@ -3,6 +3,7 @@
 
   grid         auto (the structure search) vs DC-ViT (k+1 blocks) vs block dropping (k blocks) at the MACs of
                dropping k = 1, 2, 3, 5 blocks, 100 / 50 / 500 unlabeled shots, 3 seeds
+  frontier     the same three structures at 50 / 40 / 30% of the teacher's MACs, 100 shots, 3 seeds
   ablations    each docs/method.md §8 switch against the default, at the MACs of dropping 1 and 3 blocks
   correlation  Spearman of the synthetic-set score and of the few-shot loss with candidate test error
   anatomy      per block, test top-1 without its attention / without its MLP / dropped (no fine-tuning)
@@ -35,6 +36,7 @@ from dcvit.studies.evaluate import evaluate, loader_for
 from dcvit.surgery import drop_blocks
 
 SEEDS = (2021, 2022, 2023)
+FRONTIER = (0.5, 0.4, 0.3)  # fractions of the teacher's MACs
 IMAGE_PASSES = 2000  # per progressive step, whatever the number of shots: equal compute for every cell
 
 
@@ -77,7 +79,8 @@ class Bench:
         start = time.perf_counter()
         data = few_shot_subset("fashion-mnist", shots, seed, calibration_size=CALIBRATION_SIZE)
         metric_set = None if config.metric == "train_loss" else self.metric_set(seed, config)
-        result = compress(self.teacher, self.drop_macs[k], data, config, workdir=workdir, metric_set=metric_set)
+        target = self.drop_macs[k] if isinstance(k, int) else int(k * self.macs)  # k blocks, or a fraction
+        result = compress(self.teacher, target, data, config, workdir=workdir, metric_set=metric_set)
         top1 = evaluate(result.model, loader_for(self.test), progress=False)["top1"]
         row = {
             "cell": cell,
@@ -130,6 +133,14 @@ def cells(mode: str):
                             seed,
                             config_for(shots, seed, **STRUCTURE_CONFIG[method]),
                         )
+    elif (
+        mode == "frontier"
+    ):  # budgets below the block-drop grid, 100 shots (the Torch-Pruning peer's tool has them too)
+        for seed in SEEDS:
+            for fraction in FRONTIER:
+                for method in ("auto", "dcvit", "drop"):
+                    yield f"frontier/{method}/f{fraction}/s100/seed{seed}", fraction, 100, seed, \
+                        config_for(100, seed, **STRUCTURE_CONFIG[method])  # fmt: skip
     elif mode == "ablations":
         for k in (1, 3):
             for name, change in [("default", {})] + sorted(ABLATIONS.items()):
@@ -283,6 +294,26 @@ def _choices_report(rows: list[dict]) -> None:
         print(f"| {r['k']} | {r['seed']} | {100 * r['macs_fraction']:.1f} | `{blocks}` | {first} |")
 
 
+def _frontier_report(rows: list[dict]) -> None:
+    """Deep budgets: each structure's top-1 (mean ± std over seeds) and where its MACs landed."""
+    print(
+        "\n| target (of teacher MACs) | auto | DC-ViT | block dropping | auto − max(DC-ViT, drop) | auto's blocks (seed 2021) |"
+    )
+    print("|---|---|---|---|---|---|")
+    code = {"kept": ".", "dropped": "D", "MLP removed": "M"}
+    for fraction in FRONTIER:
+        get = lambda m, f=fraction: [r for r in rows if r["cell"].startswith(f"frontier/{m}/f{f}/")]
+        a, c, d = get("auto"), get("dcvit"), get("drop")
+        if not (a or c or d):
+            continue
+        best = {r["seed"]: max(x["top1"] for x in c + d if x["seed"] == r["seed"])
+                for r in a if any(x["seed"] == r["seed"] for x in c + d)}  # fmt: skip
+        cell = lambda g: f"{_stat([r['top1'] for r in g])} ({100 * g[0]['macs_fraction']:.1f}%)" if g else "—"
+        blocks = "".join(code.get(e, "a" if e.startswith("attention") else "m") for e in a[0]["structure"]) if a else ""
+        versus = _stat([r["top1"] - best[r["seed"]] for r in a if r["seed"] in best])
+        print(f"| {fraction} | {cell(a)} | {cell(c)} | {cell(d)} | {versus} | `{blocks}` |")
+
+
 def report(out: Path) -> None:
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
     grid = [r for r in rows if r["cell"].startswith("grid/")]
@@ -290,6 +321,9 @@ def report(out: Path) -> None:
         _grid_report(grid)
         _choices_report(grid)
         _timing_report(out, grid)
+    frontier = [r for r in rows if r["cell"].startswith("frontier/")]
+    if frontier:
+        _frontier_report(frontier)
     ablations = [r for r in rows if r["cell"].startswith("ablation/")]
     if ablations:
         print("\n| switch | top-1 at drop-1 MACs | top-1 at drop-3 MACs |\n|---|---|---|")
@@ -301,7 +335,7 @@ def report(out: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["grid", "ablations", "correlation", "anatomy", "report"])
+    p.add_argument("mode", choices=["grid", "frontier", "ablations", "correlation", "anatomy", "report"])
     p.add_argument("--out", default="runs/bench", type=Path)
     p.add_argument("--part", default="0/1", help="I/N: run every N-th cell starting at I")
     p.add_argument("--threads", type=int, default=1)
