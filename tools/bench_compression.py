@@ -8,6 +8,7 @@
   correlation  Spearman of the synthetic-set score and of the few-shot loss with candidate test error
   anatomy      per block, test top-1 without its attention / without its MLP / dropped (no fine-tuning)
   report       markdown tables from the results file
+  plot         OUT/frontier.png: accuracy vs MACs of the three structures and the Torch-Pruning peer
 
 Every finished cell is appended to OUT/results.jsonl and skipped on a rerun, so the grid resumes;
 `--part I/N` runs every N-th cell, for parallel processes.
@@ -314,6 +315,37 @@ def _frontier_report(rows: list[dict]) -> None:
         print(f"| {fraction} | {cell(a)} | {cell(c)} | {cell(d)} | {versus} | `{blocks}` |")
 
 
+def plot(out: Path, peer: Path) -> None:
+    """One accuracy-vs-MACs PNG (OUT/frontier.png): auto, DC-ViT and block dropping from the grid and the frontier
+    (100 shots), and the Torch-Pruning peer from its own results file, each point the mean over seeds."""
+    from dcvit.studies.plots import accuracy_vs_macs
+
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r["cell"].split("/")[0] in ("grid", "frontier") and r["shots"] == 100]
+    peer_file = peer / "results.jsonl"
+    peer_rows = (
+        [json.loads(line) for line in peer_file.read_text().splitlines() if line.strip()] if peer_file.is_file() else []
+    )
+    series = {}
+    for name, method in (("auto (structure search)", "auto"), ("DC-ViT", "dcvit"), ("block dropping", "drop")):
+        series[name] = _means([r for r in rows if r["cell"].split("/")[1] == method], lambda r: r["k"])
+    series["Torch-Pruning + mimicking (peer)"] = _means([r for r in peer_rows if "top1" in r], lambda r: r["target"])
+    teacher = resolve_model("fmnist_vit12", weights="pretrained")
+    test = load_dataset("fashion-mnist", train=False, transform=eval_transform(teacher))
+    top1 = evaluate(teacher, loader_for(test), progress=False)["top1"]
+    path = accuracy_vs_macs(series, (count_macs(teacher), top1), out / "frontier.png",
+                            "fmnist_vit12, 100 unlabeled shots, mean of 3 seeds")  # fmt: skip
+    print(f"wrote {path}")
+
+
+def _means(rows: list[dict], budget) -> list[tuple[float, float]]:
+    """(mean MACs, mean top-1) per budget."""
+    groups = {}
+    for r in rows:
+        groups.setdefault(budget(r), []).append(r)
+    return [(statistics.mean(r["macs"] for r in g), statistics.mean(r["top1"] for r in g)) for g in groups.values()]
+
+
 def report(out: Path) -> None:
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
     grid = [r for r in rows if r["cell"].startswith("grid/")]
@@ -335,7 +367,8 @@ def report(out: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["grid", "frontier", "ablations", "correlation", "anatomy", "report"])
+    p.add_argument("mode", choices=["grid", "frontier", "ablations", "correlation", "anatomy", "report", "plot"])
+    p.add_argument("--peer", default="runs/peer", type=Path, help="plot: the peer's results folder")
     p.add_argument("--out", default="runs/bench", type=Path)
     p.add_argument("--part", default="0/1", help="I/N: run every N-th cell starting at I")
     p.add_argument("--threads", type=int, default=1)
@@ -343,6 +376,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.mode == "report":
         return report(args.out)
+    if args.mode == "plot":
+        return plot(args.out, args.peer)
     torch.set_num_threads(args.threads)
     bench = Bench(args.out)
     if args.mode == "correlation":
