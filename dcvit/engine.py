@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 import synth
 
-from .accel import is_main_process, make_accelerator  # noqa: F401  (is_main_process: public here too)
+from .accel import make_accelerator
 from .arch import get_adapter
 from .config import CompressConfig
 from .mimic import FewShotImages, MimicResult, TeacherTokens, mimic

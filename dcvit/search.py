@@ -186,7 +186,7 @@ class Search:
         self.engine, self.plan = engine, plan
         self.config, self.adapter = engine.config, engine.adapter
         self.mlp_only = plan.structure == "mlp"
-        self.original = macs_profile(engine.teacher, plan.input_size).mlp_hidden
+        self.original = [block_state(self.adapter, b)[1] for b in self.adapter.blocks(engine.teacher)]
 
     def _key(self, name: str) -> str:
         return f"{self.plan.structure}-{self.plan.macs_target}-{name}"
@@ -205,22 +205,24 @@ class Search:
             ]
         return out
 
-    def edited(self, model: nn.Module, block: int, attention: bool, units: int, importance) -> nn.Module:
-        """The single edited block (not the model), with the units the configured choice keeps."""
-        current = self.adapter.blocks(model)[block]
-        _, width = block_state(self.adapter, current)
-        keep = kept_units(width, units, importance.get(block), self.config.seed, block) if units else []
-        return edit_block(self.adapter, current, attention, None if units == width else keep)
+    def change(self, model: nn.Module, block: int, attention: bool, units: int, importance) -> tuple:
+        """The edit_block arguments for one edit: (attention kept, the kept unit indices, None for all), the
+        units picked by the configured choice."""
+        width = block_state(self.adapter, self.adapter.blocks(model)[block])[1]
+        if units == width:
+            return attention, None
+        return attention, kept_units(width, units, importance.get(block), self.config.seed, block) if units else []
 
     @torch.no_grad()
-    def zero_shot(self, model: nn.Module, importance: dict) -> list[Edit]:
-        profile = macs_profile(model, self.plan.input_size)
+    def zero_shot(self, model: nn.Module, profile: MacsProfile, importance: dict) -> list[Edit]:
         x, logits = self.engine.metric_images, self.engine.metric_logits
         base = kl_score(logits, model, x)
         inputs = block_inputs(model, self.adapter, x)
         edits = []
         for b, a, u, had, width in self.engine.progress(self.candidates(model, profile), "scoring edits"):
-            edited = self.edited(model, b, a, u, importance).to(self.engine.accelerator.device)
+            current = self.adapter.blocks(model)[b]
+            edited = edit_block(self.adapter, current, *self.change(model, b, a, u, importance))
+            edited = edited.to(self.engine.accelerator.device)
             with starting_at(model, self.adapter, b, edited, inputs[b]):
                 score = kl_score(logits, model, x) - base
             edits.append(Edit(b, a, u, block_savings(profile, b, had, width, a, u), score))
@@ -261,24 +263,20 @@ class Search:
 
     # --- 3-4. choose, apply, fine-tune ----------------------------------------------------------------
     def _apply(self, model: nn.Module, edits: Sequence[Edit], importance: dict) -> nn.Module:
-        blocks = self.adapter.blocks(model)
-        changes = {}
-        for e in edits:
-            width = block_state(self.adapter, blocks[e.block])[1]
-            units = kept_units(width, e.units, importance.get(e.block), self.config.seed, e.block) if e.units else []
-            changes[e.block] = (e.attention, None if e.units == width else units)
-        return edit_blocks(model, changes)
+        return edit_blocks(
+            model, {e.block: self.change(model, e.block, e.attention, e.units, importance) for e in edits}
+        )
 
     def step(self, model: nn.Module, index: int) -> tuple[nn.Module, dict]:
         key = self._key(f"step{index}")
         if self.engine.workspace.has(key):
             return self.engine.workspace.load(key), self.engine.workspace.meta(key)
         start = time.perf_counter()
-        current = count_macs(model, self.plan.input_size)
+        profile = macs_profile(model, self.plan.input_size)  # one trace: the need and every edit's saving
         steps_left = self.plan.n_blocks - index
-        need = math.ceil((current - self.plan.macs_target) / steps_left)
+        need = math.ceil((profile.total - self.plan.macs_target) / steps_left)
         importance = self.importance(model)
-        edits = self.zero_shot(model, importance)
+        edits = self.zero_shot(model, profile, importance)
         if index == 0 and self.config.metric == "kl":
             edits = self.confirm(model, edits, importance)
         chosen = choose(edits, need)

@@ -36,6 +36,12 @@ def tiny_vit(depth=5):
     ).eval()
 
 
+def tiny_swin(**kwargs):
+    """A two-stage 56-pixel Swin: every Swin code path at test speed."""
+    settings = dict(img_size=56, embed_dim=24, depths=(2, 2), num_heads=(2, 2), window_size=7, num_classes=5)
+    return dcvit.create_model("swin_tiny_patch4_window7_224", **{**settings, **kwargs}).eval()
+
+
 def tiny_data(n=16):
     """n random 1 x 16 x 16 images (labels are never used)."""
     gen = torch.Generator().manual_seed(1)

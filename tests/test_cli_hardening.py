@@ -13,6 +13,7 @@ import tempfile
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_vit
 from PIL import Image
 
 import dcvit
@@ -33,16 +34,7 @@ def one_line_error(code, err, *fragments):
 
 
 def tiny_model(depth=2):
-    return dcvit.create_model(
-        "vit_tiny_patch16_224",
-        img_size=16,
-        patch_size=4,
-        embed_dim=32,
-        depth=depth,
-        num_heads=2,
-        in_chans=1,
-        num_classes=10,
-    )
+    return tiny_vit(depth)
 
 
 @pytest.fixture(scope="module")

@@ -23,10 +23,11 @@ from torch import nn
 
 import dcvit
 import synth
+from dcvit.accel import is_main_process
 from dcvit.arch import Adapter, MlpParts, register_adapter
 from dcvit.config import CompressConfig
 from dcvit.driver import compress
-from dcvit.engine import Engine, is_main_process
+from dcvit.engine import Engine
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent

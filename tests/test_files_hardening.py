@@ -12,7 +12,7 @@ import stat
 import pytest
 import torch
 import torchvision
-from conftest import small_vit
+from conftest import small_vit, tiny_swin
 from safetensors.torch import load_file, save_file
 
 import dcvit
@@ -201,15 +201,7 @@ def test_huge_spec_is_refused_before_anything_is_allocated(model_dir, monkeypatc
 )
 def test_every_adapter_has_a_whitelist(tmp_path, family, kwargs, key):
     if family == "swin":
-        model = dcvit.create_model(
-            "swin_tiny_patch4_window7_224",
-            img_size=56,
-            embed_dim=24,
-            depths=(2, 2),
-            num_heads=(2, 2),
-            window_size=7,
-            num_classes=5,
-        )
+        model = tiny_swin()
     else:
         model = torchvision.models.VisionTransformer(
             image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=7

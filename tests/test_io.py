@@ -5,7 +5,7 @@ import pytest
 import timm
 import torch
 import torchvision
-from conftest import small_vit
+from conftest import small_vit, tiny_swin
 
 import dcvit
 
@@ -81,15 +81,7 @@ def test_models_saved_today_round_trip(tmp_path):
         "vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=48, depth=3, num_heads=3, num_classes=10
     ).eval()
     teacher = dcvit.create_model("fmnist_vit12", num_classes=10).eval()
-    swin = dcvit.create_model(
-        "swin_tiny_patch4_window7_224",
-        img_size=56,
-        embed_dim=24,
-        depths=(2, 2),
-        num_heads=(2, 2),
-        window_size=7,
-        num_classes=5,
-    ).eval()
+    swin = tiny_swin().eval()
     cases = (("small", small, (3, 32, 32)), ("teacher", teacher, (1, 28, 28)), ("swin", swin, (3, 56, 56)))
     for name, model, size in cases:
         dcvit.save(model, tmp_path / name)

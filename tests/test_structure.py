@@ -4,10 +4,9 @@ the MACs model is exact, the knapsack is optimal, and structure="auto" / "mlp" c
 import itertools
 
 import pytest
-import timm
 import torch
 import torchvision
-from conftest import small_vit, tiny_data, tiny_vit
+from conftest import small_vit, tiny_data, tiny_swin, tiny_vit
 from torch import nn
 
 import dcvit
@@ -98,15 +97,7 @@ def _families():
     tv = torchvision.models.VisionTransformer(
         image_size=32, patch_size=8, num_layers=3, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10
     ).eval()
-    swin = timm.create_model(
-        "swin_tiny_patch4_window7_224",
-        img_size=56,
-        embed_dim=24,
-        depths=(2, 2),
-        num_heads=(2, 2),
-        window_size=7,
-        num_classes=5,
-    ).eval()
+    swin = tiny_swin()
     return {"timm ViT": vit, "torchvision ViT": tv, "timm Swin": swin}
 
 
