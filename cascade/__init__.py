@@ -1,5 +1,5 @@
 """Model-agnostic little/big cascades: batched N-pass inference, threshold calibration, TinySaver saver
-selection and reports (docs/method.md §9).
+selection, reports, cascade folders (save / load) and per-member export (docs/method.md §9).
 
 Depends on torch only (tqdm for record's progress bar, matplotlib inside plot_curves, both imported lazily).
 Costs are plain numbers (MACs per sample) given by the caller; confidence = max softmax, and a sample
@@ -7,6 +7,8 @@ exits at a stage when confidence >= that stage's threshold.
 """
 
 from .calibration import Calibration, SweepResult, calibrate, sweep
+from .export import ExportedCascade, export_stages
+from .files import CascadeFileError, CascadeSpec, Member, is_cascade_dir, load, read_spec, save
 from .inference import prepare_for_inference
 from .record import Recorded, record
 from .report import format_table, plot_curves, report_table
@@ -16,18 +18,27 @@ from .saver import SaverRow, delta_cost, match_ratio, select_saver
 __all__ = [
     "Calibration",
     "Cascade",
+    "CascadeFileError",
+    "CascadeSpec",
     "CascadeStats",
+    "ExportedCascade",
+    "Member",
     "Recorded",
     "SaverRow",
     "SweepResult",
     "calibrate",
     "delta_cost",
+    "export_stages",
     "format_table",
+    "is_cascade_dir",
+    "load",
     "match_ratio",
     "plot_curves",
     "prepare_for_inference",
+    "read_spec",
     "record",
     "report_table",
+    "save",
     "select_saver",
     "sweep",
 ]

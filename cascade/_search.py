@@ -3,12 +3,16 @@
 The engine behind sweep, calibrate and report_table: every threshold tuple of a product of per-stage
 grids is evaluated at once from a histogram and cumulative sums, never by re-running a model or
 looping over samples. Confidences are float32 and a sample exits when confidence >= t, as in Cascade.
+
+Which thresholds are searched (`search`): 2 and 3 models, every tuple of the exact grids (all observed
+confidences, see _exact_grid; the 3-model product is walked in chunks by cascade._three, so memory stays
+small); 4 and more models, a product of per-stage grids of at most grid_size + 2 values each.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -56,9 +60,9 @@ class _Candidates:
     G_0 x ... x G_{S-2}."""
 
     grids: list[torch.Tensor]
-    correct: torch.Tensor  # int64
-    differ: torch.Tensor  # int64
-    exits: torch.Tensor  # int64, S x G_0 x ... x G_{S-2}
+    correct: torch.Tensor  # integer counts (int64; int32 from cascade._three)
+    differ: torch.Tensor  # integer counts
+    exits: torch.Tensor  # integer counts, S x G_0 x ... x G_{S-2}
     cost: torch.Tensor  # float64
 
     def thresholds(self, k: int) -> tuple[float, ...]:
@@ -112,16 +116,6 @@ def _grid_candidates(
     return _Candidates(list(grids), torch.stack(right).sum(0), torch.stack(differ).sum(0), torch.stack(exits), cost)
 
 
-def _candidates(conf: torch.Tensor, correct: torch.Tensor, costs: Sequence[float], grid_size: int) -> _Candidates:
-    """The threshold search space: exact for 2 models (every observed confidence); for N models the
-    product of per-stage grids of <= grid_size + 2 values each (grows as grid_size ** (N - 1))."""
-    if conf.shape[0] == 2:
-        grids = [_exact_grid(conf[0])]
-    else:
-        grids = [_stage_grid(conf[i], grid_size) for i in range(conf.shape[0] - 1)]
-    return _grid_candidates(conf, correct, costs, grids)
-
-
 def _min_correct(big_correct: int, max_acc_drop: float, n: int) -> int:
     # Integer counts avoid float noise such as 0.95 - 0.01 < 0.94; the epsilon absorbs drop * n rounding.
     return math.ceil(big_correct - max_acc_drop * n - 1e-9)
@@ -161,16 +155,80 @@ def _feasible(
     return (_lower_bound(correct - big_correct, differ, n, confidence) >= -max_acc_drop) | (early == 0)
 
 
-def _pick_cheapest(cands: _Candidates, feasible: torch.Tensor) -> int | None:
-    """Flat index of the cheapest feasible candidate; ties: more accurate, then larger thresholds
-    (on unseen data a larger threshold lets fewer samples exit early, the safer side)."""
+@dataclass(frozen=True)
+class Query:
+    """One question to the search: among the operating points `feasible` accepts, the cheapest (ties: more
+    accurate), or with most_accurate the most accurate (ties: cheaper); remaining ties go to the largest
+    thresholds, compared stage by stage from the first (on unseen data a larger threshold lets fewer
+    samples exit early, the safer side). feasible maps a _Candidates to a boolean mask of its shape."""
+
+    feasible: Callable[[_Candidates], torch.Tensor]
+    most_accurate: bool = False
+
+
+def tolerance_query(big_correct: int, n: int, max_acc_drop: float, confidence: float | None) -> Query:
+    """The cheapest point within max_acc_drop of the big model (calibrate's rule, see _feasible)."""
+
+    def feasible(c: _Candidates) -> torch.Tensor:
+        return _feasible(c.correct, c.differ, n - c.exits[-1], big_correct, n, max_acc_drop, confidence)
+
+    return Query(feasible)
+
+
+BEST_ACCURACY = Query(lambda c: torch.ones_like(c.correct, dtype=torch.bool), most_accurate=True)
+
+
+def search(
+    conf: torch.Tensor, correct: torch.Tensor, costs: Sequence[float], queries: Sequence[Query], grid_size: int = 100
+) -> list[tuple[float, ...] | None]:
+    """The thresholds answering each query (None when no point is feasible), from one pass over the
+    candidates: they come in chunks, each chunk's best point per query is compared with the best so far by
+    (cost, -correct, -flat index) or (-correct, cost, -flat index), flat index in C order over the whole
+    product of grids. Those keys do not depend on how the product is cut into chunks, so the answer is the
+    one a single evaluation of the whole product would give."""
+    best: list[tuple[tuple, tuple[float, ...]] | None] = [None] * len(queries)
+    for offset, cands in _chunks(conf, correct, costs, grid_size):
+        for q, query in enumerate(queries):
+            found = _best_in(cands, query.feasible(cands), query.most_accurate, offset)
+            if found is not None and (best[q] is None or found[0] < best[q][0]):
+                best[q] = (found[0], cands.thresholds(found[1]))
+    return [None if b is None else b[1] for b in best]
+
+
+def _chunks(conf: torch.Tensor, correct: torch.Tensor, costs: Sequence[float], grid_size: int):
+    """(flat offset, _Candidates) pieces of the search space (see the module docstring)."""
+    n_stages = conf.shape[0]
+    if n_stages == 3:
+        from ._three import three_stage_chunks  # here, as _three builds on this module's helpers
+
+        yield from three_stage_chunks(conf, correct, costs)
+        return
+    if n_stages == 2:
+        grids = [_exact_grid(conf[0])]
+    else:
+        grids = [_stage_grid(conf[i], grid_size) for i in range(n_stages - 1)]
+    yield 0, _grid_candidates(conf, correct, costs, grids)
+
+
+def _best_in(cands: _Candidates, feasible: torch.Tensor, most_accurate: bool, offset: int) -> tuple[tuple, int] | None:
+    """(ordering key, flat index within cands) of the best feasible candidate of one chunk, or None."""
     correct, cost = cands.correct.flatten(), cands.cost.flatten()
-    ok = feasible.flatten().clone()
+    ok = feasible.flatten()
     if not bool(ok.any()):
         return None
-    ok &= cost == cost[ok].min()
-    ok &= correct == correct[ok].max()
-    return int(ok.nonzero().max())  # grids ascend, so the largest index has the largest thresholds
+    if most_accurate:
+        top = correct[ok].max()
+        ok = ok & (correct == top)
+        low = cost[ok].min()
+        ok &= cost == low
+    else:
+        low = cost[ok].min()
+        ok = ok & (cost == low)
+        top = correct[ok].max()
+        ok &= correct == top
+    k = int(ok.nonzero().max())  # grids ascend, so the largest index has the largest thresholds
+    first = (-int(top), float(low)) if most_accurate else (float(low), -int(top))
+    return (*first, -(offset + k)), k
 
 
 def _evaluate(

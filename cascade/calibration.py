@@ -23,7 +23,7 @@ from ._checks import (
     check_stage_probs,
     conf_correct,
 )
-from ._search import _candidates, _evaluate, _exact_grid, _feasible, _grid_candidates, _lower_bound, _pick_cheapest
+from ._search import _evaluate, _exact_grid, _feasible, _grid_candidates, _lower_bound, search, tolerance_query
 
 
 @dataclass(frozen=True)
@@ -131,9 +131,11 @@ def calibrate(
     and keeps the cheapest that passes), at the price of a larger threshold. With max_acc_drop = 0 that asks
     for evidence of a gain: a saver that does not beat the big model on the samples it would answer lets
     nothing exit (thresholds 1.0), so allow a small drop (e.g. 0.001) for such savers.
-    Search: 2 models, exact over every observed confidence; N models, the product of per-stage grids (all
-    distinct confidences, or grid_size quantiles when there are more), whose time and memory grow as
-    grid_size ** (N - 1), fine for N <= 4.
+    Search: 2 and 3 models, exact: every observed confidence of each stage, all pairs for 3 models (time
+    O(n^2) for n distinct confidences, a few seconds at n = 5000; memory bounded; see cascade._three for
+    why this finds the optimum over all thresholds in [0, 1]). 4 or more models: the product of per-stage
+    grids (all distinct confidences, or grid_size quantiles when there are more), whose time and memory grow
+    as grid_size ** (N - 1), fine for N = 4; grid_size is used only there.
     No feasible thresholds except all-1.0: returns thresholds all 1.0 with fallback=True (see Calibration).
     """
     probs, labels = check_stage_probs(
@@ -158,11 +160,8 @@ def calibrate(
     conf, correct = conf_correct(probs, labels)
     n = labels.numel()
     big_correct = int(correct[-1].sum())
-    cands = _candidates(conf, correct, costs, grid_size)
-    k = _pick_cheapest(
-        cands, _feasible(cands.correct, cands.differ, n - cands.exits[-1], big_correct, n, drop, confidence)
-    )
-    thresholds = cands.thresholds(k) if k is not None else (1.0,) * (len(probs) - 1)
+    (found,) = search(conf, correct, costs, [tolerance_query(big_correct, n, drop, confidence)], grid_size)
+    thresholds = found if found is not None else (1.0,) * (len(probs) - 1)
     n_correct, n_differ, stats = _evaluate(conf, correct, costs, thresholds)
     chosen = torch.tensor([n_correct, n_differ, n - stats.exit_counts[-1]])
     meets = bool(_feasible(*chosen, big_correct, n, drop, confidence))

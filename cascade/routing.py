@@ -59,7 +59,8 @@ class Cascade(nn.Module):
     can say so by setting `num_classes` to its true count (a disagreement makes it count as undeclared).
 
     After every call `last_stats` holds that batch's CascadeStats; `total_stats` accumulates over calls
-    until `reset_stats()`. Call it in eval mode under torch.no_grad()/inference_mode for inference;
+    until `reset_stats()`. `spec` is None, or for a cascade read by cascade.load its checked cascade.json.
+    Call it in eval mode under torch.no_grad()/inference_mode for inference;
     the cascade does not switch modes itself, as that is the caller's decision.
     """
 
@@ -79,6 +80,7 @@ class Cascade(nn.Module):
         self.costs = check_costs(costs, len(models))
         self.last_stats: CascadeStats | None = None
         self._total_counts = [0] * len(models)
+        self.spec = None  # set by cascade.load: names, kinds, MACs and preprocessing of the members
 
     @property
     def thresholds(self) -> tuple[float, ...]:

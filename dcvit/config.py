@@ -44,6 +44,7 @@ class CompressConfig:
     # keep / narrow MLP / remove MLP / remove attention (MLP maybe narrowed) / drop; "mlp" only edits MLPs;
     # "dcvit" is the paper's structure (Eq. 1-2); "drop" the block-dropping baseline (with BLOCK_DROP's settings).
     structure: str = "auto"
+    prune_heads: bool = False  # auto: also offer keeping only some whole attention heads (where the adapter can)
     search_steps: int | None = None  # auto/mlp: progressive steps, each fine-tuned for `epochs`; None: one
     # per average block's worth of MACs removed (DC-ViT's step count), 1-8
     # Algorithm 1 and its ablations (docs/method.md §8)

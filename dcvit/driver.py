@@ -85,27 +85,24 @@ def strict_json(value):
 def block_structure(model: nn.Module, original: nn.Module) -> tuple[dict, ...]:
     """What each block of `model` kept of `original`'s: attention or not, how many MLP units."""
     from .arch import get_adapter
-    from .surgery import block_state
+    from .surgery import block_heads, block_state
 
     adapter = get_adapter(model)
     rows = []
     for b, (block, before) in enumerate(zip(adapter.blocks(model), adapter.blocks(original))):
         attention, units = block_state(adapter, block)
         _, width = block_state(adapter, before)
-        edit = (
-            "dropped"
-            if not attention and units == 0
-            else ", ".join(
-                p
-                for p in (
-                    "attention removed" if not attention else "",
-                    "MLP removed" if units == 0 else f"MLP {width}->{units}" if units < width else "",
-                )
-                if p
-            )
-            or "kept"
+        heads, heads_before = block_heads(adapter, block), block_heads(adapter, before)
+        parts = (
+            "attention removed" if not attention else "",
+            f"heads {heads_before}->{heads}" if attention and heads < heads_before else "",
+            "MLP removed" if units == 0 else f"MLP {width}->{units}" if units < width else "",
         )
-        rows.append({"block": b, "attention": attention, "mlp_units": units, "mlp_units_original": width, "edit": edit})
+        edit = "dropped" if not attention and units == 0 else ", ".join(p for p in parts if p) or "kept"
+        row = {"block": b, "attention": attention, "mlp_units": units, "mlp_units_original": width, "edit": edit}
+        if heads_before:  # only adapters that can prune heads report them
+            row |= {"heads": heads, "heads_original": heads_before}
+        rows.append(row)
     return tuple(rows)
 
 

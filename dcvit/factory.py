@@ -2,39 +2,145 @@
 
 from __future__ import annotations
 
+import functools
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import timm
+import torch
 from torch import nn
 
 from .files import load
 from .storage import PICKLE_SUFFIXES
 
 TORCHVISION_PREFIX = "tv:"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def create_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """A timm model by name, or a torchvision one as 'tv:NAME'; the creation args are kept for `save`."""
     if name.startswith(TORCHVISION_PREFIX):
-        import torchvision
-
-        model = torchvision.models.get_model(
-            name[len(TORCHVISION_PREFIX) :], weights="DEFAULT" if pretrained else None, **kwargs
-        )
-        model.pretrained_cfg = {
-            "input_size": (3, model.image_size, model.image_size),
-            "mean": (0.485, 0.456, 0.406),
-            "std": (0.229, 0.224, 0.225),
-            "crop_pct": 0.875,
-            "interpolation": "bilinear",
-        }
-        return model
+        return _torchvision_model(name[len(TORCHVISION_PREFIX) :], pretrained, kwargs)
     model = timm.create_model(name, pretrained=pretrained, **kwargs)
     model.dcvit_base = {"source": "timm", "name": name.split(".")[0], "kwargs": kwargs}
     _sync_input_size(model)
     return model
+
+
+# --- torchvision: any classification model an adapter accepts, decided on the model, never by name -------
+def _torchvision_model(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+    import torchvision
+
+    check_torchvision(name, **kwargs)
+    model = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None, **kwargs)
+    model.pretrained_cfg = _torchvision_data_config(name, model)
+    return model
+
+
+def check_torchvision(name: str, **kwargs: Any) -> None:
+    """One-line errors, before any download, for a name that is not a torchvision classification model, for
+    settings it refuses, and for a model that no dcvit adapter accepts (UnsupportedModelError)."""
+    from .arch import UnsupportedModelError, get_adapter
+
+    name = name.removeprefix(TORCHVISION_PREFIX)
+    if name not in _torchvision_names():
+        raise ValueError(
+            f"unknown torchvision model 'tv:{name}': not a torchvision classification model "
+            f"(torchvision.models.list_models()); {_supported_line()}"
+        )
+    model = _meta_build(name, kwargs)
+    try:
+        get_adapter(model)
+    except UnsupportedModelError:
+        raise UnsupportedModelError(
+            f"tv:{name} ({type(model).__name__}) has no dcvit adapter: dcvit compresses vision transformers; "
+            f"{_supported_line()}"
+        ) from None
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)  # the classification models only
+
+
+def _meta_build(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """The model without weights, on the meta device when it builds there (no memory, no init cost)."""
+    import torchvision
+
+    try:
+        try:
+            with torch.device("meta"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torchvision's notes on default inits
+                return torchvision.models.get_model(name, weights=None, **kwargs)
+        except (NotImplementedError, RuntimeError):  # a few (RegNet) read tensor values while building
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return torchvision.models.get_model(name, weights=None, **kwargs)
+    except (TypeError, ValueError, AssertionError) as err:  # settings the builder refuses
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"tv:{name} cannot be built with {kwargs}: {first}") from None
+
+
+@functools.cache
+def _supported_torchvision() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """(family, its models an adapter accepts) per torchvision model family (builder module): one meta-device
+    probe per family, then every model of a family whose first model is accepted. A family whose first
+    model cannot be built on the meta device is taken as unsupported (telling would cost a full build)."""
+    import torchvision
+
+    from .arch import UnsupportedModelError, get_adapter
+
+    families: dict[str, list[str]] = {}
+    for name in _torchvision_names():
+        families.setdefault(torchvision.models.get_model_builder(name).__module__.rsplit(".", 1)[-1], []).append(name)
+
+    def accepted(name: str) -> bool:
+        try:
+            with torch.device("meta"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                get_adapter(torchvision.models.get_model(name, weights=None))
+        except (UnsupportedModelError, NotImplementedError, RuntimeError):
+            return False
+        return True
+
+    supported = []
+    for family, names in sorted(families.items()):
+        if accepted(names[0]):
+            supported.append((family, tuple(n for n in names if n == names[0] or accepted(n))))
+    return tuple(supported)
+
+
+def _supported_line() -> str:
+    families = _supported_torchvision()
+    if not families:
+        return "no torchvision family has an adapter"
+    listed = "; ".join(f"{family} ({', '.join(f'tv:{n}' for n in names)})" for family, names in families)
+    return f"supported torchvision families: {listed}"
+
+
+def _torchvision_data_config(name: str, model: nn.Module) -> dict[str, Any]:
+    """timm-style data config: the size from the model's structure (it follows image_size=...), the rest from
+    torchvision's default weights' preprocessing (ImageNet statistics and crop when it has none)."""
+    import torchvision
+
+    from .arch import get_adapter
+
+    cfg = {"input_size": (3, 224, 224), "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "crop_pct": 0.875}
+    cfg["interpolation"] = "bilinear"
+    try:
+        t = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+        crop, resize = int(t.crop_size[0]), int(t.resize_size[0])
+        cfg.update(input_size=(3, crop, crop), mean=tuple(t.mean), std=tuple(t.std), crop_pct=crop / resize)
+        cfg["interpolation"] = t.interpolation.value
+    except (AttributeError, IndexError, TypeError, ValueError):  # no weights, or another kind of transforms
+        pass
+    size = get_adapter(model).input_size(model)
+    if size:
+        cfg["input_size"] = tuple(size)
+    return cfg
 
 
 def _sync_input_size(model: nn.Module) -> None:
@@ -77,6 +183,8 @@ def resolve_model(name_or_dir: str, weights: str = "auto") -> nn.Module:
             f"unknown model '{name_or_dir}': not a timm model name (see timm.list_models()), "
             f"'tv:NAME' for torchvision, nor a saved model directory"
         )
+    if name_or_dir.startswith(TORCHVISION_PREFIX):
+        check_torchvision(name_or_dir)  # unknown or unsupported: one line, before any download attempt
     local = not name_or_dir.startswith(TORCHVISION_PREFIX) and _has_local_weights(name_or_dir)
     if weights == "pretrained" or (weights == "auto" and local):
         try:

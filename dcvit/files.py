@@ -21,6 +21,7 @@ from torch import nn
 
 from .arch import UnsupportedModelError, adapter_for_spec, get_adapter
 from .arch.base import Adapter, short
+from .rebuild import BUILD_ERRORS, check_rebuilds, shape_mismatch
 from .storage import (
     ModelFileError,
     one_line,
@@ -61,16 +62,19 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write `model` to directory `path` (model.safetensors + spec.json), replacing a model directory there.
 
     Everything is written into a temp folder next to `path` and renamed into place, so `path` always holds a
-    whole model, the old or the new. Anything at `path` that is not a dcvit model directory is refused.
+    whole model, the old or the new. Anything at `path` that is not a dcvit model directory is refused, and so is
+    a model its spec would not rebuild: the rebuilt one must give the same outputs (see dcvit.rebuild).
     """
     path = Path(path)
     spec = model_spec(model)
     _check_replaceable(path)
+    state = model.state_dict()
+    check_rebuilds(model, spec, state, path)  # before anything is written: the file must reload as this network
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(path)
     with _save_folder(path) as tmp:
         (tmp / "new").mkdir()  # made with the umask's permissions, unlike mkdtemp's 0700
-        write_tensors(tmp / "new" / WEIGHTS, model.state_dict())
+        write_tensors(tmp / "new" / WEIGHTS, state)
         write_json(tmp / "new" / SPEC, spec)
         _swap(tmp / "new", path, tmp / "old")
     return path
@@ -258,6 +262,9 @@ def _check_edit(path: Path, i: int, edit: Any) -> None:
     for key, (test, what) in _EDIT_FIELDS[edit["op"]].items():
         if key not in edit or not test(edit[key]):
             raise ModelFileError(f"{where}: field '{key}' must be {what}, not {short(edit.get(key))}")
+    heads = edit.get("kept_heads")  # optional: only edits that pruned attention heads record it
+    if edit["op"] == "edit" and heads is not None and not (isinstance(heads, list) and all(map(_is_int, heads))):
+        raise ModelFileError(f"{where}: field 'kept_heads' must be null or a list of integers, not {short(heads)}")
 
 
 def _numbers(v: Any) -> bool:
@@ -292,13 +299,14 @@ def _check_data_config(path: Path, data_config: dict) -> None:
 def _adapter(spec: dict[str, Any], path: Path) -> type[Adapter]:
     try:
         return adapter_for_spec(spec["adapter"])
-    except UnsupportedModelError as err:
-        raise ModelFileError(f"{path}: {err}") from None
+    except UnsupportedModelError as err:  # a plugin's adapter: its module was not imported
+        raise ModelFileError(
+            f"{path}: {err}; import the plugin module that registers it before dcvit.load "
+            f"(on the command line: dcvit --import MODULE ...), or install the package declaring it"
+        ) from None
 
 
-# What constructors raise on bad settings (timm and torchvision assert on shapes; a missing key in a custom
-# adapter's spec is a KeyError). Caught only around the meta-device build of a spec, never around real work.
-_BUILD_ERRORS = (TypeError, ValueError, AssertionError, KeyError)
+_BUILD_ERRORS = BUILD_ERRORS  # caught only around the meta-device build of a spec, never around real work
 
 
 def _meta_model(adapter: type[Adapter], spec: dict[str, Any], path: Path) -> nn.Module:
@@ -322,19 +330,6 @@ def _meta_model(adapter: type[Adapter], spec: dict[str, Any], path: Path) -> nn.
 
 def _check_weights(model: nn.Module, weights: Path) -> None:
     """The weights file must hold exactly the tensors `model` has, shape for shape (read from its header)."""
-    found = tensor_shapes(weights)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(expected.keys() - found.keys())
-    unexpected = sorted(found.keys() - expected.keys())
-    wrong = [
-        f"{k} {found[k]} (spec: {expected[k]})"
-        for k in sorted(expected.keys() & found.keys())
-        if found[k] != expected[k]
-    ]
-    problems = [
-        f"{label}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''} ({len(names)})"
-        for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-        if names
-    ]
+    problems = shape_mismatch(tensor_shapes(weights), {k: tuple(v.shape) for k, v in model.state_dict().items()})
     if problems:
-        raise ModelFileError(f"{weights} does not match {SPEC} ({'; '.join(problems)})")
+        raise ModelFileError(f"{weights} does not match {SPEC} ({problems})")

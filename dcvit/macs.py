@@ -23,6 +23,7 @@ with warnings.catch_warnings():  # fvcore scripts a helper at import, which rece
     from fvcore.nn.jit_handles import get_shape
 
 from .arch import UnsupportedModelError, get_adapter
+from .surgery import block_heads
 
 
 def _sdpa_macs(inputs: list[Any], outputs: list[Any]) -> int:
@@ -111,6 +112,11 @@ class MacsProfile:
     blocks: tuple[int, ...]  # whole-block MACs (attention + MLP + norm2)
     mlp_hidden: tuple[int, ...]  # hidden units of each block's MLP (0 for a dropped block)
     input_size: tuple[int, int, int]
+    head_macs: tuple[float, ...] = ()  # MACs of one attention head of each block (0: heads not prunable)
+
+    def head(self, block: int) -> float:
+        """MACs of one attention head of a block (its share of qkv, the attention products and proj)."""
+        return self.head_macs[block] if self.head_macs else 0.0
 
     def mlp_unit(self, block: int) -> float:
         """MACs of one hidden unit of a block's MLP."""
@@ -121,13 +127,15 @@ def macs_profile(model: nn.Module, input_size: Sequence[int] | None = None) -> M
     adapter = get_adapter(model)
     size = tuple(input_size) if input_size is not None else default_input_size(model)
     counts = _by_module(model, size)
-    attn, mlp, whole, hidden = [], [], [], []
+    attn, mlp, whole, hidden, heads = [], [], [], [], []
     for path, block in zip(adapter.block_paths(model), adapter.blocks(model)):
         attn.append(sum(counts.get(f"{path}.{name}", 0) for name in adapter.attention_names))
         mlp.append(counts.get(f"{path}.{adapter.mlp_name}", 0))
         whole.append(counts.get(path, 0))
         hidden.append(_hidden_or_zero(adapter, block))
-    return MacsProfile(int(counts[""]), tuple(attn), tuple(mlp), tuple(whole), tuple(hidden), size)
+        count = block_heads(adapter, block)
+        heads.append(counts.get(f"{path}.{adapter.attention_names[-1]}", 0) / count if count else 0.0)
+    return MacsProfile(int(counts[""]), tuple(attn), tuple(mlp), tuple(whole), tuple(hidden), size, tuple(heads))
 
 
 def _hidden_or_zero(adapter, block: nn.Module) -> int:

@@ -3,6 +3,8 @@
 Eq. 1: n = ceil((M_o - M_p) / (M_attn + M_mlp)) blocks lose their attention;
 Eq. 2: their MLPs keep H' = floor((1 - r) * H) units, r = ((M_o - M_p) - n * M_attn) / (n * M_mlp).
 Per-block values are used, taking the blocks that save least, so any choice of n candidates fits the target.
+Blocks may differ in width (Swin's stages, mixed MLP ratios): 1 - r is then a share of each block's own MLP,
+stated as the units kept by the widest candidate MLP (Plan.hidden_for scales it to every other width).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class Plan:
     so macs_planned is the target until the run has measured its model."""
 
     n_blocks: int
-    mlp_hidden: int  # kept hidden units per compressed block (for blocks of width mlp_hidden_original)
+    mlp_hidden: int  # kept hidden units of a compressed block of width mlp_hidden_original (the widest candidate)
     remove_attention: bool
     macs_original: int
     macs_target: int
@@ -41,10 +43,11 @@ class Plan:
         return self.mlp_hidden / self.mlp_hidden_original
 
     def hidden_for(self, hidden: int) -> int:
-        """Kept units for a block of `hidden` units (differs from mlp_hidden only in non-uniform models)."""
+        """Kept units for a block of `hidden` units: the same share of its own width (non-uniform models)."""
         if hidden == self.mlp_hidden_original:
             return self.mlp_hidden
-        return max(1, math.floor(self.keep_ratio * hidden))
+        # Integer floor, never above keep_ratio * hidden: the plan's MACs bound holds for every width.
+        return max(1, self.mlp_hidden * hidden // self.mlp_hidden_original)
 
     def describe(self) -> str:
         if self.structure in ("auto", "mlp"):
@@ -62,7 +65,8 @@ class Plan:
             )
         what = "attention removed" if self.remove_attention else "attention kept"
         return (
-            f"compress {self.n_blocks} block(s), {what}, MLP {self.mlp_hidden_original} -> {self.mlp_hidden} units; "
+            f"compress {self.n_blocks} block(s), {what}, MLP {self.mlp_hidden_original} -> {self.mlp_hidden} units "
+            f"({100 * self.keep_ratio:.1f}% of each block's own); "
             f"MACs {self.macs_original / 1e6:.2f}M -> {self.macs_planned / 1e6:.2f}M "
             f"(target {self.macs_target / 1e6:.2f}M, {100 * self.macs_planned / self.macs_original:.1f}%)"
         )
@@ -107,9 +111,9 @@ def floor_macs(profile: MacsProfile, candidates: Sequence[int]) -> int:
     return profile.total - sum(profile.attn[b] + profile.mlp[b] - profile.mlp_unit(b) for b in candidates)
 
 
-def _least_saving_first(profile: MacsProfile, candidates: Sequence[int]) -> list[int]:
-    """Candidates by what compressing them saves at most (attention + MLP), smallest first."""
-    return sorted(candidates, key=lambda b: profile.attn[b] + profile.mlp[b])
+def _least_saving_first(profile: MacsProfile, candidates: Sequence[int], keep: Fraction = Fraction(0)) -> list[int]:
+    """Candidates by what compressing them saves (attention + the dropped share of the MLP), smallest first."""
+    return sorted(candidates, key=lambda b: profile.attn[b] + (1 - keep) * profile.mlp[b])
 
 
 def _candidates(profile: MacsProfile, candidate_blocks: Sequence[int] | None) -> tuple[int, ...]:
@@ -124,23 +128,58 @@ def _candidates(profile: MacsProfile, candidate_blocks: Sequence[int] | None) ->
     return candidates
 
 
+def _reference_width(profile: MacsProfile, candidates: Sequence[int]) -> int:
+    """The widest candidate MLP: a plan states its kept share as units of it, the finest steps of the share."""
+    return max(profile.mlp_hidden[b] for b in candidates)
+
+
+def _eq2_keep(profile: MacsProfile, chosen: Sequence[int], delta: int) -> Fraction:
+    """Eq. 2 for the blocks `chosen`: 1 - r, the share of each MLP kept, in exact arithmetic (so that floor()
+    never rounds a width up past the target). Below 0 when the blocks cannot save `delta` even whole."""
+    mlp_savings_needed = max(0, delta - sum(profile.attn[b] for b in chosen))
+    return 1 - Fraction(mlp_savings_needed, sum(profile.mlp[b] for b in chosen))
+
+
+def _conservative_keep(profile: MacsProfile, candidates: Sequence[int], n: int, delta: int) -> Fraction:
+    """The kept share with which every choice of n candidates saves `delta`: Eq. 2 on the n blocks that save
+    least. Which blocks save least depends on the share when blocks differ (Swin stages, mixed MLP widths),
+    so re-rank at the new share until the ranking stands; each re-ranking lowers the share (homogeneous
+    blocks stop at once, with the paper's values)."""
+    chosen = _least_saving_first(profile, candidates)[:n]
+    keep = _eq2_keep(profile, chosen, delta)
+    for _ in range(len(candidates)):
+        ranked = _least_saving_first(profile, candidates, min(max(keep, Fraction(0)), Fraction(1)))[:n]
+        lower = _eq2_keep(profile, ranked, delta)
+        if lower >= keep:
+            break
+        keep = lower
+    return keep
+
+
 def _structure(profile: MacsProfile, candidates: Sequence[int], delta: int, forced: int | None):
-    """(n, remove_attention, kept units) for a MACs reduction `delta`, or None if n blocks cannot reach it."""
-    # Conservative order: blocks that save the least first, so the plan fits whichever blocks are picked.
+    """(n, remove_attention, kept units of the widest candidate MLP) for a MACs reduction `delta`."""
+    width = _reference_width(profile, candidates)
+    smallest_mlp = min(profile.mlp[b] for b in candidates)
+    if forced is None and delta < min(profile.attn[b] for b in candidates) and delta < smallest_mlp:
+        # Less than one attention module: keep every attention, narrow one MLP (dense small reductions);
+        # the share fits the smallest MLP, so whichever block the trial picks saves enough.
+        return 1, False, math.floor((1 - Fraction(delta, smallest_mlp)) * width)
     order = _least_saving_first(profile, candidates)
-    hidden = profile.mlp_hidden[order[0]]
-    if forced is None and delta < min(profile.attn[b] for b in order) and delta < profile.mlp[order[0]]:
-        # Less than one attention module: keep every attention, narrow one MLP (dense small reductions).
-        return 1, False, hidden - math.ceil(Fraction(delta) / Fraction(profile.mlp[order[0]], hidden))
     n = forced or next(
         k for k in range(1, len(order) + 1) if sum(profile.attn[b] + profile.mlp[b] for b in order[:k]) >= delta
     )
-    chosen = order[:n]
-    mlp_savings_needed = max(0, delta - sum(profile.attn[b] for b in chosen))
-    # Eq. 2 in exact arithmetic, so that floor() never rounds a width up past the target.
-    drop_ratio = Fraction(mlp_savings_needed, sum(profile.mlp[b] for b in chosen))
-    kept = math.floor((1 - drop_ratio) * hidden)
-    return n, True, kept
+    return n, True, math.floor(_conservative_keep(profile, candidates, n, delta) * width)
+
+
+def _worst_blocks(profile: MacsProfile, draft: Plan) -> list[int]:
+    """The n candidates that the plan makes save least, units rounded as apply_plan rounds them: the
+    blocks on which the planned MACs are measured, since the trial may pick any n."""
+
+    def saving(b: int) -> float:
+        kept = draft.hidden_for(profile.mlp_hidden[b])
+        return draft.remove_attention * profile.attn[b] + (profile.mlp_hidden[b] - kept) * profile.mlp_unit(b)
+
+    return sorted(draft.candidate_blocks, key=saving)[: draft.n_blocks]
 
 
 def plan(
@@ -153,7 +192,8 @@ def plan(
 ) -> Plan:
     """Plan the compressed structure for `target_macs` (fraction in (0, 1), or absolute MACs).
 
-    `blocks=n` forces the number of compressed blocks. Raises ValueError for unreachable targets.
+    `blocks=n` forces the number of compressed blocks. Raises ValueError for unreachable targets, and for
+    a plan whose MACs, measured on the candidates it makes save least, are more than 1% above the target.
     """
     from .surgery import apply_plan  # surgery needs Plan; import here to keep the modules acyclic
 
@@ -180,18 +220,21 @@ def plan(
             f"compressing {n} blocks leaves no MLP units to reach {target} MACs; "
             f"use more blocks (blocks={n + 1}) or drop_blocks for plain block dropping"
         )
-    hidden = profile.mlp_hidden[candidates[0]]
-    draft = Plan(
-        n, min(kept, hidden), remove_attention, profile.total, target, 0, candidates, hidden, profile.input_size
-    )
-    order = _least_saving_first(profile, candidates)[:n]
-    planned = count_macs(apply_plan(model, draft, order), profile.input_size)
-    if planned > target * 1.01:  # the formula's per-block estimate went wrong: never miss the target silently
-        raise ValueError(
-            f"the plan reaches {planned / 1e6:.3f}M MACs, more than 1% above the target of "
-            f"{target / 1e6:.3f}M MACs; try other candidate blocks or blocks=n"
-        )
+    width = _reference_width(profile, candidates)
+    draft = Plan(n, min(kept, width), remove_attention, profile.total, target, 0, candidates, width, profile.input_size)
+    planned = count_macs(apply_plan(model, draft, _worst_blocks(profile, draft)), profile.input_size)
+    _check_planned(planned, target, profile.total)
     return Plan(**{**draft.__dict__, "macs_planned": planned})
+
+
+def _check_planned(planned: int, target: int, total: int) -> None:
+    """A measured plan more than 1% above its target means the per-block estimate went wrong: refuse it."""
+    if planned > target * 1.01:
+        raise ValueError(
+            f"the plan reaches {planned / 1e6:.3f}M MACs ({100 * planned / total:.1f}% of the original), more "
+            f"than 1% above the target of {target / 1e6:.3f}M MACs ({100 * target / total:.1f}%); "
+            f"try other candidate blocks or blocks=n"
+        )
 
 
 def plan_block_drop(
@@ -213,8 +256,9 @@ def plan_block_drop(
         removed += profile.blocks[b]
         if profile.total - removed <= target:
             planned = count_macs(drop_blocks(model, order[:n]), profile.input_size)
-            hidden = profile.mlp_hidden[candidates[0]]
-            return Plan(n, 0, True, profile.total, target, planned, candidates, hidden, profile.input_size, "drop")
+            _check_planned(planned, target, profile.total)
+            width = _reference_width(profile, candidates)
+            return Plan(n, 0, True, profile.total, target, planned, candidates, width, profile.input_size, "drop")
     raise ValueError(f"dropping all {len(candidates)} candidate blocks cannot reach {target} MACs")
 
 
@@ -249,5 +293,5 @@ def plan_search(
     if steps is None:
         block = sum(profile.blocks) / len(profile.blocks)
         steps = min(8, max(1, round((profile.total - target) / block)))
-    hidden = profile.mlp_hidden[candidates[0]]
-    return Plan(steps, hidden, False, profile.total, target, target, candidates, hidden, profile.input_size, structure)
+    width = _reference_width(profile, candidates)  # metadata only: the search measures every edit it makes
+    return Plan(steps, width, False, profile.total, target, target, candidates, width, profile.input_size, structure)

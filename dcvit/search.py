@@ -2,7 +2,8 @@
 
 DC-ViT always removes attention and narrows the MLPs of the blocks it picks. Which part of a block is
 redundant depends on the model, so `structure="auto"` lets the metric decide, per block, among: keep; narrow
-the MLP; remove the MLP (attention kept); remove the attention (the MLP maybe narrowed); drop the block.
+the MLP; remove the MLP (attention kept); remove the attention (the MLP maybe narrowed); drop the block; and,
+with `CompressConfig.prune_heads`, keep only some whole attention heads (where the adapter can prune them).
 
 The design, in `plan.n_blocks` progressive steps (CompressConfig.search_steps; by default one per block's
 worth of MACs removed) (Algorithm 1's shape, with the structure chosen per step):
@@ -25,7 +26,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -33,7 +34,7 @@ from torch import nn
 
 from .macs import MacsProfile, count_macs, macs_profile
 from .scoring import kl_score
-from .surgery import block_state, edit_block, edit_blocks, random_units
+from .surgery import DroppedBlock, block_heads, block_state, edit_block, edit_blocks, random_units
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
@@ -41,6 +42,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # MLP widths an edit may leave, as fractions of the block's original width (0: MLP removed).
 WIDTHS = (0.75, 0.5, 0.25, 0.125, 0.0)
+# Attention heads a head edit may leave, as fractions of the block's original head count (at least one).
+HEAD_FRACTIONS = (0.75, 0.5, 0.25)
 KNAPSACK_RESOLUTION = 1000  # MACs buckets: savings are rounded down to need / 1000, so the target always holds
 
 
@@ -54,21 +57,32 @@ class Edit:
     saved: int  # MACs it saves on the current model (from the MACs profile, exact for these layers)
     score: float  # KL increase on the synthetic set (Eq. 6): zero-shot, or after a trial fine-tune
     confirmed: bool = False
+    heads: int | None = None  # attention heads kept (a head edit); None: the attention's heads unchanged
 
     def describe(self, width: int) -> str:
         if not self.attention and self.units == 0:
             return "drop"
         mlp = "MLP removed" if self.units == 0 else f"MLP {width}->{self.units}" if self.units < width else ""
-        return ", ".join(part for part in ("attention removed" if not self.attention else "", mlp) if part)
+        heads = f"{self.heads} heads kept" if self.heads is not None else ""
+        return ", ".join(part for part in ("attention removed" if not self.attention else "", heads, mlp) if part)
 
 
 def block_savings(
-    profile: MacsProfile, block: int, has_attention: bool, width: int, attention: bool, units: int
+    profile: MacsProfile,
+    block: int,
+    has_attention: bool,
+    width: int,
+    attention: bool,
+    units: int,
+    heads_now: int = 0,
+    heads: int | None = None,
 ) -> int:
-    """MACs saved when a block at (has_attention, width) becomes (attention, units)."""
+    """MACs saved when a block at (has_attention, width, heads_now) becomes (attention, units, heads)."""
     if not attention and units == 0:
         return profile.blocks[block]
     saved = profile.attn[block] if has_attention and not attention else 0
+    if heads is not None:  # every head costs the same: its share of qkv, of the attention products and of proj
+        saved += round(profile.head(block) * (heads_now - heads))
     saved += round(profile.mlp_unit(block) * (width - units))
     if units == 0 and width > 0:  # norm2 goes with the MLP
         saved += profile.blocks[block] - profile.attn[block] - profile.mlp[block]
@@ -84,16 +98,20 @@ def menu(has_attention: bool, width: int, original: int, mlp_only: bool) -> list
     return [e for e in edits if e != (has_attention, width) and not (mlp_only and not e[0] and has_attention)]
 
 
+def head_menu(heads_now: int, original: int) -> list[int]:
+    """Head counts a head edit may leave: fractions of the original count, fewer than now, at least one."""
+    return sorted({h for h in (max(1, round(f * original)) for f in HEAD_FRACTIONS) if h < heads_now}, reverse=True)
+
+
 @torch.no_grad()
-def unit_importance(model: nn.Module, adapter, blocks: Sequence[int], images: torch.Tensor) -> dict[int, torch.Tensor]:
-    """Per hidden unit: mean |activation| entering fc2 on the few shots times the norm of its fc2 column,
-    i.e. how much the unit writes into the residual stream (any MLP whose last Linear is fc2)."""
+def input_importance(model: nn.Module, linears: dict[int, nn.Linear], images: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Per input feature of each Linear: mean |input| on `images` times the norm of its weight column, i.e.
+    how much the feature writes into the Linear's output (for fc2: an MLP unit's share of the residual stream)."""
     sums, hooks = {}, []
-    for b in blocks:
-        _, fc2 = adapter.mlp_linears(adapter.blocks(model)[b])
+    for key, linear in linears.items():
         hooks.append(
-            fc2.register_forward_hook(
-                lambda m, inputs, out, b=b: sums.__setitem__(b, inputs[0].abs().flatten(0, -2).mean(0))
+            linear.register_forward_hook(
+                lambda m, inputs, out, key=key: sums.__setitem__(key, inputs[0].abs().flatten(0, -2).mean(0))
             )
         )
     try:
@@ -101,10 +119,19 @@ def unit_importance(model: nn.Module, adapter, blocks: Sequence[int], images: to
     finally:
         for h in hooks:
             h.remove()
-    return {
-        b: sums[b].float().cpu() * adapter.mlp_linears(adapter.blocks(model)[b])[1].weight.norm(dim=0).float().cpu()
-        for b in blocks
-    }
+    return {key: sums[key].float().cpu() * linear.weight.norm(dim=0).float().cpu() for key, linear in linears.items()}
+
+
+def unit_importance(model: nn.Module, adapter, blocks: Sequence[int], images: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Per hidden unit of each block's MLP: its input importance to fc2 (any MLP whose last Linear is fc2)."""
+    return input_importance(model, {b: adapter.mlp_linears(adapter.blocks(model)[b])[1] for b in blocks}, images)
+
+
+def head_importance(model: nn.Module, adapter, blocks: Sequence[int], images: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Per attention head of each block: the summed input importance of its channels to the head projection."""
+    projections = {b: adapter.head_projection(adapter.blocks(model)[b]) for b in blocks}
+    scores = input_importance(model, projections, images)
+    return {b: scores[b].reshape(block_heads(adapter, adapter.blocks(model)[b]), -1).sum(1) for b in blocks}
 
 
 def kept_units(width: int, units: int, importance: torch.Tensor | None, seed: int, block: int) -> list[int] | None:
@@ -137,7 +164,7 @@ def starting_at(model: nn.Module, adapter, index: int, block: nn.Module, cached:
     stand in for the skipped ones (and any stage transitions between them) still fit."""
     saved = adapter.blocks(model)
     for i in range(index):
-        adapter.set_block(model, i, nn.Identity())
+        adapter.set_block(model, i, DroppedBlock())
     adapter.set_block(model, index, block)
     hook = block.register_forward_pre_hook(lambda m, args: (cached, *args[1:]))
     try:
@@ -187,31 +214,46 @@ class Search:
         self.config, self.adapter = engine.config, engine.adapter
         self.mlp_only = plan.structure == "mlp"
         self.original = [block_state(self.adapter, b)[1] for b in self.adapter.blocks(engine.teacher)]
+        self.original_heads = [block_heads(self.adapter, b) for b in self.adapter.blocks(engine.teacher)]
+        self.prune_heads = self.config.prune_heads and not self.mlp_only
 
     def _key(self, name: str) -> str:
         return f"{self.plan.structure}-{self.plan.macs_target}-{name}"
 
     # --- 1. zero-shot scores ------------------------------------------------------------------------
-    def candidates(self, model: nn.Module, profile: MacsProfile) -> list[tuple[int, bool, int, bool, int]]:
-        """(block, attention, units, had attention, width) for every edit of every candidate block."""
+    def candidates(self, model: nn.Module, profile: MacsProfile) -> list[Edit]:
+        """Every edit of every candidate block, not yet scored (saved from `profile`, score 0)."""
         blocks = self.adapter.blocks(model)
         out = []
         for b in self.plan.candidate_blocks:
             if isinstance(blocks[b], nn.Identity):
                 continue
-            has_attention, width = block_state(self.adapter, blocks[b])
+            had, width = block_state(self.adapter, blocks[b])
+            heads_now = block_heads(self.adapter, blocks[b])
+            options = [(a, u, None) for a, u in menu(had, width, self.original[b], self.mlp_only)]
+            if self.prune_heads and heads_now:
+                options += [(True, width, h) for h in head_menu(heads_now, self.original_heads[b])]
             out += [
-                (b, a, u, has_attention, width) for a, u in menu(has_attention, width, self.original[b], self.mlp_only)
+                Edit(b, a, u, block_savings(profile, b, had, width, a, u, heads_now, h), 0.0, heads=h)
+                for a, u, h in options
             ]
         return out
 
-    def change(self, model: nn.Module, block: int, attention: bool, units: int, importance) -> tuple:
-        """The edit_block arguments for one edit: (attention kept, the kept unit indices, None for all), the
-        units picked by the configured choice."""
-        width = block_state(self.adapter, self.adapter.blocks(model)[block])[1]
-        if units == width:
-            return attention, None
-        return attention, kept_units(width, units, importance.get(block), self.config.seed, block) if units else []
+    def change(self, model: nn.Module, edit: Edit, importance) -> tuple:
+        """The edit_block arguments for one edit: (attention kept, the kept unit indices or None for all, the
+        kept head indices or None for all), units and heads picked by the configured choice."""
+        block = self.adapter.blocks(model)[edit.block]
+        width = block_state(self.adapter, block)[1]
+        units = None if edit.units == width else []
+        if edit.units and edit.units < width:
+            units = kept_units(width, edit.units, importance.get(edit.block), self.config.seed, edit.block)
+        heads = None
+        if edit.heads is not None:  # seeded apart from the units' choice (block + 1000)
+            scores = importance.get(("heads", edit.block))
+            heads = kept_units(
+                block_heads(self.adapter, block), edit.heads, scores, self.config.seed, 1000 + edit.block
+            )
+        return edit.attention, units, heads
 
     @torch.no_grad()
     def zero_shot(self, model: nn.Module, profile: MacsProfile, importance: dict) -> list[Edit]:
@@ -219,21 +261,27 @@ class Search:
         base = kl_score(logits, model, x)
         inputs = block_inputs(model, self.adapter, x)
         edits = []
-        for b, a, u, had, width in self.engine.progress(self.candidates(model, profile), "scoring edits"):
-            current = self.adapter.blocks(model)[b]
-            edited = edit_block(self.adapter, current, *self.change(model, b, a, u, importance))
+        for e in self.engine.progress(self.candidates(model, profile), "scoring edits"):
+            current = self.adapter.blocks(model)[e.block]
+            edited = edit_block(self.adapter, current, *self.change(model, e, importance))
             edited = edited.to(self.engine.accelerator.device)
-            with starting_at(model, self.adapter, b, edited, inputs[b]):
-                score = kl_score(logits, model, x) - base
-            edits.append(Edit(b, a, u, block_savings(profile, b, had, width, a, u), score))
+            with starting_at(model, self.adapter, e.block, edited, inputs[e.block]):
+                edits.append(replace(e, score=kl_score(logits, model, x) - base))
         return edits
 
-    def importance(self, model: nn.Module) -> dict[int, torch.Tensor]:
+    def importance(self, model: nn.Module) -> dict:
+        """Unit importance per block (key b) and head importance (key ("heads", b)); {} for random choice."""
         if self.config.units_by == "random":
             return {}
-        blocks = [b for b in self.plan.candidate_blocks if block_state(self.adapter, self.adapter.blocks(model)[b])[1]]
+        blocks = self.adapter.blocks(model)
+        with_units = [b for b in self.plan.candidate_blocks if block_state(self.adapter, blocks[b])[1]]
         x = self.engine.images.fixed.to(next(model.parameters()).device)
-        return unit_importance(model, self.adapter, blocks, x)
+        scores: dict = unit_importance(model, self.adapter, with_units, x)
+        if self.prune_heads:
+            with_heads = [b for b in self.plan.candidate_blocks if block_heads(self.adapter, blocks[b])]
+            heads = head_importance(model, self.adapter, with_heads, x)
+            scores.update({("heads", b): v for b, v in heads.items()})
+        return scores
 
     # --- 2. the block-wise trial confirms the leading edits -----------------------------------------
     def confirm(self, model: nn.Module, edits: list[Edit], importance: dict) -> list[Edit]:
@@ -245,6 +293,7 @@ class Search:
         for e in self.engine.progress(list(leading.values()), "block-wise trial"):
             # Trials edit the teacher, whatever the target: a family shares them.
             key = f"{self.plan.structure}-trial-b{e.block}-a{int(e.attention)}-u{e.units}"
+            key += f"-h{e.heads}" if e.heads is not None else ""
             if not self.engine.workspace.has(key):
                 start = time.perf_counter()
                 candidate = self._apply(model, [e], importance)
@@ -253,19 +302,17 @@ class Search:
                 self.engine.workspace.save(
                     key, candidate, {"kl": kl, "train_loss": fit.final_loss, "seconds": time.perf_counter() - start}
                 )
-            confirmed[(e.block, e.attention, e.units)] = self.engine.workspace.meta(key)["kl"]
+            confirmed[(e.block, e.attention, e.units, e.heads)] = self.engine.workspace.meta(key)["kl"]
         return [
-            Edit(e.block, e.attention, e.units, e.saved, confirmed[(e.block, e.attention, e.units)], True)
-            if (e.block, e.attention, e.units) in confirmed
+            replace(e, score=confirmed[key], confirmed=True)
+            if (key := (e.block, e.attention, e.units, e.heads)) in confirmed
             else e
             for e in edits
         ]
 
     # --- 3-4. choose, apply, fine-tune ----------------------------------------------------------------
     def _apply(self, model: nn.Module, edits: Sequence[Edit], importance: dict) -> nn.Module:
-        return edit_blocks(
-            model, {e.block: self.change(model, e.block, e.attention, e.units, importance) for e in edits}
-        )
+        return edit_blocks(model, {e.block: self.change(model, e, importance) for e in edits})
 
     def step(self, model: nn.Module, index: int) -> tuple[nn.Module, dict]:
         key = self._key(f"step{index}")

@@ -16,26 +16,11 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .arch import get_adapter
+from .arch import get_adapter, mlps
 from .arch.base import Adapter, MlpParts
+from .arch.blocks import DroppedBlock, MlpOnlyBlock, ZeroMlp
 
-
-class MlpOnlyBlock(nn.Module):
-    """A transformer block without its attention: x + drop_path(scale(mlp(norm(x))))."""
-
-    def __init__(self, norm: nn.Module, mlp: nn.Module, scale: nn.Module, drop_path: nn.Module):
-        super().__init__()
-        self.norm2, self.mlp, self.ls2, self.drop_path2 = norm, mlp, scale, drop_path
-
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-
-
-class ZeroMlp(nn.Module):
-    """A removed MLP: adds nothing to the residual stream, so its block keeps only its attention."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(x)
+__all__ = ["DroppedBlock", "MlpOnlyBlock", "ZeroMlp"]  # re-exported: the blocks surgery makes live in dcvit.arch
 
 
 def random_units(hidden: int, keep: int, seed: int, block: int) -> list[int]:
@@ -50,7 +35,10 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def narrow_linear_pair(mlp: nn.Module, units: Sequence[int]) -> None:
-    """Keep `units` of the hidden layer between the first and last Linear of `mlp`, in place."""
+    """Keep `units` of the hidden layer between the first and last Linear of `mlp`, in place (timm's gated MLPs
+    and MLPs with a norm over the hidden units: in every branch and the norm, see dcvit.arch.mlps)."""
+    if mlps.narrow(mlp, units):
+        return
     names = [name for name, m in mlp.named_modules() if isinstance(m, nn.Linear)]
     fc1, fc2 = mlp.get_submodule(names[0]), mlp.get_submodule(names[-1])
     idx = torch.as_tensor(list(units), dtype=torch.long, device=fc1.weight.device)
@@ -70,7 +58,7 @@ def narrow_linear_pair(mlp: nn.Module, units: Sequence[int]) -> None:
 def _parts(adapter: Adapter, block: nn.Module) -> MlpParts:
     """norm2, MLP, LayerScale and drop-path of a block, also once its attention is gone."""
     if isinstance(block, MlpOnlyBlock):
-        return MlpParts(block.norm2, block.mlp, block.ls2, block.drop_path2)
+        return MlpParts(block.norm2, block.mlp, block.ls2, block.drop_path2, block.post_norm)
     return adapter.mlp_parts(block)
 
 
@@ -83,15 +71,30 @@ def block_state(adapter: Adapter, block: nn.Module) -> tuple[bool, int]:
     return not isinstance(block, MlpOnlyBlock), adapter.mlp_hidden(block)
 
 
+def block_heads(adapter: Adapter, block: nn.Module) -> int:
+    """Attention heads of a block that can be pruned exactly (0: attention gone, or no head edits)."""
+    if isinstance(block, (nn.Identity, MlpOnlyBlock)):
+        return 0
+    return adapter.attention_heads(block)
+
+
 def _replace(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
     name = next(n for n, m in root.named_modules() if m is old and n)
     _set_submodule(root, name, new)
 
 
-def edit_block(adapter: Adapter, block: nn.Module, attention: bool, units: Sequence[int] | None) -> nn.Module:
+def edit_block(
+    adapter: Adapter,
+    block: nn.Module,
+    attention: bool,
+    units: Sequence[int] | None,
+    heads: Sequence[int] | None = None,
+) -> nn.Module:
     """A new block from `block`: attention kept or removed, and `units` (indices into its current MLP hidden
-    units) kept, None meaning all of them and [] none. A block left with neither is dropped (identity)."""
+    units) kept, None meaning all of them and [] none; a kept attention keeps `heads` (indices into its
+    current heads; None: all). A block left with neither attention nor MLP is dropped (identity)."""
     has_attention, width = block_state(adapter, block)
+    prune_heads = _check_heads(adapter, block, attention, heads)
     if isinstance(block, nn.Identity):
         raise ValueError("this block is dropped already; a dropped block cannot be edited")
     if attention and not has_attention:
@@ -100,10 +103,12 @@ def edit_block(adapter: Adapter, block: nn.Module, attention: bool, units: Seque
         raise ValueError(f"kept MLP units must be distinct indices in [0, {width})")
     keep_all = units is None or len(units) == width
     if not attention and (width == 0 or (units is not None and len(units) == 0)):
-        return nn.Identity()
-    if keep_all and attention == has_attention:
+        return DroppedBlock()
+    if keep_all and attention == has_attention and not prune_heads:
         raise ValueError("the edit changes nothing: keep some attention or MLP units away")
     block = copy.deepcopy(block)
+    if prune_heads:
+        adapter.keep_heads(block, sorted(heads))
     parts = _parts(adapter, block)
     if not keep_all and len(units) == 0:
         _replace(block, parts.mlp, ZeroMlp())
@@ -111,23 +116,41 @@ def edit_block(adapter: Adapter, block: nn.Module, attention: bool, units: Seque
     elif not keep_all:
         narrow_linear_pair(parts.mlp, sorted(units))
     if has_attention and not attention:
-        return MlpOnlyBlock(parts.norm, parts.mlp, parts.scale, parts.drop_path)
+        return MlpOnlyBlock(parts.norm, parts.mlp, parts.scale, parts.drop_path, parts.post_norm)
     return block
 
 
-def _edit_in_place(model: nn.Module, edits: Mapping[int, tuple[bool, Sequence[int] | None]]) -> nn.Module:
+def _check_heads(adapter: Adapter, block: nn.Module, attention: bool, heads: Sequence[int] | None) -> bool:
+    """Whether an edit prunes heads; a one-line error for heads the block cannot keep."""
+    if heads is None:
+        return False
+    count = block_heads(adapter, block)
+    if not attention or count == 0:
+        raise ValueError("kept heads need a kept attention whose heads can be pruned (attention_heads() > 0)")
+    if not heads or len(set(heads)) != len(heads) or any(not 0 <= h < count for h in heads):
+        raise ValueError(f"kept heads must be distinct indices in [0, {count}), at least one")
+    return len(heads) < count
+
+
+def _edit_in_place(model: nn.Module, edits: Mapping[int, tuple]) -> nn.Module:
     adapter = get_adapter(model)
     num_blocks = len(adapter.blocks(model))
-    for i, (attention, units) in sorted(edits.items()):
+    for i, (attention, units, *rest) in sorted(edits.items()):
         _check_block(i, num_blocks)
         units = None if units is None else sorted(int(u) for u in units)
-        adapter.set_block(model, i, edit_block(adapter, adapter.blocks(model)[i], bool(attention), units))
-        model.dcvit_edits.append({"op": "edit", "block": i, "attention": bool(attention), "kept_units": units})
+        heads = rest[0] if rest else None
+        heads = None if heads is None else sorted(int(h) for h in heads)
+        adapter.set_block(model, i, edit_block(adapter, adapter.blocks(model)[i], bool(attention), units, heads))
+        record = {"op": "edit", "block": i, "attention": bool(attention), "kept_units": units}
+        if heads is not None:  # older readers never see the field on files without head edits
+            record["kept_heads"] = heads
+        model.dcvit_edits.append(record)
     return model
 
 
-def edit_blocks(model: nn.Module, edits: Mapping[int, tuple[bool, Sequence[int] | None]]) -> nn.Module:
-    """A copy of `model` with block i edited to edits[i] = (attention kept, kept MLP unit indices or None)."""
+def edit_blocks(model: nn.Module, edits: Mapping[int, tuple]) -> nn.Module:
+    """A copy of `model` with block i edited to edits[i] = (attention kept, kept MLP unit indices or None[,
+    kept head indices or None])."""
     get_adapter(model)
     return _edit_in_place(_edited_copy(model), edits)
 
@@ -181,7 +204,7 @@ def replay_edits(model: nn.Module, edits: Sequence[Mapping]) -> nn.Module:
     for edit in edits:
         op, block = edit.get("op"), edit.get("block")
         if op == "edit":
-            change = (edit["attention"], edit["kept_units"])
+            change = (edit["attention"], edit["kept_units"], edit.get("kept_heads"))
         elif op == "compress":
             change = (not edit["remove_attention"], edit["kept_units"])
         elif op == "drop":
@@ -194,13 +217,12 @@ def replay_edits(model: nn.Module, edits: Sequence[Mapping]) -> nn.Module:
 
 @torch.no_grad()
 def activation_units(model: nn.Module, block: int, images: torch.Tensor, keep: int) -> list[int]:
-    """Ablation (paper Tab. 6): keep the MLP units with the largest mean |GELU(fc1 x)| on the few-shot images."""
+    """Ablation (paper Tab. 6): keep the MLP units with the largest mean |activation| on the few-shot images,
+    read where the hidden units enter fc2 (GELU(fc1 x), or a gated MLP's act(gate) * value)."""
     adapter = get_adapter(model)
-    fc1, _ = adapter.mlp_linears(adapter.blocks(model)[block])
+    _, fc2 = adapter.mlp_linears(adapter.blocks(model)[block])
     totals = []
-    handle = fc1.register_forward_hook(
-        lambda m, i, out: totals.append(torch.nn.functional.gelu(out).abs().flatten(0, -2).mean(0))
-    )
+    handle = fc2.register_forward_pre_hook(lambda m, args: totals.append(args[0].abs().flatten(0, -2).mean(0)))
     try:
         model.eval()(images)
     finally:

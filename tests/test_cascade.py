@@ -459,16 +459,17 @@ def test_calibrate_n_stage_matches_brute_force_grid(n_stages, n):
 
 
 def test_calibrate_quantile_grid_when_many_confidences():
-    p, y = synthetic(300, 4, 3, seed=6)
-    costs = [1.0, 2.0, 8.0]
-    cal = calibrate(p, y, costs, max_acc_drop=0.01, grid_size=5)
+    # 4 models: the product of per-stage grids, quantiles when a stage has more distinct confidences.
+    p, y = synthetic(60, 4, 4, seed=6)
+    costs = [1.0, 2.0, 4.0, 8.0]
+    cal = calibrate(p, y, costs, max_acc_drop=0.02, grid_size=5)
     right, cost = brute_force(p, y, costs, cal.thresholds)
     big_correct = int((p[-1].argmax(1) == y).sum())
-    assert right >= big_correct - 3 and right / 300 == cal.calib_accuracy and cost == pytest.approx(cal.calib_avg_cost)
+    assert right >= big_correct - 1 and right / 60 == cal.calib_accuracy and cost == pytest.approx(cal.calib_avg_cost)
     assert cal.meets_tolerance and cal.calib_avg_cost < sum(costs)
     # The coarse grid can only be as good as the exhaustive one (grid_size above the distinct count).
-    fine = calibrate(p, y, costs, max_acc_drop=0.01, grid_size=400)
-    assert fine.calib_avg_cost <= cal.calib_avg_cost
+    fine = calibrate(p, y, costs, max_acc_drop=0.02, grid_size=70)
+    assert fine.calib_avg_cost < cal.calib_avg_cost
     with pytest.raises(ValueError):
         calibrate(p, y, costs, grid_size=1)
 
@@ -589,7 +590,12 @@ def test_report_table_rows_and_markdown():
     p, y = synthetic(150, 4, 2, seed=13)
     costs = [1e8, 1e9]
     rows = cascade.report_table(p, y, costs, drops=(0.02, 0.0))
-    assert [r["target"] for r in rows] == ["big model alone", "drop <= 2%", "drop <= 0%", "best accuracy"]
+    assert [r["target"] for r in rows] == [
+        "big model alone",
+        "top-1 within 2 points of the big model",
+        "no top-1 loss vs the big model",
+        "best accuracy",
+    ]
     big_acc = int((p[1].argmax(1) == y).sum()) / 150
     assert rows[0]["accuracy"] == big_acc and rows[0]["cost_frac"] == 1.0
     for r, d in zip(rows[1:3], (0.02, 0.0)):
@@ -605,7 +611,7 @@ def test_report_table_rows_and_markdown():
     md = cascade.format_table(rows)
     lines = md.splitlines()
     assert len(lines) == 2 + len(rows) and all(line.startswith("|") for line in lines)
-    assert "drop <= 2%" in md and "best accuracy" in md
+    assert "within 2 points" in md and "best accuracy" in md and "drop <=" not in md
 
 
 def test_plot_curves_writes_png_atomically(tmp_path):

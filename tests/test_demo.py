@@ -17,9 +17,14 @@ def test_fast_demo_writes_a_complete_report(tmp_path, capsys):
         {"target", "macs", "top1", "blocks", "mlp_hidden", "structure"} <= set(r)
         for r in report["dcvit"] + report["auto"]
     )
-    assert {"saver", "thresholds", "top1", "macs_per_sample", "macs_reduction", "throughput_speedup"} <= set(
-        report["cascade"]
-    )
+    keys = {"members", "kinds", "thresholds", "top1", "macs_reduction", "predicted_speedup", "throughput_speedup"}
+    assert keys <= set(report["cascade"]) and all(keys <= set(c) for c in report["cascades"])
+    assert report["cascade"]["members"] == report["cascades"][0]["members"]  # the chosen one comes first
+    shapes = {tuple(c["kinds"]) for c in report["cascades"]}
+    assert {("companion", "teacher"), ("compressed", "teacher"), ("companion", "compressed", "teacher")} <= shapes
+    assert ("compressed", "compressed", "teacher") in shapes
+    assert all(len(c["thresholds"]) == len(c["members"]) - 1 for c in report["cascades"])
+    assert {r["kind"] for r in report["savers"]} == {"compressed", "companion"}
     teacher_macs = report["teacher"]["macs"]
     # Block dropping and DC-ViT rows are compared at the same MACs (to two decimals of the teacher's).
     for drop, dcvit in zip(report["block_drop"], report["dcvit"]):
@@ -36,6 +41,10 @@ def test_fast_demo_writes_a_complete_report(tmp_path, capsys):
     for name in ("report.md", "accuracy_vs_macs.png", "metric_vs_error.png", "cascade_curves.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert "cascade" in capsys.readouterr().out
+    # the chosen cascade ships as a folder that `dcvit eval` reproduces (--fast evaluates 2,000 test images)
+    assert main(["eval", "--model", str(tmp_path / "cascade"), "--limit", "2000", "--json", "--quiet"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["top1"] == pytest.approx(report["cascade"]["top1"], abs=1e-9)
 
 
 def test_demo_refuses_a_folder_it_did_not_make(tmp_path):

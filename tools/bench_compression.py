@@ -4,6 +4,8 @@
   grid         auto (the structure search) vs DC-ViT (k+1 blocks) vs block dropping (k blocks) at the MACs of
                dropping k = 1, 2, 3, 5 blocks, 100 / 50 / 500 unlabeled shots, 3 seeds
   frontier     the same three structures at 50 / 40 / 30% of the teacher's MACs, 100 shots, 3 seeds
+  search-space auto with whole-head pruning offered, and auto with random (not importance) unit choice, at 75%,
+               59%, 40% and 30% of the teacher's MACs, 100 shots, 3 seeds (compare with the auto cells)
   ablations    each docs/method.md §8 switch against the default, at the MACs of dropping 1 and 3 blocks
   correlation  Spearman of the synthetic-set score and of the few-shot loss with candidate test error
   anatomy      per block, test top-1 without its attention / without its MLP / dropped (no fine-tuning)
@@ -97,7 +99,10 @@ class Bench:
             "scores": {str(b): s for b, s in result.scores.items()},
             "stage_seconds": result.seconds,
             "chosen": [
-                [{k: e[k] for k in ("block", "attention", "units", "saved", "score", "confirmed")} for e in h["chosen"]]
+                [
+                    {k: e.get(k) for k in ("block", "attention", "units", "heads", "saved", "score", "confirmed")}
+                    for e in h["chosen"]
+                ]
                 for h in result.history
                 if "chosen" in h
             ],
@@ -142,6 +147,14 @@ def cells(mode: str):
                 for method in ("auto", "dcvit", "drop"):
                     yield f"frontier/{method}/f{fraction}/s100/seed{seed}", fraction, 100, seed, \
                         config_for(100, seed, **STRUCTURE_CONFIG[method])  # fmt: skip
+    elif mode == "search-space":  # two choices of the search against the auto cells of grid and frontier
+        variants = {"auto-heads": {"structure": "auto", "prune_heads": True},
+                    "auto-random-units": {"structure": "auto", "unit_choice": "random"}}  # fmt: skip
+        for seed in SEEDS:
+            for budget in (3, 5, 0.4, 0.3):  # k blocks' worth (75%, 59%) or a fraction of the teacher's MACs
+                for method, change in variants.items():
+                    yield f"search-space/{method}/b{budget}/s100/seed{seed}", budget, 100, seed, \
+                        config_for(100, seed, **change)  # fmt: skip
     elif mode == "ablations":
         for k in (1, 3):
             for name, change in [("default", {})] + sorted(ABLATIONS.items()):
@@ -367,7 +380,9 @@ def report(out: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["grid", "frontier", "ablations", "correlation", "anatomy", "report", "plot"])
+    p.add_argument(
+        "mode", choices=["grid", "frontier", "search-space", "ablations", "correlation", "anatomy", "report", "plot"]
+    )
     p.add_argument("--peer", default="runs/peer", type=Path, help="plot: the peer's results folder")
     p.add_argument("--out", default="runs/bench", type=Path)
     p.add_argument("--part", default="0/1", help="I/N: run every N-th cell starting at I")

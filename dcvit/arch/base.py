@@ -25,12 +25,15 @@ class MlpParts:
     mlp: nn.Module
     scale: nn.Module
     drop_path: nn.Module
+    post_norm: bool = False  # norm applied to the MLP's output (Swin V2: x + drop_path(norm(mlp(x)))), not its input
 
 
 class Adapter:
     """Base class; subclasses fill in the structure of one model family and register themselves."""
 
     name: ClassVar[str] = "base"
+    # The model family in words, for messages (e.g. "timm Swin"); the name above is the id model files record.
+    family: ClassVar[str] = ""
     # Attribute names inside a block: the attention side (norm1 + attention) and the MLP (no norm2).
     attention_names: ClassVar[tuple[str, ...]] = ("norm1", "attn")
     mlp_name: ClassVar[str] = "mlp"
@@ -70,6 +73,23 @@ class Adapter:
                 f"{self.name}: the MLP of a block has {len(linears)} Linear layer(s); expected fc1 and fc2"
             )
         return linears[0], linears[-1]
+
+    # --- attention heads (optional) -------------------------------------------------------------
+    def attention_module(self, block: nn.Module) -> nn.Module:
+        """The attention module of a block (without norm1): the last of attention_names."""
+        return getattr(block, self.attention_names[-1])
+
+    def attention_heads(self, block: nn.Module) -> int:
+        """Heads of a block's attention that can be pruned exactly; 0 (the default) offers no head edits."""
+        return 0
+
+    def keep_heads(self, block: nn.Module, heads: list[int]) -> None:
+        """Keep `heads` of a block's attention, in place (only where attention_heads() > 0)."""
+        raise NotImplementedError(f"{self.name}: this adapter does not prune attention heads")
+
+    def head_projection(self, block: nn.Module) -> nn.Linear:
+        """The Linear the heads' concatenated outputs enter (head importance is read from its input)."""
+        raise NotImplementedError(f"{self.name}: this adapter does not prune attention heads")
 
     # --- forward pieces ---------------------------------------------------------------------
     def features(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,8 @@
-"""Adapter for timm's VisionTransformer family (ViT, DeiT, DeiT3 with LayerScale, any size, with or without class token)."""
+"""Adapter for timm's VisionTransformer family (ViT, DeiT, DeiT3 with LayerScale, any size, with or without class token).
+
+Pre-norm blocks and ResPost (post-norm) blocks; plain, SwiGLU and packed SwiGLU MLPs (DINOv2-giant, AIMv2);
+parallel blocks (ParallelScalingBlock, ParallelThingsBlock) are refused in one line (see timm_common).
+"""
 
 from __future__ import annotations
 
@@ -8,15 +12,13 @@ from typing import Any
 
 import timm
 from timm.layers import create_act, create_norm
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import Block, ResPostBlock, VisionTransformer
 from torch import nn
 
 from . import register_adapter
 from .base import (
     FLAG,
     NOTHING,
-    Adapter,
-    MlpParts,
     Setting,
     check_keys,
     check_kwargs,
@@ -27,6 +29,8 @@ from .base import (
     number,
     short,
 )
+from .heads import keep_attention_heads, prunable_heads
+from .timm_common import PARALLEL, TimmBlocksAdapter
 
 # What a model file may pass to timm: architecture settings only, never checkpoint_path, pretrained_cfg(_overlay),
 # pretrained, features_only, device or classes (those load files, go online, or run code); strings only where
@@ -121,24 +125,30 @@ def build_timm(spec: dict[str, Any], family: str, accepted: Mapping[str, Setting
 
 
 @register_adapter
-class TimmViTAdapter(Adapter):
+class TimmViTAdapter(TimmBlocksAdapter):
     name = "timm"
+    family = "timm ViT/DeiT"
+
+    pre_norm = (Block,)
+    post_norm = (ResPostBlock,)
+    refused = {"ParallelScalingBlock": PARALLEL, "DiffParallelScalingBlock": PARALLEL, "ParallelThingsBlock": PARALLEL}
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
-        return isinstance(model, VisionTransformer)
-
-    def block_containers(self, model):
-        return [(model.blocks, i) for i in range(len(model.blocks))]
-
-    def block_paths(self, model):
-        return [f"blocks.{i}" for i in range(len(model.blocks))]
-
-    def mlp_parts(self, block):
-        return MlpParts(norm=block.norm2, mlp=block.mlp, scale=block.ls2, drop_path=block.drop_path2)
+        return isinstance(model, VisionTransformer) and cls.check_blocks(model)
 
     def tail_modules(self, model):
-        return [m for m in (model.norm, model.fc_norm, model.head_drop, model.head) if m is not None]
+        tail = (model.norm, getattr(model, "attn_pool", None), model.fc_norm, model.head_drop, model.head)
+        return [m for m in tail if m is not None]
+
+    def attention_heads(self, block):
+        return prunable_heads(block.attn)
+
+    def keep_heads(self, block, heads):
+        keep_attention_heads(block.attn, heads)
+
+    def head_projection(self, block):
+        return block.attn.proj
 
     def class_token_index(self, model):
         return 0 if getattr(model, "cls_token", None) is not None else None
@@ -148,13 +158,10 @@ class TimmViTAdapter(Adapter):
         return patch_embed_input_size(model.patch_embed)
 
     def base_spec(self, model):
-        kwargs = {
-            "img_size": list(model.patch_embed.img_size),
-            "in_chans": model.patch_embed.proj.in_channels,
-            "num_classes": model.num_classes,
-            "global_pool": model.global_pool,
-        }
-        return timm_spec(model, "VisionTransformer", kwargs, VIT_SETTINGS)
+        from .timm_settings import complete_vit_spec  # the settings timm does not record, read from the modules
+
+        spec = timm_spec(model, "VisionTransformer", {}, VIT_SETTINGS)
+        return complete_vit_spec(model, spec, VIT_SETTINGS)
 
     @staticmethod
     def build(spec):

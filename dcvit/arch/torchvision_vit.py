@@ -25,6 +25,7 @@ TV_SETTINGS: dict[str, Setting] = {
 @register_adapter
 class TorchvisionViTAdapter(Adapter):
     name = "torchvision"
+    family = "torchvision ViT"
     attention_names = ("ln_1", "self_attention")
 
     @classmethod

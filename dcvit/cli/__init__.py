@@ -2,7 +2,8 @@
 
 Each command group lives in its own module and lists its commands in COMMANDS; this module only builds the
 parser from those lists and runs the chosen command. Errors a user can fix (bad numbers, unknown models,
-unsupported architectures, missing files) print one line on stderr and exit 2.
+unsupported architectures, missing files) print one line on stderr and exit 2. `--import MODULE`, before or
+after the command, imports a plugin that registers an adapter before the command runs.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 import warnings
 
 from . import cascade, compress, demo, models
-from .common import OneLineParser, configure_logging, quiet_argument
+from .common import OneLineParser, configure_logging, import_argument, import_plugins, quiet_argument
 
 COMMANDS = [*models.COMMANDS, *compress.COMMANDS, *cascade.COMMANDS, *demo.COMMANDS]
 
@@ -23,11 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Few-shot compression of vision transformers "
         "(DC-ViT) and cascades of compressed companions. See README.md.",
     )
+    import_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         p = sub.add_parser(command.name, help=command.help, description=command.help)
         command.arguments(p)
         quiet_argument(p)  # every command: progress and status lines are logging, silenced alike
+        # after the command too; its own dest, since a subcommand's values would replace the global ones
+        import_argument(p, dest="imports_after", default=argparse.SUPPRESS)
         p.set_defaults(run=command.run)
     return parser
 
@@ -41,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(done.code or 0)
     configure_logging(args.quiet)
     try:
+        import_plugins([*(args.imports or []), *getattr(args, "imports_after", [])])
         args.run(args)
     except (ValueError, FileNotFoundError) as err:  # dcvit's UnsupportedModelError is a ValueError
         print(f"dcvit {args.command}: error: {err}", file=sys.stderr)

@@ -7,6 +7,8 @@ import argparse
 from ..data import CALIBRATION_SIZE
 from .common import Command, check_out, emit, seed_argument
 
+CASCADE_DIR = "cascade"  # the sub-folder of --out the chosen cascade is written to
+
 
 def acc_drop(text: str) -> float:
     """argparse type: a tolerated top-1 drop, a fraction in [0, 1)."""
@@ -65,16 +67,25 @@ def _cascade_arguments(p: argparse.ArgumentParser) -> None:
         help=f"held-out training images for calibration (default {CALIBRATION_SIZE})",
     )
     seed_argument(p)
-    p.add_argument("--out", help="folder for report.md and curves.png")
+    p.add_argument(
+        "--out",
+        help="folder for report.md, curves.png and the cascade itself in OUT/cascade "
+        "(members + cascade.json; `dcvit eval --model OUT/cascade` evaluates it)",
+    )
     p.add_argument("--json", action="store_true")
 
 
 def run_cascade(args) -> None:
+    import cascade
+
     from ..factory import resolve_model
     from ..studies.companions import cascade_study
     from ..studies.report import study_markdown, study_summary, write_study
+    from ..studies.shipping import save_study_cascade
 
     out = check_out(args.out) if args.out else None  # before recording and timing, not after
+    if out is not None:
+        cascade.files.check_replaceable(out / CASCADE_DIR)
     names = [args.big] + [s for s in args.savers if s != args.big]
     models = {n: resolve_model(n, weights="pretrained") for n in names}
     study = cascade_study(
@@ -87,9 +98,17 @@ def run_cascade(args) -> None:
         confidence=args.confidence,
         progress=not args.quiet,
     )
+    summary, text = study_summary(study), study_markdown(study)
     if out is not None:
         write_study(study, out)
-    emit(args, study_summary(study), study_markdown(study))
+        shipped = save_study_cascade(
+            study, models, out / CASCADE_DIR, data=args.data, calibration_size=args.calibration_size, seed=args.seed
+        )
+        summary["cascade_dir"] = str(shipped)
+        text += (
+            f"\nCascade written to {shipped} (evaluate it with `dcvit eval --model {shipped} --data {args.data}`).\n"
+        )
+    emit(args, summary, text)
 
 
 COMMANDS = [

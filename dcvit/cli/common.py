@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -80,6 +81,34 @@ def seed(text: str) -> int:
 
 def seed_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=seed, default=0, help="random seed, 0 <= seed < 2**63 (default 0)")
+
+
+# --- plugins: modules that register adapters (dcvit.arch.register_adapter) ------------------------
+def import_argument(p: argparse.ArgumentParser, dest: str = "imports", **extra) -> None:
+    """--import MODULE (repeatable): given before the command, or after it (then `dest` differs, see main)."""
+    p.add_argument(
+        "--import",
+        dest=dest,
+        action="append",
+        metavar="MODULE",
+        help="import MODULE first (repeatable): a plugin that registers an adapter with "
+        "dcvit.arch.register_adapter; looked up on PYTHONPATH, then in the current directory",
+        **extra,
+    )
+
+
+def import_plugins(modules: list[str]) -> None:
+    """Import each plugin module; one that is missing or fails to import is a one-line ValueError."""
+    if modules and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())  # last, so a file here never shadows an installed module
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # missing, or the plugin's own error: the user's input, reported in one line
+            missing = isinstance(err, ModuleNotFoundError) and (name + ".").startswith(f"{err.name}.")
+            detail = "; put its folder on PYTHONPATH" if missing else ""
+            message = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+            raise ValueError(f"--import {name}: cannot import it ({message}){detail}") from None
 
 
 # --- logging: progress and status lines ----------------------------------------------------------

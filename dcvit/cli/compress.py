@@ -44,6 +44,12 @@ def _engine_arguments(p: argparse.ArgumentParser) -> None:
         "block's worth of MACs removed, as many as DC-ViT takes, 1 to 8)",
     )
     p.add_argument(
+        "--prune-heads",
+        action="store_true",
+        help="auto: also offer keeping only some whole attention heads, where the model's adapter can "
+        "prune them exactly (timm ViT/DeiT); off by default, see BENCHMARKS.md 'Search space'",
+    )
+    p.add_argument(
         "--calibration-size",
         type=int,
         default=CALIBRATION_SIZE,
@@ -66,6 +72,7 @@ def _config(args):
         synth_iterations=args.synth_iterations,
         seed=args.seed,
         search_steps=args.search_steps,
+        prune_heads=args.prune_heads,
         progress=not args.quiet,
     )
     return config.for_structure(args.structure)

@@ -127,6 +127,8 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args) -> None:
+    import cascade
+
     from ..data import eval_transform, load_dataset
     from ..factory import resolve_model
     from ..macs import count_macs, default_input_size
@@ -134,6 +136,9 @@ def run_eval(args) -> None:
 
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise ValueError("--batch-size and --limit must be positive integers")
+    if cascade.is_cascade_dir(args.model):
+        _eval_cascade(args)
+        return
     model = resolve_model(args.model, weights="pretrained")
     data = load_dataset(args.data, train=args.split == "train", transform=eval_transform(model))
     check_classes(model, data, args.data, args.model)
@@ -156,6 +161,30 @@ def run_eval(args) -> None:
     )
 
 
+def _eval_cascade(args) -> None:
+    """`dcvit eval` on a cascade folder (written by `dcvit cascade --out`, or cascade.save)."""
+    from ..data import eval_transform, load_dataset
+    from ..studies.evaluate import check_classes, loader_for
+    from ..studies.shipping import evaluate_cascade, load_cascade
+
+    if args.input_size is not None:
+        raise ValueError("--input-size does not apply to a cascade: its input is fixed in its cascade.json")
+    model = load_cascade(args.model)
+    data = load_dataset(args.data, train=args.split == "train", transform=eval_transform(model))
+    check_classes(model, data, args.data, args.model)
+    result = evaluate_cascade(model, loader_for(data, args.batch_size, args.limit), progress=not args.quiet)
+    result.update(model=args.model, data=args.data, split=args.split, thresholds=list(model.thresholds))
+    exits = ", ".join(f"{name} {100 * f:.1f}%" for name, f in zip(result["members"], result["exit_fractions"]))
+    emit(
+        args,
+        result,
+        f"cascade {args.model} on {args.data} {args.split} ({result['n']} images): top-1 {100 * result['top1']:.2f}%  "
+        f"top-5 {100 * result['top5']:.2f}%  {result['macs_per_image'] / 1e6:.2f}M MACs per image "
+        f"({100 * result['macs_reduction']:.1f}% fewer than {result['members'][-1]} alone)\n"
+        f"answered by: {exits}; thresholds {', '.join(f'{t:.4g}' for t in model.thresholds)}",
+    )
+
+
 COMMANDS = [
     Command(
         "macs",
@@ -175,5 +204,11 @@ COMMANDS = [
         _bench_arguments,
         run_bench,
     ),
-    Command("eval", "top-1, top-5, MACs, params and CPU throughput of a model on a dataset", _eval_arguments, run_eval),
+    Command(
+        "eval",
+        "top-1, top-5, MACs, params and CPU throughput of a model on a dataset; for a cascade folder, top-1, "
+        "where samples exit and MACs per image",
+        _eval_arguments,
+        run_eval,
+    ),
 ]

@@ -34,6 +34,8 @@ class CascadeStudy:
     tables: dict[str, list[dict]]  # TinySaver-style rows per saver (test split)
     curves: dict[str, cascade.SweepResult] = field(repr=False, default_factory=dict)
     speed: dict = field(default_factory=dict)  # realised vs predicted speed-up of the chosen cascade
+    records: dict = field(repr=False, default_factory=dict)  # {"calibration"|"test": {name: cascade.Recorded}}
+    test_split: object = field(repr=False, default=None)  # the test dataset (for timing other cascades)
 
     @property
     def saver(self) -> str:
@@ -243,4 +245,7 @@ def cascade_study(
         images=speed_images,
         batch_sizes=speed_batches,
     )
-    return CascadeStudy(big_name, costs, accuracy, rank_calib, ranking(rec_test), calibrations, tables, curves, speed)
+    records = {"calibration": rec_calib, "test": rec_test}
+    return CascadeStudy(
+        big_name, costs, accuracy, rank_calib, ranking(rec_test), calibrations, tables, curves, speed, records, test
+    )

@@ -23,10 +23,12 @@ from ..macs import count_macs
 from ..planning import block_drop_macs
 from ..storage import atomic_path, write_json
 from ..workspace import Workspace
+from .cascades import compare_cascades, options_markdown, time_options
 from .companions import cascade_study
 from .evaluate import evaluate, loader_for
-from .plots import accuracy_vs_macs, metric_vs_error
+from .plots import accuracy_vs_macs, cascade_curves, metric_vs_error
 from .report import study_markdown
+from .shipping import save_cascade
 
 TEACHER = "fmnist_vit12"
 COMPANIONS = ("fmnist_vit_tiny", "fmnist_cnn")
@@ -105,6 +107,22 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings = DemoSetting
         speed_images=settings.speed_images,
         test_limit=settings.test_limit,
     )
+    _log("comparing two- and three-stage cascades of the teacher, its compressed models and the companions")
+    kinds = {name: "compressed" for name in models} | {TEACHER: "teacher"} | {n: "companion" for n in COMPANIONS}
+    records = study.records
+    options = compare_cascades(kinds, study.costs, records["calibration"], records["test"], study.ranking)
+    options = time_options(options, models, study.costs, study.test_split, images=settings.speed_images)
+    chosen = options[0]
+    shipped = save_cascade(
+        out / "cascade",
+        [models[n] for n in chosen.members],
+        chosen.calibration.thresholds,
+        [study.costs[n] for n in chosen.members],
+        list(chosen.members),
+        info={"chosen_by": "cheapest lossless cascade on the calibration split", "report": chosen.as_json()},
+        kinds=list(chosen.kinds),
+    )
+    _log(f"chosen cascade {chosen.name} written to {shipped} (evaluate it with `dcvit eval --model {shipped}`)")
     drop_top1 = [
         evaluate(r.model, loader_for(test, limit=settings.test_limit), progress=progress)["top1"] for r in drops
     ]
@@ -112,6 +130,7 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings = DemoSetting
     test_images = min(settings.test_limit or len(test), len(test))
     report = _report_json(
         study,
+        options,
         {"auto": auto, "dcvit": family},
         drops,
         drop_top1,
@@ -120,7 +139,7 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings = DemoSetting
         test_images,
         time.perf_counter() - start,
     )
-    report["figures"] = _figures(out, study, report, teacher_macs) + [candidate_figure["path"]]
+    report["figures"] = _figures(out, study, options[0], report, teacher_macs) + [candidate_figure["path"]]
     report["candidates"] = candidate_figure
     write_json(out / "report.json", report)
     with atomic_path(out / "report.md") as tmp:
@@ -174,9 +193,9 @@ def _candidate_study(result, root: Path, test, out: Path, images: int) -> dict:
     }
 
 
-def _report_json(study, families: dict, drops, drop_top1, settings, teacher_macs, test_images, seconds) -> dict:
-    best = study.calibrations[study.saver]
-    speed = study.throughput
+def _report_json(
+    study, options, families: dict, drops, drop_top1, settings, teacher_macs, test_images, seconds
+) -> dict:
     rows = {
         structure: [
             {
@@ -204,19 +223,20 @@ def _report_json(study, families: dict, drops, drop_top1, settings, teacher_macs
             for r, top1 in zip(drops, drop_top1)
         ],
         "companions": {n: {"macs": study.costs[n], "top1": study.accuracy[n]} for n in COMPANIONS},
-        "cascade": {
-            "saver": study.saver,
-            "thresholds": list(best.thresholds),
-            "top1": best.test_accuracy,
-            "macs_per_sample": best.test_avg_cost,
-            "macs_reduction": best.test_cost_reduction,
-            "throughput_speedup": speed["realised_speedup"],
-            "predicted_speedup": speed["predicted_speedup"],
-            "calibration_top1": best.calib_accuracy,
-            "calibration_big_top1": best.calib_big_accuracy,
-            "confidence": best.confidence,
-            "best_saver_on_test": study.test_ranking[0][0],
-        },
+        # every cascade compared, cheapest lossless on the calibration split first; "cascade" is the chosen one
+        "cascades": [o.as_json() for o in options],
+        "cascade": options[0].as_json() | {"best_saver_on_test": study.test_ranking[0][0]},
+        "savers": [
+            {
+                "name": n,
+                "kind": _kind(n),
+                "delta_c": dc,
+                "r_match": r,
+                "top1": study.accuracy[n],
+                "macs": study.costs[n],
+            }
+            for n, dc, r in study.ranking
+        ],
         "settings": {
             "test_images": test_images,
             "shots": settings.shots,
@@ -228,9 +248,11 @@ def _report_json(study, families: dict, drops, drop_top1, settings, teacher_macs
     }
 
 
-def _figures(out: Path, study, report: dict, teacher_macs: int) -> list[str]:
-    import cascade
+def _kind(name: str) -> str:
+    return "companion" if name in COMPANIONS else "teacher" if name == TEACHER else "compressed"
 
+
+def _figures(out: Path, study, chosen, report: dict, teacher_macs: int) -> list[str]:
     series = {
         "auto (structure search)": [(r["macs"], r["top1"]) for r in report["auto"]],
         "DC-ViT": [(r["macs"], r["top1"]) for r in report["dcvit"]],
@@ -238,7 +260,7 @@ def _figures(out: Path, study, report: dict, teacher_macs: int) -> list[str]:
     }
     for name, c in report["companions"].items():
         series[name] = [(c["macs"], c["top1"])]
-    series["cascade (lossless on calibration split)"] = [
+    series["chosen cascade (lossless on calibration split)"] = [
         (report["cascade"]["macs_per_sample"], report["cascade"]["top1"])
     ]
     a = accuracy_vs_macs(
@@ -247,7 +269,7 @@ def _figures(out: Path, study, report: dict, teacher_macs: int) -> list[str]:
         out / "accuracy_vs_macs.png",
         "Fashion-MNIST test set, fmnist_vit12 compressed with few unlabeled shots",
     )
-    b = cascade.plot_curves(study.curves, study.accuracy[TEACHER], study.costs[TEACHER], out / "cascade_curves.png")
+    b = cascade_curves(study, out / "cascade_curves.png", list(chosen.members), chosen.calibration)
     return [str(a), str(b)]
 
 
@@ -269,12 +291,12 @@ def summary_table(report: dict) -> str:
     rows += [(f"drop {r['dropped']}", r["macs"], r["top1"]) for r in report["block_drop"]]
     rows += [(n, c["macs"], c["top1"]) for n, c in report["companions"].items()]
     c = report["cascade"]
-    rows.append((f"cascade {c['saver']}", c["macs_per_sample"], c["top1"]))
+    rows.append(("cascade " + " > ".join(c["members"][:-1]), c["macs_per_sample"], c["top1"]))
     for name, macs, top1 in sorted(rows, key=lambda r: -r[1]):
         lines.append(f"{name[:27]:<28}{macs / 1e6:>10.2f}{100 * macs / t['macs']:>10.1f}%{100 * top1:>7.2f}%")
     lines.append(
-        f"cascade: {100 * c['macs_reduction']:.1f}% fewer MACs, {c['throughput_speedup']:.2f}x measured "
-        f"throughput at batch 256 (MACs predict {c['predicted_speedup']:.2f}x)"
+        f"chosen cascade {' -> '.join(c['members'])}: {100 * c['macs_reduction']:.1f}% fewer MACs, "
+        f"{c['throughput_speedup']:.2f}x measured throughput at batch 256 (MACs predict {c['predicted_speedup']:.2f}x)"
     )
     return "\n".join(lines)
 
@@ -303,6 +325,8 @@ def _markdown(report: dict, study) -> str:
             "![metric vs error](metric_vs_error.png)",
             "",
             _structures_markdown(report),
+            "",
+            options_markdown(report["cascades"], report["savers"]),
             "",
             study_markdown(study),
             "![cascade curves](cascade_curves.png)",

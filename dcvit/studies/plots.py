@@ -1,4 +1,5 @@
-"""Figures a person would rather look at than read: accuracy vs MACs, and metric score vs test error."""
+"""Figures a person would rather look at than read: accuracy vs MACs, metric score vs test error, and the
+cascade curves (accuracy vs MACs of every threshold)."""
 
 from __future__ import annotations
 
@@ -70,3 +71,34 @@ def metric_vs_error(
     left.set_ylabel("candidate test error (%)")
     fig.suptitle("Block-wise trial candidates (labels: compressed block)", fontsize=9)
     return _save(fig, path)
+
+
+def cascade_curves(study, path: Path, members: list[str] | None = None, calibration=None) -> Path:
+    """A cascade study's accuracy-vs-MACs sweeps (one per saver, test split), the big model alone, and the
+    chosen cascade (thresholds from the calibration split) evaluated on the test split: by default the
+    study's two-stage choice, or `members` (cheapest first) with their `calibration` (cascade.Calibration)."""
+    import cascade
+
+    cal = calibration or study.calibrations[study.saver]
+    members = members or [study.saver, study.big]
+    chosen = {}
+    if cal.test_accuracy is not None:
+        ts = ", ".join(f"{t:.3g}" for t in cal.thresholds)
+        label = f"chosen cascade {' → '.join(members)}, threshold{'s' if len(cal.thresholds) > 1 else ''} {ts}"
+        chosen[label + " (set on the calibration split)"] = (cal.test_avg_cost, cal.test_accuracy)
+    note = (
+        "Curves: every threshold swept on the test split, for comparison only. The marked cascade's threshold "
+        "was chosen on a held-out calibration split (part of the training set) and is plotted at its test-split "
+        "top-1 and MACs."
+    )
+    curves = {f"{name} → {study.big}, every threshold": curve for name, curve in study.curves.items()}
+    return cascade.plot_curves(
+        curves,
+        study.accuracy[study.big],
+        study.costs[study.big],
+        path,
+        chosen=chosen,
+        title=f"Little → big cascades with {study.big}: test top-1 vs MACs",
+        note=note,
+        big_name=study.big,
+    )

@@ -7,6 +7,7 @@ from pathlib import Path
 import cascade
 
 from ..storage import atomic_path
+from .plots import cascade_curves
 
 
 def study_summary(study) -> dict:
@@ -33,52 +34,84 @@ def study_summary(study) -> dict:
     }
 
 
-def _rule(cal) -> str:
-    """How the thresholds were chosen, in words."""
-    where = f"calibration split, top-1 within {100 * cal.max_acc_drop:g} points of the big model"
-    if cal.confidence is None:
-        return f"{where} as measured"
+def _points(fraction: float) -> str:
+    points = 100 * fraction
+    return f"{points:g} point{'' if points == 1 else 's'}"
+
+
+def _rule(cal, big: str) -> str:
+    """How the threshold was chosen, as a sentence, with the calibration numbers behind the choice."""
+    if cal.fallback:
+        return (
+            f"No threshold met the rule ({_tolerance(cal, big)}) on the calibration split, so the threshold is 1 "
+            f"and every image goes to {big}."
+        )
+    measured = f"calibration top-1 {100 * cal.calib_accuracy:.2f}% vs {100 * cal.calib_big_accuracy:.2f}% for {big}"
+    if cal.confidence is not None:
+        measured += f"; {cal.confidence:.0%} lower bound on the difference {100 * cal.calib_lower_bound:+.2f} points"
     return (
-        f"{where} at {cal.confidence:.0%} one-sided confidence: calibration top-1 {100 * cal.calib_accuracy:.2f}% "
-        f"vs {100 * cal.calib_big_accuracy:.2f}%, lower bound of the difference {100 * cal.calib_lower_bound:+.2f} points"
+        f"The threshold was chosen on the calibration split as the cheapest with {_tolerance(cal, big)} ({measured})."
     )
+
+
+def _tolerance(cal, big: str) -> str:
+    loss = "no top-1 loss" if cal.max_acc_drop == 0 else f"top-1 within {_points(cal.max_acc_drop)}"
+    what = f"{loss} vs {big}"
+    if cal.confidence is None:
+        return f"{what}, as measured"
+    return f"{what} at {cal.confidence:.0%} one-sided confidence"
+
+
+def _thresholds(values) -> str:
+    return ", ".join(f"{t:.3g}" for t in values)
 
 
 def study_markdown(study) -> str:
     s = study_summary(study)
+    cal = study.calibrations[study.saver]
+    big = study.big
     lines = [
-        f"## Cascade for {study.big}",
+        f"## Cascade for {big}",
         "",
-        "| saver | MACs | test top-1 | ΔC (calib) | r_match (calib) | ΔC (test) |",
-        "|---|---|---|---|---|---|",
+        "| saver | MACs per image | test top-1 | ΔC (calibration) | r_match (calibration) | ΔC (test) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     test_dc = {n: d for n, d, _ in study.test_ranking}
     for n, d, r in study.ranking:
         lines.append(
-            f"| {n} | {study.costs[n] / 1e6:.2f}M | {100 * study.accuracy[n]:.2f} | {d:.3f} | {r:.3f} | {test_dc[n]:.3f} |"
+            f"| {n} | {study.costs[n] / 1e6:.2f}M | {100 * study.accuracy[n]:.2f}% | {d:.3f} | {r:.3f} | {test_dc[n]:.3f} |"
         )
+    exits = cal.test_exit_ratios or (0.0,)
     lines += [
         "",
-        f"Chosen saver (lowest ΔC on the calibration split): **{s['saver']}**; best on the test split: "
+        f"ΔC = saver MACs / {big} MACs − r_match, where r_match is the largest share of images the saver can "
+        f"answer while right at least as often as {big} on them (TinySaver); lower is better, below 0 saves.",
+        "",
+        f"Chosen saver (lowest ΔC on the calibration split): **{s['saver']}**; lowest on the test split: "
         f"{study.test_ranking[0][0]}.",
         "",
-        f"Thresholds {', '.join(f'{t:.4f}' for t in s['thresholds'])} ({_rule(study.calibrations[study.saver])}): "
-        f"test top-1 {100 * s['test_accuracy']:.2f}% vs big {100 * s['test_big_accuracy']:.2f}%, "
-        f"{s['test_avg_macs'] / 1e6:.2f}M MACs per image ({100 * s['test_macs_reduction']:.1f}% fewer).",
+        f"**Cascade {study.saver} → {big}**: an image is answered by {study.saver} when its highest softmax "
+        f"probability is at least {_thresholds(s['thresholds'])}, otherwise by {big}. {_rule(cal, big)} "
+        f"On the test split: top-1 {100 * s['test_accuracy']:.2f}% ({big} alone "
+        f"{100 * s['test_big_accuracy']:.2f}%), {s['test_avg_macs'] / 1e6:.2f}M MACs per image, "
+        f"{100 * s['test_macs_reduction']:.1f}% fewer than {big} alone; {study.saver} answers "
+        f"{100 * exits[0]:.1f}% of the images.",
         "",
     ]
     for key, v in study.speed.items():
         lines.append(
-            f"- {key}: realised speed-up {v['realised_speedup']:.2f}x vs MACs-predicted "
-            f"{v['predicted_speedup']:.2f}x (ratio {v['realised_speedup'] / v['predicted_speedup']:.2f}); "
-            f"alone, the saver runs {v['saver_speed_ratio']:.1f}x faster than the big model "
-            f"(MACs ratio {v['macs_ratio']:.1f}x), medians of {v['repeats']} interleaved passes"
+            f"- {key}: measured speed-up {v['realised_speedup']:.2f}x vs {v['predicted_speedup']:.2f}x predicted by "
+            f"MACs (ratio {v['realised_speedup'] / v['predicted_speedup']:.2f}); alone, the saver runs "
+            f"{v['saver_speed_ratio']:.1f}x faster than {big} (MACs ratio {v['macs_ratio']:.1f}x); medians of "
+            f"{v['repeats']} interleaved passes"
         )
     for n, rows in study.tables.items():
         lines += [
             "",
-            f"### {n} + {study.big} (TinySaver-style, thresholds picked on the test split itself: "
-            f"an oracle to compare savers, not a deployable choice)",
+            f"### {n} → {big}: operating points on the test split",
+            "",
+            "Thresholds here are picked on the test split itself (TinySaver's table): an oracle to compare "
+            "savers, not a deployable choice. MACs are per image; top-1 differences are in points.",
             "",
             cascade.format_table(rows),
         ]
@@ -89,4 +122,4 @@ def write_study(study, out: Path) -> None:
     """report.md (atomically) and curves.png of a cascade study in `out`."""
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(study_markdown(study))
-    cascade.plot_curves(study.curves, study.accuracy[study.big], study.costs[study.big], out / "curves.png")
+    cascade_curves(study, out / "curves.png")

@@ -1,0 +1,204 @@
+"""Cascades of two and three stages from one pool (docs/method.md §9): companion -> teacher, own compressed
+model -> teacher, companion -> own model -> teacher, own model -> own model -> teacher.
+
+Every option's thresholds come from the calibration split (exact search for 2 and 3 stages); the cheapest
+option that stays lossless there is chosen; every option is then reported on the test split with its
+measured throughput. The test split never drives a choice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import combinations
+
+import torch
+from torch import nn
+
+import cascade
+
+from .timing import interleaved_medians
+
+KINDS = ("teacher", "compressed", "companion")
+
+
+@dataclass(frozen=True)
+class CascadeOption:
+    """One cascade of the pool: members cheapest first, the teacher last, thresholds from calibration."""
+
+    members: tuple[str, ...]
+    kinds: tuple[str, ...]
+    calibration: cascade.Calibration
+    speed: dict | None = None  # measure_cascade at the serving batch size, once timed
+
+    @property
+    def name(self) -> str:
+        return " -> ".join(self.members)
+
+    @property
+    def lossless(self) -> bool:
+        """Kept the teacher's accuracy on the calibration split, with something answered before the teacher."""
+        return self.calibration.meets_tolerance and not self.calibration.fallback
+
+    def as_json(self) -> dict:
+        c, s = self.calibration, self.speed or {}
+        return {
+            "members": list(self.members),
+            "kinds": list(self.kinds),
+            "thresholds": [round(t, 6) for t in c.thresholds],
+            "top1": c.test_accuracy,
+            "macs_per_sample": c.test_avg_cost,
+            "macs_reduction": c.test_cost_reduction,
+            "exit_ratios": list(c.test_exit_ratios or ()),
+            "calibration_top1": c.calib_accuracy,
+            "calibration_teacher_top1": c.calib_big_accuracy,
+            "calibration_macs_reduction": c.calib_cost_reduction,
+            "lossless_on_calibration": self.lossless,
+            "predicted_speedup": s.get("predicted_speedup"),
+            "throughput_speedup": s.get("realised_speedup"),
+        }
+
+
+def candidate_chains(
+    kinds: Mapping[str, str], ranking: Sequence[tuple[str, float, float]], costs: Mapping[str, float], own_top: int = 3
+):
+    """The member lists to try (teacher last): each companion alone; the best own model (lowest ΔC on the
+    calibration split); each companion before each of the `own_top` best own models; and every pair of
+    those, cheaper first. (ΔC ranks savers well for two stages; it bounds the three-stage search's cost.)"""
+    teacher = next(n for n, k in kinds.items() if k == "teacher")
+    companions = [n for n, k in kinds.items() if k == "companion"]
+    own = [n for n, _, _ in ranking if kinds[n] == "compressed"][:own_top]
+    chains = [(c, teacher) for c in companions]
+    if own:
+        chains.append((own[0], teacher))
+    chains += [(c, m, teacher) for c in companions for m in own if costs[c] < costs[m]]
+    chains += [tuple(sorted(pair, key=costs.__getitem__)) + (teacher,) for pair in combinations(own, 2)]
+    return chains
+
+
+def compare_cascades(
+    kinds: Mapping[str, str],
+    costs: Mapping[str, float],
+    calib: Mapping[str, cascade.Recorded],
+    test: Mapping[str, cascade.Recorded],
+    ranking: Sequence[tuple[str, float, float]],
+    *,
+    max_acc_drop: float = 0.0,
+    confidence: float | None = 0.95,
+) -> list[CascadeOption]:
+    """Calibrate every candidate chain; the options sorted cheapest first on calibration, lossless ones first."""
+    bad = {n: k for n, k in kinds.items() if k not in KINDS}
+    if bad or list(kinds.values()).count("teacher") != 1:
+        raise ValueError(f"kinds must name one teacher and otherwise {KINDS[1:]}; got {dict(kinds)}")
+    options = []
+    for chain in candidate_chains(kinds, ranking, costs):
+        labels = calib[chain[-1]].labels
+        calibration = cascade.calibrate(
+            [calib[n].probs for n in chain],
+            labels,
+            [costs[n] for n in chain],
+            max_acc_drop=max_acc_drop,
+            confidence=confidence,
+            test_probs=[test[n].probs for n in chain],
+            test_labels=test[chain[-1]].labels,
+        )
+        options.append(CascadeOption(tuple(chain), tuple(kinds[n] for n in chain), calibration))
+    return sorted(options, key=lambda o: (not o.lossless, o.calibration.calib_avg_cost))
+
+
+@torch.inference_mode()
+def measure_cascade(
+    members: Sequence[nn.Module],
+    thresholds: Sequence[float],
+    images: torch.Tensor,
+    batch_size: int,
+    costs: Sequence[float],
+    repeats: int = 7,
+    prepare: bool = True,
+) -> dict:
+    """Wall-clock time of the cascade and of its last member alone over `images` (CPU), interleaved medians
+    of `repeats` passes. predicted_speedup is what MACs predict for these same images: the last member's
+    cost over the cascade's average cost given the measured exits."""
+    if prepare:
+        members = [cascade.prepare_for_inference(m, images[:batch_size]) for m in members]
+    members = [m.eval() for m in members]
+    runs = {"cascade": cascade.Cascade(list(members), list(thresholds)), "big": members[-1]}
+    batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+    t = interleaved_medians({name: (lambda net=net: [net(b) for b in batches]) for name, net in runs.items()}, repeats)
+    exits = runs["cascade"].total_stats.exit_ratios
+    reached = [1.0 - sum(exits[:i]) for i in range(len(members))]
+    avg_cost = sum(r * c for r, c in zip(reached, costs))
+    return {
+        "batch_size": batch_size,
+        "images": len(images),
+        "repeats": repeats,
+        "cascade_seconds": t["cascade"],
+        "big_seconds": t["big"],
+        "realised_speedup": t["big"] / t["cascade"],
+        "exit_ratios": list(exits),
+        "predicted_speedup": costs[-1] / avg_cost,
+    }
+
+
+def shape_of(option: CascadeOption) -> tuple[str, ...]:
+    """The option's kinds, e.g. ("companion", "compressed", "teacher"): the four shapes the demo compares."""
+    return option.kinds
+
+
+def time_options(
+    options: Sequence[CascadeOption],
+    models: Mapping[str, nn.Module],
+    costs: Mapping[str, float],
+    test,
+    images: int = 2000,
+    batch_size: int = 256,
+) -> list[CascadeOption]:
+    """The options, the first (best) of each shape with its throughput measured on the first `images` test
+    images; timing every option would cost minutes for numbers nobody chooses by."""
+    stacked = torch.stack([test[i][0] for i in range(min(images, len(test)))])
+    timed, seen = [], set()
+    for o in options:
+        if shape_of(o) not in seen:
+            seen.add(shape_of(o))
+            members = [models[n] for n in o.members]
+            speed = measure_cascade(
+                members, o.calibration.thresholds, stacked, batch_size, [costs[n] for n in o.members]
+            )
+            o = CascadeOption(o.members, o.kinds, o.calibration, speed)
+        timed.append(o)
+    return timed
+
+
+def options_markdown(cascades: list[dict], savers: list[dict]) -> str:
+    """Markdown of every cascade compared (CascadeOption.as_json rows, the chosen first) and of every model
+    as a saver (name, kind, macs, top1, delta_c, r_match)."""
+    lines = [
+        "## Cascades compared",
+        "",
+        "Thresholds chosen on the calibration split (lossless: top-1 not below the teacher's there, at 95% "
+        "confidence); top-1, MACs and speed-up on the test split. The first row is the chosen cascade: the "
+        "cheapest lossless one on the calibration split. Throughput is measured at batch 256 for the best cascade "
+        "of each shape.",
+        "",
+        "| cascade (cheapest first) | kinds | thresholds | lossless on calibration | test top-1 (%) | "
+        "MACs saved (%) | predicted speed-up | measured speed-up |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in cascades:
+        speed = lambda k, c=c: f"{c[k]:.2f}x" if c[k] is not None else "—"
+        lines.append(
+            f"| {' -> '.join(c['members'])} | {' / '.join(c['kinds'])} | "
+            f"{', '.join(f'{t:.3f}' for t in c['thresholds'])} | {'yes' if c['lossless_on_calibration'] else 'no'} | "
+            f"{100 * c['top1']:.2f} | {100 * c['macs_reduction']:.1f} | {speed('predicted_speedup')} | "
+            f"{speed('throughput_speedup')} |"
+        )
+    lines += ["", "## Every model as a saver for the teacher (calibration split)", ""]
+    lines += ["| model | kind | MACs (M) | test top-1 (%) | ΔC | r_match |", "|---|---|---|---|---|---|"]
+    for r in savers:
+        lines.append(
+            f"| {r['name']} | {r['kind']} | {r['macs'] / 1e6:.2f} | {100 * r['top1']:.2f} | {r['delta_c']:+.3f} | "
+            f"{r['r_match']:.3f} |"
+        )
+    lines.append("")
+    lines.append("ΔC = saver MACs / teacher MACs − r_match (TinySaver): below 0, the saver pays for itself.")
+    return "\n".join(lines)

@@ -1,0 +1,221 @@
+"""Cascades that ship, with dcvit's model files as members (docs/method.md §9; format in cascade/files.py).
+
+    save_study_cascade(study, models, "runs/x/cascade", data=..., calibration_size=..., seed=...)
+    model = load_cascade("runs/x/cascade")          # a cascade.Cascade, ready to call on a batch
+    evaluate_cascade(model, loader)                  # top-1, exits per member, MACs per image
+
+Members are written with dcvit.save (pickle-free safetensors + spec.json). A member no adapter describes
+(a CNN companion such as fmnist_cnn) is written by name instead: its registered timm name, the few creation
+arguments that shape it, and its weights as safetensors (member.json + model.safetensors).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+import cascade
+
+from ..arch import UnsupportedModelError, get_adapter
+from ..data import data_config
+from ..factory import create_model
+from ..files import SPEC as MODEL_SPEC
+from ..files import load, save
+from ..progress import progress as progress_bar
+from ..storage import ModelFileError, one_line, read_json, read_tensors, tensor_shapes, write_json, write_tensors
+
+MEMBER, WEIGHTS, MEMBER_FORMAT = "member.json", "model.safetensors", "dcvit-timm-member"
+# Creation arguments a by-name member may carry (anything else, e.g. checkpoint_path, could reach the
+# network or unpickle a file when an untrusted member.json is loaded).
+_BY_NAME_KWARGS = {
+    "num_classes": lambda v: type(v) is int and 0 <= v <= 1 << 20,
+    "in_chans": lambda v: type(v) is int and 0 < v <= 1024,
+    "img_size": lambda v: (
+        (type(v) is int and 0 < v <= 1 << 14)
+        or (isinstance(v, list) and len(v) == 2 and all(type(x) is int and 0 < x <= 1 << 14 for x in v))
+    ),
+    "global_pool": lambda v: isinstance(v, str) and len(v) <= 16,
+}
+
+
+# --- members -------------------------------------------------------------------------------------------
+def save_member(model: nn.Module, folder: Path) -> None:
+    """cascade.save's save_member: dcvit.save when an adapter describes the model, else by timm name."""
+    try:
+        get_adapter(model)
+    except UnsupportedModelError:
+        _save_by_name(model, Path(folder))
+        return
+    save(model, folder)
+
+
+def load_member(folder: Path) -> nn.Module:
+    """cascade.load's load_member: the model save_member wrote to `folder`."""
+    folder = Path(folder)
+    if (folder / MODEL_SPEC).is_file():
+        return load(folder)
+    if not (folder / MEMBER).is_file():
+        raise ModelFileError(f"{folder} holds no dcvit model ({MODEL_SPEC} or {MEMBER})")
+    name, kwargs = _read_member(folder / MEMBER)
+    _check_shapes(name, kwargs, folder / WEIGHTS)
+    model = create_model(name, pretrained=False, **kwargs)
+    model.load_state_dict(read_tensors(folder / WEIGHTS), strict=True)
+    return model.eval()
+
+
+def _save_by_name(model: nn.Module, folder: Path) -> None:
+    base = getattr(model, "dcvit_base", None) or {}
+    name = base.get("name")
+    kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in base.get("kwargs", {}).items()}
+    if base.get("source") != "timm" or getattr(model, "dcvit_edits", None):
+        raise ValueError(
+            f"cannot save {type(model).__name__} as a cascade member: no dcvit adapter describes it and it was "
+            f"not made by dcvit.create_model(timm name) unedited"
+        )
+    for key, value in kwargs.items():
+        if key not in _BY_NAME_KWARGS or not _BY_NAME_KWARGS[key](value):
+            raise ValueError(
+                f"cannot save {name} as a cascade member by name: creation argument {key}={value!r} is not "
+                f"accepted (accepted: {', '.join(_BY_NAME_KWARGS)})"
+            )
+    folder.mkdir(parents=True)
+    write_tensors(folder / WEIGHTS, model.state_dict())
+    write_json(folder / MEMBER, {"format": MEMBER_FORMAT, "version": 1, "name": name, "kwargs": kwargs})
+
+
+def _read_member(path: Path) -> tuple[str, dict]:
+    """member.json, checked: a registered timm name and accepted creation arguments only."""
+    try:
+        spec = read_json(path)
+    except (ValueError, RecursionError) as err:
+        raise ModelFileError(f"{path} is not valid JSON ({one_line(err)})") from None
+    if not isinstance(spec, dict) or spec.get("format") != MEMBER_FORMAT:
+        raise ModelFileError(f"{path} is not a dcvit member file (format {MEMBER_FORMAT!r} expected)")
+    name, kwargs = spec.get("name"), spec.get("kwargs", {})
+    if not isinstance(name, str) or not re.fullmatch(r"\w+", name, re.ASCII) or not timm.is_model(name):
+        raise ModelFileError(f"{path}: 'name' must be a registered timm model name, not {name!r:.60}")
+    if not isinstance(kwargs, dict):
+        raise ModelFileError(f"{path}: 'kwargs' must be an object")
+    for key, value in kwargs.items():
+        if key not in _BY_NAME_KWARGS or not _BY_NAME_KWARGS[key](value):
+            raise ModelFileError(
+                f"{path}: kwargs {key!r:.40}={value!r:.40} is not accepted (accepted: {', '.join(_BY_NAME_KWARGS)})"
+            )
+    return name, kwargs
+
+
+def _check_shapes(name: str, kwargs: dict, weights: Path) -> None:
+    """The weights must match the architecture exactly; checked on the meta device, before any allocation."""
+    try:
+        with torch.device("meta"):
+            meta = create_model(name, pretrained=False, **kwargs)
+        expected = {k: tuple(v.shape) for k, v in meta.state_dict().items()}
+    except (TypeError, ValueError, AssertionError, KeyError) as err:
+        raise ModelFileError(f"{weights.parent / MEMBER}: {name} refused its arguments ({one_line(err)})") from None
+    found = tensor_shapes(weights)
+    if found != expected:
+        wrong = sorted(set(found.items()) ^ set(expected.items()))[:3]
+        raise ModelFileError(f"{weights} does not match {name} (first differences: {wrong})")
+
+
+# --- whole cascades ------------------------------------------------------------------------------------
+def member_kind(model: nn.Module, teacher: bool = False) -> str:
+    """teacher (the big model), compressed (edited by dcvit: it carries its surgery edits), or companion."""
+    if teacher:
+        return "teacher"
+    return "compressed" if getattr(model, "dcvit_edits", None) else "companion"
+
+
+def preprocessing(model: nn.Module) -> dict[str, Any]:
+    """The input a model expects (timm data config: input_size, mean, std, crop_pct, ...)."""
+    cfg = data_config(model)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items() if k in cascade.files.PREPROCESSING_KEYS}
+
+
+def save_cascade(
+    path: str | Path,
+    models: Sequence[nn.Module],
+    thresholds: Sequence[float],
+    costs: Sequence[float],
+    names: Sequence[str],
+    info: Mapping[str, Any] | None = None,
+    kinds: Sequence[str] | None = None,
+) -> Path:
+    """Write a cascade folder of `models` (cheapest first, the big model, the teacher, last). Every member is
+    fed the big model's preprocessing, as the cascade study calibrated them. kinds: teacher / compressed /
+    companion per member; default: the last is the teacher, others compressed when dcvit edited them."""
+    if kinds is None:
+        kinds = [member_kind(m, teacher=i == len(models) - 1) for i, m in enumerate(models)]
+    model = cascade.Cascade(models, thresholds, costs)
+    return cascade.save(
+        path, model, save_member, preprocessing=preprocessing(models[-1]), names=names, kinds=kinds, info=info
+    )
+
+
+def save_study_cascade(
+    study, models: Mapping[str, nn.Module], path: str | Path, *, data: str, calibration_size: int, seed: int
+) -> Path:
+    """The cascade a study chose (its saver, then the big model, with the calibrated thresholds)."""
+    cal = study.calibrations[study.saver]
+    names = [study.saver, study.big]
+    info = {
+        "calibration": {
+            "data": data,
+            "split": "held-out part of the training set",
+            "images": calibration_size,
+            "seed": seed,
+            "max_acc_drop": cal.max_acc_drop,
+            "confidence": cal.confidence,
+            "top1": cal.calib_accuracy,
+            "big_top1": cal.calib_big_accuracy,
+        },
+        "test": {
+            "top1": cal.test_accuracy,
+            "big_top1": cal.test_big_accuracy,
+            "macs_per_image": cal.test_avg_cost,
+            "macs_reduction": cal.test_cost_reduction,
+            "exit_fractions": list(cal.test_exit_ratios or ()),
+        },
+    }
+    costs = [study.costs[n] for n in names]
+    return save_cascade(path, [models[n] for n in names], cal.thresholds, costs, names, info)
+
+
+def load_cascade(path: str | Path) -> cascade.Cascade:
+    """A cascade folder as a Cascade in eval mode; its data config is the stored preprocessing, so
+    dcvit.eval_transform(model) gives the input the members were calibrated on."""
+    model = cascade.load(path, load_member)
+    model.pretrained_cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in model.spec.preprocessing.items()}
+    return model.eval()
+
+
+@torch.no_grad()
+def evaluate_cascade(model: cascade.Cascade, loader, progress: bool = True) -> dict:
+    """top1, top5, n, per-member exit fractions, MACs per image and the MACs reduction vs the last member."""
+    device = next(model.parameters()).device
+    model.eval().reset_stats()
+    correct1 = correct5 = 0
+    for x, y in progress_bar(loader, "evaluating", enabled=progress):
+        logits = model(x.to(device))
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices.cpu()
+        correct1 += (top[:, 0] == y).sum().item()
+        correct5 += (top == y[:, None]).any(dim=1).sum().item()
+    stats = model.total_stats
+    if stats.n == 0:
+        raise ValueError("the loader gave no images to evaluate the cascade on")
+    big = model.costs[-1]
+    return {
+        "top1": correct1 / stats.n,
+        "top5": correct5 / stats.n,
+        "n": stats.n,
+        "exit_fractions": list(stats.exit_ratios),
+        "macs_per_image": stats.avg_cost,
+        "macs_reduction": 1.0 - stats.avg_cost / big if big > 0 else None,
+        "members": [m.name for m in model.spec.members] if model.spec is not None else None,
+    }
