@@ -6,12 +6,11 @@ ignores). LayerScale is a bare parameter (gamma_2); MLPs are plain or SwiGLU (se
 from __future__ import annotations
 
 from timm.models.beit import Beit, Block
-from torch import nn
 
 from . import register_adapter
 from .base import FLAG, NOTHING, MlpParts, Setting, choice, either, integer, number
-from .timm_common import TimmBlocksAdapter, gamma_scale
-from .timm_vit import COUNT, DROP_RATES, RATE, SIZE, build_timm, patch_embed_input_size, timm_spec
+from .timm_common import gamma_scale
+from .timm_vit import COUNT, DROP_RATES, RATE, SIZE, TimmFamilyAdapter
 
 # What a model file may pass to timm's Beit (see timm_vit.VIT_SETTINGS for why a whitelist).
 BEIT_SETTINGS: dict[str, Setting] = {
@@ -39,14 +38,13 @@ BEIT_SETTINGS: dict[str, Setting] = {
 
 
 @register_adapter
-class TimmBeitAdapter(TimmBlocksAdapter):
+class TimmBeitAdapter(TimmFamilyAdapter):
     name = "timm-beit"
     family = "timm BEiT"
     pre_norm = (Block,)
 
-    @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        return isinstance(model, Beit) and cls.check_blocks(model)
+    model_class = Beit
+    settings = BEIT_SETTINGS
 
     def pre_norm_parts(self, block):
         return MlpParts(norm=block.norm2, mlp=block.mlp, scale=gamma_scale(block.gamma_2), drop_path=block.drop_path2)
@@ -56,19 +54,3 @@ class TimmBeitAdapter(TimmBlocksAdapter):
 
     def class_token_index(self, model):
         return 0
-
-    def input_size(self, model):
-        return patch_embed_input_size(model.patch_embed)
-
-    def base_spec(self, model):
-        kwargs = {
-            "img_size": list(model.patch_embed.img_size),
-            "in_chans": model.patch_embed.proj.in_channels,
-            "num_classes": model.num_classes,
-            "global_pool": model.global_pool,
-        }
-        return timm_spec(model, "Beit", kwargs, BEIT_SETTINGS)
-
-    @staticmethod
-    def build(spec):
-        return build_timm(spec, "Beit", BEIT_SETTINGS)

@@ -6,12 +6,11 @@ frozen with the head. LayerScale is a bare parameter (gamma_2) and one drop-path
 from __future__ import annotations
 
 from timm.models.cait import Cait, LayerScaleBlock
-from torch import nn
 
 from . import register_adapter
 from .base import FLAG, MlpParts, Setting, choice, integer, number
-from .timm_common import TimmBlocksAdapter, gamma_scale
-from .timm_vit import COUNT, DROP_RATES, RATE, SIZE, build_timm, patch_embed_input_size, timm_spec
+from .timm_common import gamma_scale
+from .timm_vit import COUNT, DROP_RATES, RATE, SIZE, TimmFamilyAdapter
 
 # What a model file may pass to timm's Cait (see timm_vit.VIT_SETTINGS for why a whitelist).
 CAIT_SETTINGS: dict[str, Setting] = {
@@ -34,14 +33,13 @@ CAIT_SETTINGS: dict[str, Setting] = {
 
 
 @register_adapter
-class TimmCaitAdapter(TimmBlocksAdapter):
+class TimmCaitAdapter(TimmFamilyAdapter):
     name = "timm-cait"
     family = "timm CaiT"
     pre_norm = (LayerScaleBlock,)
 
-    @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        return isinstance(model, Cait) and cls.check_blocks(model)
+    model_class = Cait
+    settings = CAIT_SETTINGS
 
     def pre_norm_parts(self, block):
         return MlpParts(norm=block.norm2, mlp=block.mlp, scale=gamma_scale(block.gamma_2), drop_path=block.drop_path)
@@ -51,19 +49,3 @@ class TimmCaitAdapter(TimmBlocksAdapter):
 
     def class_token_index(self, model):
         return 0  # forward_features puts the class token the class-attention blocks made first
-
-    def input_size(self, model):
-        return patch_embed_input_size(model.patch_embed)
-
-    def base_spec(self, model):
-        kwargs = {
-            "img_size": list(model.patch_embed.img_size),
-            "in_chans": model.patch_embed.proj.in_channels,
-            "num_classes": model.num_classes,
-            "global_pool": model.global_pool,
-        }
-        return timm_spec(model, "Cait", kwargs, CAIT_SETTINGS)
-
-    @staticmethod
-    def build(spec):
-        return build_timm(spec, "Cait", CAIT_SETTINGS)

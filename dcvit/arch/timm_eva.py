@@ -8,12 +8,11 @@ parameter (gamma_2). Both pre-norm (EvaBlock) and post-norm (EvaBlockPostNorm) b
 from __future__ import annotations
 
 from timm.models.eva import Eva, EvaBlock, EvaBlockPostNorm
-from torch import nn
 
 from . import register_adapter
 from .base import FLAG, NOTHING, MlpParts, Setting, choice, either, integer, listed, number
-from .timm_common import TimmBlocksAdapter, gamma_scale
-from .timm_vit import COUNT, DROP_RATES, RATE, SIZE, build_timm, patch_embed_input_size, timm_spec
+from .timm_common import gamma_scale
+from .timm_vit import COUNT, DROP_RATES, RATE, SIZE, TimmFamilyAdapter
 
 HEADS = integer(1, 1 << 12)
 # What a model file may pass to timm's Eva (see timm_vit.VIT_SETTINGS for why a whitelist); norm_layer is a
@@ -70,15 +69,14 @@ EVA_SETTINGS: dict[str, Setting] = {
 
 
 @register_adapter
-class TimmEvaAdapter(TimmBlocksAdapter):
+class TimmEvaAdapter(TimmFamilyAdapter):
     name = "timm-eva"
     family = "timm EVA / EVA-02 / rope ViT"
     pre_norm = (EvaBlock,)
     post_norm = (EvaBlockPostNorm,)
 
-    @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        return isinstance(model, Eva) and cls.check_blocks(model)
+    model_class = Eva
+    settings = EVA_SETTINGS
 
     def pre_norm_parts(self, block):
         return MlpParts(norm=block.norm2, mlp=block.mlp, scale=gamma_scale(block.gamma_2), drop_path=block.drop_path2)
@@ -86,22 +84,3 @@ class TimmEvaAdapter(TimmBlocksAdapter):
     def tail_modules(self, model):
         tail = (model.norm, model.attn_pool, model.fc_norm, model.head_drop, model.head)
         return [m for m in tail if m is not None]
-
-    def class_token_index(self, model):
-        return 0 if model.cls_token is not None else None
-
-    def input_size(self, model):
-        return patch_embed_input_size(model.patch_embed)
-
-    def base_spec(self, model):
-        kwargs = {
-            "img_size": list(model.patch_embed.img_size),
-            "in_chans": model.patch_embed.proj.in_channels,
-            "num_classes": model.num_classes,
-            "global_pool": model.global_pool,
-        }
-        return timm_spec(model, "Eva", kwargs, EVA_SETTINGS)
-
-    @staticmethod
-    def build(spec):
-        return build_timm(spec, "Eva", EVA_SETTINGS)

@@ -6,12 +6,10 @@ attention ignores); pre-norm (RelPosBlock) or post-norm (ResPostRelPosBlock, the
 from __future__ import annotations
 
 from timm.models.vision_transformer_relpos import RelPosBlock, ResPostRelPosBlock, VisionTransformerRelPos
-from torch import nn
 
 from . import register_adapter
 from .base import FLAG, NOTHING, Setting, choice, either, integer, number
-from .timm_common import TimmBlocksAdapter
-from .timm_vit import COUNT, DROP_RATES, SIZE, build_timm, patch_embed_input_size, timm_spec
+from .timm_vit import COUNT, DROP_RATES, SIZE, TimmFamilyAdapter
 
 # What a model file may pass to timm's VisionTransformerRelPos (see timm_vit.VIT_SETTINGS for why a whitelist).
 RELPOS_SETTINGS: dict[str, Setting] = {
@@ -39,34 +37,14 @@ RELPOS_SETTINGS: dict[str, Setting] = {
 
 
 @register_adapter
-class TimmRelPosAdapter(TimmBlocksAdapter):
+class TimmRelPosAdapter(TimmFamilyAdapter):
     name = "timm-relpos"
     family = "timm ViT-RelPos"
     pre_norm = (RelPosBlock,)
     post_norm = (ResPostRelPosBlock,)
 
-    @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        return isinstance(model, VisionTransformerRelPos) and cls.check_blocks(model)
+    model_class = VisionTransformerRelPos
+    settings = RELPOS_SETTINGS
 
     def tail_modules(self, model):
         return [model.norm, model.fc_norm, model.head_drop, model.head]
-
-    def class_token_index(self, model):
-        return 0 if model.cls_token is not None else None
-
-    def input_size(self, model):
-        return patch_embed_input_size(model.patch_embed)
-
-    def base_spec(self, model):
-        kwargs = {
-            "img_size": list(model.patch_embed.img_size),
-            "in_chans": model.patch_embed.proj.in_channels,
-            "num_classes": model.num_classes,
-            "global_pool": model.global_pool,
-        }
-        return timm_spec(model, "VisionTransformerRelPos", kwargs, RELPOS_SETTINGS)
-
-    @staticmethod
-    def build(spec):
-        return build_timm(spec, "VisionTransformerRelPos", RELPOS_SETTINGS)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import timm
 from timm.layers import create_act, create_norm
@@ -124,8 +124,40 @@ def build_timm(spec: dict[str, Any], family: str, accepted: Mapping[str, Setting
     return model
 
 
+class TimmFamilyAdapter(TimmBlocksAdapter):
+    """A timm family whose model class holds `blocks` and a patch embedding, rebuilt offline from its registered
+    name plus the settings in `settings` (a checked whitelist). Subclasses name the class and the blocks."""
+
+    model_class: ClassVar[type[nn.Module]] = nn.Module
+    settings: ClassVar[Mapping[str, Setting]] = {}
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        return isinstance(model, cls.model_class) and cls.check_blocks(model)
+
+    def class_token_index(self, model):
+        return 0 if getattr(model, "cls_token", None) is not None else None
+
+    def input_size(self, model):
+        # timm keeps the pretrained config's input size even when img_size/in_chans were overridden.
+        return patch_embed_input_size(model.patch_embed)
+
+    def base_spec(self, model):
+        kwargs = {
+            "img_size": list(model.patch_embed.img_size),
+            "in_chans": model.patch_embed.proj.in_channels,
+            "num_classes": model.num_classes,
+            "global_pool": model.global_pool,
+        }
+        return timm_spec(model, self.model_class.__name__, kwargs, self.settings)
+
+    @classmethod
+    def build(cls, spec):
+        return build_timm(spec, cls.model_class.__name__, cls.settings)
+
+
 @register_adapter
-class TimmViTAdapter(TimmBlocksAdapter):
+class TimmViTAdapter(TimmFamilyAdapter):
     name = "timm"
     family = "timm ViT/DeiT"
 
@@ -133,9 +165,8 @@ class TimmViTAdapter(TimmBlocksAdapter):
     post_norm = (ResPostBlock,)
     refused = {"ParallelScalingBlock": PARALLEL, "DiffParallelScalingBlock": PARALLEL, "ParallelThingsBlock": PARALLEL}
 
-    @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        return isinstance(model, VisionTransformer) and cls.check_blocks(model)
+    model_class = VisionTransformer
+    settings = VIT_SETTINGS
 
     def tail_modules(self, model):
         tail = (model.norm, getattr(model, "attn_pool", None), model.fc_norm, model.head_drop, model.head)
@@ -150,19 +181,8 @@ class TimmViTAdapter(TimmBlocksAdapter):
     def head_projection(self, block):
         return block.attn.proj
 
-    def class_token_index(self, model):
-        return 0 if getattr(model, "cls_token", None) is not None else None
-
-    def input_size(self, model):
-        # timm keeps the pretrained config's input size even when img_size/in_chans were overridden.
-        return patch_embed_input_size(model.patch_embed)
-
     def base_spec(self, model):
         from .timm_settings import complete_vit_spec  # the settings timm does not record, read from the modules
 
         spec = timm_spec(model, "VisionTransformer", {}, VIT_SETTINGS)
         return complete_vit_spec(model, spec, VIT_SETTINGS)
-
-    @staticmethod
-    def build(spec):
-        return build_timm(spec, "VisionTransformer", VIT_SETTINGS)
