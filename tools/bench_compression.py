@@ -328,6 +328,28 @@ def _frontier_report(rows: list[dict]) -> None:
         print(f"| {fraction} | {cell(a)} | {cell(c)} | {cell(d)} | {versus} | `{blocks}` |")
 
 
+def _search_space_report(rows: list[dict]) -> None:
+    """Each search-space variant against the default auto cell of the same budget and seed (paired)."""
+    print("\n| budget | seed | auto (default) | with head pruning | random units | blocks auto-heads pruned heads in |")
+    print("|---|---|---|---|---|---|")
+    default = {}
+    for r in rows:
+        _, name, budget = r["cell"].split("/")[:3]
+        if name == "auto" and r["shots"] == 100:  # grid/auto/k3/... or frontier/auto/f0.4/...
+            default[(budget.lstrip("kf"), r["seed"])] = r
+    variants = [r for r in rows if r["cell"].startswith("search-space/")]
+    for key in sorted({(r["cell"].split("/")[2][1:], r["seed"]) for r in variants}, key=lambda k: (-float(k[0]), k[1])):
+        got = {r["cell"].split("/")[1]: r for r in variants if (r["cell"].split("/")[2][1:], r["seed"]) == key}
+        base = default.get(key)
+        cell = lambda r: f"{100 * r['top1']:.2f} ({100 * r['macs_fraction']:.1f}%)" if r else "—"
+        delta = lambda r, base=base: f" {100 * (r['top1'] - base['top1']):+.2f}" if r and base else ""
+        heads = got.get("auto-heads")
+        edits = sum("heads" in e for e in heads["structure"]) if heads else 0
+        budget = f"{key[0]} blocks' worth" if "." not in key[0] else key[0]
+        print(f"| {budget} | {key[1]} | {cell(base)} | {cell(heads)}{delta(heads)} | "
+              f"{cell(got.get('auto-random-units'))}{delta(got.get('auto-random-units'))} | {edits} of 12 |")  # fmt: skip
+
+
 def plot(out: Path, peer: Path) -> None:
     """One accuracy-vs-MACs PNG (OUT/frontier.png): auto, DC-ViT and block dropping from the grid and the frontier
     (100 shots), and the Torch-Pruning peer from its own results file, each point the mean over seeds."""
@@ -369,6 +391,8 @@ def report(out: Path) -> None:
     frontier = [r for r in rows if r["cell"].startswith("frontier/")]
     if frontier:
         _frontier_report(frontier)
+    if any(r["cell"].startswith("search-space/") for r in rows):
+        _search_space_report(rows)
     ablations = [r for r in rows if r["cell"].startswith("ablation/")]
     if ablations:
         print("\n| switch | top-1 at drop-1 MACs | top-1 at drop-3 MACs |\n|---|---|---|")
