@@ -152,6 +152,7 @@ def time_options(
     test,
     images: int = 2000,
     batch_size: int = 256,
+    repeats: int = 7,
 ) -> list[CascadeOption]:
     """The options, the first (best) of each shape with its throughput measured on the first `images` test
     images; timing every option would cost minutes for numbers nobody chooses by."""
@@ -161,9 +162,8 @@ def time_options(
         if shape_of(o) not in seen:
             seen.add(shape_of(o))
             members = [models[n] for n in o.members]
-            speed = measure_cascade(
-                members, o.calibration.thresholds, stacked, batch_size, [costs[n] for n in o.members]
-            )
+            member_costs = [costs[n] for n in o.members]
+            speed = measure_cascade(members, o.calibration.thresholds, stacked, batch_size, member_costs, repeats)
             o = CascadeOption(o.members, o.kinds, o.calibration, speed)
         timed.append(o)
     return timed
