@@ -2,7 +2,7 @@
 
 Why the optimum is found. Every sample's route depends on (t0, t1) only through which side of each
 threshold its own confidences fall: t in (g[j-1], g[j]] of a stage's sorted distinct observed confidences
-g (with 0 and 1 added, see _search._exact_grid) lets exactly the samples with confidence >= g[j] exit,
+g (with 0 and 1 added, see _grid._exact_grid) lets exactly the samples with confidence >= g[j] exit,
 since no observed confidence lies strictly between g[j-1] and g[j]. So every pair (t0, t1) in [0, 1]^2
 routes the calibration samples exactly as the grid pair (g0[j0], g1[j1]) that represents its two cells,
 and gives the same correct count, disagreement count, early-exit count and cost. The objectives of
@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from ._search import _Candidates, _exact_grid, _suffix
+from ._grid import _Candidates, _exact_grid, _suffix
 
 CHUNK_CELLS = 1 << 20  # threshold pairs evaluated at once: bounds memory to a few tens of MB
 

@@ -23,7 +23,8 @@ from ._checks import (
     check_stage_probs,
     conf_correct,
 )
-from ._search import _evaluate, _exact_grid, _feasible, _grid_candidates, _lower_bound, search, tolerance_query
+from ._grid import _exact_grid, _grid_candidates
+from ._search import _evaluate, _feasible, _lower_bound, search, tolerance_query
 
 
 @dataclass(frozen=True)
