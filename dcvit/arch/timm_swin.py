@@ -8,6 +8,9 @@ MlpParts say so and a block without attention keeps that order.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import ClassVar
+
 from timm.models.swin_transformer import SwinTransformer
 from timm.models.swin_transformer_v2 import SwinTransformerV2, SwinTransformerV2Block
 from torch import nn
@@ -62,7 +65,11 @@ SWINV2_SETTINGS: dict[str, Setting] = {
 
 
 class _TimmSwinBase(Adapter):
-    """What timm's Swin V1 and V2 share: stages in model.layers, blocks in stage.blocks, norm + head after."""
+    """What timm's Swin V1 and V2 share: stages in model.layers, blocks in stage.blocks, norm + head after;
+    rebuilt offline from the registered name plus `settings` (subclasses name the model class)."""
+
+    model_class: ClassVar[type[nn.Module]] = nn.Module
+    settings: ClassVar[Mapping[str, Setting]] = {}
 
     def block_containers(self, model):
         return [(stage.blocks, j) for stage in model.layers for j in range(len(stage.blocks))]
@@ -77,18 +84,25 @@ class _TimmSwinBase(Adapter):
         # timm keeps the pretrained config's input size even when img_size/in_chans were overridden.
         return patch_embed_input_size(model.patch_embed)
 
-    def _kwargs(self, model):
-        return {
+    def base_spec(self, model):
+        kwargs = {
             "img_size": list(model.patch_embed.img_size),
             "in_chans": model.patch_embed.proj.in_channels,
             "num_classes": model.num_classes,
         }
+        return timm_spec(model, self.model_class.__name__, kwargs, self.settings)
+
+    @classmethod
+    def build(cls, spec):
+        return build_timm(spec, cls.model_class.__name__, cls.settings)
 
 
 @register_adapter
 class TimmSwinAdapter(_TimmSwinBase):
     name = "timm-swin"
     family = "timm Swin"
+    model_class = SwinTransformer
+    settings = SWIN_SETTINGS
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -97,18 +111,13 @@ class TimmSwinAdapter(_TimmSwinBase):
     def mlp_parts(self, block):
         return MlpParts(norm=block.norm2, mlp=block.mlp, scale=nn.Identity(), drop_path=block.drop_path2)
 
-    def base_spec(self, model):
-        return timm_spec(model, "SwinTransformer", self._kwargs(model), SWIN_SETTINGS)
-
-    @staticmethod
-    def build(spec):
-        return build_timm(spec, "SwinTransformer", SWIN_SETTINGS)
-
 
 @register_adapter
 class TimmSwinV2Adapter(_TimmSwinBase):
     name = "timm-swinv2"
     family = "timm Swin V2"
+    model_class = SwinTransformerV2
+    settings = SWINV2_SETTINGS
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -122,10 +131,3 @@ class TimmSwinV2Adapter(_TimmSwinBase):
         return MlpParts(
             norm=block.norm2, mlp=block.mlp, scale=nn.Identity(), drop_path=block.drop_path2, post_norm=True
         )
-
-    def base_spec(self, model):
-        return timm_spec(model, "SwinTransformerV2", self._kwargs(model), SWINV2_SETTINGS)
-
-    @staticmethod
-    def build(spec):
-        return build_timm(spec, "SwinTransformerV2", SWINV2_SETTINGS)
