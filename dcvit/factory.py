@@ -42,7 +42,7 @@ def _torchvision_model(name: str, pretrained: bool, kwargs: dict[str, Any]) -> n
 def check_torchvision(name: str, **kwargs: Any) -> None:
     """One-line errors, before any download, for a name that is not a torchvision classification model, for
     settings it refuses, and for a model that no dcvit adapter accepts (UnsupportedModelError)."""
-    from .arch import UnsupportedModelError, get_adapter
+    from .arch import UnsupportedModelError
 
     name = name.removeprefix(TORCHVISION_PREFIX)
     if name not in _torchvision_names():
@@ -50,14 +50,16 @@ def check_torchvision(name: str, **kwargs: Any) -> None:
             f"unknown torchvision model 'tv:{name}': not a torchvision classification model "
             f"(torchvision.models.list_models()); {_supported_line()}"
         )
-    model = _meta_build(name, kwargs)
     try:
-        get_adapter(model)
-    except UnsupportedModelError:
+        model = _meta_build(name, kwargs)
+    except (TypeError, ValueError, AssertionError) as err:  # settings the builder refuses
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"tv:{name} cannot be built with {kwargs}: {first}") from None
+    if model is None or not _has_adapter(model):
+        what = f" ({type(model).__name__})" if model is not None else ""
         raise UnsupportedModelError(
-            f"tv:{name} ({type(model).__name__}) has no dcvit adapter: dcvit compresses vision transformers; "
-            f"{_supported_line()}"
-        ) from None
+            f"tv:{name}{what} has no dcvit adapter: dcvit compresses vision transformers; {_supported_line()}"
+        )
 
 
 def _torchvision_names() -> list[str]:
@@ -66,22 +68,28 @@ def _torchvision_names() -> list[str]:
     return torchvision.models.list_models(module=torchvision.models)  # the classification models only
 
 
-def _meta_build(name: str, kwargs: dict[str, Any]) -> nn.Module:
-    """The model without weights, on the meta device when it builds there (no memory, no init cost)."""
+def _meta_build(name: str, kwargs: dict[str, Any]) -> nn.Module | None:
+    """The model without weights on the meta device (no memory, no init cost); None for the few builders
+    (RegNet) that read tensor values while building: no vision transformer does, and telling for sure would
+    cost a full build (RegNet-Y 128GF: 21 s and 3.3 GB)."""
     import torchvision
 
     try:
-        try:
-            with torch.device("meta"), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torchvision's notes on default inits
-                return torchvision.models.get_model(name, weights=None, **kwargs)
-        except (NotImplementedError, RuntimeError):  # a few (RegNet) read tensor values while building
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return torchvision.models.get_model(name, weights=None, **kwargs)
-    except (TypeError, ValueError, AssertionError) as err:  # settings the builder refuses
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"tv:{name} cannot be built with {kwargs}: {first}") from None
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torchvision's notes on default inits
+            return torchvision.models.get_model(name, weights=None, **kwargs)
+    except (NotImplementedError, RuntimeError):
+        return None
+
+
+def _has_adapter(model: nn.Module) -> bool:
+    from .arch import UnsupportedModelError, get_adapter
+
+    try:
+        get_adapter(model)
+    except UnsupportedModelError:
+        return False
+    return True
 
 
 @functools.cache
@@ -91,20 +99,13 @@ def _supported_torchvision() -> tuple[tuple[str, tuple[str, ...]], ...]:
     model cannot be built on the meta device is taken as unsupported (telling would cost a full build)."""
     import torchvision
 
-    from .arch import UnsupportedModelError, get_adapter
-
     families: dict[str, list[str]] = {}
     for name in _torchvision_names():
         families.setdefault(torchvision.models.get_model_builder(name).__module__.rsplit(".", 1)[-1], []).append(name)
 
     def accepted(name: str) -> bool:
-        try:
-            with torch.device("meta"), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                get_adapter(torchvision.models.get_model(name, weights=None))
-        except (UnsupportedModelError, NotImplementedError, RuntimeError):
-            return False
-        return True
+        model = _meta_build(name, {})
+        return model is not None and _has_adapter(model)
 
     supported = []
     for family, names in sorted(families.items()):

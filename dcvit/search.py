@@ -104,7 +104,7 @@ def head_menu(heads_now: int, original: int) -> list[int]:
 
 
 @torch.no_grad()
-def input_importance(model: nn.Module, linears: dict[int, nn.Linear], images: torch.Tensor) -> dict[int, torch.Tensor]:
+def input_importance(model: nn.Module, linears: dict, images: torch.Tensor) -> dict:
     """Per input feature of each Linear: mean |input| on `images` times the norm of its weight column, i.e.
     how much the feature writes into the Linear's output (for fc2: an MLP unit's share of the residual stream)."""
     sums, hooks = {}, []
@@ -120,18 +120,6 @@ def input_importance(model: nn.Module, linears: dict[int, nn.Linear], images: to
         for h in hooks:
             h.remove()
     return {key: sums[key].float().cpu() * linear.weight.norm(dim=0).float().cpu() for key, linear in linears.items()}
-
-
-def unit_importance(model: nn.Module, adapter, blocks: Sequence[int], images: torch.Tensor) -> dict[int, torch.Tensor]:
-    """Per hidden unit of each block's MLP: its input importance to fc2 (any MLP whose last Linear is fc2)."""
-    return input_importance(model, {b: adapter.mlp_linears(adapter.blocks(model)[b])[1] for b in blocks}, images)
-
-
-def head_importance(model: nn.Module, adapter, blocks: Sequence[int], images: torch.Tensor) -> dict[int, torch.Tensor]:
-    """Per attention head of each block: the summed input importance of its channels to the head projection."""
-    projections = {b: adapter.head_projection(adapter.blocks(model)[b]) for b in blocks}
-    scores = input_importance(model, projections, images)
-    return {b: scores[b].reshape(block_heads(adapter, adapter.blocks(model)[b]), -1).sum(1) for b in blocks}
 
 
 def kept_units(width: int, units: int, importance: torch.Tensor | None, seed: int, block: int) -> list[int] | None:
@@ -244,8 +232,8 @@ class Search:
         kept head indices or None for all), units and heads picked by the configured choice."""
         block = self.adapter.blocks(model)[edit.block]
         width = block_state(self.adapter, block)[1]
-        units = None if edit.units == width else []
-        if edit.units and edit.units < width:
+        units = [] if edit.units == 0 < width else None
+        if units is None:  # kept_units: None when every unit stays
             units = kept_units(width, edit.units, importance.get(edit.block), self.config.seed, edit.block)
         heads = None
         if edit.heads is not None:  # seeded apart from the units' choice (block + 1000)
@@ -270,18 +258,20 @@ class Search:
         return edits
 
     def importance(self, model: nn.Module) -> dict:
-        """Unit importance per block (key b) and head importance (key ("heads", b)); {} for random choice."""
+        """{} for random choice, else one forward pass on the few shots giving, per block b, each MLP unit's
+        input importance to fc2 (key b) and each head's, summed over its channels, to the head projection
+        (key ("heads", b))."""
         if self.config.units_by == "random":
             return {}
         blocks = self.adapter.blocks(model)
-        with_units = [b for b in self.plan.candidate_blocks if block_state(self.adapter, blocks[b])[1]]
-        x = self.engine.images.fixed.to(next(model.parameters()).device)
-        scores: dict = unit_importance(model, self.adapter, with_units, x)
-        if self.prune_heads:
-            with_heads = [b for b in self.plan.candidate_blocks if block_heads(self.adapter, blocks[b])]
-            heads = head_importance(model, self.adapter, with_heads, x)
-            scores.update({("heads", b): v for b, v in heads.items()})
-        return scores
+        candidates = self.plan.candidate_blocks
+        linears = {
+            b: self.adapter.mlp_linears(blocks[b])[1] for b in candidates if block_state(self.adapter, blocks[b])[1]
+        }
+        heads = {b: block_heads(self.adapter, blocks[b]) for b in candidates} if self.prune_heads else {}
+        linears |= {("heads", b): self.adapter.head_projection(blocks[b]) for b, h in heads.items() if h}
+        scores = input_importance(model, linears, self.engine.images.fixed.to(next(model.parameters()).device))
+        return {k: v.reshape(heads[k[1]], -1).sum(1) if isinstance(k, tuple) else v for k, v in scores.items()}
 
     # --- 2. the block-wise trial confirms the leading edits -----------------------------------------
     def confirm(self, model: nn.Module, edits: list[Edit], importance: dict) -> list[Edit]:
