@@ -21,7 +21,7 @@ from torch import nn
 
 from .arch import UnsupportedModelError, adapter_for_spec, get_adapter
 from .arch.base import Adapter, short
-from .rebuild import BUILD_ERRORS, check_rebuilds, shape_mismatch
+from .rebuild import BUILD_ERRORS, check_rebuilds, shape_mismatch, shapes_of
 from .storage import (
     ModelFileError,
     one_line,
@@ -306,15 +306,12 @@ def _adapter(spec: dict[str, Any], path: Path) -> type[Adapter]:
         ) from None
 
 
-_BUILD_ERRORS = BUILD_ERRORS  # caught only around the meta-device build of a spec, never around real work
-
-
 def _meta_model(adapter: type[Adapter], spec: dict[str, Any], path: Path) -> nn.Module:
     """The model `spec` describes, edits replayed, on the meta device: shapes only, no memory, no init."""
     try:
         with torch.device("meta"):
             model = adapter.build(spec["base"])
-    except _BUILD_ERRORS as err:
+    except BUILD_ERRORS as err:  # around the meta-device build of a spec only, never around real work
         detail = one_line(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {one_line(err)}"
         raise ModelFileError(f"{path}: base refused: {detail}") from None
     if not adapter.matches(model):
@@ -330,6 +327,6 @@ def _meta_model(adapter: type[Adapter], spec: dict[str, Any], path: Path) -> nn.
 
 def _check_weights(model: nn.Module, weights: Path) -> None:
     """The weights file must hold exactly the tensors `model` has, shape for shape (read from its header)."""
-    problems = shape_mismatch(tensor_shapes(weights), {k: tuple(v.shape) for k, v in model.state_dict().items()})
+    problems = shape_mismatch(tensor_shapes(weights), shapes_of(model.state_dict()))
     if problems:
         raise ModelFileError(f"{weights} does not match {SPEC} ({problems})")

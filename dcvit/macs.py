@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from math import prod
 from typing import Any
@@ -23,6 +22,7 @@ with warnings.catch_warnings():  # fvcore scripts a helper at import, which rece
     from fvcore.nn.jit_handles import get_shape
 
 from .arch import UnsupportedModelError, get_adapter
+from .rebuild import restored_modes
 from .surgery import block_heads
 
 
@@ -75,19 +75,8 @@ def _analysis(model: nn.Module, input_size: Sequence[int] | None) -> FlopCountAn
     return analysis
 
 
-@contextmanager
-def _restored_modes(model: nn.Module):
-    """Counting traces in eval mode; give the caller back its model with each module's train/eval flag."""
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
 def _by_module(model: nn.Module, input_size) -> dict[str, int]:
-    with warnings.catch_warnings(), torch.no_grad(), _restored_modes(model):
+    with warnings.catch_warnings(), torch.no_grad(), restored_modes(model):
         warnings.simplefilter("ignore")
         try:
             return dict(_analysis(model, input_size).by_module())
@@ -112,11 +101,11 @@ class MacsProfile:
     blocks: tuple[int, ...]  # whole-block MACs (attention + MLP + norm2)
     mlp_hidden: tuple[int, ...]  # hidden units of each block's MLP (0 for a dropped block)
     input_size: tuple[int, int, int]
-    head_macs: tuple[float, ...] = ()  # MACs of one attention head of each block (0: heads not prunable)
+    head_macs: tuple[float, ...]  # MACs of one attention head of each block (0: heads not prunable)
 
     def head(self, block: int) -> float:
         """MACs of one attention head of a block (its share of qkv, the attention products and proj)."""
-        return self.head_macs[block] if self.head_macs else 0.0
+        return self.head_macs[block]
 
     def mlp_unit(self, block: int) -> float:
         """MACs of one hidden unit of a block's MLP."""

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .arch import adapter_for_spec, get_adapter
+from .arch import adapter_for_spec
 from .storage import one_line
 from .surgery import replay_edits
 
@@ -61,18 +61,18 @@ def check_rebuilds(model: nn.Module, spec: dict[str, Any], state: dict[str, torc
         rebuilt = replay_edits(adapter.build(spec["base"]), spec["edits"])
     except BUILD_ERRORS as err:
         raise ValueError(f"{refuse} fails ({type(err).__name__}: {one_line(err, 300)}); {HINT}") from None
-    shapes = shape_mismatch({k: tuple(v.shape) for k, v in state.items()}, _shapes(rebuilt))
+    shapes = shape_mismatch(shapes_of(state), shapes_of(rebuilt.state_dict()))
     if shapes:
         raise ValueError(f"{refuse} has other tensors ({shapes}); {HINT}")
     rebuilt.load_state_dict(state, strict=True, assign=True)  # shares the model's tensors: no copy
     _match_buffers(rebuilt, model)
-    size = _input_size(model)
+    size = _input_size(adapter(), model)
     if size is None:  # e.g. a custom adapter without input_size: the tensors agreed, outputs cannot be tried
         return
     first = next((t for t in state.values() if t.is_floating_point()), torch.empty(0))
     x = torch.randn(2, *size, generator=torch.Generator().manual_seed(0)).to(first.device, first.dtype)
-    with _evaluating(model):
-        want = _tensors(model(x))
+    with restored_modes(model):  # saving changes nothing, train/eval flags included
+        want = _tensors(model.eval()(x))
     difference = _difference(want, _tensors(rebuilt.eval()(x)))
     if difference > max(TOLERANCE, 16 * torch.finfo(first.dtype).eps):
         raise ValueError(
@@ -81,8 +81,8 @@ def check_rebuilds(model: nn.Module, spec: dict[str, Any], state: dict[str, torc
         )
 
 
-def _shapes(model: nn.Module) -> dict[str, tuple]:
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+def shapes_of(tensors: dict[str, torch.Tensor]) -> dict[str, tuple]:
+    return {k: tuple(v.shape) for k, v in tensors.items()}
 
 
 def _match_buffers(rebuilt: nn.Module, model: nn.Module) -> None:
@@ -95,16 +95,15 @@ def _match_buffers(rebuilt: nn.Module, model: nn.Module) -> None:
             setattr(rebuilt.get_submodule(owner), attr, buffer.to(like.device, like.dtype))
 
 
-def _input_size(model: nn.Module) -> tuple[int, ...] | None:
-    size = get_adapter(model).input_size(model) or (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
+def _input_size(adapter, model: nn.Module) -> tuple[int, ...] | None:
+    size = adapter.input_size(model) or (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
     return tuple(size) if size else None
 
 
 @contextmanager
-def _evaluating(model: nn.Module) -> Iterator[None]:
-    """`model` in eval mode for the block, each module's own mode restored after (saving changes nothing)."""
+def restored_modes(model: nn.Module) -> Iterator[None]:
+    """Give `model` back with each module's own train/eval flag, whatever the block does to them."""
     modes = [(m, m.training) for m in model.modules()]
-    model.eval()
     try:
         yield
     finally:

@@ -18,7 +18,7 @@ from torch import nn
 
 from .arch import get_adapter, mlps
 from .arch.base import Adapter, MlpParts
-from .arch.blocks import DroppedBlock, MlpOnlyBlock, ZeroMlp
+from .arch.blocks import DroppedBlock, MlpOnlyBlock, ZeroMlp, is_edited
 
 __all__ = ["DroppedBlock", "MlpOnlyBlock", "ZeroMlp"]  # re-exported: the blocks surgery makes live in dcvit.arch
 
@@ -42,17 +42,8 @@ def narrow_linear_pair(mlp: nn.Module, units: Sequence[int]) -> None:
     names = [name for name, m in mlp.named_modules() if isinstance(m, nn.Linear)]
     fc1, fc2 = mlp.get_submodule(names[0]), mlp.get_submodule(names[-1])
     idx = torch.as_tensor(list(units), dtype=torch.long, device=fc1.weight.device)
-    new_fc1 = nn.Linear(fc1.in_features, len(idx), bias=fc1.bias is not None).to(fc1.weight)
-    new_fc2 = nn.Linear(len(idx), fc2.out_features, bias=fc2.bias is not None).to(fc2.weight)
-    with torch.no_grad():
-        new_fc1.weight.copy_(fc1.weight[idx])
-        if fc1.bias is not None:
-            new_fc1.bias.copy_(fc1.bias[idx])
-        new_fc2.weight.copy_(fc2.weight[:, idx])
-        if fc2.bias is not None:
-            new_fc2.bias.copy_(fc2.bias)
-    _set_submodule(mlp, names[0], new_fc1)
-    _set_submodule(mlp, names[-1], new_fc2)
+    _set_submodule(mlp, names[0], mlps.keep_rows(fc1, idx))
+    _set_submodule(mlp, names[-1], mlps.keep_columns(fc2, idx))
 
 
 def _parts(adapter: Adapter, block: nn.Module) -> MlpParts:
@@ -73,7 +64,7 @@ def block_state(adapter: Adapter, block: nn.Module) -> tuple[bool, int]:
 
 def block_heads(adapter: Adapter, block: nn.Module) -> int:
     """Attention heads of a block that can be pruned exactly (0: attention gone, or no head edits)."""
-    if isinstance(block, (nn.Identity, MlpOnlyBlock)):
+    if is_edited(block):
         return 0
     return adapter.attention_heads(block)
 

@@ -75,10 +75,6 @@ class Adapter:
         return linears[0], linears[-1]
 
     # --- attention heads (optional) -------------------------------------------------------------
-    def attention_module(self, block: nn.Module) -> nn.Module:
-        """The attention module of a block (without norm1): the last of attention_names."""
-        return getattr(block, self.attention_names[-1])
-
     def attention_heads(self, block: nn.Module) -> int:
         """Heads of a block's attention that can be pruned exactly; 0 (the default) offers no head edits."""
         return 0
@@ -188,3 +184,11 @@ def short(value: Any) -> str:
     """repr(value), cut to fit in a one-line message."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def mlp_ratio(hidden: int, dim: int) -> float:
+    """A ratio from which the builders' int(dim * ratio) gives back `hidden` (hidden / dim may round below it)."""
+    ratio = hidden / dim
+    while int(dim * ratio) < hidden:
+        ratio = math.nextafter(ratio, math.inf)
+    return ratio

@@ -57,3 +57,8 @@ class DroppedBlock(nn.Identity):
         shared_rel_pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
         return x
+
+
+def is_edited(block: nn.Module) -> bool:
+    """A block surgery made: attention removed (MlpOnlyBlock) or dropped (an identity)."""
+    return isinstance(block, (MlpOnlyBlock, nn.Identity))

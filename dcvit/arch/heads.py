@@ -15,6 +15,8 @@ import torch
 from timm.layers import Attention
 from torch import nn
 
+from .mlps import keep_columns, keep_rows
+
 
 def prunable_heads(attn: nn.Module) -> int:
     """How many heads `attn` has if whole heads can be pruned exactly, else 0."""
@@ -23,41 +25,20 @@ def prunable_heads(attn: nn.Module) -> int:
     return attn.num_heads
 
 
-def _rows(heads: Sequence[int], head_dim: int, groups: int, attn_dim: int) -> torch.Tensor:
+def _head_rows(heads: Sequence[int], head_dim: int, groups: int, attn_dim: int) -> torch.Tensor:
     """Row indices of the kept heads in a projection that stacks `groups` (q, k, v) of width attn_dim."""
     per_head = torch.arange(head_dim)
     one = torch.cat([h * head_dim + per_head for h in heads])
     return torch.cat([g * attn_dim + one for g in range(groups)])
 
 
-def _linear_like(old: nn.Linear, in_features: int, out_features: int) -> nn.Linear:
-    return nn.Linear(in_features, out_features, bias=old.bias is not None).to(old.weight)
-
-
 @torch.no_grad()
 def keep_attention_heads(attn: nn.Module, heads: Sequence[int]) -> None:
-    """Keep `heads` (distinct indices into attn's current heads) of a timm `Attention`, in place."""
-    if not prunable_heads(attn):
-        raise ValueError(f"{type(attn).__name__} does not support exact head pruning")
-    heads = sorted(int(h) for h in heads)
-    if not heads or len(set(heads)) != len(heads) or not all(0 <= h < attn.num_heads for h in heads):
-        raise ValueError(f"kept heads must be distinct indices in [0, {attn.num_heads}), at least one")
-    rows = _rows(heads, attn.head_dim, 3, attn.attn_dim).to(attn.qkv.weight.device)
-    cols = _rows(heads, attn.head_dim, 1, attn.attn_dim).to(attn.qkv.weight.device)
-    new_dim = len(heads) * attn.head_dim
-    qkv = _linear_like(attn.qkv, attn.qkv.in_features, 3 * new_dim)
-    qkv.weight.copy_(attn.qkv.weight[rows])
-    if qkv.bias is not None:
-        qkv.bias.copy_(attn.qkv.bias[rows])
-    proj = _linear_like(attn.proj, new_dim, attn.proj.out_features)
-    proj.weight.copy_(attn.proj.weight[:, cols])
-    if proj.bias is not None:
-        proj.bias.copy_(attn.proj.bias)
-    if attn.gate is not None:
-        gate = _linear_like(attn.gate, attn.gate.in_features, new_dim)
-        gate.weight.copy_(attn.gate.weight[cols])
-        if gate.bias is not None:
-            gate.bias.copy_(attn.gate.bias[cols])
-        attn.gate = gate
-    attn.qkv, attn.proj = qkv, proj
-    attn.num_heads, attn.attn_dim = len(heads), new_dim
+    """Keep `heads` (sorted distinct indices into attn's current heads, checked by dcvit.surgery.edit_block) of
+    a timm `Attention`, in place."""
+    rows = _head_rows(heads, attn.head_dim, 3, attn.attn_dim).to(attn.qkv.weight.device)
+    cols = _head_rows(heads, attn.head_dim, 1, attn.attn_dim).to(attn.qkv.weight.device)
+    attn.qkv, attn.proj = keep_rows(attn.qkv, rows), keep_columns(attn.proj, cols)
+    if attn.gate is not None:  # the gate is per channel: its rows go with their heads
+        attn.gate = keep_rows(attn.gate, cols)
+    attn.num_heads, attn.attn_dim = len(heads), len(heads) * attn.head_dim

@@ -56,18 +56,19 @@ def narrow(mlp: nn.Module, units: Sequence[int]) -> bool:
         return False
     idx = torch.as_tensor(list(units), dtype=torch.long, device=mlp.fc2.weight.device)
     if isinstance(mlp, SwiGLU):
-        mlp.fc1_g, mlp.fc1_x = _rows(mlp.fc1_g, idx), _rows(mlp.fc1_x, idx)
+        mlp.fc1_g, mlp.fc1_x = keep_rows(mlp.fc1_g, idx), keep_rows(mlp.fc1_x, idx)
     elif isinstance(mlp, GluMlp):  # fc1 = [first half; second half], chunked after it: keep j and H + j
-        mlp.fc1 = _rows(mlp.fc1, torch.cat([idx, idx + hidden_width(mlp)]))
+        mlp.fc1 = keep_rows(mlp.fc1, torch.cat([idx, idx + hidden_width(mlp)]))
     else:
-        mlp.fc1 = _rows(mlp.fc1, idx)
+        mlp.fc1 = keep_rows(mlp.fc1, idx)
     mlp.norm = _narrow_norm(mlp.norm, idx)
-    mlp.fc2 = _columns(mlp.fc2, idx)
+    mlp.fc2 = keep_columns(mlp.fc2, idx)
     return True
 
 
 @torch.no_grad()
-def _rows(linear: nn.Linear, idx: torch.Tensor) -> nn.Linear:
+def keep_rows(linear: nn.Linear, idx: torch.Tensor) -> nn.Linear:
+    """A new Linear with the output rows `idx` of `linear` (weight and bias)."""
     new = nn.Linear(linear.in_features, len(idx), bias=linear.bias is not None).to(linear.weight)
     new.weight.copy_(linear.weight[idx])
     if linear.bias is not None:
@@ -76,7 +77,8 @@ def _rows(linear: nn.Linear, idx: torch.Tensor) -> nn.Linear:
 
 
 @torch.no_grad()
-def _columns(linear: nn.Linear, idx: torch.Tensor) -> nn.Linear:
+def keep_columns(linear: nn.Linear, idx: torch.Tensor) -> nn.Linear:
+    """A new Linear with the input columns `idx` of `linear` (its bias whole)."""
     new = nn.Linear(len(idx), linear.out_features, bias=linear.bias is not None).to(linear.weight)
     new.weight.copy_(linear.weight[:, idx])
     if linear.bias is not None:

@@ -17,7 +17,7 @@ from torch import nn
 
 from . import register_adapter
 from .base import FLAG, NOTHING, Adapter, MlpParts, Setting, choice, either, integer, listed, number
-from .blocks import MlpOnlyBlock
+from .blocks import is_edited
 from .timm_vit import ACTIVATION, DROP_RATES, SIZE, build_timm, patch_embed_input_size, timm_spec
 
 # What a model file may pass to timm's Swin models (see timm_vit.VIT_SETTINGS for why a whitelist).
@@ -124,8 +124,7 @@ class TimmSwinV2Adapter(_TimmSwinBase):
         if not isinstance(model, SwinTransformerV2):
             return False
         # a subclassed block may compute something else than the post-norm form the surgery rebuilds
-        edited = (MlpOnlyBlock, nn.Identity)
-        return all(type(b) is SwinTransformerV2Block or isinstance(b, edited) for b in cls().blocks(model))
+        return all(type(b) is SwinTransformerV2Block or is_edited(b) for b in cls().blocks(model))
 
     def mlp_parts(self, block):
         return MlpParts(

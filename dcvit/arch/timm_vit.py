@@ -31,6 +31,7 @@ from .base import (
 )
 from .heads import keep_attention_heads, prunable_heads
 from .timm_common import PARALLEL, TimmBlocksAdapter
+from .timm_settings import complete_vit_spec
 
 # What a model file may pass to timm: architecture settings only, never checkpoint_path, pretrained_cfg(_overlay),
 # pretrained, features_only, device or classes (those load files, go online, or run code); strings only where
@@ -182,7 +183,5 @@ class TimmViTAdapter(TimmFamilyAdapter):
         return block.attn.proj
 
     def base_spec(self, model):
-        from .timm_settings import complete_vit_spec  # the settings timm does not record, read from the modules
-
-        spec = timm_spec(model, "VisionTransformer", {}, VIT_SETTINGS)
-        return complete_vit_spec(model, spec, VIT_SETTINGS)
+        # timm records no creation kwargs: the settings that shape this ViT are read from its modules
+        return complete_vit_spec(model, timm_spec(model, "VisionTransformer", {}, self.settings), self.settings)
