@@ -9,17 +9,16 @@ measured throughput. The test split never drives a choice.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import combinations
 
 import torch
 from torch import nn
 
 import cascade
+from cascade.files import KINDS  # teacher / compressed / companion
 
 from .timing import interleaved_medians
-
-KINDS = ("teacher", "compressed", "companion")
 
 
 @dataclass(frozen=True)
@@ -107,6 +106,53 @@ def compare_cascades(
 
 
 @torch.inference_mode()
+def time_cascades(
+    models: Mapping[str, nn.Module],
+    chains: Mapping[str, tuple[Sequence[str], Sequence[float]]],
+    images: torch.Tensor,
+    batch_size: int,
+    costs: Mapping[str, float],
+    repeats: int = 7,
+    prepare: bool = True,
+    alone: Sequence[str] = (),
+) -> dict[str, dict]:
+    """Wall-clock time over `images` (CPU) of each cascade in `chains` (key -> member names cheapest first,
+    thresholds) and of its last member alone, in one interleaved run (medians of `repeats` passes, so every
+    ratio shares the same drift). Every member is prepared once (cascade.prepare_for_inference, checked on the
+    first batch; prepare=False times them as given) and a model shared by several cascades, such as the teacher,
+    is timed alone once; `alone` names more models to time alone. predicted_speedup is what MACs predict for
+    these same images: the last member's cost over the cascade's average cost given the measured exits."""
+    names = list(dict.fromkeys(n for members, _ in chains.values() for n in members))
+    ready = {n: models[n] for n in names}
+    if prepare:
+        ready = {n: cascade.prepare_for_inference(m, images[:batch_size]) for n, m in ready.items()}
+    ready = {n: m.eval() for n, m in ready.items()}
+    built = {
+        key: cascade.Cascade([ready[n] for n in members], thresholds, [costs[n] for n in members])
+        for key, (members, thresholds) in chains.items()
+    }
+    timed_alone = dict.fromkeys([*(members[-1] for members, _ in chains.values()), *alone])
+    runs = {("cascade", key): c for key, c in built.items()} | {("alone", n): ready[n] for n in timed_alone}
+    batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+    t = interleaved_medians({name: (lambda net=net: [net(b) for b in batches]) for name, net in runs.items()}, repeats)
+    out = {}
+    for key, (members, _) in chains.items():
+        stats, big = built[key].total_stats, members[-1]
+        out[key] = {
+            "batch_size": batch_size,
+            "images": len(images),
+            "repeats": repeats,
+            "prepared": prepare,
+            "cascade_seconds": t[("cascade", key)],
+            "big_seconds": t[("alone", big)],
+            "alone_seconds": {n: t[("alone", n)] for n in timed_alone if n in members},
+            "realised_speedup": t[("alone", big)] / t[("cascade", key)],
+            "exit_ratios": list(stats.exit_ratios),
+            "predicted_speedup": costs[big] / stats.avg_cost,
+        }
+    return out
+
+
 def measure_cascade(
     members: Sequence[nn.Module],
     thresholds: Sequence[float],
@@ -116,33 +162,15 @@ def measure_cascade(
     repeats: int = 7,
     prepare: bool = True,
 ) -> dict:
-    """Wall-clock time of the cascade and of its last member alone over `images` (CPU), interleaved medians
-    of `repeats` passes. predicted_speedup is what MACs predict for these same images: the last member's
-    cost over the cascade's average cost given the measured exits."""
-    if prepare:
-        members = [cascade.prepare_for_inference(m, images[:batch_size]) for m in members]
-    members = [m.eval() for m in members]
-    runs = {"cascade": cascade.Cascade(list(members), list(thresholds)), "big": members[-1]}
-    batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
-    t = interleaved_medians({name: (lambda net=net: [net(b) for b in batches]) for name, net in runs.items()}, repeats)
-    exits = runs["cascade"].total_stats.exit_ratios
-    reached = [1.0 - sum(exits[:i]) for i in range(len(members))]
-    avg_cost = sum(r * c for r, c in zip(reached, costs))
-    return {
-        "batch_size": batch_size,
-        "images": len(images),
-        "repeats": repeats,
-        "cascade_seconds": t["cascade"],
-        "big_seconds": t["big"],
-        "realised_speedup": t["big"] / t["cascade"],
-        "exit_ratios": list(exits),
-        "predicted_speedup": costs[-1] / avg_cost,
-    }
+    """time_cascades for one cascade of `members` (cheapest first) against its last member alone."""
+    models = {str(i): m for i, m in enumerate(members)}
+    chain = {"cascade": (list(models), thresholds)}
+    return time_cascades(models, chain, images, batch_size, dict(zip(models, costs)), repeats, prepare)["cascade"]
 
 
-def shape_of(option: CascadeOption) -> tuple[str, ...]:
-    """The option's kinds, e.g. ("companion", "compressed", "teacher"): the four shapes the demo compares."""
-    return option.kinds
+def first_images(test, images: int) -> torch.Tensor:
+    """The first `images` test images, stacked: what cascades are timed on."""
+    return torch.stack([test[i][0] for i in range(min(images, len(test)))])
 
 
 def time_options(
@@ -154,19 +182,15 @@ def time_options(
     batch_size: int = 256,
     repeats: int = 7,
 ) -> list[CascadeOption]:
-    """The options, the first (best) of each shape with its throughput measured on the first `images` test
-    images; timing every option would cost minutes for numbers nobody chooses by."""
-    stacked = torch.stack([test[i][0] for i in range(min(images, len(test)))])
-    timed, seen = [], set()
+    """The options, the first (best) of each shape (its kinds, e.g. companion / compressed / teacher) with
+    its throughput measured on the first `images` test images, all in one interleaved run; timing every
+    option would cost minutes for numbers nobody chooses by."""
+    best = {}
     for o in options:
-        if shape_of(o) not in seen:
-            seen.add(shape_of(o))
-            members = [models[n] for n in o.members]
-            member_costs = [costs[n] for n in o.members]
-            speed = measure_cascade(members, o.calibration.thresholds, stacked, batch_size, member_costs, repeats)
-            o = CascadeOption(o.members, o.kinds, o.calibration, speed)
-        timed.append(o)
-    return timed
+        best.setdefault(o.kinds, o)
+    chains = {o.name: (o.members, o.calibration.thresholds) for o in best.values()}
+    speed = time_cascades(models, chains, first_images(test, images), batch_size, costs, repeats)
+    return [replace(o, speed=speed[o.name]) if best.get(o.kinds) is o else o for o in options]
 
 
 def options_markdown(cascades: list[dict], savers: list[dict]) -> str:

@@ -19,8 +19,8 @@ import cascade
 from ..data import CALIBRATION_SIZE, calibration_indices, eval_transform, load_dataset
 from ..macs import count_macs, default_input_size
 from ..progress import progress as progress_bar
+from .cascades import first_images, time_cascades
 from .evaluate import check_classes, loader_for
-from .timing import interleaved_medians
 
 
 @dataclass(frozen=True)
@@ -35,16 +35,10 @@ class CascadeStudy:
     curves: dict[str, cascade.SweepResult] = field(repr=False, default_factory=dict)
     speed: dict = field(default_factory=dict)  # realised vs predicted speed-up of the chosen cascade
     records: dict = field(repr=False, default_factory=dict)  # {"calibration"|"test": {name: cascade.Recorded}}
-    test_split: object = field(repr=False, default=None)  # the test dataset (for timing other cascades)
 
     @property
     def saver(self) -> str:
         return self.ranking[0][0]
-
-    @property
-    def throughput(self) -> dict:
-        """The speed-up measured at the largest batch size timed (the serving case)."""
-        return max(self.speed.values(), key=lambda v: v["batch_size"])
 
 
 def check_saver(name: str, model: nn.Module, big: nn.Module) -> None:
@@ -102,7 +96,6 @@ def record_split(models: Mapping[str, nn.Module], dataset, batch_size: int = 256
     }
 
 
-@torch.inference_mode()
 def measure_speedup(
     saver: nn.Module,
     big: nn.Module,
@@ -113,38 +106,22 @@ def measure_speedup(
     repeats: int = 7,
     prepare: bool = True,
 ) -> dict:
-    """Wall-clock time of the cascade, of the big model alone and of the saver alone over `images` (CPU).
-
-    All models are first made ready for inference the same way (cascade.prepare_for_inference, checked on
-    the first batch), so the cascade is compared with the big model at its best, not with a slower copy;
-    prepare=False times them as given, to see what the preparation is worth. The three runs are
-    interleaved and each time is the median of `repeats` passes, because a shared CPU's throughput drifts.
+    """Wall-clock time of the saver -> big cascade, of the big model alone and of the saver alone over `images`
+    (CPU), interleaved (dcvit.studies.cascades.time_cascades: every model prepared for inference the same way,
+    so the cascade is compared with the big model at its best; prepare=False times them as given).
     saver_speed_ratio = big time / saver time, the measured counterpart of the MACs ratio; exit_ratio is the
-    share of these images the saver answered. costs = (saver MACs, big MACs): predicted_speedup is what MACs
-    predict for these same images, C_B / (C_S + (1 - exit_ratio) * C_B).
+    share of these images the saver answered; predicted_speedup = C_B / (C_S + (1 - exit_ratio) * C_B).
     """
-    if prepare:
-        example = images[:batch_size]
-        saver, big = (cascade.prepare_for_inference(m, example) for m in (saver, big))
-    saver, big = saver.eval(), big.eval()
-    runs = {"cascade": cascade.Cascade([saver, big], thresholds), "big": big, "saver": saver}
-    batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
-    t = interleaved_medians({name: (lambda net=net: [net(b) for b in batches]) for name, net in runs.items()}, repeats)
-    exit_ratio = runs["cascade"].total_stats.exit_ratios[0]
-    saver_cost, big_cost = costs
-    return {
-        "batch_size": batch_size,
-        "images": len(images),
-        "repeats": repeats,
-        "prepared": prepare,
-        "cascade_seconds": t["cascade"],
-        "big_seconds": t["big"],
-        "saver_seconds": t["saver"],
-        "realised_speedup": t["big"] / t["cascade"],
-        "saver_speed_ratio": t["big"] / t["saver"],
-        "exit_ratio": exit_ratio,
-        "macs_ratio": big_cost / saver_cost,
-        "predicted_speedup": big_cost / (saver_cost + (1 - exit_ratio) * big_cost),
+    models, names = {"saver": saver, "big": big}, ["saver", "big"]
+    out = time_cascades(
+        models, {"c": (names, thresholds)}, images, batch_size, dict(zip(names, costs)), repeats, prepare, ["saver"]
+    )["c"]
+    seconds = out.pop("alone_seconds")
+    return out | {
+        "saver_seconds": seconds["saver"],
+        "saver_speed_ratio": seconds["big"] / seconds["saver"],
+        "exit_ratio": out["exit_ratios"][0],
+        "macs_ratio": costs[1] / costs[0],
     }
 
 
@@ -163,7 +140,7 @@ def time_cascade(
     """measure_speedup on the first `images` test images at each batch size, keyed "batch{size}". Batch 1
     is timed on a quarter of them and, by default, fewer passes (3 instead of 7): one forward per image is
     slow, and the ratio is what matters."""
-    stacked = torch.stack([test[i][0] for i in range(min(images, len(test)))])
+    stacked = first_images(test, images)
     return {
         f"batch{bs}": measure_speedup(
             saver,
@@ -236,16 +213,13 @@ def cascade_study(
     accuracy = {n: (r.probs.argmax(1) == r.labels).float().mean().item() for n, r in rec_test.items()}
     rank_calib = ranking(rec_calib)
     best = rank_calib[0][0]
-    speed = time_cascade(
-        models[best],
-        big,
-        calibrations[best].thresholds,
-        test,
-        (costs[best], costs[big_name]),
-        images=speed_images,
-        batch_sizes=speed_batches,
-    )
+    speed = {}
+    if speed_batches:
+        thresholds, pair_costs = calibrations[best].thresholds, (costs[best], costs[big_name])
+        speed = time_cascade(
+            models[best], big, thresholds, test, pair_costs, images=speed_images, batch_sizes=speed_batches
+        )
     records = {"calibration": rec_calib, "test": rec_test}
     return CascadeStudy(
-        big_name, costs, accuracy, rank_calib, ranking(rec_test), calibrations, tables, curves, speed, records, test
+        big_name, costs, accuracy, rank_calib, ranking(rec_test), calibrations, tables, curves, speed, records
     )

@@ -110,11 +110,11 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings = DemoSetting
         test_limit=settings.test_limit,
     )
     _log("comparing two- and three-stage cascades of the teacher, its compressed models and the companions")
-    kinds = {name: "compressed" for name in models} | {TEACHER: "teacher"} | {n: "companion" for n in COMPANIONS}
+    kinds = {name: _kind(name) for name in models}
     records = study.records
     options = compare_cascades(kinds, study.costs, records["calibration"], records["test"], study.ranking)
     options = time_options(
-        options, models, study.costs, study.test_split, images=settings.speed_images, repeats=settings.speed_repeats
+        options, models, study.costs, test, images=settings.speed_images, repeats=settings.speed_repeats
     )
     chosen = options[0]
     shipped = save_cascade(
@@ -143,7 +143,7 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings = DemoSetting
         test_images,
         time.perf_counter() - start,
     )
-    report["figures"] = _figures(out, study, options[0], report, teacher_macs) + [candidate_figure["path"]]
+    report["figures"] = _figures(out, study, chosen, report, teacher_macs) + [candidate_figure["path"]]
     report["candidates"] = candidate_figure
     write_json(out / "report.json", report)
     with atomic_path(out / "report.md") as tmp:
