@@ -31,7 +31,7 @@ CHUNK_CELLS = 1 << 20  # threshold pairs evaluated at once: bounds memory to a f
 
 
 def three_stage_chunks(
-    conf: torch.Tensor, correct: torch.Tensor, costs: Sequence[float], chunk_cells: int | None = None
+    conf: torch.Tensor, correct: torch.Tensor, costs: Sequence[float]
 ) -> Iterator[tuple[int, _Candidates]]:
     """(flat offset, candidates) for every (t0, t1) of the exact grids, a block of t0 rows at a time.
 
@@ -59,7 +59,7 @@ def three_stage_chunks(
     order = torch.argsort(b0, stable=True)
     sorted_b0 = b0[order]
     carry = torch.zeros(3, 1, size1 + 1, dtype=torch.int32)  # histogram over b1 of the samples with b0 < row
-    rows = max(1, (chunk_cells or CHUNK_CELLS) // (size1 + 1))
+    rows = max(1, CHUNK_CELLS // (size1 + 1))
     for lo in range(0, size0, rows):
         hi = min(lo + rows, size0)
         first, last = torch.searchsorted(sorted_b0, torch.tensor([lo, hi])).tolist()

@@ -35,8 +35,8 @@ class CompressConfig:
     synth_images: int = 50
     synth_iterations: int = 200
     # Roll by up to this fraction of the side: 1 px at 28, measured best for the shipped 28-px teacher (patch 7):
-    # 96% of 50 images x 200 iterations classified as their target, vs 82% at 3 px (half a patch, synth's
-    # default for it) and 78% at 4 px (30/224). None: synth's default, which follows the model (at most half a
+    # 96.0% of 50 images x 200 iterations classified as their target vs 78.0% at half a patch (BENCHMARKS.md,
+    # Reliability row 16, with the commands). None: synth's default, which follows the model (at most half a
     # patch for a ViT, min(30/224, (patch // 2) / side); the reference 30/224 otherwise).
     synth_jitter: float | None = 1 / 28
     candidate_blocks: tuple[int, ...] | None = None

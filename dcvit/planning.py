@@ -223,17 +223,16 @@ def plan(
     width = _reference_width(profile, candidates)
     draft = Plan(n, min(kept, width), remove_attention, profile.total, target, 0, candidates, width, profile.input_size)
     planned = count_macs(apply_plan(model, draft, _worst_blocks(profile, draft)), profile.input_size)
-    _check_planned(planned, target, profile.total)
+    _check_planned(planned, target, profile.total, "try other candidate blocks or blocks=n")
     return Plan(**{**draft.__dict__, "macs_planned": planned})
 
 
-def _check_planned(planned: int, target: int, total: int) -> None:
+def _check_planned(planned: int, target: int, total: int, hint: str = "try other candidate blocks") -> None:
     """A measured plan more than 1% above its target means the per-block estimate went wrong: refuse it."""
     if planned > target * 1.01:
         raise ValueError(
             f"the plan reaches {planned / 1e6:.3f}M MACs ({100 * planned / total:.1f}% of the original), more "
-            f"than 1% above the target of {target / 1e6:.3f}M MACs ({100 * target / total:.1f}%); "
-            f"try other candidate blocks or blocks=n"
+            f"than 1% above the target of {target / 1e6:.3f}M MACs ({100 * target / total:.1f}%); {hint}"
         )
 
 

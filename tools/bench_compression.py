@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 import synth
-from dcvit.config import ABLATIONS, BLOCK_DROP, CompressConfig
+from dcvit.config import ABLATIONS, CompressConfig
 from dcvit.data import CALIBRATION_SIZE, eval_transform, few_shot_subset, load_dataset
 from dcvit.driver import compress
 from dcvit.factory import resolve_model
@@ -48,6 +48,11 @@ def config_for(shots: int, seed: int, **changes) -> CompressConfig:
     return CompressConfig(epochs=epochs, trial_epochs=max(1, epochs // 4), seed=seed, progress=False, **changes)
 
 
+def read_rows(path: Path) -> list[dict]:
+    """The JSON lines of a results file."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 class Bench:
     def __init__(self, out: Path):
         self.out = out
@@ -60,7 +65,7 @@ class Bench:
     def done(self) -> set[str]:
         if not self.results.is_file():
             return set()
-        return {json.loads(line)["cell"] for line in self.results.read_text().splitlines() if line.strip()}
+        return {r["cell"] for r in read_rows(self.results)}
 
     def metric_set(self, seed: int, config: CompressConfig):
         path = self.out / f"metric_set_{seed}"
@@ -118,14 +123,6 @@ class Bench:
         return row
 
 
-STRUCTURE_CONFIG = {
-    "auto": {"structure": "auto"},
-    "mlp": {"structure": "mlp"},
-    "dcvit": {"structure": "dcvit"},
-    "drop": BLOCK_DROP,
-}
-
-
 def cells(mode: str):
     if mode == "grid":
         for shots in (100, 50, 500):  # 100 shots first: the headline cells
@@ -137,7 +134,7 @@ def cells(mode: str):
                             k,
                             shots,
                             seed,
-                            config_for(shots, seed, **STRUCTURE_CONFIG[method]),
+                            config_for(shots, seed).for_structure(method),
                         )
     elif (
         mode == "frontier"
@@ -146,7 +143,7 @@ def cells(mode: str):
             for fraction in FRONTIER:
                 for method in ("auto", "dcvit", "drop"):
                     yield f"frontier/{method}/f{fraction}/s100/seed{seed}", fraction, 100, seed, \
-                        config_for(100, seed, **STRUCTURE_CONFIG[method])  # fmt: skip
+                        config_for(100, seed).for_structure(method)  # fmt: skip
     elif mode == "search-space":  # two choices of the search against the auto cells of grid and frontier
         variants = {"auto-heads": {"structure": "auto", "prune_heads": True},
                     "auto-random-units": {"structure": "auto", "unit_choice": "random"}}  # fmt: skip
@@ -345,9 +342,10 @@ def _search_space_report(rows: list[dict]) -> None:
         delta = lambda r, base=base: f" {100 * (r['top1'] - base['top1']):+.2f}" if r and base else ""
         heads = got.get("auto-heads")
         edits = sum("heads" in e for e in heads["structure"]) if heads else 0
+        blocks = len(heads["structure"]) if heads else "—"
         budget = f"{key[0]} blocks' worth" if "." not in key[0] else key[0]
         print(f"| {budget} | {key[1]} | {cell(base)} | {cell(heads)}{delta(heads)} | "
-              f"{cell(got.get('auto-random-units'))}{delta(got.get('auto-random-units'))} | {edits} of 12 |")  # fmt: skip
+              f"{cell(got.get('auto-random-units'))}{delta(got.get('auto-random-units'))} | {edits} of {blocks} |")  # fmt: skip
 
 
 def plot(out: Path, peer: Path) -> None:
@@ -355,12 +353,9 @@ def plot(out: Path, peer: Path) -> None:
     (100 shots), and the Torch-Pruning peer from its own results file, each point the mean over seeds."""
     from dcvit.studies.plots import accuracy_vs_macs
 
-    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_rows(out / "results.jsonl")
     rows = [r for r in rows if r["cell"].split("/")[0] in ("grid", "frontier") and r["shots"] == 100]
-    peer_file = peer / "results.jsonl"
-    peer_rows = (
-        [json.loads(line) for line in peer_file.read_text().splitlines() if line.strip()] if peer_file.is_file() else []
-    )
+    peer_rows = read_rows(peer / "results.jsonl") if (peer / "results.jsonl").is_file() else []
     series = {}
     for name, method in (("auto (structure search)", "auto"), ("DC-ViT", "dcvit"), ("block dropping", "drop")):
         series[name] = _means([r for r in rows if r["cell"].split("/")[1] == method], lambda r: r["k"])
@@ -382,7 +377,7 @@ def _means(rows: list[dict], budget) -> list[tuple[float, float]]:
 
 
 def report(out: Path) -> None:
-    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_rows(out / "results.jsonl")
     grid = [r for r in rows if r["cell"].startswith("grid/")]
     if grid:
         _grid_report(grid)

@@ -23,24 +23,26 @@ from torch import nn
 import cascade
 
 from ..arch import UnsupportedModelError, get_adapter
+from ..arch.base import Setting, check_kwargs, either, integer
 from ..data import data_config
 from ..factory import create_model
 from ..files import SPEC as MODEL_SPEC
 from ..files import load, save
 from ..progress import progress as progress_bar
+from ..rebuild import BUILD_ERRORS, shape_mismatch, shapes_of
 from ..storage import ModelFileError, one_line, read_json, read_tensors, tensor_shapes, write_json, write_tensors
 
 MEMBER, WEIGHTS, MEMBER_FORMAT = "member.json", "model.safetensors", "dcvit-timm-member"
 # Creation arguments a by-name member may carry (anything else, e.g. checkpoint_path, could reach the
 # network or unpickle a file when an untrusted member.json is loaded).
+_SIDE = integer(1, 1 << 14)
 _BY_NAME_KWARGS = {
-    "num_classes": lambda v: type(v) is int and 0 <= v <= 1 << 20,
-    "in_chans": lambda v: type(v) is int and 0 < v <= 1024,
-    "img_size": lambda v: (
-        (type(v) is int and 0 < v <= 1 << 14)
-        or (isinstance(v, list) and len(v) == 2 and all(type(x) is int and 0 < x <= 1 << 14 for x in v))
+    "num_classes": integer(0, 1 << 20),
+    "in_chans": integer(1, 1024),
+    "img_size": either(
+        _SIDE, Setting("2 of those", lambda v: isinstance(v, list) and len(v) == 2 and all(map(_SIDE.test, v)))
     ),
-    "global_pool": lambda v: isinstance(v, str) and len(v) <= 16,
+    "global_pool": Setting("a string of up to 16 characters", lambda v: isinstance(v, str) and len(v) <= 16),
 }
 
 
@@ -78,12 +80,7 @@ def _save_by_name(model: nn.Module, folder: Path) -> None:
             f"cannot save {type(model).__name__} as a cascade member: no dcvit adapter describes it and it was "
             f"not made by dcvit.create_model(timm name) unedited"
         )
-    for key, value in kwargs.items():
-        if key not in _BY_NAME_KWARGS or not _BY_NAME_KWARGS[key](value):
-            raise ValueError(
-                f"cannot save {name} as a cascade member by name: creation argument {key}={value!r} is not "
-                f"accepted (accepted: {', '.join(_BY_NAME_KWARGS)})"
-            )
+    check_kwargs(f"cascade member {name} (saved by name)", kwargs, _BY_NAME_KWARGS)
     folder.mkdir(parents=True)
     write_tensors(folder / WEIGHTS, model.state_dict())
     write_json(folder / MEMBER, {"format": MEMBER_FORMAT, "version": 1, "name": name, "kwargs": kwargs})
@@ -102,11 +99,10 @@ def _read_member(path: Path) -> tuple[str, dict]:
         raise ModelFileError(f"{path}: 'name' must be a registered timm model name, not {name!r:.60}")
     if not isinstance(kwargs, dict):
         raise ModelFileError(f"{path}: 'kwargs' must be an object")
-    for key, value in kwargs.items():
-        if key not in _BY_NAME_KWARGS or not _BY_NAME_KWARGS[key](value):
-            raise ModelFileError(
-                f"{path}: kwargs {key!r:.40}={value!r:.40} is not accepted (accepted: {', '.join(_BY_NAME_KWARGS)})"
-            )
+    try:
+        check_kwargs(f"timm {name}", kwargs, _BY_NAME_KWARGS)
+    except ValueError as err:
+        raise ModelFileError(f"{path}: {err}") from None
     return name, kwargs
 
 
@@ -115,13 +111,11 @@ def _check_shapes(name: str, kwargs: dict, weights: Path) -> None:
     try:
         with torch.device("meta"):
             meta = create_model(name, pretrained=False, **kwargs)
-        expected = {k: tuple(v.shape) for k, v in meta.state_dict().items()}
-    except (TypeError, ValueError, AssertionError, KeyError) as err:
+    except BUILD_ERRORS as err:
         raise ModelFileError(f"{weights.parent / MEMBER}: {name} refused its arguments ({one_line(err)})") from None
-    found = tensor_shapes(weights)
-    if found != expected:
-        wrong = sorted(set(found.items()) ^ set(expected.items()))[:3]
-        raise ModelFileError(f"{weights} does not match {name} (first differences: {wrong})")
+    problems = shape_mismatch(tensor_shapes(weights), shapes_of(meta.state_dict()))
+    if problems:
+        raise ModelFileError(f"{weights} does not match {name} ({problems})")
 
 
 # --- whole cascades ------------------------------------------------------------------------------------
