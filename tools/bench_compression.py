@@ -242,7 +242,7 @@ def _timing_report(out: Path, grid: list[dict]) -> None:
         )
     synth = [float(p.read_text()) for p in sorted(out.glob("metric_set_*.seconds"))]
     if synth:
-        print(f"synthetic metric sets: {', '.join(f'{v:.1f}' for v in synth)} s")
+        print(f"\nsynthetic metric sets: {', '.join(f'{v:.1f}' for v in synth)} s")
 
 
 def _stat(values: list[float]) -> str:
