@@ -265,3 +265,15 @@ def few_shot_subset(spec: str, shots: int, seed: int = 0, calibration_size: int 
     train = load_dataset(spec, train=True)
     held_out = calibration_indices(len(train), calibration_size, seed) if calibration_size else []
     return Subset(train, few_shot_indices(targets_of(train), shots, seed, exclude=held_out))
+
+
+def unlabeled_subset(spec: str, images: int, seed: int = 0, calibration_size: int = 0, shots: int = 0) -> Subset:
+    """`images` more training images (PIL, used without labels) for refining savers (docs/method.md §9),
+    disjoint from the calibration split and from `few_shot_subset(spec, shots, seed, calibration_size)`:
+    the thresholds are then calibrated on images no member was fitted to."""
+    train = load_dataset(spec, train=True)
+    held_out = calibration_indices(len(train), calibration_size, seed) if calibration_size else []
+    if shots:
+        held_out = held_out + few_shot_indices(targets_of(train), shots, seed, exclude=held_out)
+    # another seed than the shots' draw, so the first images are not the shots' neighbours in that order
+    return Subset(train, few_shot_indices(targets_of(train), images, seed + 1, exclude=held_out))

@@ -13,6 +13,7 @@ DistributedDataParallel wrapper (which averages gradients across processes) woul
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -186,3 +187,32 @@ def mimic(
     student.eval().requires_grad_(False)
     seconds = time.perf_counter() - start
     return MimicResult(losses[-1], tuple(losses), seconds, epochs * len(images) / max(seconds, 1e-9))
+
+
+def refine(
+    student: nn.Module,
+    teacher: nn.Module,
+    data: Dataset,
+    config: CompressConfig = CompressConfig(),
+    *,
+    epochs: int = 5,
+    seed: int | None = None,
+) -> MimicResult:
+    """Eq. 3 once more, on more unlabeled images, for a compressed model that will serve as a cascade's
+    saver (docs/method.md §9): every block learns (never the tail), `epochs` passes over `data`, in place.
+
+    Compression stays few-shot; this is a separate, optional stage for when the deployment has more
+    unlabeled images than the shots. Keep `data` disjoint from the calibration split (dcvit.data.unlabeled_subset).
+    The teacher's output tokens for all of `data` are kept in memory (images x tokens x width floats).
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1; got {epochs}")
+    if len(data) == 0:
+        raise ValueError("the refinement set is empty; give at least one image")
+    accelerator = make_accelerator(config.mixed_precision)
+    images = FewShotImages(data, teacher, config.augment)
+    teacher = copy.deepcopy(teacher).eval().requires_grad_(False).to(accelerator.device)
+    targets = TeacherTokens(teacher, images, accelerator)
+    scope = config.replace(train_scope="all")
+    seed = config.seed if seed is None else seed
+    return mimic(student, targets, images, scope, epochs=epochs, upto=None, seed=seed, accelerator=accelerator, desc="refine")

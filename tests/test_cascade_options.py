@@ -74,3 +74,7 @@ def test_measured_cascade_exits_as_the_thresholds_say():
     out = measure_cascade([small, big], [threshold], x, 16, [1.0, 10.0], repeats=1, prepare=False)
     assert out["exit_ratios"][0] == pytest.approx(float((conf >= threshold).float().mean()))
     assert out["predicted_speedup"] == pytest.approx(10.0 / (1.0 + 10.0 * (1 - out["exit_ratios"][0])))
+    # every member is timed alone, and their times predict the speed-up for the same exits
+    t, exited = out["alone_seconds"], out["exit_ratios"][0]
+    assert set(t) == {"0", "1"}
+    assert out["time_predicted_speedup"] == pytest.approx(t["1"] / (t["0"] + (1 - exited) * t["1"]))

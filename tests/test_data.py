@@ -12,6 +12,7 @@ from dcvit.data import (
     load_dataset,
     targets_of,
     train_transform,
+    unlabeled_subset,
 )
 
 
@@ -45,6 +46,14 @@ def test_calibration_split_is_disjoint_from_shots():
     subset = few_shot_subset("fashion-mnist", 500, seed=3, calibration_size=5000)
     calib = set(calibration_indices(60000, 5000, seed=3))
     assert not calib & set(subset.indices) and len(calib) == 5000
+
+
+def test_refinement_images_avoid_the_shots_and_the_calibration_split():
+    shots = set(few_shot_subset("fashion-mnist", 100, seed=3, calibration_size=5000).indices)
+    calib = set(calibration_indices(60000, 5000, seed=3))
+    extra = unlabeled_subset("fashion-mnist", 2000, seed=3, calibration_size=5000, shots=100).indices
+    assert len(set(extra)) == 2000 and not set(extra) & (shots | calib)
+    assert extra == unlabeled_subset("fashion-mnist", 2000, seed=3, calibration_size=5000, shots=100).indices
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,8 @@ def test_fast_demo_writes_a_complete_report(tmp_path, capsys):
     assert ("compressed", "compressed", "teacher") in shapes
     assert all(len(c["thresholds"]) == len(c["members"]) - 1 for c in report["cascades"])
     assert {r["kind"] for r in report["savers"]} == {"compressed", "companion"}
+    refined = [r for r in report["savers"] if r["refined_images"]]  # --fast refines the 83% member on 200 images
+    assert [r["refined_images"] for r in refined] == [200] and refined[0]["name"].endswith("-refined")
     teacher_macs = report["teacher"]["macs"]
     # Block dropping and DC-ViT rows are compared at the same MACs (to two decimals of the teacher's).
     for drop, dcvit in zip(report["block_drop"], report["dcvit"]):

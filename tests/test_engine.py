@@ -1,3 +1,4 @@
+import copy
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ import dcvit
 from dcvit.config import ABLATIONS, BLOCK_DROP, CompressConfig
 from dcvit.driver import compress, compress_family, plan_for
 from dcvit.engine import Engine
-from dcvit.mimic import trainable_parameters
+from dcvit.mimic import refine, trainable_parameters
 
 HELPER = Path(__file__).parent / "helpers" / "rank_candidates.py"
 
@@ -54,6 +55,21 @@ def test_mimicking_trains_front_only_and_lowers_the_loss():
     assert fit.losses[-1] < fit.losses[0]
     assert any(k.startswith("blocks.2.") for k in changed) and "pos_embed" in changed
     assert not any(k.startswith(("blocks.3.", "blocks.4.", "norm.", "head.")) for k in changed)
+
+
+def test_refine_trains_every_block_but_not_the_tail_and_is_seeded():
+    teacher = tiny_vit()
+    student = compress(teacher, 0.7, tiny_data(), FAST).model
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    a, b = student, copy.deepcopy(student)
+    fit = refine(a, teacher, tiny_data(32), FAST, epochs=6)
+    refine(b, teacher, tiny_data(32), FAST, epochs=6)
+    changed = {k for k, v in a.state_dict().items() if not torch.equal(before[k], v)}
+    assert fit.losses[-1] < fit.losses[0] and same_weights(a, b)
+    assert any(k.startswith("blocks.4.") for k in changed)  # the last block learns too, unlike Eq. 3 in the driver
+    assert not any(k.startswith(("norm.", "head.")) for k in changed)
+    with pytest.raises(ValueError, match="epochs"):
+        refine(a, teacher, tiny_data(), FAST, epochs=0)
 
 
 def test_trainable_parameters_never_include_the_head():
