@@ -7,6 +7,7 @@ The public API (docs/method.md gives the equations, README.md the walk-through):
     apply_plan, drop_blocks                   block surgery (§3) and the block-dropping baseline
     compress, compress_family,                the progressive driver (§1, Algorithm 1) and dense families
       CompressConfig, CompressionResult
+    refine, unlabeled_subset                  a compressed model refined as a cascade saver on more images (§9)
     few_shot_subset, load_dataset, ...        data: unlabeled shots, the calibration split, transforms
     evaluate, loader_for                      top-1 / top-5 on a dataset
     save, load, create_model, resolve_model   pickle-free model files and models by name
@@ -47,6 +48,8 @@ _EXPORTS = {
     "compress_family": "driver",
     "plan_for": "driver",
     "few_shot_subset": "data",
+    "unlabeled_subset": "data",
+    "refine": "mimic",
     "load_dataset": "data",
     "calibration_indices": "data",
     "eval_transform": "data",

@@ -275,5 +275,10 @@ def unlabeled_subset(spec: str, images: int, seed: int = 0, calibration_size: in
     held_out = calibration_indices(len(train), calibration_size, seed) if calibration_size else []
     if shots:
         held_out = held_out + few_shot_indices(targets_of(train), shots, seed, exclude=held_out)
+    if not isinstance(images, int) or not 1 <= images <= len(train) - len(held_out):
+        raise ValueError(
+            f"refinement images must be an integer between 1 and {len(train) - len(held_out)} (the training "
+            f"images outside the calibration split and the shots); got {images}"
+        )
     # another seed than the shots' draw, so the first images are not the shots' neighbours in that order
     return Subset(train, few_shot_indices(targets_of(train), images, seed + 1, exclude=held_out))

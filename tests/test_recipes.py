@@ -178,12 +178,19 @@ def test_saver_for_cascade_copied_alone(tmp_path, files):
             "8",
             "--speed-images",
             "16",
+            "--refine-images",
+            "16",
+            "--refine-epochs",
+            "1",
             *TINY,
         ],
         cwd,
     )
     assert proc.returncode == 0, proc.stderr
     out = cwd / "out"
+    assert "refined on 16 more unlabeled images" in proc.stdout
+    refined = {t: dcvit.load(out / f"target-{t}-refined") for t in ("0.75", "0.67")}
+    assert all(dcvit.count_macs(m) == dcvit.count_macs(dcvit.load(out / f"target-{t}" / "model")) for t, m in refined.items())
     study = json.loads((out / "study.json").read_text())
     assert study["saver"] in {"dcvit-0.75", "dcvit-0.67", files["extra"]} and len(study["ranking"]) == 3
     assert f"Chosen saver: {study['saver']}" in proc.stdout and "fewer MACs per image" in proc.stdout
@@ -259,6 +266,7 @@ BAD = [  # (recipe, argv, fragment); {model}, {images}, ... name the `files` fix
     ("saver_for_cascade", ["--extra-savers", "{wrong_size}"], "does not accept"),
     ("saver_for_cascade", ["--extra-savers", "{extra}", "{extra}"], "distinct"),
     ("saver_for_cascade", ["--max-acc-drop", "2"], "--max-acc-drop"),
+    ("saver_for_cascade", ["--refine-images", "-1"], "--refine-images"),
     ("saver_for_cascade", ["--confidence", "0.3"], "--confidence"),
     ("saver_for_cascade", ["--data", "{train_only}"], "val/"),
     ("saver_for_cascade", ["--data", "/no/such/imagenet"], "does not exist"),
