@@ -180,8 +180,9 @@ def fresh_checkpoints(out: Path) -> Path:
 
 
 def refined_savers(teacher, results, teacher_macs: int, settings: DemoSettings, config: CompressConfig) -> dict:
-    """{name: copy refined on more unlabeled images} for the deep members (docs/method.md §9): few shots
-    leave them less sure than the teacher on easy images, which a cascade's saver must not be."""
+    """{name: copy refined on more unlabeled images} for the deep members (docs/method.md §9): a saver is
+    useful when it agrees with the teacher on the images it is sure of (r_match), and 100 shots leave the
+    deepest members far from it; the few-shot members stay in the pool beside these."""
     deep = [r for r in results if r.macs < settings.saver_below * teacher_macs]
     if not deep or not settings.saver_epochs:
         return {}
@@ -325,6 +326,7 @@ def summary_table(report: dict) -> str:
     rows += [(f"DC-ViT {r['blocks']}", r["macs"], r["top1"]) for r in report["dcvit"]]
     rows += [(f"drop {r['dropped']}", r["macs"], r["top1"]) for r in report["block_drop"]]
     rows += [(n, c["macs"], c["top1"]) for n, c in report["companions"].items()]
+    rows += [(r["name"], r["macs"], r["top1"]) for r in report["savers"] if r["refined_images"]]
     c = report["cascade"]
     rows.append(("cascade " + " > ".join(c["members"][:-1]), c["macs_per_sample"], c["top1"]))
     for name, macs, top1 in sorted(rows, key=lambda r: -r[1]):
@@ -351,6 +353,10 @@ def _markdown(report: dict, study) -> str:
             "```",
             summary_table(report),
             "```",
+            "",
+            f"Models named `...{REFINED}`: the auto member of that name refined as a cascade saver on "
+            f"{report['settings']['saver_images']} more unlabeled training images (outside the shots and the "
+            f"calibration split), {report['settings']['saver_epochs']} epochs; the few-shot rows are without it.",
             "",
             "![accuracy vs MACs](accuracy_vs_macs.png)",
             "",
