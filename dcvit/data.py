@@ -269,8 +269,9 @@ def few_shot_subset(spec: str, shots: int, seed: int = 0, calibration_size: int 
 
 def unlabeled_subset(spec: str, images: int, seed: int = 0, calibration_size: int = 0, shots: int = 0) -> Subset:
     """`images` more training images (PIL, used without labels) for refining savers (docs/method.md §9),
-    disjoint from the calibration split and from `few_shot_subset(spec, shots, seed, calibration_size)`:
-    the thresholds are then calibrated on images no member was fitted to."""
+    disjoint from the calibration split and from `few_shot_subset(spec, shots, seed, calibration_size)`
+    (pass the shots the members were compressed with; 0 excludes none): the thresholds are then calibrated on
+    images no member was fitted to."""
     train = load_dataset(spec, train=True)
     held_out = calibration_indices(len(train), calibration_size, seed) if calibration_size else []
     if shots:

@@ -99,9 +99,14 @@ def token_loss(student: torch.Tensor, teacher: torch.Tensor, tokens: str, cls_in
 class TeacherTokens:
     """Teacher output tokens; computed once for the fixed images and reused when not augmenting."""
 
+    CHUNK = 1024  # images per teacher pass when caching: a large refinement set must not be one batch
+
     def __init__(self, teacher: nn.Module, images: FewShotImages, accelerator):
         self.teacher, self.adapter, self.accelerator = teacher.eval(), get_adapter(teacher), accelerator
-        self.cached = None if images.augment else self.compute(images.fixed)
+        x = images.fixed
+        self.cached = (
+            None if images.augment else torch.cat([self.compute(x[i : i + self.CHUNK]) for i in range(0, len(x), self.CHUNK)])
+        )
 
     @torch.no_grad()
     def compute(self, x: torch.Tensor) -> torch.Tensor:
@@ -203,7 +208,8 @@ def refine(
 
     Compression stays few-shot; this is a separate, optional stage for when the deployment has more
     unlabeled images than the shots. Keep `data` disjoint from the calibration split (dcvit.data.unlabeled_subset).
-    The teacher's output tokens for all of `data` are kept in memory (images x tokens x width floats).
+    Memory: the images as one tensor and, without augmentation, the teacher's output tokens for all of them
+    (images x tokens x width floats); with augmentation the tokens are recomputed for every batch.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1; got {epochs}")

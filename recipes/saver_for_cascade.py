@@ -8,8 +8,9 @@ ViT-Ti as an outside candidate):
 
 ImageFolder data needs PATH/train (few shots and the calibration split, kept disjoint) and PATH/val (test).
 Writes OUT/report.md, OUT/study.json, OUT/curves.png and OUT/target-X/{model,result.json} per companion.
-With --refine-images N each companion is then refined on N more unlabeled training images (outside the shots
-and the calibration split; OUT/target-X-refined/): deep companions become better savers when the images exist.
+With --refine-images N a copy of each companion is also refined on N more unlabeled training images (outside
+the shots and the calibration split), enters the study as dcvit-X-refined and is saved as OUT/target-X-refined/
+(a model folder): deep companions can become better savers when such images exist.
 Every candidate sees the big model's eval transform: it must take the same input size and label space. The
 study runs on the CPU. --structure auto (the default) lets the synthetic metric set choose each block's edit;
 dcvit is the paper's structure, mlp edits MLPs only, drop is the block-dropping baseline. --epochs, ...
@@ -19,6 +20,7 @@ installed.
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from pathlib import Path
@@ -118,6 +120,7 @@ def run(args) -> dict:
     print("\n".join(f"{m}: {plan.describe()}" for m, plan in zip(members, plans)), flush=True)
     # The few shots come from the training split minus the calibration images, so the choice stays honest.
     data = dcvit.few_shot_subset(spec, args.shots, seed=args.seed, calibration_size=args.calibration_size)
+    extra = refinement_images(args, spec)  # drawn now: too many fails before the compression runs
     results = dcvit.compress_family(big, plans, data, config, workdir=out / "checkpoints", resume=args.resume)
     if int(os.environ.get("RANK", 0)) > 0:  # under `accelerate launch`, only the main process goes on
         return {}
@@ -126,13 +129,14 @@ def run(args) -> dict:
         for label, t, r in zip(labels, args.targets, results)
     ]
     print("\n".join(f"{m}: {r.describe()}" for m, r in zip(members, results)), flush=True)
-    if args.refine_images:  # the few-shot models are saved above; the refined ones beside them
-        extra = dcvit.unlabeled_subset(spec, args.refine_images, args.seed, args.calibration_size, args.shots)
-        for label, r in zip(labels, results):
-            dcvit.refine(r.model, big, extra, config, epochs=args.refine_epochs)
-            dcvit.save(r.model, out / f"target-{label}-refined")
-        print(f"companions refined on {len(extra)} more unlabeled images (target-X-refined/)", flush=True)
     models = {args.big: big, **{m: r.model for m, r in zip(members, results)}, **extras}
+    if extra is not None:  # refined copies enter the pool beside the few-shot companions
+        for member, label, r in zip(members, labels, results):
+            refined = copy.deepcopy(r.model)
+            dcvit.refine(refined, big, extra, config, epochs=args.refine_epochs)
+            models[f"{member}-refined"] = refined
+            dcvit.save(refined, out / f"target-{label}-refined")
+        print(f"companions refined on {len(extra)} more unlabeled images (target-X-refined/)", flush=True)
     study = cascade_study(
         args.big,
         models,
@@ -158,6 +162,16 @@ def run(args) -> dict:
     )
     print(f"report: {out / 'report.md'}")
     return {"saver": study.saver, "macs_reduction": best.test_cost_reduction, "family": summaries}
+
+
+def refinement_images(args, spec: str):
+    """The --refine-images set (None without it), disjoint from the shots and the calibration split."""
+    if not args.refine_images:
+        return None
+    try:
+        return dcvit.unlabeled_subset(spec, args.refine_images, args.seed, args.calibration_size, args.shots)
+    except ValueError as err:
+        raise ValueError(f"--refine-images: {err}") from None
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -192,7 +192,8 @@ def test_saver_for_cascade_copied_alone(tmp_path, files):
     refined = {t: dcvit.load(out / f"target-{t}-refined") for t in ("0.75", "0.67")}
     assert all(dcvit.count_macs(m) == dcvit.count_macs(dcvit.load(out / f"target-{t}" / "model")) for t, m in refined.items())
     study = json.loads((out / "study.json").read_text())
-    assert study["saver"] in {"dcvit-0.75", "dcvit-0.67", files["extra"]} and len(study["ranking"]) == 3
+    members = {"dcvit-0.75", "dcvit-0.67", "dcvit-0.75-refined", "dcvit-0.67-refined", files["extra"]}
+    assert study["saver"] in members and {r["saver"] for r in study["ranking"]} == members
     assert f"Chosen saver: {study['saver']}" in proc.stdout and "fewer MACs per image" in proc.stdout
     report = (out / "report.md").read_text()
     assert "Chosen saver" in report and "dcvit-0.67" in report and files["extra"] in report
@@ -267,6 +268,7 @@ BAD = [  # (recipe, argv, fragment); {model}, {images}, ... name the `files` fix
     ("saver_for_cascade", ["--extra-savers", "{extra}", "{extra}"], "distinct"),
     ("saver_for_cascade", ["--max-acc-drop", "2"], "--max-acc-drop"),
     ("saver_for_cascade", ["--refine-images", "-1"], "--refine-images"),
+    ("saver_for_cascade", ["--calibration-size", "8", "--refine-images", "100"], "--refine-images"),
     ("saver_for_cascade", ["--confidence", "0.3"], "--confidence"),
     ("saver_for_cascade", ["--data", "{train_only}"], "val/"),
     ("saver_for_cascade", ["--data", "/no/such/imagenet"], "does not exist"),

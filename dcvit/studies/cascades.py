@@ -118,11 +118,12 @@ def time_cascades(
     alone: Sequence[str] = (),
 ) -> dict[str, dict]:
     """Wall-clock time over `images` (CPU) of each cascade in `chains` (key -> member names cheapest first,
-    thresholds) and of its last member alone, in one interleaved run (medians of `repeats` passes, so every
+    thresholds) and of every member alone, in one interleaved run (medians of `repeats` passes, so every
     ratio shares the same drift). Every member is prepared once (cascade.prepare_for_inference, checked on the
     first batch; prepare=False times them as given) and a model shared by several cascades, such as the teacher,
     is timed alone once; `alone` names more models to time alone. predicted_speedup is what MACs predict for
-    these same images: the last member's cost over the cascade's average cost given the measured exits."""
+    these same images: the last member's cost over the cascade's average cost given the measured exits;
+    time_predicted_speedup the same from the members' measured times."""
     names = list(dict.fromkeys(n for members, _ in chains.values() for n in members))
     ready = {n: models[n] for n in names}
     if prepare:

@@ -353,10 +353,7 @@ def _markdown(report: dict, study) -> str:
             "```",
             summary_table(report),
             "```",
-            "",
-            f"Models named `...{REFINED}`: the auto member of that name refined as a cascade saver on "
-            f"{report['settings']['saver_images']} more unlabeled training images (outside the shots and the "
-            f"calibration split), {report['settings']['saver_epochs']} epochs; the few-shot rows are without it.",
+            _refined_note(report),
             "",
             "![accuracy vs MACs](accuracy_vs_macs.png)",
             "",
@@ -376,6 +373,17 @@ def _markdown(report: dict, study) -> str:
             f"Total time: {report['seconds']:.0f} s.",
             "",
         ]
+    )
+
+
+def _refined_note(report: dict) -> str:
+    if not any(r["refined_images"] for r in report["savers"]):
+        return ""
+    settings = report["settings"]
+    return (
+        f"\nModels named `...{REFINED}`: the auto member of that name refined as a cascade saver on "
+        f"{settings['saver_images']} more unlabeled training images (outside the shots and the calibration split), "
+        f"{settings['saver_epochs']} epochs; the few-shot rows are without it."
     )
 
 
