@@ -123,10 +123,10 @@ class Bench:
         return row
 
 
-def cells(mode: str):
+def cells(mode: str, seeds=SEEDS, shot_counts=(100, 50, 500)):
     if mode == "grid":
-        for shots in (100, 50, 500):  # 100 shots first: the headline cells
-            for seed in SEEDS:
+        for shots in shot_counts:  # 100 shots first: the headline cells
+            for seed in seeds:
                 for k in (1, 2, 3, 5):
                     for method in ("auto", "dcvit", "drop"):
                         yield (
@@ -139,7 +139,7 @@ def cells(mode: str):
     elif (
         mode == "frontier"
     ):  # budgets below the block-drop grid, 100 shots (the Torch-Pruning peer's tool has them too)
-        for seed in SEEDS:
+        for seed in seeds:
             for fraction in FRONTIER:
                 for method in ("auto", "dcvit", "drop"):
                     yield f"frontier/{method}/f{fraction}/s100/seed{seed}", fraction, 100, seed, \
@@ -147,7 +147,7 @@ def cells(mode: str):
     elif mode == "search-space":  # two choices of the search against the auto cells of grid and frontier
         variants = {"auto-heads": {"structure": "auto", "prune_heads": True},
                     "auto-random-units": {"structure": "auto", "unit_choice": "random"}}  # fmt: skip
-        for seed in SEEDS:
+        for seed in seeds:
             for budget in (3, 5, 0.4, 0.3):  # k blocks' worth (75%, 59%) or a fraction of the teacher's MACs
                 for method, change in variants.items():
                     yield f"search-space/{method}/b{budget}/s100/seed{seed}", budget, 100, seed, \
@@ -406,6 +406,9 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench", type=Path)
     p.add_argument("--part", default="0/1", help="I/N: run every N-th cell starting at I")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help=f"grid, frontier, search-space: seeds "
+                   f"(default {' '.join(map(str, SEEDS))})")  # fmt: skip
+    p.add_argument("--shots", type=int, nargs="+", default=[100, 50, 500], help="grid: shot counts (default 100 50 500)")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.mode == "report":
@@ -420,7 +423,7 @@ def main() -> None:
         return anatomy(bench)
     index, parts = (int(x) for x in args.part.split("/"))
     done = bench.done()
-    for i, (cell, k, shots, seed, config) in enumerate(cells(args.mode)):
+    for i, (cell, k, shots, seed, config) in enumerate(cells(args.mode, args.seeds, args.shots)):
         if i % parts == index and cell not in done:
             bench.run(cell, k, shots, seed, config)
 
