@@ -14,6 +14,7 @@ from .record import Recorded, record
 from .report import format_table, plot_curves, report_table
 from .routing import Cascade, CascadeStats
 from .saver import SaverRow, delta_cost, match_ratio, select_saver
+from .staged import predict_staged
 
 __all__ = [
     "Calibration",
@@ -34,6 +35,7 @@ __all__ = [
     "load",
     "match_ratio",
     "plot_curves",
+    "predict_staged",
     "prepare_for_inference",
     "read_spec",
     "record",

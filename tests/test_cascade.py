@@ -128,6 +128,27 @@ def test_routing_matches_per_sample_reference(n_stages, seed):
     assert st.avg_cost == pytest.approx(sum(sum(costs[: s + 1]) for s in stages) / 64)
 
 
+@pytest.mark.parametrize("n_stages", [2, 3])
+def test_staged_inference_answers_as_the_per_batch_cascade(n_stages):
+    models = [Spy(m) for m in linear_models(n_stages, seed=4)]
+    x = torch.randn(100, 6, generator=torch.Generator().manual_seed(9))
+    casc = Cascade(models, [0.5, 0.6][: n_stages - 1], [1.0, 3.0, 10.0][-n_stages:]).eval()
+    with torch.no_grad():
+        per_batch = torch.cat([casc(x[i : i + 16]) for i in range(0, 100, 16)])
+    expected = casc.total_stats
+    for spy in models:
+        spy.seen.clear()
+    out, stats = cascade.predict_staged(casc, x, batch_size=16)
+    assert torch.allclose(out, per_batch, atol=1e-6)
+    assert stats.exit_counts == expected.exit_counts and stats.avg_cost == pytest.approx(expected.avg_cost)
+    assert 0 < stats.exit_counts[0] < 100
+    # every later member sees the undecided inputs of the whole set in full batches, not a few per batch
+    assert [len(b) for b in models[1].seen][:-1] == [16] * (len(models[1].seen) - 1)
+    assert sum(len(b) for b in models[1].seen) == 100 - stats.exit_counts[0]
+    with pytest.raises(ValueError, match="batch_size"):
+        cascade.predict_staged(casc, x, batch_size=0)
+
+
 def test_later_models_see_only_undecided_samples():
     inner = linear_models(3, seed=3)
     spies = [Spy(m) for m in inner]

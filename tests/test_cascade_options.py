@@ -78,3 +78,4 @@ def test_measured_cascade_exits_as_the_thresholds_say():
     t, exited = out["alone_seconds"], out["exit_ratios"][0]
     assert set(t) == {"0", "1"}
     assert out["time_predicted_speedup"] == pytest.approx(t["1"] / (t["0"] + (1 - exited) * t["1"]))
+    assert out["staged_speedup"] > 0  # the same cascade run stage by stage over all the images

@@ -69,7 +69,7 @@ def main(argv=None) -> int:
         for prepare in (False, True)
     }
     rows = [
-        {**r, "ratio": r["realised_speedup"] / r["predicted_speedup"]}
+        {**r, "ratio": r["realised_speedup"] / r["predicted_speedup"], "staged_ratio": r["staged_speedup"] / r["predicted_speedup"]}
         for key in runs[True]
         for r in (runs[False][key], runs[True][key])
     ]
@@ -79,12 +79,15 @@ def main(argv=None) -> int:
     print(
         f"{args.saver} -> {args.big}, thresholds {cal.thresholds} ({cal.note}); MACs ratio {costs[1] / costs[0]:.1f}x"
     )
-    print("batch  prepared  exit   big img/s  saver/big speed  cascade speed-up  MACs-predicted  realised/predicted")
+    print(
+        "batch  prepared  exit   big img/s  saver/big speed  cascade speed-up  MACs-predicted  realised/predicted"
+        "  staged speed-up  staged/predicted"
+    )
     for r in rows:
         print(
             f"{r['batch_size']:5d}  {str(r['prepared']):8s}  {r['exit_ratio']:.3f}  {r['images'] / r['big_seconds']:9.0f}  "
             f"{r['saver_speed_ratio']:15.1f}  {r['realised_speedup']:16.2f}  {r['predicted_speedup']:14.2f}  "
-            f"{r['ratio']:18.2f}"
+            f"{r['ratio']:18.2f}  {r['staged_speedup']:15.2f}  {r['staged_ratio']:16.2f}"
         )
     return 0
 
