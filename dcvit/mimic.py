@@ -105,7 +105,9 @@ class TeacherTokens:
         self.teacher, self.adapter, self.accelerator = teacher.eval(), get_adapter(teacher), accelerator
         x = images.fixed
         self.cached = (
-            None if images.augment else torch.cat([self.compute(x[i : i + self.CHUNK]) for i in range(0, len(x), self.CHUNK)])
+            None
+            if images.augment
+            else torch.cat([self.compute(x[i : i + self.CHUNK]) for i in range(0, len(x), self.CHUNK)])
         )
 
     @torch.no_grad()
@@ -221,4 +223,6 @@ def refine(
     targets = TeacherTokens(teacher, images, accelerator)
     scope = config.replace(train_scope="all")
     seed = config.seed if seed is None else seed
-    return mimic(student, targets, images, scope, epochs=epochs, upto=None, seed=seed, accelerator=accelerator, desc="refine")
+    return mimic(
+        student, targets, images, scope, epochs=epochs, upto=None, seed=seed, accelerator=accelerator, desc="refine"
+    )

@@ -89,9 +89,7 @@ def build_parser() -> scripts.ScriptParser:
         help="refine each companion on N more unlabeled training images (outside the shots and the calibration "
         "split) before the study: better savers when you have the images (default 0: few-shot only)",
     )
-    p.add_argument(
-        "--refine-epochs", type=scripts.positive_int, default=5, help="passes over those images (default 5)"
-    )
+    p.add_argument("--refine-epochs", type=scripts.positive_int, default=5, help="passes over those images (default 5)")
     scripts.add_run_arguments(p)
     return p
 

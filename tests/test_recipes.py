@@ -190,7 +190,9 @@ def test_saver_for_cascade_copied_alone(tmp_path, files):
     out = cwd / "out"
     assert "refined on 16 more unlabeled images" in proc.stdout
     refined = {t: dcvit.load(out / f"target-{t}-refined") for t in ("0.75", "0.67")}
-    assert all(dcvit.count_macs(m) == dcvit.count_macs(dcvit.load(out / f"target-{t}" / "model")) for t, m in refined.items())
+    assert all(
+        dcvit.count_macs(m) == dcvit.count_macs(dcvit.load(out / f"target-{t}" / "model")) for t, m in refined.items()
+    )
     study = json.loads((out / "study.json").read_text())
     members = {"dcvit-0.75", "dcvit-0.67", "dcvit-0.75-refined", "dcvit-0.67-refined", files["extra"]}
     assert study["saver"] in members and {r["saver"] for r in study["ranking"]} == members

@@ -69,7 +69,11 @@ def main(argv=None) -> int:
         for prepare in (False, True)
     }
     rows = [
-        {**r, "ratio": r["realised_speedup"] / r["predicted_speedup"], "staged_ratio": r["staged_speedup"] / r["predicted_speedup"]}
+        {
+            **r,
+            "ratio": r["realised_speedup"] / r["predicted_speedup"],
+            "staged_ratio": r["staged_speedup"] / r["predicted_speedup"],
+        }
         for key in runs[True]
         for r in (runs[False][key], runs[True][key])
     ]

@@ -408,7 +408,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help=f"grid, frontier, search-space: seeds "
                    f"(default {' '.join(map(str, SEEDS))})")  # fmt: skip
-    p.add_argument("--shots", type=int, nargs="+", default=[100, 50, 500], help="grid: shot counts (default 100 50 500)")
+    p.add_argument(
+        "--shots", type=int, nargs="+", default=[100, 50, 500], help="grid: shot counts (default 100 50 500)"
+    )
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.mode == "report":
