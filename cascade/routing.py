@@ -45,6 +45,12 @@ class CascadeStats:
         return cls(exit_counts=counts, exit_ratios=ratios, run_counts=runs, avg_cost=avg, n=n)
 
 
+def confident(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The rows that exit at a stage: float32 max softmax >= threshold (half-precision confidences would round
+    near the threshold; a NaN confidence is not >=, so it goes on)."""
+    return torch.softmax(logits.float(), dim=-1).amax(dim=-1) >= threshold
+
+
 class Cascade(nn.Module):
     """N-pass cascade that replaces a classifier: forward(x) returns B x K logits, each row from the
     model that answered that sample.
@@ -124,9 +130,7 @@ class Cascade(nn.Module):
             if i == n_models - 1:
                 exit_counts[i] = logits.shape[0]  # the last model answers everything that reached it
                 break
-            # float32 softmax: half-precision confidences would round near the threshold.
-            conf = torch.softmax(logits.float(), dim=-1).amax(dim=-1)
-            go_on = ~(conf >= self.thresholds[i])  # written this way so a NaN confidence goes on
+            go_on = ~confident(logits, self.thresholds[i])
             n_on = int(go_on.sum())  # one sync per stage, needed anyway to skip empty batches
             exit_counts[i] = logits.shape[0] - n_on
             if n_on == 0:

@@ -4,14 +4,14 @@
 left in each batch, and a forward on a handful of inputs costs far more per input than on a full batch. When
 the inputs are all at hand (offline scoring, or a server that queues hard requests), `predict_staged` runs
 each member on everything still undecided, in full batches, so every member works at its efficient batch
-size. The routing rule is the cascade's own: float32 max softmax >= the stage's threshold exits, NaN goes on.
+size. The routing rule is the cascade's own (cascade.routing.confident).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .routing import Cascade, CascadeStats
+from .routing import Cascade, CascadeStats, confident
 
 
 def _forward_in_batches(model, x: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -35,7 +35,7 @@ def predict_staged(cascade: Cascade, inputs: torch.Tensor, batch_size: int = 256
         if i == len(cascade.models) - 1:
             answer = torch.ones(len(undecided), dtype=torch.bool, device=inputs.device)
         else:
-            answer = torch.softmax(logits.float(), dim=-1).amax(dim=-1) >= cascade.thresholds[i]
+            answer = confident(logits, cascade.thresholds[i])
         out[undecided[answer]] = logits[answer].to(out.dtype)
         exits[i] = int(answer.sum())
         undecided = undecided[~answer]

@@ -263,8 +263,13 @@ def few_shot_indices(
 def few_shot_subset(spec: str, shots: int, seed: int = 0, calibration_size: int = 0) -> Subset:
     """`shots` training images (PIL, no transform; used without labels), disjoint from the calibration split."""
     train = load_dataset(spec, train=True)
-    held_out = calibration_indices(len(train), calibration_size, seed) if calibration_size else []
-    return Subset(train, few_shot_indices(targets_of(train), shots, seed, exclude=held_out))
+    return Subset(
+        train, few_shot_indices(targets_of(train), shots, seed, exclude=_calibration(train, calibration_size, seed))
+    )
+
+
+def _calibration(train: Dataset, size: int, seed: int) -> list[int]:
+    return calibration_indices(len(train), size, seed) if size else []
 
 
 def unlabeled_subset(spec: str, images: int, seed: int = 0, calibration_size: int = 0, shots: int = 0) -> Subset:
@@ -273,8 +278,8 @@ def unlabeled_subset(spec: str, images: int, seed: int = 0, calibration_size: in
     (pass the shots the members were compressed with; 0 excludes none): the thresholds are then calibrated on
     images no member was fitted to."""
     train = load_dataset(spec, train=True)
-    held_out = calibration_indices(len(train), calibration_size, seed) if calibration_size else []
-    if shots:
+    held_out = _calibration(train, calibration_size, seed)
+    if shots:  # the shots few_shot_subset draws with these arguments
         held_out = held_out + few_shot_indices(targets_of(train), shots, seed, exclude=held_out)
     if not isinstance(images, int) or not 1 <= images <= len(train) - len(held_out):
         raise ValueError(
