@@ -115,6 +115,14 @@ def check_confidence(confidence: float | None) -> float | None:
     return c
 
 
+def check_risk(delta: float) -> float:
+    """delta of a guarantee: the chance, over the calibration draw, that the promise fails."""
+    d = _as_float(delta, "delta")
+    if not 0.0 < d < 1.0:
+        raise ValueError(f"delta={d!r} is outside (0, 1); accepted: a risk such as 0.05 (the promise holds with 95%)")
+    return d
+
+
 def check_grid_size(grid_size: int) -> int:
     if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 2:
         raise ValueError(f"grid_size must be an int >= 2 (threshold values per stage), got {grid_size!r}")

@@ -20,11 +20,13 @@ from ._checks import (
     check_costs,
     check_fraction,
     check_grid_size,
+    check_risk,
     check_stage_probs,
     conf_correct,
 )
 from ._grid import _exact_grid, _grid_candidates
 from ._search import _evaluate, _feasible, _lower_bound, search, tolerance_query
+from .guarantee import Certificate, certify_path, committee_probs, committee_settings, walk_path
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,16 @@ class Calibration:
     test_exit_ratios: tuple[float, ...] | None = None
     confidence: float | None = None
     calib_lower_bound: float | None = None
+    # certify (cascade.guarantee): the promise is kept with probability >= 1 - delta over the calibration draw
+    rule: str = "empirical"  # "empirical" (measured accuracies), "nominal" (confidence, no search correction), "fixed-sequence"
+    delta: float | None = None
+    committee: tuple[bool, ...] | None = None  # per member: answers with the mean of every member run so far
+    families: int = 1  # configurations delta was split between (Bonferroni)
+
+    @property
+    def guaranteed(self) -> bool:
+        """Whether the thresholds carry the fixed-sequence guarantee (and something exits before the big model)."""
+        return self.rule == "fixed-sequence" and not self.fallback
 
 
 def sweep(
@@ -147,16 +159,7 @@ def calibrate(
     drop = check_fraction(max_acc_drop, "max_acc_drop")
     confidence = check_confidence(confidence)
     check_grid_size(grid_size)
-    if (test_probs is None) != (test_labels is None):
-        raise ValueError("give both test_probs and test_labels, or neither")
-    if test_probs is not None:
-        test_probs, test_labels = check_stage_probs(
-            test_probs, test_labels, what="test_probs", labels_what="test_labels"
-        )
-        if len(test_probs) != len(probs) or test_probs[0].shape[1] != probs[0].shape[1]:
-            raise ValueError(
-                f"test_probs must have one N x {probs[0].shape[1]} tensor per model ({len(probs)}), like calib_probs"
-            )
+    test_probs, test_labels = _check_test(test_probs, test_labels, probs)
 
     conf, correct = conf_correct(probs, labels)
     n = labels.numel()
@@ -185,19 +188,9 @@ def calibrate(
             f"confidence exactly 1.0 exit early and lose accuracy; use the big model alone"
         )
 
-    test = {}
-    if test_probs is not None:
-        t_conf, t_correct = conf_correct(test_probs, test_labels)
-        t_n = test_labels.numel()
-        t_right, _, t_stats = _evaluate(t_conf, t_correct, costs, thresholds)
-        test = dict(
-            test_accuracy=t_right / t_n,
-            test_avg_cost=t_stats.avg_cost,
-            test_big_accuracy=int(t_correct[-1].sum()) / t_n,
-            test_cost_reduction=1.0 - t_stats.avg_cost / big_cost,
-            test_exit_ratios=t_stats.exit_ratios,
-        )
+    test = _on_test(test_probs, test_labels, costs, thresholds)
     return Calibration(
+        rule="empirical" if confidence is None else "nominal",
         thresholds=thresholds,
         max_acc_drop=drop,
         confidence=confidence,
@@ -212,4 +205,113 @@ def calibrate(
         fallback=fallback,
         note=note,
         **test,
+    )
+
+
+def certify(
+    calib_probs: Sequence[torch.Tensor],
+    calib_labels: torch.Tensor,
+    costs: Sequence[float],
+    max_acc_drop: float = 0.0,
+    delta: float = 0.05,
+    test_probs: Sequence[torch.Tensor] | None = None,
+    test_labels: torch.Tensor | None = None,
+    *,
+    committee: bool | str | Sequence[bool] = "auto",
+    families: int = 1,
+) -> Calibration:
+    """Thresholds with a guarantee (cascade.guarantee): with probability >= 1 - delta over the draw of the
+    calibration set, the cascade's population accuracy is >= the big model's - max_acc_drop.
+
+    One threshold shared by every stage, walked from 1 down by fixed-sequence testing; the cheapest certified
+    point is kept. committee: "auto" walks every on/off setting of the committee exit for the stages after the
+    first (delta split between them) and keeps the cheapest certified; True / False / a flag per member fix
+    it. families: how many other configurations the caller chooses among on the same calibration data
+    (e.g. member chains); delta is divided by it as well, so the caller's pick keeps the promise. Nothing
+    certified: thresholds 1.0 without committee, fallback=True (use the big model alone).
+    """
+    probs, labels = check_stage_probs(
+        calib_probs, calib_labels, min_stages=2, what="calib_probs", labels_what="calib_labels"
+    )
+    costs = check_costs(costs, len(probs), required=True)
+    big_cost = check_big_cost(costs)
+    eps = check_fraction(max_acc_drop, "max_acc_drop")
+    delta = check_risk(delta)
+    if isinstance(families, bool) or not isinstance(families, int) or families < 1:
+        raise ValueError(f"families must be an int >= 1 (configurations chosen among), got {families!r}")
+    test_probs, test_labels = _check_test(test_probs, test_labels, probs)
+    settings = committee_settings(len(probs), committee)
+    share = delta / (len(settings) * families)
+    big_right = probs[-1].argmax(dim=1) == labels
+    found: Certificate | None = None
+    for flags in settings:
+        conf, correct = conf_correct(committee_probs(probs, flags), labels)
+        cert = certify_path(walk_path(conf, correct, big_right, costs), flags, eps, share)
+        if cert is not None and (found is None or cert.cost < found.cost):
+            found = cert
+    flags = found.committee if found else (False,) * len(probs)
+    thresholds = (found.threshold if found else 1.0,) * (len(probs) - 1)
+    conf, correct = conf_correct(committee_probs(probs, flags), labels)
+    n = labels.numel()
+    n_correct, _, stats = _evaluate(conf, correct, costs, thresholds)
+    if found:
+        note = (
+            f"cheapest certified thresholds: top-1 >= the big model's - {eps * 100:g} points on the population, "
+            f"with probability >= {1 - delta:.0%} (fixed-sequence walk, delta split over {len(settings) * families} "
+            f"configurations)"
+        )
+    else:
+        note = (
+            f"nothing certified at {eps * 100:g} points and delta {delta:g}: use the big model alone (thresholds "
+            f"1.0 still let samples of confidence exactly 1.0 exit)"
+        )
+    return Calibration(
+        thresholds=thresholds,
+        max_acc_drop=eps,
+        big_cost=big_cost,
+        calib_accuracy=n_correct / n,
+        calib_avg_cost=stats.avg_cost,
+        calib_big_accuracy=int(big_right.sum()) / n,
+        calib_cost_reduction=1.0 - stats.avg_cost / big_cost,
+        calib_exit_ratios=stats.exit_ratios,
+        meets_tolerance=found is not None,
+        fallback=found is None,
+        note=note,
+        rule="fixed-sequence",
+        delta=delta,
+        committee=flags,
+        families=len(settings) * families,
+        **_on_test(test_probs, test_labels, costs, thresholds, flags),
+    )
+
+
+def _check_test(test_probs, test_labels, probs: list[torch.Tensor]):
+    if (test_probs is None) != (test_labels is None):
+        raise ValueError("give both test_probs and test_labels, or neither")
+    if test_probs is None:
+        return None, None
+    test_probs, test_labels = check_stage_probs(test_probs, test_labels, what="test_probs", labels_what="test_labels")
+    if len(test_probs) != len(probs) or test_probs[0].shape[1] != probs[0].shape[1]:
+        raise ValueError(
+            f"test_probs must have one N x {probs[0].shape[1]} tensor per model ({len(probs)}), like calib_probs"
+        )
+    return test_probs, test_labels
+
+
+def _on_test(test_probs, test_labels, costs, thresholds, committee: tuple[bool, ...] | None = None) -> dict:
+    """The test_* fields of a Calibration for fixed thresholds (and committee), {} without test data."""
+    if test_probs is None:
+        return {}
+    big_right = test_probs[-1].argmax(dim=1) == test_labels
+    if committee is not None:
+        test_probs = committee_probs(test_probs, committee)
+    t_conf, t_correct = conf_correct(test_probs, test_labels)
+    t_n = test_labels.numel()
+    t_right, _, t_stats = _evaluate(t_conf, t_correct, costs, thresholds)
+    return dict(
+        test_accuracy=t_right / t_n,
+        test_avg_cost=t_stats.avg_cost,
+        test_big_accuracy=int(big_right.sum()) / t_n,
+        test_cost_reduction=1.0 - t_stats.avg_cost / costs[-1],
+        test_exit_ratios=t_stats.exit_ratios,
     )

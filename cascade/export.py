@@ -22,15 +22,17 @@ from .routing import Cascade
 
 @dataclass(frozen=True)
 class ExportedCascade:
-    """The members of a cascade as torch.export programs (cheapest first), with its thresholds and costs."""
+    """The members of a cascade as torch.export programs (cheapest first), with its thresholds, costs and
+    committee flags (the committee's averaging is part of the routing, not of any member's graph)."""
 
     programs: tuple[ExportedProgram, ...]
     thresholds: tuple[float, ...]
     costs: tuple[float, ...] | None
+    committee: tuple[bool, ...] | None = None  # the committee exit, applied by the routing in Python
 
     def module(self) -> Cascade:
         """A Cascade that routes in Python between the exported members (see the module docstring)."""
-        return Cascade([p.module() for p in self.programs], self.thresholds, self.costs)
+        return Cascade([p.module() for p in self.programs], self.thresholds, self.costs, self.committee)
 
 
 def export_stages(model: Cascade, example: torch.Tensor, dynamic_batch: bool = True) -> ExportedCascade:
@@ -56,4 +58,4 @@ def export_stages(model: Cascade, example: torch.Tensor, dynamic_batch: bool = T
             programs.append(torch.export.export(member, (example,), dynamic_shapes=shapes))
         finally:
             member.train(was_training)
-    return ExportedCascade(tuple(programs), model.thresholds, model.costs)
+    return ExportedCascade(tuple(programs), model.thresholds, model.costs, model.committee)

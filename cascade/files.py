@@ -30,11 +30,16 @@ from torch import nn
 
 from .routing import Cascade
 
-FORMAT, VERSION, SPEC = "cascade", 1, "cascade.json"
+# Version 2 added "committee"; a version-1 file has none (every flag false) and still loads. A reader that
+# knows only version 1 refuses a version-2 file instead of silently dropping its committee exit.
+FORMAT, VERSION, SPEC = "cascade", 2, "cascade.json"
+READABLE_VERSIONS = (1, 2)
 KINDS = ("teacher", "compressed", "companion")
 ROUTING_RULE = (
     "confidence = max softmax of the member's logits in float32; a sample leaves at the first member i with "
-    "confidence >= thresholds[i]; the last member answers every sample that reaches it"
+    "confidence >= thresholds[i]; the last member answers every sample that reaches it; a member whose "
+    "committee flag is true answers with the mean of the softmax of every member run so far on that sample "
+    "(its confidence is that mean's max)"
 )
 # What a member needs as input; the keys of timm's data config (input_size (C, H, W), normalisation, resize).
 PREPROCESSING_KEYS = ("input_size", "mean", "std", "crop_pct", "interpolation", "crop_mode")
@@ -65,6 +70,7 @@ class CascadeSpec:
     members: tuple[Member, ...]
     preprocessing: dict[str, Any]
     info: dict[str, Any]
+    committee: tuple[bool, ...] = ()  # one flag per member (cascade.routing.Committee); () reads as all false
 
     @property
     def costs(self) -> tuple[float, ...]:
@@ -106,6 +112,7 @@ def save(
         "version": VERSION,
         "routing": ROUTING_RULE,
         "thresholds": list(model.thresholds),
+        "committee": list(model.committee),
         "members": [asdict(m) for m in members],
         "preprocessing": _jsonable(dict(preprocessing)),
         "info": _jsonable(dict(info or {})),
@@ -143,7 +150,7 @@ def load(path: str | os.PathLike, load_member: Callable[[Path], nn.Module]) -> C
         if not isinstance(module, nn.Module):
             raise CascadeFileError(f"load_member returned {type(module).__name__} for {folder}, not a torch module")
         models.append(module.eval())
-    model = Cascade(models, spec.thresholds, spec.costs)
+    model = Cascade(models, spec.thresholds, spec.costs, spec.committee or None)
     model.spec = spec
     return model
 
@@ -173,10 +180,11 @@ def parse_spec(raw: Any, where: str) -> CascadeSpec:
 
     if not isinstance(raw, dict):
         raise fail(f"must hold a JSON object, not {_kind(raw)}")
-    if raw.get("format") != FORMAT or raw.get("version") != VERSION:
+    version = raw.get("version")
+    if raw.get("format") != FORMAT or type(version) is not int or version not in READABLE_VERSIONS:
         raise fail(
-            f"not a cascade file (format {_short(raw.get('format'))}, version {_short(raw.get('version'))}; "
-            f"accepted: format {FORMAT!r}, version {VERSION})"
+            f"not a cascade file (format {_short(raw.get('format'))}, version {_short(version)}; "
+            f"accepted: format {FORMAT!r}, version {' or '.join(map(str, READABLE_VERSIONS))})"
         )
     for key, kind in (("members", list), ("thresholds", list), ("preprocessing", dict), ("info", dict)):
         if key not in raw:
@@ -195,7 +203,8 @@ def parse_spec(raw: Any, where: str) -> CascadeSpec:
             f"got {len(raw['thresholds'])}"
         )
     thresholds = tuple(_threshold(t, i, fail) for i, t in enumerate(raw["thresholds"]))
-    return CascadeSpec(thresholds, members, _preprocessing(raw["preprocessing"], fail), raw["info"])
+    committee = _committee(raw, len(members), version, fail)
+    return CascadeSpec(thresholds, members, _preprocessing(raw["preprocessing"], fail), raw["info"], committee)
 
 
 def check_replaceable(path: str | os.PathLike) -> None:
@@ -240,6 +249,19 @@ def _threshold(value: Any, i: int, fail) -> float:
     if not _number(value) or not 0 <= value <= 1:
         raise fail(f"thresholds[{i}] must be a number in [0, 1], not {_short(value)}")
     return float(value)
+
+
+def _committee(raw: dict, n: int, version: int, fail) -> tuple[bool, ...]:
+    if version == 1:
+        if "committee" in raw:
+            raise fail("field 'committee' needs version 2; a version-1 cascade has no committee exit")
+        return (False,) * n
+    flags = raw.get("committee")
+    if not (isinstance(flags, list) and len(flags) == n and all(type(f) is bool for f in flags)):
+        raise fail(f"field 'committee' must be {n} true/false values (one per member), not {_short(flags)}")
+    if flags and flags[0]:
+        raise fail("committee[0] must be false: nothing runs before the first member")
+    return tuple(flags)
 
 
 def _preprocessing(raw: dict, fail) -> dict[str, Any]:

@@ -51,6 +51,49 @@ def confident(logits: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.softmax(logits.float(), dim=-1).amax(dim=-1) >= threshold
 
 
+class Committee:
+    """The committee exit along one pass (cascade.guarantee): the running sum of the float32 softmax of every
+    member that ran on each undecided row. At a stage with the committee on, the answer is the mean of those
+    probabilities, returned as its log (a valid logit row: its softmax is the mean) and routed on its max.
+    Summed in stage order and divided once, as cascade.guarantee.committee_probs does in calibration."""
+
+    def __init__(self, flags: Sequence[bool]):
+        self.flags = tuple(flags)
+        self.running: torch.Tensor | None = None
+
+    def answer(self, i: int, logits: torch.Tensor) -> torch.Tensor:
+        """Stage i's answer logits for its rows (all rows still undecided), updating the running sum."""
+        if not any(self.flags):
+            return logits
+        probs = torch.softmax(logits.float(), dim=-1)
+        self.running = probs if self.running is None else self.running + probs
+        return (self.running / (i + 1)).log() if self.flags[i] else logits
+
+    def exits(self, i: int, logits: torch.Tensor, threshold: float) -> torch.Tensor:
+        """The rows that leave at stage i (logits: what answer() returned): the committee's mean probability
+        is compared as it is, not through a softmax of its log, so routing matches calibration bit for bit."""
+        if self.flags[i]:
+            return (self.running / (i + 1)).amax(dim=-1) >= threshold
+        return confident(logits, threshold)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Only `rows` go on to the next stage."""
+        if self.running is not None:
+            self.running = self.running.index_select(0, rows)
+
+
+def check_committee(committee: Sequence[bool] | None, n_models: int) -> tuple[bool, ...]:
+    if committee is None:
+        return (False,) * n_models
+    flags = tuple(committee)
+    if len(flags) != n_models or not all(isinstance(f, bool) for f in flags) or (flags and flags[0]):
+        raise ValueError(
+            f"committee must be {n_models} booleans, one per model, the first False (nothing ran before it), "
+            f"got {committee!r}"
+        )
+    return flags
+
+
 class Cascade(nn.Module):
     """N-pass cascade that replaces a classifier: forward(x) returns B x K logits, each row from the
     model that answered that sample.
@@ -71,7 +114,11 @@ class Cascade(nn.Module):
     """
 
     def __init__(
-        self, models: Sequence[nn.Module], thresholds: Sequence[float], costs: Sequence[float] | None = None
+        self,
+        models: Sequence[nn.Module],
+        thresholds: Sequence[float],
+        costs: Sequence[float] | None = None,
+        committee: Sequence[bool] | None = None,
     ) -> None:
         super().__init__()
         models = list(models)
@@ -84,6 +131,7 @@ class Cascade(nn.Module):
         self.models = nn.ModuleList(models)
         self.thresholds = thresholds  # validated by the property setter
         self.costs = check_costs(costs, len(models))
+        self.committee = check_committee(committee, len(models))
         self.last_stats: CascadeStats | None = None
         self._total_counts = [0] * len(models)
         self.spec = None  # set by cascade.load: names, kinds, MACs and preprocessing of the members
@@ -98,7 +146,8 @@ class Cascade(nn.Module):
         self._thresholds = check_thresholds(value, len(self.models))
 
     def extra_repr(self) -> str:
-        return f"thresholds={self.thresholds}, costs={self.costs}"
+        extra = f", committee={self.committee}" if any(self.committee) else ""
+        return f"thresholds={self.thresholds}, costs={self.costs}{extra}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         device = x.device
@@ -107,6 +156,7 @@ class Cascade(nn.Module):
         out: torch.Tensor | None = None
         idx: torch.Tensor | None = None  # rows of the batch still undecided; None means all of them
         xs = x
+        committee = Committee(self.committee)
         for i, model in enumerate(self.models):
             logits = model(xs)
             if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != xs.shape[0]:
@@ -114,15 +164,15 @@ class Cascade(nn.Module):
                 raise ValueError(
                     f"models[{i}] must return B x num_classes logits for a batch of {xs.shape[0]}, got {shape}"
                 )
-            logits = logits.to(device)
+            if out is not None and logits.shape[1] != out.shape[1]:
+                raise ValueError(
+                    f"models[{i}] returns {logits.shape[1]} classes but models[0] returns "
+                    f"{out.shape[1]}; all models must share the label space"
+                )
+            logits = committee.answer(i, logits.to(device))
             if out is None:
                 out = logits
             else:
-                if logits.shape[1] != out.shape[1]:
-                    raise ValueError(
-                        f"models[{i}] returns {logits.shape[1]} classes but models[0] returns "
-                        f"{out.shape[1]}; all models must share the label space"
-                    )
                 dtype = torch.promote_types(out.dtype, logits.dtype)  # e.g. fp16 little, fp32 big
                 if out.dtype != dtype:
                     out = out.to(dtype)
@@ -130,7 +180,7 @@ class Cascade(nn.Module):
             if i == n_models - 1:
                 exit_counts[i] = logits.shape[0]  # the last model answers everything that reached it
                 break
-            go_on = ~confident(logits, self.thresholds[i])
+            go_on = ~committee.exits(i, logits, self.thresholds[i])
             n_on = int(go_on.sum())  # one sync per stage, needed anyway to skip empty batches
             exit_counts[i] = logits.shape[0] - n_on
             if n_on == 0:
@@ -138,6 +188,7 @@ class Cascade(nn.Module):
             sel = go_on.nonzero().squeeze(1)
             idx = sel if idx is None else idx.index_select(0, sel)
             xs = xs.index_select(0, sel)
+            committee.keep(sel)
             if out is logits:
                 out = out.clone()  # never write into the tensor the model returned
         stats = CascadeStats.from_counts(exit_counts, self.costs)

@@ -4,14 +4,14 @@
 left in each batch, and a forward on a handful of inputs costs far more per input than on a full batch. When
 the inputs are all at hand (offline scoring, or a server that queues hard requests), `predict_staged` runs
 each member on everything still undecided, in full batches, so every member works at its efficient batch
-size. The routing rule is the cascade's own (cascade.routing.confident).
+size. The routing rule and the committee exit are the cascade's own (cascade.routing.Committee).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .routing import Cascade, CascadeStats, confident
+from .routing import Cascade, CascadeStats, Committee
 
 
 def _forward_in_batches(model, x: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -28,16 +28,18 @@ def predict_staged(cascade: Cascade, inputs: torch.Tensor, batch_size: int = 256
     out: torch.Tensor | None = None
     undecided = torch.arange(len(inputs), device=inputs.device)
     exits = [0] * len(cascade.models)
+    committee = Committee(cascade.committee)
     for i, model in enumerate(cascade.models):
-        logits = _forward_in_batches(model, inputs.index_select(0, undecided), batch_size)
+        logits = committee.answer(i, _forward_in_batches(model, inputs.index_select(0, undecided), batch_size))
         if out is None:
             out = logits.new_empty((len(inputs), logits.shape[1]))
         if i == len(cascade.models) - 1:
             answer = torch.ones(len(undecided), dtype=torch.bool, device=inputs.device)
         else:
-            answer = confident(logits, cascade.thresholds[i])
+            answer = committee.exits(i, logits, cascade.thresholds[i])
         out[undecided[answer]] = logits[answer].to(out.dtype)
         exits[i] = int(answer.sum())
+        committee.keep((~answer).nonzero().squeeze(1))
         undecided = undecided[~answer]
         if len(undecided) == 0:
             break
