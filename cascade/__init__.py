@@ -3,12 +3,15 @@ selection, reports, cascade folders (save / load) and per-member export (docs/me
 
 Depends on torch only (tqdm for record's progress bar, matplotlib inside plot_curves, both imported lazily).
 Costs are plain numbers (MACs per sample) given by the caller; confidence = max softmax, and a sample
-exits at a stage when confidence >= that stage's threshold.
+exits at a stage when confidence >= that stage's threshold. `certify` picks thresholds (and the committee exit)
+with a guarantee over the calibration draw (cascade.guarantee; needs scipy); `calibrate` is the nominal rule.
 """
 
-from .calibration import Calibration, SweepResult, calibrate, sweep
+from .calibration import Calibration, SweepResult, calibrate, certify, sweep
+from .choose import Choice, choose_cascade
 from .export import ExportedCascade, export_stages
 from .files import CascadeFileError, CascadeSpec, Member, is_cascade_dir, load, read_spec, save
+from .guarantee import committee_probs
 from .inference import prepare_for_inference
 from .record import Recorded, record
 from .report import format_table, plot_curves, report_table
@@ -19,6 +22,7 @@ from .staged import predict_staged
 __all__ = [
     "Calibration",
     "Cascade",
+    "Choice",
     "CascadeFileError",
     "CascadeSpec",
     "CascadeStats",
@@ -28,6 +32,9 @@ __all__ = [
     "SaverRow",
     "SweepResult",
     "calibrate",
+    "certify",
+    "choose_cascade",
+    "committee_probs",
     "delta_cost",
     "export_stages",
     "format_table",

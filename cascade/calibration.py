@@ -71,7 +71,9 @@ class Calibration:
     confidence: float | None = None
     calib_lower_bound: float | None = None
     # certify (cascade.guarantee): the promise is kept with probability >= 1 - delta over the calibration draw
-    rule: str = "empirical"  # "empirical" (measured accuracies), "nominal" (confidence, no search correction), "fixed-sequence"
+    rule: str = (
+        "empirical"  # "empirical" (measured accuracies), "nominal" (confidence, no search correction), "fixed-sequence"
+    )
     delta: float | None = None
     committee: tuple[bool, ...] | None = None  # per member: answers with the mean of every member run so far
     families: int = 1  # configurations delta was split between (Bonferroni)

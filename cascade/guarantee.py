@@ -179,6 +179,4 @@ def certify_path(path: Path, committee: tuple[bool, ...], eps: float, delta: flo
         return None
     cost = path.cost[:steps]
     j = int((cost == cost.min()).nonzero()[0])
-    return Certificate(
-        committee, float(path.lambdas[j]), float(cost[j]), int(path.wins[j]), int(path.losses[j]), steps
-    )
+    return Certificate(committee, float(path.lambdas[j]), float(cost[j]), int(path.wins[j]), int(path.losses[j]), steps)

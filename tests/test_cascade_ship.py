@@ -303,7 +303,7 @@ def test_cascade_command_writes_a_cascade_that_eval_reproduces(capsys, tmp_path)
     data = image_folder(tmp_path / "images", per_class=4)
     out = tmp_path / "out"
     study = run_json(capsys, "cascade", "--big", big, "--savers", saver, "fmnist_cnn", "--data", data,
-                     "--calibration-size", "20", "--max-acc-drop", "0.5", "--confidence", "0", "--out", out,
+                     "--calibration-size", "20", "--max-acc-drop", "0.9", "--delta", "0.5", "--out", out,
                      "--json", "--quiet")  # fmt: skip
     assert study["cascade_dir"] == str(out / "cascade") and (out / "report.md").is_file()
     spec = cascade.read_spec(out / "cascade")

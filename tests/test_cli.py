@@ -45,7 +45,7 @@ def test_macs_of_a_model_without_adapter_is_its_total(capsys):
         (["plan", "--model", "fmnist_vit12", "--target-macs", "lots"], "number"),
         (["plan", "--model", "no_such_model", "--target-macs", "0.5"], "unknown model"),
         (["macs", "--model", "fmnist_cnn", "--input-size", "3", "32", "32"], "does not run on input size"),
-        (["cascade", "--big", "fmnist_vit12", "--savers", "fmnist_cnn", "--confidence", "0.3"], "confidence level"),
+        (["cascade", "--big", "fmnist_vit12", "--savers", "fmnist_cnn", "--delta", "0.7"], "risk in (0, 0.5]"),
         (["cascade", "--big", "fmnist_vit12", "--savers", "fmnist_cnn", "--max-acc-drop", "2"], "fraction in [0, 1)"),
     ],
 )

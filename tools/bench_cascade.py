@@ -2,7 +2,7 @@
 """Wall-clock speed-up of a calibrated little -> big cascade against the big model alone, with and without
 cascade.prepare_for_inference, next to the speed-up MACs predict.
 
-Calibrates the threshold as `dcvit cascade` does (held-out training split, --max-acc-drop, --confidence), then
+Calibrates the threshold as `dcvit cascade` does (held-out training split, --max-acc-drop, --delta, --committee), then
 times the cascade, the big model and the saver on test images, interleaved, medians of --repeats passes.
 
 Example (the BENCHMARKS.md entry):
@@ -18,7 +18,7 @@ import sys
 import torch
 
 import cascade
-from dcvit.cli.cascade import tolerance_arguments
+from dcvit.cli.cascade import COMMITTEE, tolerance_arguments
 from dcvit.data import CALIBRATION_SIZE
 from dcvit.factory import resolve_model
 from dcvit.macs import count_macs
@@ -47,12 +47,13 @@ def main(argv=None) -> int:
     calib, test = cascade_splits(big, args.data, args.calibration_size)
     rec = record_split({"saver": saver, "big": big}, calib, progress=False)
     costs = [count_macs(saver), count_macs(big)]
-    cal = cascade.calibrate(
+    cal = cascade.certify(
         [rec["saver"].probs, rec["big"].probs],
         rec["big"].labels,
         costs,
-        max_acc_drop=args.max_acc_drop,
-        confidence=args.confidence,
+        args.max_acc_drop,
+        args.delta,
+        committee=COMMITTEE[args.committee],
     )
     runs = {
         prepare: time_cascade(
@@ -65,6 +66,7 @@ def main(argv=None) -> int:
             batch_sizes=args.batch_sizes,
             repeats=args.repeats,
             prepare=prepare,
+            committee=cal.committee,
         )
         for prepare in (False, True)
     }

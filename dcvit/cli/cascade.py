@@ -21,37 +21,43 @@ def acc_drop(text: str) -> float:
     return value
 
 
-def confidence_level(text: str) -> float | None:
-    """argparse type: a one-sided confidence level in [0.5, 1), or 0 / none for measured accuracies."""
-    if text.strip().lower() == "none":
-        return None
+def risk(text: str) -> float:
+    """argparse type: delta, the chance the guarantee fails over the calibration draw, in (0, 0.5]."""
     try:
         value = float(text)
     except ValueError:
         value = -1.0
-    if value == 0:
-        return None
-    if not 0.5 <= value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a confidence level in [0.5, 1) nor 0/none")
+    if not 0 < value <= 0.5:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a risk in (0, 0.5] (0.05: the promise holds with 95%)")
     return value
 
 
+COMMITTEE = {"auto": "auto", "on": True, "off": False}
+
+
 def tolerance_arguments(p: argparse.ArgumentParser) -> None:
-    """--max-acc-drop and --confidence of `dcvit cascade` (and of tools/bench_cascade.py)."""
+    """--max-acc-drop, --delta and --committee of `dcvit cascade` (and of tools/bench_cascade.py)."""
     p.add_argument(
         "--max-acc-drop",
         type=acc_drop,
         default=0.0,
-        help="tolerated top-1 drop vs the big model, as a fraction (0.01 = 1 point; default 0 = lossless)",
+        help="eps: tolerated top-1 drop vs the big model, as a fraction (0.001 = 0.1 point; default 0 = lossless)",
     )
     p.add_argument(
-        "--confidence",
-        type=confidence_level,
-        default=0.95,
-        help="one-sided confidence that the cascade stays within --max-acc-drop on new data: the lower "
-        "bound of the paired accuracy difference on the calibration split must meet it "
-        "(default 0.95; 0 compares measured accuracies, which lands below the tolerance on new "
-        "data about half of the time)",
+        "--delta",
+        type=risk,
+        default=0.05,
+        help="the guarantee's risk: with probability >= 1 - delta over the draw of the calibration split, the "
+        "cascade's top-1 on new data from the same distribution is >= the big model's - eps (fixed-sequence "
+        "testing with exact binomial tests, docs/method.md §9; default 0.05). When nothing can be certified, "
+        "every image goes to the big model",
+    )
+    p.add_argument(
+        "--committee",
+        choices=sorted(COMMITTEE),
+        default="auto",
+        help="committee exit: the big model answers with the mean of its and the saver's probabilities (zero "
+        "extra MACs). auto (default): used where the calibration split certifies it; on / off: always / never",
     )
 
 
@@ -95,7 +101,8 @@ def run_cascade(args) -> None:
         calibration_size=args.calibration_size,
         seed=args.seed,
         max_acc_drop=args.max_acc_drop,
-        confidence=args.confidence,
+        delta=args.delta,
+        committee=COMMITTEE[args.committee],
         progress=not args.quiet,
     )
     summary, text = study_summary(study), study_markdown(study)
@@ -114,7 +121,8 @@ def run_cascade(args) -> None:
 COMMANDS = [
     Command(
         "cascade",
-        "little-big cascade: saver selection by ΔC, held-out threshold calibration, measured speed-up",
+        "little-big cascade: a saver and thresholds certified on held-out data (top-1 >= the big model's - eps "
+        "with probability >= 1 - delta), committee exit, measured speed-up",
         _cascade_arguments,
         run_cascade,
     ),

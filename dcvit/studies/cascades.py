@@ -110,7 +110,7 @@ def compare_cascades(
 @torch.inference_mode()
 def time_cascades(
     models: Mapping[str, nn.Module],
-    chains: Mapping[str, tuple[Sequence[str], Sequence[float]]],
+    chains: Mapping[str, tuple],
     images: torch.Tensor,
     batch_size: int,
     costs: Mapping[str, float],
@@ -119,20 +119,20 @@ def time_cascades(
     alone: Sequence[str] = (),
 ) -> dict[str, dict]:
     """Wall-clock time over `images` (CPU) of each cascade in `chains` (key -> member names cheapest first,
-    thresholds) and of every member alone, in one interleaved run (medians of `repeats` passes, so every
+    thresholds[, committee flags]) and of every member alone, in one interleaved run (medians of `repeats` passes, so every
     ratio shares the same drift). Every member is prepared once (cascade.prepare_for_inference, checked on the
     first batch; prepare=False times them as given) and a model shared by several cascades, such as the teacher,
     is timed alone once; `alone` names more models to time alone. predicted_speedup is what MACs predict for
     these same images: the last member's cost over the cascade's average cost given the measured exits;
     time_predicted_speedup the same from the members' measured times."""
-    names = list(dict.fromkeys(n for members, _ in chains.values() for n in members))
+    names = list(dict.fromkeys(n for members, *_ in chains.values() for n in members))
     ready = {n: models[n] for n in names}
     if prepare:
         ready = {n: cascade.prepare_for_inference(m, images[:batch_size]) for n, m in ready.items()}
     ready = {n: m.eval() for n, m in ready.items()}
     built = {
-        key: cascade.Cascade([ready[n] for n in members], thresholds, [costs[n] for n in members])
-        for key, (members, thresholds) in chains.items()
+        key: cascade.Cascade([ready[n] for n in members], thresholds, [costs[n] for n in members], *committee[:1])
+        for key, (members, thresholds, *committee) in chains.items()
     }
     timed_alone = dict.fromkeys([*names, *alone])  # every member: what its own speed predicts (below)
     runs = {("cascade", key): c for key, c in built.items()} | {("alone", n): ready[n] for n in timed_alone}
@@ -142,7 +142,7 @@ def time_cascades(
     timed |= {("staged", k): (lambda c=c: cascade.predict_staged(c, images, batch_size)) for k, c in built.items()}
     t = interleaved_medians(timed, repeats)
     out = {}
-    for key, (members, _) in chains.items():
+    for key, (members, *_) in chains.items():
         stats, big = built[key].total_stats, members[-1]
         out[key] = {
             "batch_size": batch_size,

@@ -35,10 +35,16 @@ class CascadeStudy:
     curves: dict[str, cascade.SweepResult] = field(repr=False, default_factory=dict)
     speed: dict = field(default_factory=dict)  # realised vs predicted speed-up of the chosen cascade
     records: dict = field(repr=False, default_factory=dict)  # {"calibration"|"test": {name: cascade.Recorded}}
+    choice: cascade.Choice | None = None  # the shipped cascade, chosen and certified (cascade.choose_cascade)
 
     @property
     def saver(self) -> str:
-        return self.ranking[0][0]
+        return self.choice.members[0] if self.choice is not None else self.ranking[0][0]
+
+    @property
+    def chosen(self) -> cascade.Calibration:
+        """The shipped cascade's calibration: certified on the part of the calibration split that did not choose it."""
+        return self.choice.calibration if self.choice is not None else self.calibrations[self.saver]
 
 
 def check_saver(name: str, model: nn.Module, big: nn.Module) -> None:
@@ -105,6 +111,7 @@ def measure_speedup(
     costs: tuple[float, float],
     repeats: int = 7,
     prepare: bool = True,
+    committee: tuple[bool, ...] | None = None,
 ) -> dict:
     """Wall-clock time of the saver -> big cascade, of the big model alone and of the saver alone over `images`
     (CPU), interleaved (dcvit.studies.cascades.time_cascades: every model prepared for inference the same way,
@@ -114,7 +121,7 @@ def measure_speedup(
     """
     models, names = {"saver": saver, "big": big}, ["saver", "big"]
     out = time_cascades(
-        models, {"c": (names, thresholds)}, images, batch_size, dict(zip(names, costs)), repeats, prepare, ["saver"]
+        models, {"c": (names, thresholds, committee)}, images, batch_size, dict(zip(names, costs)), repeats, prepare, ["saver"]
     )["c"]
     seconds = out.pop("alone_seconds")
     return out | {
@@ -136,6 +143,7 @@ def time_cascade(
     batch_sizes=(256, 1),
     repeats: int | None = None,
     prepare: bool = True,
+    committee: tuple[bool, ...] | None = None,
 ) -> dict[str, dict]:
     """measure_speedup on the first `images` test images at each batch size, keyed "batch{size}". Batch 1
     is timed on a quarter of them and, by default, fewer passes (3 instead of 7): one forward per image is
@@ -151,6 +159,7 @@ def time_cascade(
             costs,
             repeats=repeats or (7 if bs > 1 else 3),
             prepare=prepare,
+            committee=committee,
         )
         for bs in batch_sizes
     }
@@ -164,7 +173,8 @@ def cascade_study(
     calibration_size: int = CALIBRATION_SIZE,
     seed: int = 0,
     max_acc_drop: float = 0.0,
-    confidence: float | None = 0.95,
+    delta: float = 0.05,
+    committee: bool | str = "auto",
     speed_images: int = 2000,
     speed_batches=(256, 1),
     test_limit: int | None = None,
@@ -172,9 +182,11 @@ def cascade_study(
 ) -> CascadeStudy:
     """Record every model on the calibration and test splits, rank savers, calibrate and time the best.
 
-    confidence: the one-sided level at which the cascade must stay within max_acc_drop of the big model on
-    the calibration split (cascade.calibrate); None compares measured accuracies, which puts the threshold
-    at the edge of the tolerance, so the test split lands below it about half of the time.
+    max_acc_drop / delta: the guarantee (cascade.certify): with probability >= 1 - delta over the calibration
+    draw, the cascade's top-1 on the population is >= the big model's - max_acc_drop. Each saver's row is
+    certified on the whole calibration split; the shipped saver is chosen on one half and certified on the
+    other (cascade.choose_cascade), so the choice among savers keeps the promise. committee: the committee
+    exit ("auto": on where the calibration data certifies it, see cascade.certify).
     """
     if big_name not in models or len(models) < 2:
         raise ValueError("give the big model and at least one saver")
@@ -198,12 +210,13 @@ def cascade_study(
     calibrations, tables, curves = {}, {}, {}
     for n in savers:
         stage = [rec_calib[n].probs, rec_calib[big_name].probs]
-        calibrations[n] = cascade.calibrate(
+        calibrations[n] = cascade.certify(
             stage,
             rec_calib[big_name].labels,
             [costs[n], costs[big_name]],
-            max_acc_drop=max_acc_drop,
-            confidence=confidence,
+            max_acc_drop,
+            delta,
+            committee=committee,
             test_probs=[rec_test[n].probs, rec_test[big_name].probs],
             test_labels=rec_test[big_name].labels,
         )
@@ -212,14 +225,32 @@ def cascade_study(
         curves[n] = cascade.sweep(test_stage, rec_test[big_name].labels, [costs[n], costs[big_name]])
     accuracy = {n: (r.probs.argmax(1) == r.labels).float().mean().item() for n, r in rec_test.items()}
     rank_calib = ranking(rec_calib)
-    best = rank_calib[0][0]
+    choice = cascade.choose_cascade(
+        {n: r.probs for n, r in rec_calib.items()},
+        rec_calib[big_name].labels,
+        costs,
+        [(n, big_name) for n in savers],
+        max_acc_drop,
+        delta,
+        committee=committee,
+        seed=seed,
+        test_probs={n: r.probs for n, r in rec_test.items()},
+        test_labels=rec_test[big_name].labels,
+    )
+    best, chosen = choice.members[0], choice.calibration
     speed = {}
     if speed_batches:
-        thresholds, pair_costs = calibrations[best].thresholds, (costs[best], costs[big_name])
         speed = time_cascade(
-            models[best], big, thresholds, test, pair_costs, images=speed_images, batch_sizes=speed_batches
+            models[best],
+            big,
+            chosen.thresholds,
+            test,
+            (costs[best], costs[big_name]),
+            images=speed_images,
+            batch_sizes=speed_batches,
+            committee=chosen.committee,
         )
     records = {"calibration": rec_calib, "test": rec_test}
     return CascadeStudy(
-        big_name, costs, accuracy, rank_calib, ranking(rec_test), calibrations, tables, curves, speed, records
+        big_name, costs, accuracy, rank_calib, ranking(rec_test), calibrations, tables, curves, speed, records, choice
     )

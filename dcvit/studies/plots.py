@@ -79,7 +79,7 @@ def cascade_curves(study, path: Path, members: list[str] | None = None, calibrat
     study's two-stage choice, or `members` (cheapest first) with their `calibration` (cascade.Calibration)."""
     import cascade
 
-    cal = calibration or study.calibrations[study.saver]
+    cal = calibration or study.chosen
     members = members or [study.saver, study.big]
     chosen = {}
     if cal.test_accuracy is not None:

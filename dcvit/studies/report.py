@@ -8,10 +8,11 @@ import cascade
 
 from ..storage import atomic_path
 from .plots import cascade_curves
+from .shipping import guarantee_sentence
 
 
 def study_summary(study) -> dict:
-    best = study.calibrations[study.saver]
+    best = study.chosen
     return {
         "big": study.big,
         "saver": study.saver,
@@ -20,11 +21,12 @@ def study_summary(study) -> dict:
         "ranking": [{"saver": n, "delta_c": d, "r_match": r} for n, d, r in study.ranking],
         "test_ranking": [{"saver": n, "delta_c": d, "r_match": r} for n, d, r in study.test_ranking],
         "thresholds": list(best.thresholds),
-        "confidence": best.confidence,
+        "rule": best.rule,
+        "delta": best.delta,
+        "committee": list(best.committee or ()),
         "max_acc_drop": best.max_acc_drop,
         "calib_accuracy": best.calib_accuracy,
         "calib_big_accuracy": best.calib_big_accuracy,
-        "calib_lower_bound": best.calib_lower_bound,
         "test_accuracy": best.test_accuracy,
         "test_big_accuracy": best.test_big_accuracy,
         "test_avg_macs": best.test_avg_cost,
@@ -47,6 +49,8 @@ def _rule(cal, big: str) -> str:
             f"and every image goes to {big}."
         )
     measured = f"calibration top-1 {100 * cal.calib_accuracy:.2f}% vs {100 * cal.calib_big_accuracy:.2f}% for {big}"
+    if cal.rule == "fixed-sequence":
+        return f"The threshold was certified on the calibration split ({measured}). Guarantee: {guarantee_sentence(cal)}."
     if cal.confidence is not None:
         measured += f"; {cal.confidence:.0%} lower bound on the difference {100 * cal.calib_lower_bound:+.2f} points"
     return (
@@ -57,9 +61,17 @@ def _rule(cal, big: str) -> str:
 def _tolerance(cal, big: str) -> str:
     loss = "no top-1 loss" if cal.max_acc_drop == 0 else f"top-1 within {_points(cal.max_acc_drop)}"
     what = f"{loss} vs {big}"
+    if cal.rule == "fixed-sequence":
+        return f"{what}, certified with probability >= {1 - cal.delta:.0%}"
     if cal.confidence is None:
         return f"{what}, as measured"
     return f"{what} at {cal.confidence:.0%} one-sided confidence"
+
+
+def _answer(cal, saver: str, big: str) -> str:
+    if any(cal.committee or ()):
+        return f"the committee: the mean of {saver}'s and {big}'s probabilities (zero extra MACs)"
+    return big
 
 
 def _thresholds(values) -> str:
@@ -68,7 +80,7 @@ def _thresholds(values) -> str:
 
 def study_markdown(study) -> str:
     s = study_summary(study)
-    cal = study.calibrations[study.saver]
+    cal = study.chosen
     big = study.big
     lines = [
         f"## Cascade for {big}",
@@ -87,11 +99,13 @@ def study_markdown(study) -> str:
         f"ΔC = saver MACs / {big} MACs − r_match, where r_match is the largest share of images the saver can "
         f"answer while right at least as often as {big} on them (TinySaver); lower is better, below 0 saves.",
         "",
-        f"Chosen saver (lowest ΔC on the calibration split): **{s['saver']}**; lowest on the test split: "
-        f"{study.test_ranking[0][0]}.",
+        f"Chosen saver: **{s['saver']}**, the cheapest certified cascade on one half of the calibration split "
+        f"(certified on the other half); lowest ΔC on the calibration split: {study.ranking[0][0]}, on the test "
+        f"split: {study.test_ranking[0][0]}.",
         "",
         f"**Cascade {study.saver} → {big}**: an image is answered by {study.saver} when its highest softmax "
-        f"probability is at least {_thresholds(s['thresholds'])}, otherwise by {big}. {_rule(cal, big)} "
+        f"probability is at least {_thresholds(s['thresholds'])}, otherwise by {_answer(cal, study.saver, big)}. "
+        f"{_rule(cal, big)} "
         f"On the test split: top-1 {100 * s['test_accuracy']:.2f}% ({big} alone "
         f"{100 * s['test_big_accuracy']:.2f}%), {s['test_avg_macs'] / 1e6:.2f}M MACs per image, "
         f"{100 * s['test_macs_reduction']:.1f}% fewer than {big} alone; {study.saver} answers "

@@ -140,13 +140,14 @@ def save_cascade(
     names: Sequence[str],
     info: Mapping[str, Any] | None = None,
     kinds: Sequence[str] | None = None,
+    committee: Sequence[bool] | None = None,
 ) -> Path:
     """Write a cascade folder of `models` (cheapest first, the big model, the teacher, last). Every member is
     fed the big model's preprocessing, as the cascade study calibrated them. kinds: teacher / compressed /
     companion per member; default: the last is the teacher, others compressed when dcvit edited them."""
     if kinds is None:
         kinds = [member_kind(m, teacher=i == len(models) - 1) for i, m in enumerate(models)]
-    model = cascade.Cascade(models, thresholds, costs)
+    model = cascade.Cascade(models, thresholds, costs, committee)
     return cascade.save(
         path, model, save_member, preprocessing=preprocessing(models[-1]), names=names, kinds=kinds, info=info
     )
@@ -156,7 +157,7 @@ def save_study_cascade(
     study, models: Mapping[str, nn.Module], path: str | Path, *, data: str, calibration_size: int, seed: int
 ) -> Path:
     """The cascade a study chose (its saver, then the big model, with the calibrated thresholds)."""
-    cal = study.calibrations[study.saver]
+    cal = study.chosen
     names = [study.saver, study.big]
     info = {
         "calibration": {
@@ -165,7 +166,9 @@ def save_study_cascade(
             "images": calibration_size,
             "seed": seed,
             "max_acc_drop": cal.max_acc_drop,
-            "confidence": cal.confidence,
+            "delta": cal.delta,
+            "rule": cal.rule,
+            "guarantee": guarantee_sentence(cal),
             "top1": cal.calib_accuracy,
             "big_top1": cal.calib_big_accuracy,
         },
@@ -178,7 +181,24 @@ def save_study_cascade(
         },
     }
     costs = [study.costs[n] for n in names]
-    return save_cascade(path, [models[n] for n in names], cal.thresholds, costs, names, info)
+    return save_cascade(path, [models[n] for n in names], cal.thresholds, costs, names, info, committee=cal.committee)
+
+
+def guarantee_sentence(cal: cascade.Calibration) -> str:
+    """What a Calibration promises, in one sentence (report.md, cascade.json info)."""
+    if cal.rule != "fixed-sequence":
+        return f"none: thresholds by the {cal.rule} rule (measured on calibration data, no guarantee on new data)"
+    if cal.fallback:
+        return (
+            f"nothing could be certified at {100 * cal.max_acc_drop:g} points and delta {cal.delta:g}: "
+            "use the big model alone"
+        )
+    committee = " with the committee exit" if any(cal.committee or ()) else ""
+    return (
+        f"with probability >= {1 - cal.delta:.0%} over the draw of the calibration set, this cascade{committee} "
+        f"keeps top-1 on the population >= the big model's - {100 * cal.max_acc_drop:g} points "
+        f"(fixed-sequence testing, exact binomial tests, delta split over {cal.families} configurations)"
+    )
 
 
 def load_cascade(path: str | Path) -> cascade.Cascade:
