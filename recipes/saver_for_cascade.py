@@ -1,13 +1,16 @@
 """Find a little "saver" for a big ViT: compress the big model into a few companions, add any other
-candidates, pick the saver by ΔC on a held-out calibration split, calibrate the cascade's threshold there,
-report it on the test split and time it. Example (companions at 50% and 30% of ViT-B's MACs, plus timm's
+candidates, pick the saver and certify the cascade's threshold on a held-out calibration split (top-1 >= the
+big model's - eps with probability >= 1 - delta; committee exit where it is certified), report it on the test
+split, time it and write it as a cascade folder (OUT/cascade, `dcvit eval --model OUT/cascade`). Example (companions at 50% and 30% of ViT-B's MACs, plus timm's
 ViT-Ti as an outside candidate):
 
     python recipes/saver_for_cascade.py --big vit_base_patch16_224 --data /data/imagenet --shots 100 \\
         --targets 0.5 0.3 --extra-savers vit_tiny_patch16_224 --preset quick --out runs/vit-b-saver
 
 ImageFolder data needs PATH/train (few shots and the calibration split, kept disjoint) and PATH/val (test).
-Writes OUT/report.md, OUT/study.json, OUT/curves.png and OUT/target-X/{model,result.json} per companion.
+Writes OUT/report.md, OUT/study.json, OUT/curves.png, OUT/cascade/ and OUT/target-X/{model,result.json} per
+companion. With only --targets (no --extra-savers) the cascade is own-family: the big model and its own
+compressed (and refined) copies.
 With --refine-images N a copy of each companion is also refined on N more unlabeled training images (outside
 the shots and the calibration split), enters the study as dcvit-X-refined and is saved as OUT/target-X-refined/
 (a model folder): deep companions can become better savers when such images exist.
@@ -29,6 +32,7 @@ import dcvit
 from dcvit import scripts
 from dcvit.studies.companions import cascade_study, check_saver
 from dcvit.studies.report import study_summary, write_study
+from dcvit.studies.shipping import guarantee_sentence, save_study_cascade
 
 TARGETS = (0.5, 0.3)
 
@@ -66,14 +70,20 @@ def build_parser() -> scripts.ScriptParser:
         "--max-acc-drop",
         type=float,
         default=0.0,
-        help="tolerated top-1 drop vs the big model, a fraction in [0, 1) (0.01 = 1 point; default 0 = lossless)",
+        help="eps: tolerated top-1 drop vs the big model, a fraction in [0, 1) (0.001 = 0.1 point; default 0)",
     )
     p.add_argument(
-        "--confidence",
+        "--delta",
         type=float,
-        default=0.95,
-        help="one-sided confidence in [0.5, 1) that the cascade "
-        "stays within --max-acc-drop on new data (default 0.95; 0: compare measured accuracies)",
+        default=0.05,
+        help="risk in (0, 0.5] that the guarantee fails over the draw of the calibration split (default 0.05)",
+    )
+    p.add_argument(
+        "--committee",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="committee exit (the big model answers with the mean of its and the saver's probabilities): "
+        "auto (default) where certified, on, off",
     )
     p.add_argument(
         "--speed-images",
@@ -97,8 +107,8 @@ def build_parser() -> scripts.ScriptParser:
 def run(args) -> dict:
     if args.refine_images < 0:
         raise ValueError(f"--refine-images must be 0 or more; got {args.refine_images}")
-    if not 0 <= args.max_acc_drop < 1 or (args.confidence and not 0.5 <= args.confidence < 1):
-        raise ValueError("--max-acc-drop must be a fraction in [0, 1) and --confidence a level in [0.5, 1) or 0")
+    if not 0 <= args.max_acc_drop < 1 or not 0 < args.delta <= 0.5:
+        raise ValueError("--max-acc-drop must be a fraction in [0, 1) and --delta a risk in (0, 0.5]")
     out, spec, config = Path(args.out), scripts.data_spec(args.data), scripts.config_from_args(args)
     root = Path(spec.partition(":")[2])
     if spec.startswith("imagefolder:") and not any((root / s).is_dir() for s in ("val", "test")):
@@ -142,13 +152,17 @@ def run(args) -> dict:
         calibration_size=args.calibration_size,
         seed=args.seed,
         max_acc_drop=args.max_acc_drop,
-        confidence=args.confidence or None,
+        delta=args.delta,
+        committee={"auto": "auto", "on": True, "off": False}[args.committee],
         speed_images=args.speed_images,
         progress=sys.stderr.isatty(),
     )
     scripts.write_json(out / "study.json", study_summary(study))
     write_study(study, out)
-    best, big_macs, saver_macs = study.calibrations[study.saver], study.costs[args.big], study.costs[study.saver]
+    shipped = save_study_cascade(
+        study, models, out / "cascade", data=spec, calibration_size=args.calibration_size, seed=args.seed
+    )
+    best, big_macs, saver_macs = study.chosen, study.costs[args.big], study.costs[study.saver]
     print(
         f"Chosen saver: {study.saver} ({saver_macs / 1e6:.2f}M MACs vs {args.big}'s {big_macs / 1e6:.2f}M; "
         f"ΔC {study.ranking[0][1]:.3f} on the calibration split)"
@@ -156,8 +170,10 @@ def run(args) -> dict:
     print(
         f"cascade on the test split: {100 * best.test_cost_reduction:.1f}% fewer MACs per image, top-1 "
         f"{100 * best.test_accuracy:.2f}% vs {100 * best.test_big_accuracy:.2f}% for {args.big} alone"
-        + (" (no cheaper threshold kept the accuracy: everything goes to the big model)" if best.fallback else "")
+        + (" (nothing could be certified: everything goes to the big model)" if best.fallback else "")
     )
+    print(f"guarantee: {guarantee_sentence(best)}")
+    print(f"cascade folder: {shipped} (evaluate it with `dcvit eval --model {shipped}`)")
     print(f"report: {out / 'report.md'}")
     return {"saver": study.saver, "macs_reduction": best.test_cost_reduction, "family": summaries}
 

@@ -18,8 +18,17 @@ def test_fast_demo_writes_a_complete_report(tmp_path, capsys):
         for r in report["dcvit"] + report["auto"]
     )
     keys = {"members", "kinds", "thresholds", "top1", "macs_reduction", "predicted_speedup", "throughput_speedup"}
+    keys.add("committee")
     assert keys <= set(report["cascade"]) and all(keys <= set(c) for c in report["cascades"])
-    assert report["cascade"]["members"] == report["cascades"][0]["members"]  # the chosen one comes first
+    # one guaranteed entry per scope and tolerance; the shipped cascade is the 'any' one at eps 0
+    entries = {(g["scope"], g["eps"]): g for g in report["guaranteed"]}
+    assert set(entries) == {(s, e) for s in ("own-family", "any") for e in (0.0, 0.001, 0.005)}
+    for g in report["guaranteed"]:
+        assert {"delta", "members", "committee", "top1", "macs_reduction"} <= set(g) and g["delta"] == 0.05
+        assert g["members"][-1] == report["teacher"]["name"]
+        if g["scope"] == "own-family":
+            assert all(m not in report["companions"] for m in g["members"])
+    assert report["cascade"]["members"] == entries[("any", 0.0)]["members"]
     shapes = {tuple(c["kinds"]) for c in report["cascades"]}
     assert {("companion", "teacher"), ("compressed", "teacher"), ("companion", "compressed", "teacher")} <= shapes
     assert ("compressed", "compressed", "teacher") in shapes

@@ -271,7 +271,7 @@ BAD = [  # (recipe, argv, fragment); {model}, {images}, ... name the `files` fix
     ("saver_for_cascade", ["--max-acc-drop", "2"], "--max-acc-drop"),
     ("saver_for_cascade", ["--refine-images", "-1"], "--refine-images"),
     ("saver_for_cascade", ["--calibration-size", "8", "--refine-images", "100"], "--refine-images"),
-    ("saver_for_cascade", ["--confidence", "0.3"], "--confidence"),
+    ("saver_for_cascade", ["--delta", "0.7"], "--delta"),
     ("saver_for_cascade", ["--data", "{train_only}"], "val/"),
     ("saver_for_cascade", ["--data", "/no/such/imagenet"], "does not exist"),
 ]

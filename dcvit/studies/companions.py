@@ -121,7 +121,14 @@ def measure_speedup(
     """
     models, names = {"saver": saver, "big": big}, ["saver", "big"]
     out = time_cascades(
-        models, {"c": (names, thresholds, committee)}, images, batch_size, dict(zip(names, costs)), repeats, prepare, ["saver"]
+        models,
+        {"c": (names, thresholds, committee)},
+        images,
+        batch_size,
+        dict(zip(names, costs)),
+        repeats,
+        prepare,
+        ["saver"],
     )["c"]
     seconds = out.pop("alone_seconds")
     return out | {

@@ -50,7 +50,9 @@ def _rule(cal, big: str) -> str:
         )
     measured = f"calibration top-1 {100 * cal.calib_accuracy:.2f}% vs {100 * cal.calib_big_accuracy:.2f}% for {big}"
     if cal.rule == "fixed-sequence":
-        return f"The threshold was certified on the calibration split ({measured}). Guarantee: {guarantee_sentence(cal)}."
+        return (
+            f"The threshold was certified on the calibration split ({measured}). Guarantee: {guarantee_sentence(cal)}."
+        )
     if cal.confidence is not None:
         measured += f"; {cal.confidence:.0%} lower bound on the difference {100 * cal.calib_lower_bound:+.2f} points"
     return (
