@@ -31,8 +31,7 @@ from pathlib import Path
 import dcvit
 from dcvit import scripts
 from dcvit.studies.companions import cascade_study, check_saver
-from dcvit.studies.report import study_summary, write_study
-from dcvit.studies.shipping import guarantee_sentence, save_study_cascade
+from dcvit.studies.report import guarantee_sentence, save_study_cascade, study_summary, write_study
 
 TARGETS = (0.5, 0.3)
 

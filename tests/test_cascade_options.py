@@ -7,6 +7,7 @@ from torch import nn
 
 import cascade
 from dcvit.studies.cascades import candidate_chains, compare_cascades, measure_cascade, options_markdown
+from dcvit.studies.guaranteed import guaranteed_cascades, load_records, save_records
 
 
 def recorded(correct_rate: float, confidence_scale: float, labels: torch.Tensor, gen) -> cascade.Recorded:
@@ -43,7 +44,7 @@ def test_chains_cover_the_four_shapes_cheapest_member_first():
 def test_options_are_sorted_lossless_and_cheapest_first_and_reported():
     kinds, costs, calib, test = pool()
     ranking = [("cnn", -0.5, 0.6), ("own-small", -0.4, 0.6), ("own-big", -0.2, 0.7)]
-    options = compare_cascades(kinds, costs, calib, test, ranking, max_acc_drop=0.01, confidence=None)
+    options = compare_cascades(kinds, costs, calib, test, ranking, max_acc_drop=0.05, delta=0.2)
     lossless = [o for o in options if o.lossless]
     assert lossless and options[: len(lossless)] == lossless
     cost = [o.calibration.calib_avg_cost for o in lossless]
@@ -79,3 +80,22 @@ def test_measured_cascade_exits_as_the_thresholds_say():
     assert set(t) == {"0", "1"}
     assert out["time_predicted_speedup"] == pytest.approx(t["1"] / (t["0"] + (1 - exited) * t["1"]))
     assert out["staged_speedup"] > 0  # the same cascade run stage by stage over all the images
+
+
+def test_guaranteed_cascades_keep_to_their_scope_and_records_round_trip(tmp_path):
+    kinds, costs, calib, test = pool(n=600)
+    ranking = [("cnn", -0.5, 0.6), ("own-small", -0.4, 0.6), ("own-big", -0.2, 0.7)]
+    options = guaranteed_cascades(kinds, costs, calib, test, ranking, delta=0.2, tolerances=(0.0, 0.05))
+    assert [(o.scope, o.eps) for o in options] == [(s, e) for s in ("own-family", "any") for e in (0.0, 0.05)]
+    for o in options:
+        row = o.as_json()
+        assert row["members"][-1] == "teacher" and row["delta"] == 0.2
+        assert o.scope == "any" or "cnn" not in row["members"]
+        assert row["certified"] == (len(row["members"]) > 1)
+    loose = [o for o in options if o.eps == 0.05]
+    assert any(o.as_json()["certified"] for o in loose)  # a 5-point tolerance certifies something here
+    path = save_records(tmp_path / "r.safetensors", {"calibration": calib, "test": test}, costs, kinds)
+    back, back_costs, back_kinds = load_records(path)
+    assert back_costs == costs and back_kinds == kinds
+    assert torch.equal(back["test"]["cnn"].probs, test["cnn"].probs)
+    assert torch.equal(back["calibration"]["cnn"].labels, calib["cnn"].labels)

@@ -72,9 +72,7 @@ class Population:
         flags = cal.committee or (False,) * len(chain)
         key = (chain, flags)
         if key not in self._cache:
-            self._cache[key] = conf_correct(
-                cascade.committee_probs([self.probs[n] for n in chain], flags), self.labels
-            )
+            self._cache[key] = conf_correct(cascade.committee_probs([self.probs[n] for n in chain], flags), self.labels)
         conf, correct = self._cache[key]
         costs = [self.costs[n] for n in chain]
         right, _, st = _evaluate(conf, correct, costs, cal.thresholds)

@@ -142,8 +142,8 @@ def save_records(path: Path, records: Mapping[str, Mapping[str, cascade.Recorded
     tensors = {}
     for split, recs in records.items():
         for name, r in recs.items():
-            tensors[f"{split}/{name}"] = r.probs.contiguous()
-        tensors[f"{split}/labels"] = next(iter(recs.values())).labels.contiguous()
+            tensors[f"{split}/{name}"] = r.probs.contiguous().clone()  # safetensors refuses shared storage
+        tensors[f"{split}/labels"] = next(iter(recs.values())).labels.contiguous().clone()
     meta = {"costs": json.dumps(dict(costs)), "kinds": json.dumps(dict(kinds))}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)

@@ -8,7 +8,7 @@ import cascade
 
 from ..storage import atomic_path
 from .plots import cascade_curves
-from .shipping import guarantee_sentence
+from .shipping import guarantee_sentence, save_study_cascade  # noqa: F401 (recipes take both from here)
 
 
 def study_summary(study) -> dict:
