@@ -9,7 +9,9 @@ The members' own format is the caller's (this package depends on torch only), so
 save_member(module, folder) function and `load` a load_member(folder) -> module one; dcvit passes its
 pickle-free model files (dcvit.studies.shipping). The folder is written atomically: everything goes into a
 temporary folder next to the destination, which is renamed into place only when complete, so an error
-never leaves half a cascade (a cascade already there is kept until the new one is whole).
+never leaves half a cascade (a cascade already there is kept until the new one is whole). A save killed
+outright leaves its temporary folder; the next save of that path removes it (cascade.scratch says how it
+knows the folder is a dead save's and never the user's).
 cascade.json is untrusted on load: every field is checked and a bad one fails in one line naming it.
 """
 
@@ -19,8 +21,6 @@ import json
 import math
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +29,7 @@ from typing import Any
 from torch import nn
 
 from .routing import Cascade
+from .scratch import NEW, install, remove_stale, scratch_folder
 
 # Version 2 added "committee"; a version-1 file has none (every flag false) and still loads. A reader that
 # knows only version 1 refuses a version-2 file instead of silently dropping its committee exit.
@@ -43,6 +44,7 @@ ROUTING_RULE = (
 )
 # What a member needs as input; the keys of timm's data config (input_size (C, H, W), normalisation, resize).
 PREPROCESSING_KEYS = ("input_size", "mean", "std", "crop_pct", "interpolation", "crop_mode")
+SAVE_SUFFIX = ".cascade-tmp"  # the temporary folder of a save in progress: .NAME.XXXXXXXX.cascade-tmp
 _FOLDER = re.compile(r"stage\d{1,3}-[A-Za-z0-9._-]{1,64}")
 
 
@@ -121,18 +123,16 @@ def save(
     path = Path(path)
     check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".cascade-tmp", dir=path.parent))
-    try:
-        new = tmp / "new"
+    remove_stale(path, SAVE_SUFFIX)
+    with scratch_folder(path, SAVE_SUFFIX) as tmp:
+        new = tmp / NEW
         new.mkdir()  # made with the umask's permissions, unlike mkdtemp's 0700
         for member, module in zip(members, model.models):
             save_member(module, new / member.folder)
             if not (new / member.folder).is_dir():
                 raise ValueError(f"save_member wrote no folder for member {member.name!r} ({member.folder})")
         (new / SPEC).write_text(json.dumps(spec, indent=2) + "\n")
-        _swap(new, path, tmp / "old")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        install(tmp, path)
     return path
 
 
@@ -297,19 +297,6 @@ def _jsonable(obj: dict) -> dict:
         return json.loads(json.dumps(obj, allow_nan=False))
     except (TypeError, ValueError) as err:
         raise ValueError(f"cascade.save: preprocessing and info must be plain JSON values ({err})") from None
-
-
-def _swap(new: Path, target: Path, old: Path) -> None:
-    """Rename `new` onto `target`; a folder already there goes to `old` (removed with the temp folder)."""
-    if target.exists() or target.is_symlink():
-        os.replace(target, old)
-        try:
-            os.replace(new, target)
-        except OSError:
-            os.replace(old, target)  # put the previous cascade back rather than lose it
-            raise
-    else:
-        os.replace(new, target)
 
 
 def _kind(value: Any) -> str:

@@ -16,6 +16,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
+from .imagefolder import ImageFolder
+from .imagefolder import UnreadableImageError as UnreadableImageError  # re-exported: part of dcvit.data's API
+
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 SPEC_HELP = "accepted: fashion-mnist[:ROOT], imagefolder:PATH, cifar10:PATH, cifar100:PATH"
 FMNIST_CLASSES = (
@@ -93,28 +96,12 @@ def parse_spec(spec: str) -> tuple[str, Path | None]:
     root = Path(path) if path else None
     if root is not None and not root.exists():
         raise FileNotFoundError(f"dataset path {root} does not exist (spec '{spec}')")
+    if root is not None and not root.is_dir():  # a file (imagefolder:/etc/passwd), a FIFO, a device
+        raise ValueError(f"dataset path {root} is not a folder (spec '{spec}'); {kind}:PATH takes a folder")
     return kind, root
 
 
-class UnreadableImageError(ValueError):
-    """An image file PIL cannot decode (corrupt, empty, not an image): a user error, reported in one line."""
-
-
-def _checked_loader(path: str) -> Image.Image:
-    """torchvision's image loader, but a file PIL cannot read names itself instead of raising from deep
-    inside a DataLoader (UnidentifiedImageError is an OSError; truncated data raises OSError or SyntaxError)."""
-    from torchvision.datasets.folder import default_loader
-
-    try:
-        return default_loader(path)
-    except (OSError, SyntaxError, ValueError) as err:
-        reason = " ".join(str(err).split()) or type(err).__name__
-        raise UnreadableImageError(f"cannot read image {path}: {reason}") from None
-
-
 def _imagefolder(root: Path, train: bool, transform):
-    from torchvision.datasets import ImageFolder
-
     names = ("train",) if train else ("val", "test")
     folder = next((root / n for n in names if (root / n).is_dir()), None)
     if folder is None:
@@ -122,8 +109,8 @@ def _imagefolder(root: Path, train: bool, transform):
             raise FileNotFoundError(f"{root} has train/ but no val/ or test/ folder for evaluation")
         folder = root  # a bare folder of class sub-folders serves both splits
     try:
-        return ImageFolder(str(folder), transform=transform, loader=_checked_loader)
-    except (FileNotFoundError, RuntimeError) as err:
+        return ImageFolder(folder, root, transform=transform)
+    except OSError as err:  # no classes, an empty class, a folder we may not list
         raise FileNotFoundError(f"image folder {folder} has no usable class sub-folders with images ({err})") from None
 
 

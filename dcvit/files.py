@@ -2,22 +2,21 @@
 
 The spec names the adapter, the base architecture and its config, the data config, and the recorded surgery
 edits, so `load` rebuilds the module offline (first on the meta device, to check it against the weights'
-header before allocating anything) and loads the weights. Saving replaces a model directory atomically.
+header before allocating anything) and loads the weights. Saving replaces a model directory atomically; what a
+killed save leaves is removed by the next save of that path only when it is certainly ours (cascade.scratch).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from cascade.scratch import NEW, install, remove_stale, scratch_folder
 
 from .arch import UnsupportedModelError, adapter_for_spec, get_adapter
 from .arch.base import Adapter, short
@@ -33,11 +32,6 @@ from .storage import (
     write_tensors,
 )
 from .surgery import replay_edits
-
-try:
-    import fcntl
-except ImportError:  # no flock (Windows): saves still work, stale temp folders are just never removed
-    fcntl = None
 
 FORMAT = "dcvit-model"
 SPEC, WEIGHTS = "spec.json", "model.safetensors"
@@ -71,12 +65,12 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     state = model.state_dict()
     check_rebuilds(model, spec, state, path)  # before anything is written: the file must reload as this network
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(path)
-    with _save_folder(path) as tmp:
-        (tmp / "new").mkdir()  # made with the umask's permissions, unlike mkdtemp's 0700
-        write_tensors(tmp / "new" / WEIGHTS, state)
-        write_json(tmp / "new" / SPEC, spec)
-        _swap(tmp / "new", path, tmp / "old")
+    remove_stale(path, SAVE_SUFFIX)
+    with scratch_folder(path, SAVE_SUFFIX) as tmp:
+        (tmp / NEW).mkdir()  # made with the umask's permissions, unlike mkdtemp's 0700
+        write_tensors(tmp / NEW / WEIGHTS, state)
+        write_json(tmp / NEW / SPEC, spec)
+        install(tmp, path)
     return path
 
 
@@ -105,72 +99,6 @@ def _is_spec(path: Path) -> bool:
     except (OSError, ValueError, RecursionError):
         return False
     return isinstance(spec, dict) and spec.get("format") == FORMAT
-
-
-@contextmanager
-def _save_folder(target: Path) -> Iterator[Path]:
-    """A temp folder next to `target`, locked while the save runs (so no other save takes it for stale)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=SAVE_SUFFIX, dir=target.parent))
-    with _flock(tmp, wait=True):
-        try:
-            yield tmp
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-@contextmanager
-def _flock(folder: Path, wait: bool) -> Iterator[bool]:
-    """Hold an exclusive flock on `folder` for the block. Yields False where another process holds it, or
-    where it cannot be had at all (no fcntl, a file system without flock): then the folder counts as in use."""
-    try:
-        fd = os.open(folder, os.O_RDONLY) if fcntl is not None else None
-    except OSError:  # gone meanwhile: another save removed it
-        fd = None
-    try:
-        yield fd is not None and _lock(fd, wait)
-    finally:
-        if fd is not None:
-            os.close(fd)  # releases the lock
-
-
-def _lock(fd: int, wait: bool) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        return True
-    except OSError:  # held by another process (LOCK_NB), or not supported here
-        return False
-
-
-def _swap(new: Path, target: Path, old: Path) -> None:
-    """Rename `new` onto `target`; a model already there goes to `old` (inside the temp folder, removed with it)."""
-    if not (target.exists() or target.is_symlink()):
-        os.replace(new, target)
-        return
-    os.replace(target, old)
-    try:
-        os.replace(new, target)
-    except OSError:
-        os.replace(old, target)  # put the previous model back rather than lose it with the temp folder
-        raise
-
-
-def _remove_stale(target: Path) -> None:
-    """Remove what killed saves of `target` left next to it: temp folders no live save holds, and the
-    `.NAME.old` / `.NAME.XXXXXXXX` folders of earlier dcvit versions when they hold only model files."""
-    for entry in target.parent.iterdir():
-        rest = entry.name[len(target.name) + 2 :] if entry.name.startswith(f".{target.name}.") else None
-        if rest is None or entry.is_symlink() or not entry.is_dir():
-            continue
-        if re.fullmatch(r"\w{8}" + re.escape(SAVE_SUFFIX), rest):
-            _remove_unlocked(entry)
-        elif re.fullmatch(r"old|\w{8}", rest) and all(_is_model_file(p.name) for p in entry.iterdir()):
-            shutil.rmtree(entry, ignore_errors=True)
-
-
-def _remove_unlocked(folder: Path) -> None:
-    with _flock(folder, wait=False) as ours:
-        if ours:  # the lock is kept until it is gone, so no save can start using it meanwhile
-            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _restore_data_config(model: nn.Module, data_config: dict) -> None:

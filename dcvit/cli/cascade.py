@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..data import CALIBRATION_SIZE
-from .common import Command, check_out, emit, seed_argument
+from ..outdir import check_out, claim_out, input_paths
+from .common import Command, emit, seed_argument
 
 CASCADE_DIR = "cascade"  # the sub-folder of --out the chosen cascade is written to
 
@@ -89,8 +90,9 @@ def run_cascade(args) -> None:
     from ..studies.report import study_markdown, study_summary, write_study
     from ..studies.shipping import save_study_cascade
 
-    out = check_out(args.out) if args.out else None  # before recording and timing, not after
-    if out is not None:
+    out = None  # --out is checked before recording and timing, not after
+    if args.out is not None:  # '' too: it would write into the current folder
+        out = check_out(args.out, "cascade", input_paths(args.data, [args.big, *args.savers]))
         cascade.files.check_replaceable(out / CASCADE_DIR)
     names = [args.big] + [s for s in args.savers if s != args.big]
     models = {n: resolve_model(n, weights="pretrained") for n in names}
@@ -107,7 +109,7 @@ def run_cascade(args) -> None:
     )
     summary, text = study_summary(study), study_markdown(study)
     if out is not None:
-        write_study(study, out)
+        write_study(study, claim_out(out, "cascade"))
         shipped = save_study_cascade(
             study, models, out / CASCADE_DIR, data=args.data, calibration_size=args.calibration_size, seed=args.seed
         )

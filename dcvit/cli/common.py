@@ -8,10 +8,8 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 SEED_LIMIT = 2**63  # torch takes seeds below 2**64; derived seeds add offsets (10_007 + seed), so keep a margin
 
@@ -142,26 +140,3 @@ def configure_logging(quiet: bool) -> None:
     handler.setFormatter(logging.Formatter("dcvit: %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.WARNING if quiet else logging.INFO)
-
-
-# --- output folders ---------------------------------------------------------------------------
-def check_out(text: str, option: str = "--out") -> Path:
-    """Fail in one line, before any slow work, unless `text` is a folder (or can become one) that we can
-    write to. Probes by writing a byte to a temporary file in it, or in its nearest existing parent when
-    it does not exist yet (so a refused run creates nothing)."""
-    out = Path(text)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{option} {out} is an existing file, not a folder")
-    probe_in = out
-    while not probe_in.exists():
-        probe_in = probe_in.parent
-    if not probe_in.is_dir():
-        raise ValueError(f"{option} {out} cannot be created: {probe_in} is a file")
-    try:
-        with tempfile.TemporaryFile(dir=probe_in, prefix=".dcvit-probe-") as f:
-            f.write(b"x")
-            f.flush()
-            os.fsync(f.fileno())  # a full disk may accept the write and refuse it only here
-    except OSError as err:
-        raise ValueError(f"{option} {out} is not writable ({err.strerror or err})") from None
-    return out

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..data import CALIBRATION_SIZE
-from .common import Command, check_out, emit, model_argument, seed_argument, structure_argument
+from ..outdir import check_out, claim_out, input_paths
+from .common import Command, emit, model_argument, seed_argument, structure_argument
 
 
 def _engine_arguments(p: argparse.ArgumentParser) -> None:
@@ -91,12 +92,14 @@ def _run_targets(args, targets: list[str]) -> list[dict]:
     from ..driver import compress_family, plan_for
     from ..factory import resolve_model
 
-    out = check_out(args.out)  # the output place, config and targets are checked before any slow work
+    # the output place, config and targets are checked before any slow work
+    out = check_out(args.out, args.command, input_paths(args.data, [args.model]))
     config = _config(args)
     _refuse_finished(out, args.resume)
     model = resolve_model(args.model, weights="pretrained")
     plans = [plan_for(model, t, config) for t in targets]
     data = few_shot_subset(args.data, args.shots, seed=args.seed, calibration_size=args.calibration_size)
+    claim_out(out, args.command)  # after the data loaded: a bad --data leaves no folder behind
     results = compress_family(model, plans, data, config, workdir=out / "checkpoints", resume=args.resume)
     main = is_main_process()  # under `accelerate launch` only the main process writes OUT and prints
     summaries = []
@@ -149,7 +152,7 @@ def run_synth(args) -> None:
 
     from ..factory import resolve_model
 
-    out = check_out(args.out)  # before the optimisation, not after it
+    out = check_out(args.out, "synth", input_paths(None, [args.model]))  # before the optimisation, not after it
     model = resolve_model(args.model, weights="pretrained")
     made = synth.synthesize(
         model,
@@ -160,7 +163,7 @@ def run_synth(args) -> None:
         image_size=args.input_size,
         progress=not args.quiet,
     )
-    made.save(out)
+    made.save(claim_out(out, "synth"))
     made.save_grid(out / "grid.png")
     hit, conf = made.target_agreement(model)
     payload = {"out": args.out, "num_images": len(made), "target_hit_rate": hit, "mean_target_confidence": conf}

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .common import Command, check_out, seed_argument
+from ..outdir import check_out
+from .common import Command, seed_argument
 
 
 def _demo_arguments(p) -> None:
@@ -21,7 +22,8 @@ def run_demo_command(args) -> None:
         if args.shots < 1:
             raise ValueError(f"--shots must be a positive integer; got {args.shots}")
         changes["shots"] = args.shots
-    check_out(args.out)  # before the teacher, the shots and the compression runs
+    # before the teacher, the shots and the compression runs; the demo marks the folder itself (.dcvit-demo)
+    check_out(args.out, "demo")
     from dataclasses import replace
 
     run_demo(args.out, replace(settings, **changes), progress=not args.quiet)
