@@ -138,13 +138,14 @@ def check_members(model: nn.Module, file: Path) -> None:
 
     spec = model.spec
     size = list(spec.preprocessing["input_size"])
-    for member, module in zip(spec.members, model.models):
+    members = list(zip(spec.members, model.models))
+    for member, module in members:  # every member's input first: a wrong size also changes the MACs
         fixed = model_input_size(module)
         own = fixed or _stated_size(module, default_input_size)
-        if own is not None:
-            problem = preprocessing_problem({"input_size": size}, own, fixed=fixed is not None)
-            if problem:
-                raise CascadeFileError(f"{file}: preprocessing {problem} (member {member.name!r}, {member.folder})")
+        problem = own and preprocessing_problem({"input_size": size}, own, fixed=fixed is not None)
+        if problem:
+            raise CascadeFileError(f"{file}: preprocessing {problem} (member {member.name!r}, {member.folder})")
+    for member, module in members:
         try:
             counted = count_macs(module, size)
         except ValueError as err:  # the member does not run on that input
