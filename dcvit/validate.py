@@ -113,6 +113,8 @@ def data_config_problem(data_config: Mapping[str, Any], model_size: Any = None) 
     if not (type(classes) is int and classes >= 0):
         return f"'num_classes' must be a non-negative integer, not {classes!r:.60}"
     pre = {k: v for k, v in data_config.items() if k != "num_classes"}
+    if model_size is not None:  # without one in the file, the model's own size is what the transforms use
+        pre = {"input_size": list(model_size), **pre}
     return preprocessing_problem(pre, model_size, fixed=True, required=False)
 
 

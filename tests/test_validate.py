@@ -18,6 +18,7 @@ from cascade.validate import preprocessing_problem
 from dcvit.cli import main
 from dcvit.storage import ModelFileError
 from dcvit.studies import shipping
+from dcvit.validate import data_config_problem
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +69,12 @@ BAD_PREPROCESSING = [
 def test_tampered_data_config_is_refused_in_one_line(model_dir, fields, fragment):
     edit_json(model_dir / "spec.json", lambda s: {**s, "data_config": {**s["data_config"], **fields}})
     refused(model_dir, "spec.json: data_config", fragment)
+
+
+def test_a_model_built_for_a_huge_input_is_refused_without_an_input_size_in_its_file():
+    """No input_size in data_config: the transforms would use the model's own size, so that is bounded too."""
+    assert "H, W <= 1024, not [3, 2048, 2048]" in data_config_problem({}, (3, 2048, 2048))
+    assert data_config_problem({}, (3, 1024, 1024)) is None
 
 
 def test_cli_eval_refuses_a_memory_bomb_without_a_traceback(model_dir, capsys):
