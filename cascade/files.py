@@ -30,6 +30,7 @@ from torch import nn
 
 from .routing import Cascade
 from .scratch import NEW, install, remove_stale, scratch_folder
+from .validate import KEYS, preprocessing_problem
 
 # Version 2 added "committee"; a version-1 file has none (every flag false) and still loads. A reader that
 # knows only version 1 refuses a version-2 file instead of silently dropping its committee exit.
@@ -43,7 +44,7 @@ ROUTING_RULE = (
     "(its confidence is that mean's max)"
 )
 # What a member needs as input; the keys of timm's data config (input_size (C, H, W), normalisation, resize).
-PREPROCESSING_KEYS = ("input_size", "mean", "std", "crop_pct", "interpolation", "crop_mode")
+PREPROCESSING_KEYS = KEYS
 SAVE_SUFFIX = ".cascade-tmp"  # the temporary folder of a save in progress: .NAME.XXXXXXXX.cascade-tmp
 _FOLDER = re.compile(r"stage\d{1,3}-[A-Za-z0-9._-]{1,64}")
 
@@ -265,22 +266,10 @@ def _committee(raw: dict, n: int, version: int, fail) -> tuple[bool, ...]:
 
 
 def _preprocessing(raw: dict, fail) -> dict[str, Any]:
-    unknown = sorted(set(raw) - set(PREPROCESSING_KEYS))
-    if unknown:
-        raise fail(f"preprocessing field {_short(unknown[0])} is unknown (accepted: {', '.join(PREPROCESSING_KEYS)})")
-    size = raw.get("input_size")
-    if not (isinstance(size, list) and len(size) == 3 and all(type(x) is int and 0 < x <= 65536 for x in size)):
-        raise fail(f"preprocessing 'input_size' must be 3 positive integers (C, H, W), not {_short(size)}")
-    for key in ("mean", "std"):
-        if key in raw and not (
-            isinstance(raw[key], list) and len(raw[key]) == size[0] and all(_number(x) for x in raw[key])
-        ):
-            raise fail(f"preprocessing '{key}' must be {size[0]} numbers (one per channel), not {_short(raw[key])}")
-    if "crop_pct" in raw and not (_number(raw["crop_pct"]) and 0 < raw["crop_pct"] <= 10):
-        raise fail(f"preprocessing 'crop_pct' must be a number in (0, 10], not {_short(raw['crop_pct'])}")
-    for key in ("interpolation", "crop_mode"):
-        if key in raw and not isinstance(raw[key], str):
-            raise fail(f"preprocessing '{key}' must be a string, not {_short(raw[key])}")
+    """The shared rules (cascade.validate); the members' own sizes are checked where they are loaded."""
+    problem = preprocessing_problem(raw)
+    if problem:
+        raise fail(f"preprocessing {problem}")
     return dict(raw)
 
 

@@ -20,20 +20,30 @@ from cascade.scratch import NEW, install, remove_stale, scratch_folder
 
 from .arch import UnsupportedModelError, adapter_for_spec, get_adapter
 from .arch.base import Adapter, short
-from .rebuild import BUILD_ERRORS, check_rebuilds, shape_mismatch, shapes_of
+from .rebuild import BUILD_ERRORS, check_rebuilds
 from .storage import (
     ModelFileError,
     one_line,
     read_json,
     read_tensors,
     refuse_pickle,
-    tensor_shapes,
+    tensor_header,
     write_json,
     write_tensors,
 )
 from .surgery import replay_edits
+from .validate import (
+    DTYPES,
+    data_config_problem,
+    floating_dtype,
+    header_dtype,
+    model_input_size,
+    structure_problem,
+    tensor_problem,
+)
 
 FORMAT = "dcvit-model"
+VERSIONS = (1,)  # the spec versions this dcvit reads; it writes the last
 SPEC, WEIGHTS = "spec.json", "model.safetensors"
 DATA_CFG_KEYS = ("input_size", "mean", "std", "crop_pct", "interpolation", "crop_mode", "num_classes")
 SAVE_SUFFIX = ".dcvit-save"  # the temp folder of a save in progress: .NAME.XXXXXXXX.dcvit-save
@@ -42,13 +52,18 @@ SAVE_SUFFIX = ".dcvit-save"  # the temp folder of a save in progress: .NAME.XXXX
 def model_spec(model: nn.Module) -> dict[str, Any]:
     adapter = get_adapter(model)
     cfg = getattr(model, "pretrained_cfg", None) or {}
+    data_config = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items() if k in DATA_CFG_KEYS}
+    size = model_input_size(model)
+    if size is not None and "input_size" in data_config:  # timm keeps its registered size when img_size changed
+        data_config["input_size"] = list(size)
     return {
         "format": FORMAT,
-        "version": 1,
+        "version": VERSIONS[-1],
         "adapter": adapter.name,
         "base": adapter.base_spec(model),
         "edits": list(getattr(model, "dcvit_edits", [])),
-        "data_config": {k: cfg[k] for k in DATA_CFG_KEYS if cfg.get(k) is not None},
+        "data_config": {k: v for k, v in data_config.items() if v is not None},
+        "dtype": floating_dtype(model.state_dict()),  # load gives the model back in it
     }
 
 
@@ -61,6 +76,9 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     spec = model_spec(model)
+    problem = data_config_problem(spec["data_config"], model_input_size(model))
+    if problem:  # what load would refuse is refused before anything is written
+        raise ValueError(f"refusing to save to {path}: the model's data config {problem}")
     _check_replaceable(path)
     state = model.state_dict()
     check_rebuilds(model, spec, state, path)  # before anything is written: the file must reload as this network
@@ -111,14 +129,27 @@ def _restore_data_config(model: nn.Module, data_config: dict) -> None:
 def load(path: str | os.PathLike) -> nn.Module:
     """Rebuild a model saved by `save` (offline) and load its weights. Pickle files are refused.
 
-    spec.json is untrusted: it is type-checked, its base is built on the meta device first and must match
-    the weights file's header exactly, so a bad file fails in one line before anything is allocated.
+    spec.json is untrusted: it is type-checked and bounded by what its weights can hold, its base is built on
+    the meta device first and must match the weights file's header exactly (names, shapes, dtypes), and its
+    data config must fit the model's input, so a bad file fails in one line before anything is allocated.
+    The model comes back in the dtype it was saved in.
     """
     folder = _model_folder(Path(path))
     spec = read_spec(folder / SPEC)
+    header = tensor_header(folder / WEIGHTS)
+    problem = structure_problem(spec["base"], header)
+    if problem:  # before the build, whose time grows with the blocks asked for
+        raise ModelFileError(f"{folder / SPEC}: {problem}")
     adapter = _adapter(spec, folder / SPEC)
-    _check_weights(_meta_model(adapter, spec, folder / SPEC), folder / WEIGHTS)
-    model = replay_edits(adapter.build(spec["base"]), spec["edits"])
+    dtype = DTYPES[spec.get("dtype") or header_dtype(header)]
+    meta = _meta_model(adapter, spec, folder / SPEC).to(dtype)
+    problem = data_config_problem(spec.get("data_config", {}), model_input_size(meta))
+    if problem:
+        raise ModelFileError(f"{folder / SPEC}: data_config {problem}")
+    problem = tensor_problem(meta, header)
+    if problem:
+        raise ModelFileError(f"{folder / WEIGHTS} does not match {SPEC} ({problem})")
+    model = replay_edits(adapter.build(spec["base"]), spec["edits"]).to(dtype)
     model.load_state_dict(read_tensors(folder / WEIGHTS), strict=True)
     _restore_data_config(model, spec.get("data_config", {}))
     return model.eval()
@@ -142,6 +173,13 @@ def read_spec(path: Path) -> dict[str, Any]:
         raise ModelFileError(f"{path} must hold a JSON object, not {_json_type(spec)}")
     if spec.get("format") != FORMAT:
         raise ModelFileError(f"{path} is not a dcvit model spec (format {short(spec.get('format'))})")
+    if spec.get("version") not in VERSIONS:  # a newer format may mean what this dcvit would misread
+        raise ModelFileError(
+            f"{path}: spec version {short(spec.get('version'))} is not one this dcvit reads (accepted: "
+            f"{', '.join(map(str, VERSIONS))}); a newer dcvit may have written it"
+        )
+    if "dtype" in spec and spec["dtype"] not in DTYPES:
+        raise ModelFileError(f"{path}: field 'dtype' must be one of {', '.join(DTYPES)}, not {short(spec['dtype'])}")
     for key, kind in (("adapter", str), ("base", dict), ("edits", list), ("data_config", dict)):
         if key != "data_config" and key not in spec:
             raise ModelFileError(f"{path}: field '{key}' is missing")
@@ -149,7 +187,9 @@ def read_spec(path: Path) -> dict[str, Any]:
             raise ModelFileError(f"{path}: field '{key}' must be {_json_type(kind())}, not {_json_type(spec[key])}")
     for i, edit in enumerate(spec["edits"]):
         _check_edit(path, i, edit)
-    _check_data_config(path, spec.get("data_config", {}))
+    problem = data_config_problem(spec.get("data_config", {}))  # the model's size is checked once it is built
+    if problem:
+        raise ModelFileError(f"{path}: data_config {problem}")
     return spec
 
 
@@ -195,35 +235,6 @@ def _check_edit(path: Path, i: int, edit: Any) -> None:
         raise ModelFileError(f"{where}: field 'kept_heads' must be null or a list of integers, not {short(heads)}")
 
 
-def _numbers(v: Any) -> bool:
-    return isinstance(v, list) and 0 < len(v) <= 16 and all(type(x) in (int, float) for x in v)
-
-
-_DATA_FIELDS = {
-    "input_size": (
-        lambda v: isinstance(v, list) and len(v) == 3 and all(_is_int(x) and x > 0 for x in v),
-        "3 positive integers (C, H, W)",
-    ),
-    "mean": (_numbers, "a list of numbers"),
-    "std": (_numbers, "a list of numbers"),
-    "crop_pct": (lambda v: type(v) in (int, float) and 0 < v <= 10, "a number in (0, 10]"),
-    "interpolation": (lambda v: isinstance(v, str), "a string"),
-    "crop_mode": (lambda v: isinstance(v, str), "a string"),
-    "num_classes": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
-}
-
-
-def _check_data_config(path: Path, data_config: dict) -> None:
-    for key, value in data_config.items():
-        if key not in _DATA_FIELDS:
-            raise ModelFileError(
-                f"{path}: data_config field {short(key)} is unknown (accepted: {', '.join(_DATA_FIELDS)})"
-            )
-        test, what = _DATA_FIELDS[key]
-        if not test(value):
-            raise ModelFileError(f"{path}: data_config '{key}' must be {what}, not {short(value)}")
-
-
 def _adapter(spec: dict[str, Any], path: Path) -> type[Adapter]:
     try:
         return adapter_for_spec(spec["adapter"])
@@ -251,10 +262,3 @@ def _meta_model(adapter: type[Adapter], spec: dict[str, Any], path: Path) -> nn.
             return replay_edits(model, spec["edits"])
     except ValueError as err:  # surgery's refusals: a block out of range, units out of range or repeated
         raise ModelFileError(f"{path}: edits do not apply ({one_line(err)})") from None
-
-
-def _check_weights(model: nn.Module, weights: Path) -> None:
-    """The weights file must hold exactly the tensors `model` has, shape for shape (read from its header)."""
-    problems = shape_mismatch(tensor_shapes(weights), shapes_of(model.state_dict()))
-    if problems:
-        raise ModelFileError(f"{weights} does not match {SPEC} ({problems})")

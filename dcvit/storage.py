@@ -92,11 +92,27 @@ def one_line(err: BaseException, limit: int = 1000) -> str:
 
 def tensor_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every tensor in a safetensors file, from its header alone (no tensor is read)."""
+    return {k: shape for k, (_, shape) in tensor_header(path).items()}
+
+
+# safetensors' dtype codes, named as torch names its dtypes (str(torch.float32) without "torch.")
+_DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64"}
+_DTYPE_NAMES |= {"I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def tensor_header(path: str | os.PathLike) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Name -> (dtype, shape) of every tensor in a safetensors file, from its header alone (no tensor is read);
+    dtypes named like torch's (float32, int8, bool, ...)."""
     try:
         with safe_open(str(path), "pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            header = {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
     except SafetensorError as err:  # truncated, corrupt, or not safetensors at all (pickle bytes, say)
         raise ModelFileError(f"{path} is not a valid safetensors file ({one_line(err, 200)})") from None
+    return {k: (_DTYPE_NAMES.get(code, code.lower()), shape) for k, (code, shape) in header.items()}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

@@ -158,7 +158,10 @@ def test_huge_spec_is_refused_before_anything_is_allocated(model_dir, monkeypatc
 
     monkeypatch.setattr(timm_vit.TimmViTAdapter, "build", staticmethod(meta_only))
     edit_spec(model_dir, set_kwargs(embed_dim=24576, depth=48, num_heads=48))
-    with pytest.raises(ModelFileError, match="model.safetensors does not match spec.json"):
+    with pytest.raises(ModelFileError, match="spec.json: base asks for 48 blocks"):  # refused before any build
+        dcvit.load(model_dir)
+    edit_spec(model_dir, set_kwargs(depth=3))
+    with pytest.raises(ModelFileError, match="spec.json: base embed_dim=24576 is wider than any tensor"):
         dcvit.load(model_dir)
 
 

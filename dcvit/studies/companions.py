@@ -205,7 +205,7 @@ def cascade_study(
     for split in (calib, test):  # before any recording: a bigger label set would make every number meaningless
         check_classes(big, split, data, big_name)
     rec_calib, rec_test = record_split(models, calib, progress=progress), record_split(models, test, progress=progress)
-    costs = {name: count_macs(m) for name, m in models.items()}
+    costs = {name: count_macs(m, default_input_size(big)) for name, m in models.items()}  # what they are fed
     savers = [n for n in models if n != big_name]
 
     def ranking(rec):

@@ -29,8 +29,9 @@ from ..factory import create_model
 from ..files import SPEC as MODEL_SPEC
 from ..files import load, save
 from ..progress import progress as progress_bar
-from ..rebuild import BUILD_ERRORS, shape_mismatch, shapes_of
-from ..storage import ModelFileError, one_line, read_json, read_tensors, tensor_shapes, write_json, write_tensors
+from ..rebuild import BUILD_ERRORS
+from ..storage import ModelFileError, one_line, read_json, read_tensors, tensor_header, write_json, write_tensors
+from ..validate import DTYPES, check_members, floating_dtype, header_dtype, tensor_problem
 
 MEMBER, WEIGHTS, MEMBER_FORMAT = "member.json", "model.safetensors", "dcvit-timm-member"
 # Creation arguments a by-name member may carry (anything else, e.g. checkpoint_path, could reach the
@@ -64,9 +65,10 @@ def load_member(folder: Path) -> nn.Module:
         return load(folder)
     if not (folder / MEMBER).is_file():
         raise ModelFileError(f"{folder} holds no dcvit model ({MODEL_SPEC} or {MEMBER})")
-    name, kwargs = _read_member(folder / MEMBER)
-    _check_shapes(name, kwargs, folder / WEIGHTS)
-    model = create_model(name, pretrained=False, **kwargs)
+    name, kwargs, dtype = _read_member(folder / MEMBER)
+    dtype = DTYPES[dtype or header_dtype(tensor_header(folder / WEIGHTS))]
+    _check_tensors(name, kwargs, dtype, folder / WEIGHTS)
+    model = create_model(name, pretrained=False, **kwargs).to(dtype)  # the dtype it was saved in
     model.load_state_dict(read_tensors(folder / WEIGHTS), strict=True)
     return model.eval()
 
@@ -83,10 +85,11 @@ def _save_by_name(model: nn.Module, folder: Path) -> None:
     check_kwargs(f"cascade member {name} (saved by name)", kwargs, _BY_NAME_KWARGS)
     folder.mkdir(parents=True)
     write_tensors(folder / WEIGHTS, model.state_dict())
-    write_json(folder / MEMBER, {"format": MEMBER_FORMAT, "version": 1, "name": name, "kwargs": kwargs})
+    dtype = floating_dtype(model.state_dict())
+    write_json(folder / MEMBER, {"format": MEMBER_FORMAT, "version": 1, "name": name, "kwargs": kwargs, "dtype": dtype})
 
 
-def _read_member(path: Path) -> tuple[str, dict]:
+def _read_member(path: Path) -> tuple[str, dict, str | None]:
     """member.json, checked: a registered timm name and accepted creation arguments only."""
     try:
         spec = read_json(path)
@@ -99,21 +102,27 @@ def _read_member(path: Path) -> tuple[str, dict]:
         raise ModelFileError(f"{path}: 'name' must be a registered timm model name, not {name!r:.60}")
     if not isinstance(kwargs, dict):
         raise ModelFileError(f"{path}: 'kwargs' must be an object")
+    if spec.get("version", 1) != 1 or spec.get("dtype", "float32") not in DTYPES:
+        raise ModelFileError(
+            f"{path}: version {spec.get('version')!r:.20} / dtype {spec.get('dtype')!r:.20} not accepted "
+            f"(accepted: version 1, dtype one of {', '.join(DTYPES)})"
+        )
     try:
         check_kwargs(f"timm {name}", kwargs, _BY_NAME_KWARGS)
     except ValueError as err:
         raise ModelFileError(f"{path}: {err}") from None
-    return name, kwargs
+    return name, kwargs, spec.get("dtype")
 
 
-def _check_shapes(name: str, kwargs: dict, weights: Path) -> None:
-    """The weights must match the architecture exactly; checked on the meta device, before any allocation."""
+def _check_tensors(name: str, kwargs: dict, dtype: torch.dtype, weights: Path) -> None:
+    """The weights must match the architecture exactly (names, shapes, dtypes); checked on the meta device,
+    before any allocation."""
     try:
         with torch.device("meta"):
             meta = create_model(name, pretrained=False, **kwargs)
     except BUILD_ERRORS as err:
         raise ModelFileError(f"{weights.parent / MEMBER}: {name} refused its arguments ({one_line(err)})") from None
-    problems = shape_mismatch(tensor_shapes(weights), shapes_of(meta.state_dict()))
+    problems = tensor_problem(meta.to(dtype), tensor_header(weights))
     if problems:
         raise ModelFileError(f"{weights} does not match {name} ({problems})")
 
@@ -205,6 +214,7 @@ def load_cascade(path: str | Path) -> cascade.Cascade:
     """A cascade folder as a Cascade in eval mode; its data config is the stored preprocessing, so
     dcvit.eval_transform(model) gives the input the members were calibrated on."""
     model = cascade.load(path, load_member)
+    check_members(model, Path(path) / cascade.files.SPEC)  # their input and MACs, not cascade.json's word
     model.pretrained_cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in model.spec.preprocessing.items()}
     return model.eval()
 

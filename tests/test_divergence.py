@@ -1,0 +1,72 @@
+"""A fine-tune that diverges is refused before anything is saved, also when every weight stays finite (the
+frozen final norm keeps a wrecked student's tokens bounded, so only the loss tells); a teacher with NaN weights
+is reported as a bad teacher, never as divergence."""
+
+import pytest
+import torch
+from conftest import tiny_data, tiny_vit
+from test_run_safety import compress_cli, image_folder, one_line_error
+
+import dcvit
+from dcvit.accel import make_accelerator
+from dcvit.config import CompressConfig
+from dcvit.mimic import BadTeacherError, FewShotImages, TeacherTokens, mimic
+
+
+@pytest.fixture
+def cli_env(tmp_path):
+    """A saved tiny teacher and an image folder, as compress_cli takes them."""
+    return {"model": dcvit.save(tiny_vit(), tmp_path / "teacher"), "data": image_folder(tmp_path / "a", 1)}
+
+
+def fine_tune(lr: float, teacher=None):
+    """Mimic a tiny teacher with one of its blocks dropped, 3 epochs of 16 images; returns the result."""
+    teacher = teacher or tiny_vit(depth=2)
+    accelerator = make_accelerator("no")
+    images = FewShotImages(tiny_data(16), teacher, augment=False)
+    targets = TeacherTokens(teacher, images, accelerator)
+    config = CompressConfig(lr=lr, batch_size=8, progress=False)
+    student = dcvit.drop_blocks(teacher, [1])
+    return mimic(student, targets, images, config, epochs=3, upto=1, seed=0, accelerator=accelerator)
+
+
+def test_a_good_lr_converges():
+    result = fine_tune(3e-4)
+    assert result.losses[-1] < result.losses[0]
+
+
+@pytest.mark.parametrize("lr", [0.1, 10.0, 1e3])
+def test_a_huge_lr_is_refused_though_the_loss_stays_finite(lr):
+    with pytest.raises(ValueError, match=r"mimicking diverged: the loss ended at .*x its starting .*lower --lr") as err:
+        fine_tune(lr)
+    assert "\n" not in str(err.value)
+
+
+def test_an_lr_that_overflows_is_refused():
+    with pytest.raises(ValueError, match=r"mimicking diverged at epoch 1 \(loss nan\).*lower --lr"):
+        fine_tune(1e30)
+
+
+def test_a_nan_teacher_is_a_bad_teacher_not_divergence():
+    teacher = tiny_vit(depth=2)
+    with torch.no_grad():
+        teacher.blocks[0].mlp.fc1.weight[0, 0] = float("nan")
+    with pytest.raises(BadTeacherError, match=r"teacher is a bad model.*blocks\.0\.mlp\.fc1\.weight") as err:
+        fine_tune(3e-4, teacher)
+    assert "diverged" not in str(err.value)
+
+
+def test_cli_refuses_to_save_a_diverged_run(capsys, tmp_path, cli_env):
+    out = tmp_path / "out"
+    one_line_error(*compress_cli(capsys, cli_env, out, "--lr", "10")[::2], "mimicking diverged: the loss ended at")
+    assert not (out / "result.json").exists() and not (out / "model").exists()
+
+
+def test_cli_names_a_nan_teacher(capsys, tmp_path, cli_env):
+    teacher = tiny_vit()
+    with torch.no_grad():
+        teacher.pos_embed[0, 0, 0] = float("inf")
+    cli_env["model"] = dcvit.save(teacher, tmp_path / "nan-teacher")
+    code, _, err = compress_cli(capsys, cli_env, tmp_path / "out")
+    one_line_error(code, err, "teacher is a bad model")
+    assert "diverged" not in err
