@@ -5,6 +5,9 @@
 3. progressive pruning: start from the best candidate, compress the next-best block, fine-tune, repeat
    until n blocks are compressed. Every finished step is checkpointed, so `resume=True` continues a
    killed run and ends with exactly the model an uninterrupted run makes.
+
+Which plan is made and how it is run is the structure's (dcvit.structures): the paper's structure and the
+block-dropping baseline run the steps above (`progressive_run`), the structure search its own (dcvit.search).
 """
 
 from __future__ import annotations
