@@ -4,6 +4,9 @@ The public API (docs/method.md gives the equations, README.md the walk-through):
 
     count_macs, macs_profile, MacsProfile     MACs (§10)
     plan, Plan                                structure from a target MACs (§2, Eq. 1-2)
+    plan_for, SearchPlan                      the plan of CompressConfig.structure (a search plan for auto, mlp)
+    Structure, register_structure,            what a block may lose, by name (dcvit.structures)
+      Metric, register_metric                 and how a candidate is scored (dcvit.metrics)
     apply_plan, drop_blocks                   block surgery (§3) and the block-dropping baseline
     compress, compress_family,                the progressive driver (§1, Algorithm 1) and dense families
       CompressConfig, CompressionResult
@@ -37,6 +40,11 @@ _EXPORTS = {
     "Plan": "planning",
     "plan": "planning",
     "plan_block_drop": "planning",
+    "SearchPlan": "planning",
+    "Structure": "structures",
+    "register_structure": "structures",
+    "Metric": "metrics",
+    "register_metric": "metrics",
     "MlpOnlyBlock": "surgery",
     "apply_plan": "surgery",
     "drop_blocks": "surgery",

@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from numbers import Real
 
-STRUCTURES = ("auto", "dcvit", "drop", "mlp")
-METRICS = ("kl", "mse", "train_loss")
+from .metrics import metric_names
+from .structures.registry import BASELINE_STRUCTURE, DEFAULT_STRUCTURE, get_structure, structure_names
+
 TOKENS = ("all", "cls")
 UNIT_CHOICES = ("random", "activation")
 SCOPES = ("front", "all")
@@ -41,20 +42,21 @@ class CompressConfig:
     # patch for a ViT, min(30/224, (patch // 2) / side); the reference 30/224 otherwise).
     synth_jitter: float | None = 1 / 28
     candidate_blocks: tuple[int, ...] | None = None
-    # What each block may lose (docs/method.md §11): "auto" lets the synthetic set choose per block among
-    # keep / narrow MLP / remove MLP / remove attention (MLP maybe narrowed) / drop; "mlp" only edits MLPs;
-    # "dcvit" is the paper's structure (Eq. 1-2); "drop" the block-dropping baseline (with BLOCK_DROP's settings).
-    structure: str = "auto"
+    # What each block may lose (docs/method.md §11): a name in dcvit.structures' registry. Built in: the
+    # structure search (the default: the synthetic set chooses per block among keep / narrow MLP / remove MLP /
+    # remove attention / drop), the search over MLP edits only, the paper's structure (Eq. 1-2), and the
+    # block-dropping baseline (with BLOCK_DROP's settings).
+    structure: str = DEFAULT_STRUCTURE
     prune_heads: bool = False  # auto: also offer keeping only some whole attention heads (where the adapter can)
     search_steps: int | None = None  # auto/mlp: progressive steps, each fine-tuned for `epochs`; None: one
     # per average block's worth of MACs removed (DC-ViT's step count), 1-8
     # Algorithm 1 and its ablations (docs/method.md §8)
-    metric: str = "kl"  # kl (the paper) | mse (features on the synthetic set) | train_loss (few-shot)
+    metric: str = "kl"  # dcvit.metrics: kl (the paper) | mse (features on the synthetic set) | train_loss (few-shot)
     progressive: bool = True  # False: "top-k", all n blocks at once, fine-tuned for n steps' epochs
     train_scope: str = "front"  # "all": fine-tune every block (head stays frozen)
     mimic_tokens: str = "all"  # "cls": mimic the class token only
     unit_choice: str | None = None  # which MLP units stay: "random" (the paper) or "activation" (largest mean
-    # |hidden| x |fc2 column| on the few shots); None: random for dcvit, else activation
+    # |hidden| x |fc2 column| on the few shots); None: the structure's own (random for the paper's)
     reinit_mlp: bool = False  # re-initialise the kept MLP weights instead of reusing them
     extra_blocks: int = 0  # compress more blocks than Eq. 1 needs
     seed: int = 0
@@ -77,9 +79,9 @@ class CompressConfig:
                 ),
                 "synth_jitter must be in [0, 1) or None",
             ),
-            (self.structure in STRUCTURES, f"structure must be one of {STRUCTURES}"),
+            (self.structure in structure_names(), f"structure must be one of {structure_names()}"),
             (self.search_steps is None or self.search_steps >= 1, "search_steps must be >= 1 or None"),
-            (self.metric in METRICS, f"metric must be one of {METRICS}"),
+            (self.metric in metric_names(), f"metric must be one of {metric_names()}"),
             (self.train_scope in SCOPES, f"train_scope must be one of {SCOPES}"),
             (self.mimic_tokens in TOKENS, f"mimic_tokens must be one of {TOKENS}"),
             (self.unit_choice in (None, *UNIT_CHOICES), f"unit_choice must be one of {UNIT_CHOICES} or None"),
@@ -92,18 +94,18 @@ class CompressConfig:
 
     @property
     def units_by(self) -> str:
-        """The unit choice in force: the paper's random choice for DC-ViT, activation-based for the search."""
-        return self.unit_choice or ("random" if self.structure in ("dcvit", "drop") else "activation")
+        """The unit choice in force: unit_choice, else the structure's (the paper's random choice for DC-ViT,
+        activation-based for the search)."""
+        return self.unit_choice or get_structure(self.structure).units_by
 
     @property
     def epochs_per_trial(self) -> int:
         return self.trial_epochs or self.epochs
 
     def for_structure(self, structure: str) -> CompressConfig:
-        """This config compressing with `structure`; "drop" also takes the baseline's settings (BLOCK_DROP)."""
-        if structure not in STRUCTURES:
-            raise ValueError(f"structure must be one of {STRUCTURES}; got {structure!r}")
-        return self.replace(**BLOCK_DROP) if structure == "drop" else self.replace(structure=structure)
+        """This config compressing with `structure`, with the settings that structure brings (the baseline's
+        are BLOCK_DROP's)."""
+        return self.replace(structure=structure, **get_structure(structure).config_changes)
 
     def replace(self, **changes) -> CompressConfig:
         return replace(self, **changes)
@@ -143,4 +145,13 @@ ABLATIONS: dict[str, dict] = {
 
 # PRACTISE-style block dropping: drop whole blocks chosen by few-shot feature MSE after a short recovery,
 # all at once, then recover with the same total fine-tune budget as DC-ViT.
-BLOCK_DROP = {"structure": "drop", "metric": "train_loss", "progressive": False}
+BLOCK_DROP = {"structure": BASELINE_STRUCTURE, **get_structure(BASELINE_STRUCTURE).config_changes}
+
+
+def __getattr__(name: str):
+    """STRUCTURES and METRICS, the names once listed here, now read from the registries (plug-ins included)."""
+    if name == "STRUCTURES":
+        return structure_names()
+    if name == "METRICS":
+        return metric_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,6 +5,9 @@
 3. progressive pruning: start from the best candidate, compress the next-best block, fine-tune, repeat
    until n blocks are compressed. Every finished step is checkpointed, so `resume=True` continues a
    killed run and ends with exactly the model an uninterrupted run makes.
+
+Which plan is made and how it is run is the structure's (dcvit.structures): the paper's structure and the
+block-dropping baseline run the steps above (`progressive_run`), the structure search its own (dcvit.search).
 """
 
 from __future__ import annotations
@@ -21,15 +24,15 @@ from torch.utils.data import Dataset
 from .config import CompressConfig
 from .engine import Engine
 from .macs import count_macs
-from .planning import Plan, plan_block_drop, plan_search
-from .planning import plan as make_plan
+from .planning import BasePlan, Plan
 from .scoring import Trial
+from .structures.registry import get_structure
 
 
 @dataclass(frozen=True)
 class CompressionResult:
     model: nn.Module
-    plan: Plan
+    plan: BasePlan  # a Plan (dcvit, drop), a SearchPlan (auto, mlp), or a plug-in structure's plan
     blocks: tuple[int, ...]  # compressed (or dropped) blocks, in the order they were done
     scores: dict[int, float]  # selection metric per candidate block (lower is better)
     trials: dict[int, Trial]
@@ -45,8 +48,7 @@ class CompressionResult:
         return strict_json({
             "macs": self.macs, "macs_original": plan.macs_original, "macs_fraction": self.macs / plan.macs_original,
             "blocks": list(self.blocks), "structure_kind": plan.structure, "structure": list(self.structure),
-            "describe": self.describe(), "plan": plan.describe(), "mlp_hidden": plan.mlp_hidden,
-            "mlp_hidden_original": plan.mlp_hidden_original, "remove_attention": plan.remove_attention,
+            "describe": self.describe(), "plan": plan.describe(), **plan.record(),
             "scores": {str(b): s for b, s in self.scores.items()}, "seconds": self.seconds,
             "history": list(self.history), **extra,
         })  # fmt: skip
@@ -134,24 +136,9 @@ def rank(trials: dict[int, Trial]) -> list[int]:
 
 
 # --- Algorithm 1, step 3: progressive pruning -----------------------------------------------------------
-def plan_for(model: nn.Module, target_macs: float, config: CompressConfig) -> Plan:
-    """The plan `config.structure` asks for: Eq. 1-2 (dcvit), whole blocks (drop), or a search plan (auto, mlp)."""
-    if config.structure in ("auto", "mlp"):
-        return plan_search(
-            model,
-            target_macs,
-            structure=config.structure,
-            steps=config.search_steps,
-            candidate_blocks=config.candidate_blocks,
-        )
-    if config.structure == "drop":
-        return plan_block_drop(model, target_macs, candidate_blocks=config.candidate_blocks)
-    base = make_plan(model, target_macs, candidate_blocks=config.candidate_blocks)
-    if config.extra_blocks:
-        return make_plan(
-            model, target_macs, blocks=base.n_blocks + config.extra_blocks, candidate_blocks=config.candidate_blocks
-        )
-    return base
+def plan_for(model: nn.Module, target_macs: float, config: CompressConfig) -> BasePlan:
+    """The plan `config.structure` makes for `target_macs` (see dcvit.structures)."""
+    return get_structure(config.structure).plan_for(model, target_macs, config)
 
 
 def _step_key(plan: Plan, blocks: Sequence[int], surgery: str, progressive: bool) -> str:
@@ -205,38 +192,34 @@ def _all_at_once(engine: Engine, plan: Plan, order: list[int]) -> tuple[nn.Modul
     return engine.workspace.load(key), [engine.workspace.meta(key)]
 
 
-def _search(engine: Engine, plan: Plan) -> CompressionResult:
-    """auto / mlp: the synthetic set chooses each block's edit (dcvit.search)."""
-    from .search import Search
-
-    start = time.perf_counter()
-    search = Search(engine, plan)
-    if engine.accelerator.is_main_process:
-        model, history = search.run()
-    engine.accelerator.wait_for_everyone()
-    if not engine.accelerator.is_main_process:  # checkpointed: this only reads the main process's result
-        model, history = search.run()
-    edited = tuple(dict.fromkeys(e["block"] for h in history for e in h["chosen"]))
-    scores = {}
-    for h in history[:1]:
-        for e in h["scored"]:
-            scores[e["block"]] = min(scores.get(e["block"], float("inf")), e["score"])
+def make_result(
+    engine: Engine,
+    plan: BasePlan,
+    model: nn.Module,
+    *,
+    blocks: Sequence[int],
+    history: Sequence[dict],
+    seconds: dict[str, float],
+    scores: dict[int, float] | None = None,
+    trials: dict[int, Trial] | None = None,
+) -> CompressionResult:
+    """A structure's finished run as a CompressionResult: its MACs and per-block structure measured on `model`."""
     return CompressionResult(
         model=model,
         plan=plan,
-        blocks=edited,
-        scores=scores,
-        trials={},
+        blocks=tuple(blocks),
+        scores=scores or {},
+        trials=trials or {},
         history=tuple(history),
         macs=count_macs(model, plan.input_size),
-        seconds={**engine.timings, "search": time.perf_counter() - start},
+        seconds=seconds,
         structure=block_structure(model, engine.teacher),
     )
 
 
-def _run(engine: Engine, plan: Plan) -> CompressionResult:
-    if plan.structure in ("auto", "mlp"):
-        return _search(engine, plan)
+def progressive_run(engine: Engine, plan: Plan) -> CompressionResult:
+    """Algorithm 1 for a structure with per-block surgery (Structure.build): trial, rank, then progressive
+    pruning (or all at once for the top-k ablation and the baseline)."""
     timings = {}
     start = time.perf_counter()
     trials = run_trials(engine, plan, plan.candidate_blocks)
@@ -250,22 +233,16 @@ def _run(engine: Engine, plan: Plan) -> CompressionResult:
     if not engine.accelerator.is_main_process:  # the steps are checkpointed: this only reads the main process's result
         model, history = step(engine, plan, order)
     timings["progressive"] = time.perf_counter() - start
-    return CompressionResult(
-        model=model,
-        plan=plan,
-        blocks=tuple(order),
-        scores={b: t.score for b, t in trials.items()},
-        trials=trials,
-        history=tuple(history),
-        macs=count_macs(model, plan.input_size),
-        seconds={**engine.timings, **timings},
-        structure=block_structure(model, engine.teacher),
+    scores = {b: t.score for b, t in trials.items()}
+    seconds = {**engine.timings, **timings}
+    return make_result(
+        engine, plan, model, blocks=order, scores=scores, trials=trials, history=history, seconds=seconds
     )
 
 
 def compress(
     model: nn.Module,
-    target_macs: float | Plan,
+    target_macs: float | BasePlan,
     data: Dataset,
     config: CompressConfig = CompressConfig(),
     *,
@@ -285,7 +262,7 @@ def compress(
 
 def compress_family(
     model: nn.Module,
-    targets: Sequence[float | Plan],
+    targets: Sequence[float | BasePlan],
     data: Dataset,
     config: CompressConfig = CompressConfig(),
     *,
@@ -299,9 +276,9 @@ def compress_family(
     if not targets:
         raise ValueError("give at least one target MACs")
     # Fail on bad targets before any work.
-    plans = [t if isinstance(t, Plan) else plan_for(model, t, config) for t in targets]
+    plans = [t if isinstance(t, BasePlan) else plan_for(model, t, config) for t in targets]
     engine = Engine(model, data, config, Path(workdir) if workdir else None, resume, metric_set)
     try:
-        return [_run(engine, p) for p in plans]
+        return [get_structure(p.structure).run(engine, p) for p in plans]
     finally:
         engine.workspace.cleanup()

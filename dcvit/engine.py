@@ -22,10 +22,11 @@ import synth
 from .accel import make_accelerator
 from .arch import get_adapter
 from .config import CompressConfig
+from .metrics import get_metric
 from .mimic import FewShotImages, MimicResult, TeacherTokens, mimic
 from .progress import progress
-from .scoring import Trial, feature_mse, kl_score
-from .surgery import activation_units, apply_plan, drop_blocks, reinit_mlps
+from .scoring import Trial, kl_score
+from .structures.registry import get_structure
 from .workspace import FORMAT, Workspace
 
 
@@ -76,6 +77,8 @@ class Engine:
         if not math.isfinite(config.lr):  # CompressConfig checks lr > 0 only; inf trains a NaN model
             raise ValueError(f"lr must be a finite number; got {config.lr}")
         self.config = config
+        self.structure = get_structure(config.structure)  # its build() is every trial's and step's surgery
+        self.metric = get_metric(config.metric)
         self.accelerator = make_accelerator(config.mixed_precision)
         self.timings: dict[str, float] = {}
         start = time.perf_counter()
@@ -108,19 +111,20 @@ class Engine:
 
     def _prepare(self, teacher: nn.Module, metric_set: synth.SyntheticSet | None) -> None:
         """Teacher on the accelerator, its tokens for the few shots, and the synthetic metric set."""
-        config = self.config
         self.teacher = copy.deepcopy(teacher).eval().requires_grad_(False).to(self.accelerator.device)
         self.adapter = get_adapter(teacher)
         self.targets = TeacherTokens(self.teacher, self.images, self.accelerator)
         # A ranking by few-shot loss (the baseline) needs no synthetic set; a given set is reused as is.
-        self.metric_set = metric_set or (None if config.metric == "train_loss" else self._metric_set())
+        self.metric_set = metric_set or (self._metric_set() if self.metric.needs_metric_set else None)
         if self.metric_set is not None:
             with torch.no_grad():
                 self.metric_images = self.metric_set.images.to(self.accelerator.device)
                 self.metric_logits = self.teacher(self.metric_images).float()
                 # Output tokens are only needed by the MSE-metric ablation: skip that teacher pass otherwise.
                 self.metric_features = (
-                    self.adapter.features(self.teacher, self.metric_images).float() if config.metric == "mse" else None
+                    self.adapter.features(self.teacher, self.metric_images).float()
+                    if self.metric.needs_features
+                    else None
                 )
 
     def _workspace(self, workdir: Path | None, settings: dict, resume: bool) -> Workspace:
@@ -156,19 +160,8 @@ class Engine:
 
     # --- the three steps of every trial and progressive step ------------------------------------
     def build(self, base: nn.Module, plan, blocks: Sequence[int]) -> nn.Module:
-        """Surgery on `base`: compress (or, for the baseline, drop) `blocks` as `plan` says."""
-        if self.config.structure == "drop":
-            return drop_blocks(base, blocks)
-        units = None
-        if self.config.units_by == "activation":
-            # base may be a checkpoint loaded on the CPU while the teacher sits on the accelerator
-            x = self.images.fixed.to(next(base.parameters()).device)
-            hidden = lambda b: plan.hidden_for(self.adapter.mlp_hidden(self.adapter.blocks(base)[b]))
-            units = {b: activation_units(base, b, x, hidden(b)) for b in blocks}
-        model = apply_plan(base, plan, blocks, seed=self.config.seed, units=units)
-        if self.config.reinit_mlp:
-            reinit_mlps(model, blocks, seed=self.config.seed)
-        return model
+        """Surgery on `base`: `blocks` edited as the configured structure does it (Structure.build)."""
+        return self.structure.build(self, base, plan, blocks)
 
     def build_and_tune(
         self, key: str, base: nn.Module, plan, new_blocks: Sequence[int], trained_blocks: Sequence[int], epochs: int
@@ -196,20 +189,13 @@ class Engine:
         )
 
     def score(self, model: nn.Module, block: int, train_loss: float, seconds: float, process: int = 0) -> Trial:
-        metric = self.config.metric
         if self.metric_set is None:
             return Trial(
                 block=block, score=train_loss, kl=float("nan"), train_loss=train_loss, seconds=seconds, process=process
             )
         x = self.metric_images
         kl = kl_score(self.metric_logits, model, x)
-        score = (
-            kl
-            if metric == "kl"
-            else train_loss
-            if metric == "train_loss"
-            else feature_mse(self.metric_features, model, x)
-        )
+        score = self.metric.score(self, model, x, kl, train_loss)
         if not (math.isfinite(kl) and math.isfinite(score)):  # a blown-up candidate would corrupt the ranking
             raise ValueError(
                 f"mimicking diverged: the candidate for block {block} scores {score:.4g} (kl {kl:.4g}) "

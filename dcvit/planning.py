@@ -17,15 +17,31 @@ from fractions import Fraction
 from torch import nn
 
 from .macs import MacsProfile, count_macs, macs_profile
+from .structures.registry import BASELINE_STRUCTURE, DEFAULT_STRUCTURE, PAPER_STRUCTURE, get_structure, structure_names
 
-STRUCTURES = ("auto", "dcvit", "drop", "mlp")
+
+class BasePlan:
+    """What every plan type shares: `structure` (a name in dcvit.structures' registry), `macs_original`,
+    `macs_target`, `candidate_blocks` and `input_size`; its structure describes it."""
+
+    structure: str
+
+    def describe(self) -> str:
+        return get_structure(self.structure).describe(self)
+
+    def record(self) -> dict:
+        """The plan's own fields in result.json (CompressionResult.summary)."""
+        return {}
+
+    def as_dict(self) -> dict:
+        """The plan as JSON (`dcvit plan --json`): its fields, tuples as lists."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
 
 @dataclass(frozen=True)
-class Plan:
-    """What to compress. dcvit: n blocks lose their attention and keep mlp_hidden MLP units (Eq. 1-2);
-    drop: n whole blocks; auto / mlp: the search chooses per-block edits in n_blocks progressive steps,
-    so macs_planned is the target until the run has measured its model."""
+class Plan(BasePlan):
+    """Blocks to compress, found by the paper's Eq. 1-2 (`plan`): n blocks lose their attention and keep
+    mlp_hidden MLP units; the block-dropping baseline's plan (`plan_block_drop`) drops n whole blocks."""
 
     n_blocks: int
     mlp_hidden: int  # kept hidden units of a compressed block of width mlp_hidden_original (the widest candidate)
@@ -36,7 +52,7 @@ class Plan:
     candidate_blocks: tuple[int, ...]
     mlp_hidden_original: int
     input_size: tuple[int, int, int]
-    structure: str = "dcvit"
+    structure: str = PAPER_STRUCTURE
 
     @property
     def keep_ratio(self) -> float:
@@ -49,27 +65,41 @@ class Plan:
         # Integer floor, never above keep_ratio * hidden: the plan's MACs bound holds for every width.
         return max(1, self.mlp_hidden * hidden // self.mlp_hidden_original)
 
-    def describe(self) -> str:
-        if self.structure in ("auto", "mlp"):
-            what = "any edit" if self.structure == "auto" else "MLP edits only"
-            return (
-                f"structure search ({what}) over blocks {list(self.candidate_blocks)} in {self.n_blocks} steps; "
-                f"MACs {self.macs_original / 1e6:.2f}M -> at most {self.macs_target / 1e6:.2f}M "
-                f"({100 * self.macs_target / self.macs_original:.1f}%); the synthetic metric set chooses each "
-                f"block's edit during compression"
-            )
-        if self.structure == "drop":
-            return (
-                f"drop {self.n_blocks} whole block(s); MACs {self.macs_original / 1e6:.2f}M -> "
-                f"{self.macs_planned / 1e6:.2f}M ({100 * self.macs_planned / self.macs_original:.1f}%)"
-            )
-        what = "attention removed" if self.remove_attention else "attention kept"
-        return (
-            f"compress {self.n_blocks} block(s), {what}, MLP {self.mlp_hidden_original} -> {self.mlp_hidden} units "
-            f"({100 * self.keep_ratio:.1f}% of each block's own); "
-            f"MACs {self.macs_original / 1e6:.2f}M -> {self.macs_planned / 1e6:.2f}M "
-            f"(target {self.macs_target / 1e6:.2f}M, {100 * self.macs_planned / self.macs_original:.1f}%)"
-        )
+    def record(self) -> dict:
+        return {
+            "mlp_hidden": self.mlp_hidden,
+            "mlp_hidden_original": self.mlp_hidden_original,
+            "remove_attention": self.remove_attention,
+        }
+
+
+@dataclass(frozen=True)
+class SearchPlan(BasePlan):
+    """A structure search's plan (`plan_search`): the target, the candidate blocks and the number of
+    progressive steps; the run chooses every block's edit, so nothing else is planned."""
+
+    structure: str
+    steps: int  # progressive steps, each fine-tuned for CompressConfig.epochs
+    macs_original: int
+    macs_target: int
+    candidate_blocks: tuple[int, ...]
+    input_size: tuple[int, int, int]
+    mlp_hidden_original: int  # the widest candidate MLP's units, reported only: the search measures every edit
+
+    @property
+    def macs_planned(self) -> int:
+        """The target: the run measures its model's MACs; nothing is known before."""
+        return self.macs_target
+
+    def record(self) -> dict:
+        # Search plans once shared Plan's fields (the step count in n_blocks, every unit and attention kept):
+        # result.json keeps those keys, with those values, for its readers.
+        width = self.mlp_hidden_original
+        return {"mlp_hidden": width, "mlp_hidden_original": width, "remove_attention": False, "steps": self.steps}
+
+    def as_dict(self) -> dict:
+        legacy = {"n_blocks": self.steps, "mlp_hidden": self.mlp_hidden_original, "remove_attention": False}
+        return {**super().as_dict(), **legacy, "macs_planned": self.macs_planned}
 
 
 def resolve_target(target_macs: float, macs_original: int) -> int:
@@ -257,7 +287,9 @@ def plan_block_drop(
             planned = count_macs(drop_blocks(model, order[:n]), profile.input_size)
             _check_planned(planned, target, profile.total)
             width = _reference_width(profile, candidates)
-            return Plan(n, 0, True, profile.total, target, planned, candidates, width, profile.input_size, "drop")
+            return Plan(
+                n, 0, True, profile.total, target, planned, candidates, width, profile.input_size, BASELINE_STRUCTURE
+            )
     raise ValueError(f"dropping all {len(candidates)} candidate blocks cannot reach {target} MACs")
 
 
@@ -265,25 +297,23 @@ def plan_search(
     model: nn.Module,
     target_macs: float,
     *,
-    structure: str = "auto",
+    structure: str = DEFAULT_STRUCTURE,
     steps: int | None = None,
     input_size: Sequence[int] | None = None,
     candidate_blocks: Sequence[int] | None = None,
-) -> Plan:
-    """The structure search's plan: the target, the candidate blocks (default: all) and the step count
+) -> SearchPlan:
+    """A structure search's plan: the target, the candidate blocks (default: all) and the step count
     (default: one step per average block's worth of MACs removed, 1 to 8, so the search fine-tunes about as
-    often as DC-ViT, which compresses one block per step). Raises ValueError for unreachable targets."""
-    if structure not in ("auto", "mlp"):
-        raise ValueError(f"plan_search is for structure 'auto' or 'mlp'; got {structure!r}")
+    often as DC-ViT, which compresses one block per step). `structure` names a search structure, which
+    says how low its edits reach. Raises ValueError for unreachable targets."""
+    search = get_structure(structure)
+    if not hasattr(search, "floor"):  # dcvit.structures.SearchStructure's; imported, it would close a circle
+        searches = [n for n in structure_names() if hasattr(get_structure(n), "floor")]
+        raise ValueError(f"plan_search is for the search structures {searches}; got {structure!r}")
     profile = macs_profile(model, input_size)
     candidates = _candidates(profile, candidate_blocks if candidate_blocks is not None else range(len(profile.attn)))
     target = resolve_target(target_macs, profile.total)
-    if structure == "auto":
-        floor = profile.total - sum(profile.blocks[b] for b in candidates)
-        what = "all candidate blocks dropped"
-    else:
-        floor = profile.total - sum(profile.blocks[b] - profile.attn[b] for b in candidates)
-        what = "every candidate MLP removed"
+    floor, what = search.floor(profile, candidates)
     if target < floor:
         raise ValueError(
             f"target {target / 1e6:.3f}M MACs is below the floor of {floor / 1e6:.3f}M MACs "
@@ -292,5 +322,5 @@ def plan_search(
     if steps is None:
         block = sum(profile.blocks) / len(profile.blocks)
         steps = min(8, max(1, round((profile.total - target) / block)))
-    width = _reference_width(profile, candidates)  # metadata only: the search measures every edit it makes
-    return Plan(steps, width, False, profile.total, target, target, candidates, width, profile.input_size, structure)
+    width = _reference_width(profile, candidates)
+    return SearchPlan(structure, steps, profile.total, target, candidates, profile.input_size, width)

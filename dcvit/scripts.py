@@ -14,8 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import STRUCTURES, CompressConfig
+from .config import CompressConfig
 from .storage import write_json
+from .structures import DEFAULT_STRUCTURE, structure_names
 
 __all__ = ["PRESETS", "SIZES", "ScriptParser", "add_run_arguments", "config_from_args", "data_spec",
            "positive_int", "run_main", "target_macs", "write_json"]  # fmt: skip
@@ -58,7 +59,8 @@ def add_run_arguments(p: argparse.ArgumentParser, shots: int = 100) -> None:
     p.add_argument("--data", required=True, help="an ImageFolder root (PATH/train is used when present) or "
                    f"KIND:PATH, KIND one of {kinds}; labels are never used")  # fmt: skip
     p.add_argument("--shots", type=positive_int, default=shots, help=f"unlabeled training images (default {shots})")
-    p.add_argument("--structure", choices=STRUCTURES, default="auto", help="what blocks may lose (default auto)")
+    p.add_argument("--structure", choices=structure_names(), default=DEFAULT_STRUCTURE,
+                   help=f"what blocks may lose (default {DEFAULT_STRUCTURE})")  # fmt: skip
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="paper: the paper's settings (2000 "
                    "epochs, lr 3e-5, batch 64, RandAugment); quick: 100 epochs per step, 20 per trial (default paper)")  # fmt: skip
     p.add_argument("--out", required=True, help="output folder (checkpoints go to OUT/checkpoints)")

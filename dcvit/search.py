@@ -5,7 +5,7 @@ redundant depends on the model, so `structure="auto"` lets the metric decide, pe
 the MLP; remove the MLP (attention kept); remove the attention (the MLP maybe narrowed); drop the block; and,
 with `CompressConfig.prune_heads`, keep only some whole attention heads (where the adapter can prune them).
 
-The design, in `plan.n_blocks` progressive steps (CompressConfig.search_steps; by default one per block's
+The design, in `plan.steps` progressive steps (CompressConfig.search_steps; by default one per block's
 worth of MACs removed) (Algorithm 1's shape, with the structure chosen per step):
 1. Score every edit of every candidate block on the current model, zero-shot: the increase of Eq. 6's KL on
    the synthetic set when only that edit is made (one forward pass of the metric set per edit).
@@ -38,7 +38,7 @@ from .surgery import DroppedBlock, block_heads, block_state, edit_block, edit_bl
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
-    from .planning import Plan
+    from .planning import SearchPlan
 
 # MLP widths an edit may leave, as fractions of the block's original width (0: MLP removed).
 WIDTHS = (0.75, 0.5, 0.25, 0.125, 0.0)
@@ -195,12 +195,13 @@ def choose(edits: Sequence[Edit], need: int) -> list[Edit]:
 
 
 class Search:
-    """One auto/mlp compression run on an Engine (teacher, shots, metric set, workspace)."""
+    """One structure-search run on an Engine (teacher, shots, metric set, workspace); `mlp_only` offers
+    MLP edits only (dcvit.structures.mlp)."""
 
-    def __init__(self, engine: Engine, plan: Plan):
+    def __init__(self, engine: Engine, plan: SearchPlan, mlp_only: bool = False):
         self.engine, self.plan = engine, plan
         self.config, self.adapter = engine.config, engine.adapter
-        self.mlp_only = plan.structure == "mlp"
+        self.mlp_only = mlp_only
         self.original = [block_state(self.adapter, b)[1] for b in self.adapter.blocks(engine.teacher)]
         self.original_heads = [block_heads(self.adapter, b) for b in self.adapter.blocks(engine.teacher)]
         self.prune_heads = self.config.prune_heads and not self.mlp_only
@@ -310,11 +311,11 @@ class Search:
             return self.engine.workspace.load(key), self.engine.workspace.meta(key)
         start = time.perf_counter()
         profile = macs_profile(model, self.plan.input_size)  # one trace: the need and every edit's saving
-        steps_left = self.plan.n_blocks - index
+        steps_left = self.plan.steps - index
         need = math.ceil((profile.total - self.plan.macs_target) / steps_left)
         importance = self.importance(model)
         edits = self.zero_shot(model, profile, importance)
-        if index == 0 and self.config.metric == "kl":
+        if index == 0 and self.engine.metric.confirms_search:
             edits = self.confirm(model, edits, importance)
         chosen = choose(edits, need)
         new = self._apply(model, chosen, importance)
@@ -335,7 +336,7 @@ class Search:
     def run(self) -> tuple[nn.Module, list[dict]]:
         model = self.engine.teacher
         history = []
-        for index in range(self.plan.n_blocks):
+        for index in range(self.plan.steps):
             model, meta = self.step(model, index)
             history.append(meta)
         return model, history

@@ -99,7 +99,7 @@ class Bench:
             "macs": result.macs,
             "macs_fraction": result.macs / self.macs,
             "blocks": list(result.blocks),
-            "mlp_hidden": result.plan.mlp_hidden,
+            "mlp_hidden": result.plan.record().get("mlp_hidden"),  # a search plan records the full width
             "structure": [s["edit"] for s in result.structure],
             "scores": {str(b): s for b, s in result.scores.items()},
             "stage_seconds": result.seconds,

@@ -20,7 +20,7 @@ and final norm stay frozen as in every dcvit fine-tune), the other settings of `
 budget of `epochs * (k + 1)` epochs: `epochs` = max(4, round(2000 / shots)) as in
 tools/bench_compression.py `config_for`, and k + 1 the progressive steps DC-ViT takes at that budget, k being
 the blocks block dropping removes there (`dcvit.plan_block_drop`); for a target block dropping cannot reach,
-k = `dcvit.planning.plan_search(teacher, target).n_blocks` (the search's step count), so still k + 1 steps.
+k = `dcvit.planning.plan_search(teacher, target).steps` (the search's step count), so still k + 1 steps.
 One seed per row drives the few shots and the fine-tune.
 
   run     one JSON line per (target, seed) appended to OUT/results.jsonl, rows already there skipped
@@ -227,7 +227,7 @@ def steps_for(teacher: nn.Module, target: float) -> int:
     try:
         k = plan_block_drop(teacher, target).n_blocks
     except ValueError:
-        k = plan_search(teacher, target).n_blocks
+        k = plan_search(teacher, target).steps
     return k + 1
 
 

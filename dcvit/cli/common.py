@@ -51,13 +51,15 @@ def model_argument(p: argparse.ArgumentParser, input_size: bool = True) -> None:
 
 
 def structure_argument(p: argparse.ArgumentParser) -> None:
+    """--structure: the registered structures (dcvit.structures), each with its summary."""
+    from ..structures import DEFAULT_STRUCTURE, get_structure, structure_names
+
+    kinds = "; ".join(
+        f"{name}{' (default)' if name == DEFAULT_STRUCTURE else ''}: {get_structure(name).summary}"
+        for name in structure_names()
+    )
     p.add_argument(
-        "--structure",
-        choices=["auto", "dcvit", "drop", "mlp"],
-        default="auto",
-        help="what blocks may lose: auto (default) lets the synthetic metric set choose per block among "
-        "narrowing or removing the MLP, removing attention, or dropping the block; mlp: MLP edits "
-        "only; dcvit: the paper (attention removed, MLPs narrowed, Eq. 1-2); drop: whole blocks",
+        "--structure", choices=structure_names(), default=DEFAULT_STRUCTURE, help=f"what blocks may lose: {kinds}"
     )
 
 

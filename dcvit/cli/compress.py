@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..data import CALIBRATION_SIZE
 from ..outdir import check_out, claim_out, input_paths
+from ..structures import BASELINE_STRUCTURE
 from .common import Command, emit, model_argument, seed_argument, structure_argument
 
 
@@ -33,9 +34,9 @@ def _engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--baseline",
         action="store_const",
-        const="drop",
+        const=BASELINE_STRUCTURE,
         dest="structure",
-        help="the same as --structure drop (block dropping, PRACTISE-style)",
+        help=f"the same as --structure {BASELINE_STRUCTURE} (block dropping, PRACTISE-style)",
     )
     p.add_argument(
         "--search-steps",

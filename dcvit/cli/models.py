@@ -57,25 +57,12 @@ def _plan_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_plan(args) -> None:
     from ..factory import resolve_model
-    from ..planning import plan, plan_block_drop, plan_search
+    from ..structures import get_structure
 
     model = resolve_model(args.model)
-    if args.structure in ("auto", "mlp"):
-        p = plan_search(
-            model,
-            args.target_macs,
-            structure=args.structure,
-            input_size=args.input_size,
-            candidate_blocks=args.candidates,
-        )
-    elif args.structure == "drop":
-        p = plan_block_drop(model, args.target_macs, input_size=args.input_size, candidate_blocks=args.candidates)
-    else:
-        p = plan(
-            model, args.target_macs, blocks=args.blocks, input_size=args.input_size, candidate_blocks=args.candidates
-        )
-    payload = {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.__dict__.items()}
-    emit(args, payload, p.describe())
+    options = {"input_size": args.input_size, "candidate_blocks": args.candidates, "blocks": args.blocks}
+    p = get_structure(args.structure).plan(model, args.target_macs, **options)
+    emit(args, p.as_dict(), p.describe())
 
 
 # --- bench ------------------------------------------------------------------------------------

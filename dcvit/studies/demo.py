@@ -251,7 +251,7 @@ def _report_json(
                 "macs": r.macs,
                 "top1": study.accuracy[family_name(structure, r, teacher_macs)],
                 "blocks": list(r.blocks),
-                "mlp_hidden": r.plan.mlp_hidden,
+                "mlp_hidden": r.plan.record().get("mlp_hidden"),  # a search plan records the full width
                 "structure": [b["edit"] for b in r.structure],
             }
             for r in results

@@ -1,0 +1,90 @@
+"""The structure registry: what a compressed block may lose, by name (CompressConfig.structure, --structure).
+
+A structure is a class (see `Structure`) registered under its name, as architecture adapters are in
+dcvit.arch: CompressConfig checks its `structure` against the registry, `plan_for` and `compress` ask the
+registered class to plan and to run, and the CLI offers every registered name. A new structure is one
+module that subclasses `Structure` and decorates it with `register_structure`.
+
+This module imports nothing of dcvit: config and planning read it while they load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:  # pragma: no cover  (no dcvit module: config, planning, engine and driver import this one)
+    from torch import nn
+
+DEFAULT_STRUCTURE = "auto"  # CompressConfig's and the CLI's default
+BASELINE_STRUCTURE = "drop"  # `dcvit compress --baseline`, and config.BLOCK_DROP
+PAPER_STRUCTURE = "dcvit"  # what dcvit.plan (Eq. 1-2) plans, so a Plan made without a name is the paper's
+
+_STRUCTURES: dict[str, type[Structure]] = {}
+
+
+class Structure:
+    """One way of compressing: how it plans for a target, how a run applies the plan, how a plan reads.
+
+    Subclasses set `name` (and `summary`, the CLI's help) and implement `plan`, `run` and `describe`; a
+    structure that uses the block-wise trial and progressive pruning of Algorithm 1 (dcvit.driver.
+    progressive_run) also implements `build`, the surgery of one step.
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""  # one phrase for --structure's help
+    units_by: ClassVar[str] = "activation"  # which MLP units stay when CompressConfig.unit_choice is None
+    config_changes: ClassVar[dict[str, Any]] = {}  # settings CompressConfig.for_structure adds (drop: its baseline's)
+
+    def plan(
+        self,
+        model: nn.Module,
+        target_macs: float,
+        *,
+        input_size: Sequence[int] | None = None,
+        candidate_blocks: Sequence[int] | None = None,
+        blocks: int | None = None,
+        steps: int | None = None,
+    ):
+        """The plan for `target_macs` (a fraction in (0, 1) or absolute MACs): a frozen dataclass with
+        `structure` (this name), `macs_original`, `macs_target`, `candidate_blocks` and `input_size`.
+        `blocks` forces a compressed-block count and `steps` a step count, for structures that take them.
+        Raises ValueError for unreachable targets."""
+        raise NotImplementedError
+
+    def plan_for(self, model: nn.Module, target_macs: float, config):
+        """The plan a compression run with `config` (a CompressConfig) makes."""
+        return self.plan(model, target_macs, candidate_blocks=config.candidate_blocks)
+
+    def run(self, engine, plan):
+        """Compress engine.teacher as `plan` says: a dcvit.driver.CompressionResult (dcvit.driver.make_result
+        builds one). `engine` is the run's dcvit.engine.Engine; every process of an Accelerate run calls this."""
+        raise NotImplementedError
+
+    def build(self, engine, base: nn.Module, plan, blocks: Sequence[int]) -> nn.Module:
+        """The surgery of one trial or progressive step: a copy of `base` with `blocks` edited."""
+        raise NotImplementedError(f"structure '{self.name}' has no per-block surgery")
+
+    def describe(self, plan) -> str:
+        """The plan in one line."""
+        raise NotImplementedError
+
+
+def register_structure(cls: type[Structure]) -> type[Structure]:
+    """Register a structure class under its name (usable as a decorator); a later class replaces an earlier one."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} needs a name to be registered as a structure")
+    _STRUCTURES[cls.name] = cls
+    return cls
+
+
+def structure_names() -> tuple[str, ...]:
+    """The registered names, sorted: CompressConfig's and the CLI's choices."""
+    return tuple(sorted(_STRUCTURES))
+
+
+def get_structure(name: str) -> Structure:
+    """The registered structure `name`; ValueError naming the registered ones otherwise."""
+    if name not in _STRUCTURES:
+        raise ValueError(f"structure must be one of {structure_names()}; got {name!r}")
+    return _STRUCTURES[name]()

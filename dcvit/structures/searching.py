@@ -1,0 +1,65 @@
+"""What the structure searches (auto, mlp; docs/method.md §11) share: a SearchPlan (the target, the
+candidate blocks, the step count) and a run in which the synthetic metric set chooses every block's edit
+(dcvit.search). A search structure says which edits it offers and how low its edits can go (its floor).
+
+dcvit modules are imported inside the methods: the registry's package loads this module while config and
+planning, which this code needs, may still be loading.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import ClassVar
+
+from .registry import Structure
+
+
+class SearchStructure(Structure):
+    mlp_only: ClassVar[bool] = False  # offer MLP edits only (no attention removed, no block dropped)
+    edits: ClassVar[str] = ""  # the edits offered, in words (the plan's description)
+
+    def floor(self, profile, candidates) -> tuple[int, str]:
+        """The fewest MACs the edits can reach on these candidate blocks, and how, in words."""
+        raise NotImplementedError
+
+    def plan(self, model, target_macs, *, input_size=None, candidate_blocks=None, blocks=None, steps=None):
+        from ..planning import plan_search
+
+        return plan_search(
+            model,
+            target_macs,
+            structure=self.name,
+            steps=steps,
+            input_size=input_size,
+            candidate_blocks=candidate_blocks,
+        )
+
+    def plan_for(self, model, target_macs, config):
+        return self.plan(model, target_macs, steps=config.search_steps, candidate_blocks=config.candidate_blocks)
+
+    def run(self, engine, plan):
+        from ..driver import make_result
+        from ..search import Search
+
+        start = time.perf_counter()
+        search = Search(engine, plan, mlp_only=self.mlp_only)
+        if engine.accelerator.is_main_process:
+            model, history = search.run()
+        engine.accelerator.wait_for_everyone()
+        if not engine.accelerator.is_main_process:  # checkpointed: this only reads the main process's result
+            model, history = search.run()
+        edited = tuple(dict.fromkeys(e["block"] for h in history for e in h["chosen"]))
+        scores = {}
+        for h in history[:1]:  # a block's score: its best edit at the first step
+            for e in h["scored"]:
+                scores[e["block"]] = min(scores.get(e["block"], float("inf")), e["score"])
+        seconds = {**engine.timings, "search": time.perf_counter() - start}
+        return make_result(engine, plan, model, blocks=edited, scores=scores, history=history, seconds=seconds)
+
+    def describe(self, plan):
+        return (
+            f"structure search ({self.edits}) over blocks {list(plan.candidate_blocks)} in {plan.steps} steps; "
+            f"MACs {plan.macs_original / 1e6:.2f}M -> at most {plan.macs_target / 1e6:.2f}M "
+            f"({100 * plan.macs_target / plan.macs_original:.1f}%); the synthetic metric set chooses each "
+            f"block's edit during compression"
+        )
