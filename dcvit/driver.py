@@ -21,6 +21,7 @@ from pathlib import Path
 from torch import nn
 from torch.utils.data import Dataset
 
+from .arch import runnable
 from .config import CompressConfig
 from .engine import Engine
 from .macs import count_macs
@@ -275,6 +276,7 @@ def compress_family(
     caller that showed the plans first does not compute them again."""
     if not targets:
         raise ValueError("give at least one target MACs")
+    model = runnable(model)  # the engine needs logits tensors (a transformers model returns a ModelOutput)
     # Fail on bad targets before any work.
     plans = [t if isinstance(t, BasePlan) else plan_for(model, t, config) for t in targets]
     engine = Engine(model, data, config, Path(workdir) if workdir else None, resume, metric_set)

@@ -18,7 +18,7 @@ from torch import nn
 
 from cascade.scratch import NEW, install, remove_stale, scratch_folder
 
-from .arch import UnsupportedModelError, adapter_for_spec, get_adapter
+from .arch import UnsupportedModelError, adapter_for_spec, get_adapter, runnable
 from .arch.base import Adapter, short
 from .rebuild import BUILD_ERRORS, check_rebuilds
 from .storage import (
@@ -75,6 +75,7 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     a model its spec would not rebuild: the rebuilt one must give the same outputs (see dcvit.rebuild).
     """
     path = Path(path)
+    model = runnable(model)  # the network load gives back (a transformers model: its logits wrapper)
     spec = model_spec(model)
     problem = data_config_problem(spec["data_config"], model_input_size(model))
     if problem:  # what load would refuse is refused before anything is written

@@ -21,7 +21,7 @@ with warnings.catch_warnings():  # fvcore scripts a helper at import, which rece
     from fvcore.nn import FlopCountAnalysis
     from fvcore.nn.jit_handles import get_shape
 
-from .arch import UnsupportedModelError, get_adapter
+from .arch import UnsupportedModelError, get_adapter, runnable
 from .rebuild import restored_modes
 from .surgery import block_heads
 
@@ -75,7 +75,16 @@ def _analysis(model: nn.Module, input_size: Sequence[int] | None) -> FlopCountAn
     return analysis
 
 
+def _runnable(model: nn.Module) -> nn.Module:
+    """The model as dcvit runs it (an HF model's logits), or as it is where no adapter knows it (a CNN)."""
+    try:
+        return runnable(model)
+    except UnsupportedModelError:
+        return model
+
+
 def _by_module(model: nn.Module, input_size) -> dict[str, int]:
+    model = _runnable(model)
     with warnings.catch_warnings(), torch.no_grad(), restored_modes(model):
         warnings.simplefilter("ignore")
         try:
@@ -113,6 +122,7 @@ class MacsProfile:
 
 
 def macs_profile(model: nn.Module, input_size: Sequence[int] | None = None) -> MacsProfile:
+    model = _runnable(model)  # block paths must name modules of the model that is traced
     adapter = get_adapter(model)
     size = tuple(input_size) if input_size is not None else default_input_size(model)
     counts = _by_module(model, size)

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .arch import get_adapter, mlps
+from .arch import get_adapter, mlps, runnable
 from .arch.base import Adapter, MlpParts
 from .arch.blocks import DroppedBlock, MlpOnlyBlock, ZeroMlp, is_edited
 
@@ -141,9 +141,8 @@ def _edit_in_place(model: nn.Module, edits: Mapping[int, tuple]) -> nn.Module:
 
 def edit_blocks(model: nn.Module, edits: Mapping[int, tuple]) -> nn.Module:
     """A copy of `model` with block i edited to edits[i] = (attention kept, kept MLP unit indices or None[,
-    kept head indices or None])."""
-    get_adapter(model)
-    return _edit_in_place(_edited_copy(model), edits)
+    kept head indices or None]). A model that returns more than logits (transformers) comes back wrapped."""
+    return _edit_in_place(_edited_copy(runnable(model)), edits)
 
 
 def _edited_copy(model: nn.Module) -> nn.Module:

@@ -25,8 +25,10 @@ from .storage import dtype_name
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 # 5x the deepest pretrained ViT (48 blocks): building costs about 10 ms a block even on the meta device.
 MAX_BLOCKS = 256
-_DEPTHS = ("depth", "depths", "num_layers", "depth_token_only")  # the block counts the adapters' settings name
-_WIDTHS = ("embed_dim", "hidden_dim")  # widths that every model of them holds as a tensor dimension (its norms)
+# the block counts and the widths (held by every model of them as a tensor dimension: its norms) that the
+# adapters' settings name
+_DEPTHS = ("depth", "depths", "num_layers", "depth_token_only", "num_hidden_layers")
+_WIDTHS = ("embed_dim", "hidden_dim", "hidden_size")
 MACS_TOLERANCE = 1e-3  # relative: fvcore's count is exact, so this only forgives rounding in a writer's JSON
 
 

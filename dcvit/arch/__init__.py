@@ -38,6 +38,11 @@ def get_adapter(model: nn.Module) -> Adapter:
     )
 
 
+def runnable(model: nn.Module) -> nn.Module:
+    """`model` as dcvit runs it (see Adapter.runnable): the entry points that run or edit a model call this."""
+    return get_adapter(model).runnable(model)
+
+
 def _families() -> list[str]:
     """The supported model families in words, in registration order (ids where an adapter names none)."""
     return list(dict.fromkeys(cls.family or cls.name for cls in reversed(_ADAPTERS)))
@@ -81,6 +86,7 @@ def load_plugins() -> bool:
 
 
 from . import (  # noqa: E402,F401  register the built-in adapters
+    hf_vit,
     timm_beit,
     timm_cait,
     timm_eva,
@@ -97,6 +103,7 @@ __all__ = [
     "UnsupportedModelError",
     "register_adapter",
     "get_adapter",
+    "runnable",
     "adapter_for_spec",
     "load_plugins",
 ]

@@ -104,6 +104,11 @@ class Adapter:
         """(C, H, W) the model was built for, read from its structure; None if it cannot tell."""
         return None
 
+    def runnable(self, model: nn.Module) -> nn.Module:
+        """`model` as dcvit runs it: forward(images) gives the logits tensor. The model itself by default; an
+        adapter whose models return richer outputs (transformers' ModelOutput) wraps them, sharing parameters."""
+        return model
+
     # --- description for save/load ----------------------------------------------------------
     def base_spec(self, model: nn.Module) -> dict[str, Any]:
         """JSON-able description from which build() makes an identically shaped model, offline."""
