@@ -1,26 +1,29 @@
 """Datasets by spec string, transforms from a model's data config, few-shot and calibration splits (docs/method.md §5).
 
 Specs: ``fashion-mnist`` (Debian's files, or ``fashion-mnist:ROOT`` for a torchvision-layout root),
-``imagefolder:PATH`` (class sub-folders; PATH/train and PATH/val are used when present),
+``imagefolder:PATH`` (class sub-folders; PATH/train and PATH/val are used when present; a training folder
+without class sub-folders is read as unlabeled images), ``folder:PATH`` (unlabeled images, for shots only),
 ``cifar10:PATH`` and ``cifar100:PATH`` (torchvision's layout). The test split never drives a choice.
 """
 
 from __future__ import annotations
 
 import gzip
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
-from .imagefolder import ImageFolder
+from .imagefolder import FlatImages, ImageFolder, is_flat
 from .imagefolder import UnreadableImageError as UnreadableImageError  # re-exported: part of dcvit.data's API
 
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
-SPEC_HELP = "accepted: fashion-mnist[:ROOT], imagefolder:PATH, cifar10:PATH, cifar100:PATH"
+SPEC_HELP = "accepted: fashion-mnist[:ROOT], imagefolder:PATH, folder:PATH, cifar10:PATH, cifar100:PATH"
+KINDS = ("fashion-mnist", "imagefolder", "folder", "cifar10", "cifar100")
 FMNIST_CLASSES = (
     "T-shirt/top",
     "Trouser",
@@ -86,10 +89,10 @@ class FashionMNIST(Dataset):
 
 # --- specs ------------------------------------------------------------------------------------
 def parse_spec(spec: str) -> tuple[str, Path | None]:
-    """'fashion-mnist', 'fashion-mnist:ROOT', 'imagefolder:PATH', 'cifar10:PATH', 'cifar100:PATH'."""
+    """'fashion-mnist', 'fashion-mnist:ROOT', 'imagefolder:PATH', 'folder:PATH', 'cifar10:PATH', 'cifar100:PATH'."""
     kind, _, path = str(spec).partition(":")
     kind = kind.lower()
-    if kind not in ("fashion-mnist", "imagefolder", "cifar10", "cifar100"):
+    if kind not in KINDS:
         raise ValueError(f"unknown dataset spec '{spec}'; {SPEC_HELP}")
     if kind != "fashion-mnist" and not path:
         raise ValueError(f"dataset spec '{spec}' needs a path ({kind}:PATH); {SPEC_HELP}")
@@ -108,6 +111,8 @@ def _imagefolder(root: Path, train: bool, transform):
         if not train and (root / "train").is_dir():
             raise FileNotFoundError(f"{root} has train/ but no val/ or test/ folder for evaluation")
         folder = root  # a bare folder of class sub-folders serves both splits
+    if train and is_flat(folder):  # images as users hold them: shots need no labels
+        return FlatImages(folder, transform)
     try:
         return ImageFolder(folder, root, transform=transform)
     except OSError as err:  # no classes, an empty class, a folder we may not list
@@ -121,6 +126,13 @@ def load_dataset(spec: str, train: bool = True, transform: Callable | None = Non
         return FashionMNIST(root or DEBIAN_FMNIST, train=train, transform=transform)
     if kind == "imagefolder":
         return _imagefolder(root, train, transform)
+    if kind == "folder":
+        if not train:
+            raise ValueError(
+                f"'{spec}' holds unlabeled images, for shots only; evaluation needs labels: imagefolder:PATH with "
+                f"class sub-folders"
+            )
+        return FlatImages(root, transform)
     from torchvision import datasets
 
     cls = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100
@@ -247,12 +259,53 @@ def few_shot_indices(
     return chosen
 
 
-def few_shot_subset(spec: str, shots: int, seed: int = 0, calibration_size: int = 0) -> Subset:
-    """`shots` training images (PIL, no transform; used without labels), disjoint from the calibration split."""
+def few_shot_subset(spec: str, shots: int, seed: int = 0, calibration_size: int | None = 0) -> Subset:
+    """`shots` training images (PIL, no transform; used without labels), disjoint from the calibration split.
+    calibration_size None: CALIBRATION_SIZE where the set has room for it besides the shots, else none."""
     train = load_dataset(spec, train=True)
+    if calibration_size is None:
+        calibration_size = auto_calibration(len(train), shots, spec)
     return Subset(
         train, few_shot_indices(targets_of(train), shots, seed, exclude=_calibration(train, calibration_size, seed))
     )
+
+
+def auto_calibration(images: int, shots: int, spec: str) -> int:
+    """The default held-out split: CALIBRATION_SIZE, or none for a set too small to spare it (a folder of a few
+    hundred images is few-shot data, not a cascade's calibration source), said in a log line."""
+    if images >= CALIBRATION_SIZE + shots:
+        return CALIBRATION_SIZE
+    logging.getLogger("dcvit").info(
+        f"{spec}: {images} training images, fewer than {CALIBRATION_SIZE} + {shots} shots: no calibration split "
+        f"held out (pass a calibration size to hold one out)"
+    )
+    return 0
+
+
+def as_shots(data: Dataset | torch.Tensor | Sequence) -> Dataset:
+    """Few-shot data as `dcvit.compress` takes it: a dataset of (image, label) pairs, an N x C x H x W tensor, or a
+    list of C x H x W tensors or PIL images; labels are never used, so bare images get 0."""
+    if isinstance(data, torch.Tensor):
+        if data.dim() != 4:
+            raise ValueError(f"a tensor of shots must be N x C x H x W; got shape {tuple(data.shape)}")
+        return TensorDataset(data, torch.zeros(len(data), dtype=torch.long))
+    if isinstance(data, (list, tuple)) and data and all(isinstance(x, (torch.Tensor, Image.Image)) for x in data):
+        shapes = {tuple(x.shape) for x in data if isinstance(x, torch.Tensor)}
+        if len(shapes) > 1 or any(len(shape) != 3 for shape in shapes):
+            raise ValueError(f"a list of shots must hold C x H x W tensors of one shape; got {sorted(shapes)[:3]}")
+        return _Unlabeled(list(data))
+    return data
+
+
+class _Unlabeled(Dataset):
+    def __init__(self, images: list):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.images[i], 0
 
 
 def _calibration(train: Dataset, size: int, seed: int) -> list[int]:

@@ -18,11 +18,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from .arch import runnable
 from .config import CompressConfig
+from .data import as_shots
 from .engine import Engine
 from .macs import count_macs
 from .planning import BasePlan, Plan
@@ -244,7 +246,7 @@ def progressive_run(engine: Engine, plan: Plan) -> CompressionResult:
 def compress(
     model: nn.Module,
     target_macs: float | BasePlan,
-    data: Dataset,
+    data: Dataset | torch.Tensor | Sequence,
     config: CompressConfig = CompressConfig(),
     *,
     workdir: str | Path | None = None,
@@ -254,7 +256,7 @@ def compress(
     """Compress `model` to `target_macs` (fraction in (0, 1) or absolute MACs, or the Plan that
     plan_for(model, target, config) already returned) with the unlabeled few-shot `data`.
 
-    `data` yields (image, label) pairs; labels are ignored. PIL images get the model's transforms (and
+    `data` yields (image, label) pairs, or is an N x C x H x W tensor or a list of images; labels are ignored. PIL images get the model's transforms (and
     augmentation when `config.augment`); tensors are used as they are. `workdir` keeps checkpoints.
     `metric_set` (a synth.SyntheticSet) reuses a synthetic metric set instead of making one.
     """
@@ -264,7 +266,7 @@ def compress(
 def compress_family(
     model: nn.Module,
     targets: Sequence[float | BasePlan],
-    data: Dataset,
+    data: Dataset | torch.Tensor | Sequence,
     config: CompressConfig = CompressConfig(),
     *,
     workdir: str | Path | None = None,
@@ -277,6 +279,7 @@ def compress_family(
     if not targets:
         raise ValueError("give at least one target MACs")
     model = runnable(model)  # the engine needs logits tensors (a transformers model returns a ModelOutput)
+    data = as_shots(data)
     # Fail on bad targets before any work.
     plans = [t if isinstance(t, BasePlan) else plan_for(model, t, config) for t in targets]
     engine = Engine(model, data, config, Path(workdir) if workdir else None, resume, metric_set)

@@ -1,4 +1,4 @@
-"""Image folders (`imagefolder:PATH`): class sub-folders of images, read without hanging on what a folder holds.
+"""Image folders: class sub-folders of images (`imagefolder:PATH`) or a plain folder of unlabeled images (`folder:PATH`), read without hanging on what a folder holds.
 
 torchvision's ImageFolder walks with os.walk(followlinks=True) and opens whatever has an image suffix, so a class
 folder holding a link to its parent (`up -> ..`) makes it walk forever, and a FIFO named x.png blocks the read
@@ -46,6 +46,39 @@ class ImageFolder(Dataset):
         path, target = self.samples[i]
         image = load_image(path)
         return (image if self.transform is None else self.transform(image)), target
+
+
+class FlatImages(Dataset):
+    """(PIL RGB image, 0) pairs from every regular image file under `folder` (`folder:PATH`): unlabeled few-shot
+    images as users hold them, no class sub-folders needed. One class, so seeded draws still work."""
+
+    classes = ("unlabeled",)
+
+    def __init__(self, folder: Path, transform: Callable | None = None):
+        self.transform = transform
+        found, skipped = _images(str(folder), os.path.realpath(folder))
+        if not found:
+            raise FileNotFoundError(f"no regular image files under {folder} ({', '.join(IMG_EXTENSIONS)})")
+        self.samples = [(path, 0) for path in found]
+        self.targets = [0] * len(found)
+        if skipped:
+            logging.getLogger("dcvit").warning(f"{folder}: left out {skipped} entries (links to folders or out of it)")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        image = load_image(self.samples[i][0])
+        return (image if self.transform is None else self.transform(image)), 0
+
+
+def is_flat(folder: Path) -> bool:
+    """Images directly in `folder` and no sub-folders: unlabeled images, not classes (an empty folder is neither)."""
+    with os.scandir(folder) as entries:
+        entries = list(entries)
+    if any(e.is_dir(follow_symlinks=False) for e in entries):
+        return False
+    return any(e.name.lower().endswith(IMG_EXTENSIONS) for e in entries)
 
 
 def scan(folder: Path, root: Path) -> tuple[list[str], list[tuple[str, int]], int]:

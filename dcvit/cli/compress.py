@@ -54,9 +54,9 @@ def _engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--calibration-size",
         type=int,
-        default=CALIBRATION_SIZE,
-        help="training images held out for cascade calibration, never used as shots (default 5000; "
-        "use the same value and --seed with `dcvit cascade`)",
+        default=None,
+        help=f"training images held out for cascade calibration, never used as shots (default {CALIBRATION_SIZE} "
+        "where the data has that many besides the shots, else none; use the same value and --seed with `dcvit cascade`)",
     )
     seed_argument(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
