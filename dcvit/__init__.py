@@ -15,6 +15,7 @@ The public API (docs/method.md gives the equations, README.md the walk-through):
     evaluate, loader_for                      top-1 / top-5 on a dataset
     save, load, create_model, resolve_model   pickle-free model files and models by name
     Adapter, register_adapter, get_adapter    support for another architecture
+    log_to_stderr                             progress and status lines on stderr (the CLI's `dcvit: ...`)
     dcvit.scripts                             building blocks for compression scripts (the recipes use them)
 
 Names are imported on first use, so `import dcvit` stays light and no module imports the package face.
@@ -67,6 +68,7 @@ _EXPORTS = {
     "save": "files",
     "load": "files",
     "create_model": "factory",
+    "log_to_stderr": "progress",
     "resolve_model": "factory",
 }
 __all__ = sorted(_EXPORTS)

@@ -28,6 +28,7 @@ from .data import as_shots
 from .engine import Engine
 from .macs import count_macs
 from .planning import BasePlan, Plan
+from .progress import api_logging
 from .scoring import Trial
 from .structures.registry import get_structure
 
@@ -282,8 +283,9 @@ def compress_family(
     data = as_shots(data)
     # Fail on bad targets before any work.
     plans = [t if isinstance(t, BasePlan) else plan_for(model, t, config) for t in targets]
-    engine = Engine(model, data, config, Path(workdir) if workdir else None, resume, metric_set)
-    try:
-        return [get_structure(p.structure).run(engine, p) for p in plans]
-    finally:
-        engine.workspace.cleanup()
+    with api_logging(config.progress):  # a script calling this sees progress lines without configuring logging
+        engine = Engine(model, data, config, Path(workdir) if workdir else None, resume, metric_set)
+        try:
+            return [get_structure(p.structure).run(engine, p) for p in plans]
+        finally:
+            engine.workspace.cleanup()

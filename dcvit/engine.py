@@ -24,7 +24,7 @@ from .arch import get_adapter
 from .config import CompressConfig
 from .metrics import get_metric
 from .mimic import FewShotImages, MimicResult, TeacherTokens, mimic
-from .progress import progress
+from .progress import bar, logger, progress
 from .scoring import Trial, kl_score
 from .structures.registry import get_structure
 from .workspace import FORMAT, Workspace
@@ -80,6 +80,11 @@ class Engine:
         self.structure = get_structure(config.structure)  # its build() is every trial's and step's surgery
         self.metric = get_metric(config.metric)
         self.accelerator = make_accelerator(config.mixed_precision)
+        if self.accelerator.is_main_process:
+            logger.info(
+                f"compressing on {self.accelerator.device}, {self.accelerator.num_processes} process(es), "
+                f"mixed precision {self.accelerator.mixed_precision}"
+            )
         self.timings: dict[str, float] = {}
         start = time.perf_counter()
         self.images = FewShotImages(data, teacher, config.augment)
@@ -147,7 +152,7 @@ class Engine:
                 iterations=self.config.synth_iterations,
                 jitter=self.config.synth_jitter,
                 seed=self.config.seed,
-                progress=self.config.progress,
+                progress=bar if self.config.progress else False,  # log lines, not \r, in a redirected log
                 **metric_set_inputs(self.teacher),
             )
             self.timings["synth"] = time.perf_counter() - start

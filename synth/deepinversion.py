@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -85,14 +86,26 @@ def choose_labels(
     return permutation.repeat(math.ceil(num_images / num_classes))[:num_images]
 
 
-def _progress_bar(total: int, enabled: bool) -> Any:
-    if not enabled:
+def _progress_bar(total: int, enabled: bool | Callable[[int, str], Any]) -> Any:
+    """A counter with update(n) and set_postfix(...): `enabled` itself when it makes one (dcvit passes
+    dcvit.progress.bar: a bar on a terminal, log lines elsewhere), else a tqdm bar, only on a terminal: its
+    carriage returns would pile up in a redirected log."""
+    if callable(enabled):
+        return enabled(total, "synthesizing")
+    if not enabled or not _stderr_is_terminal():
         return None
     try:
         from tqdm.auto import tqdm  # optional: synth only requires torch
     except ImportError:
         return None
     return tqdm(total=total, desc="synthesizing", leave=False)
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # stderr replaced or closed
+        return False
 
 
 def invert_batch(
@@ -157,7 +170,7 @@ def synthesize(
     warmup: int | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
-    progress: bool = True,
+    progress: bool | Callable[[int, str], Any] = True,
     mean: float | Sequence[float] | None = None,
     std: float | Sequence[float] | None = None,
     batch_size: int | None = None,
@@ -173,6 +186,8 @@ def synthesize(
     ``batch_size`` splits the images into independently optimised chunks; then
     ``total_loss`` is the size-weighted mean of the chunks' best objectives.
     The model is put in eval mode for the run and restored afterwards.
+    ``progress``: a tqdm bar when stderr is a terminal (True), none (False), or a callable (total, desc) -> counter
+    with ``update(n)`` and ``set_postfix(**values)``, such as ``dcvit.progress.bar``.
     """
     num_images = _check_int("num_images", num_images, 1)
     iterations = _check_int("iterations", iterations, 1)

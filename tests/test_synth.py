@@ -294,7 +294,10 @@ def test_cosine_lr_schedule():
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 1e-3
 
 
-def test_progress_bar_runs(capsys):
+def test_progress_bar_runs_on_a_terminal_only(capsys, monkeypatch):
+    synth.synthesize(tiny_cnn(1), 2, image_size=8, iterations=12, warmup=1, progress=True)
+    assert capsys.readouterr().err == ""  # redirected: a bar's carriage returns would pile up in the log
+    monkeypatch.setattr("synth.deepinversion._stderr_is_terminal", lambda: True)
     synth.synthesize(tiny_cnn(1), 2, image_size=8, iterations=12, warmup=1, progress=True)
     assert "synthesizing" in capsys.readouterr().err
 

@@ -112,22 +112,6 @@ def import_plugins(modules: list[str]) -> None:
 
 
 # --- logging: progress and status lines ----------------------------------------------------------
-class _CurrentStderr(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the time of each record (not the one at setup), so
-    redirections made after main() starts, such as test captures, are followed."""
-
-    def __init__(self):
-        super().__init__(sys.stderr)
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value):
-        pass
-
-
 def configure_logging(quiet: bool) -> None:
     """`dcvit: ...` lines on stderr from the "dcvit" logger: INFO (progress, status), or WARNING with --quiet.
 
@@ -135,10 +119,6 @@ def configure_logging(quiet: bool) -> None:
     logger has a handler (an embedding application, pytest) and binds the stderr of its first call; calling
     main() twice replaces the handler instead of adding a second one.
     """
-    log = logging.getLogger("dcvit")
-    for handler in [h for h in log.handlers if isinstance(h, _CurrentStderr)]:
-        log.removeHandler(handler)
-    handler = _CurrentStderr()
-    handler.setFormatter(logging.Formatter("dcvit: %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    from ..progress import log_to_stderr
+
+    log_to_stderr(logging.WARNING if quiet else logging.INFO)

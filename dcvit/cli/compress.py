@@ -152,6 +152,7 @@ def run_synth(args) -> None:
     import synth
 
     from ..factory import resolve_model
+    from ..progress import bar
 
     out = check_out(args.out, "synth", input_paths(None, [args.model]))  # before the optimisation, not after it
     model = resolve_model(args.model, weights="pretrained")
@@ -162,7 +163,7 @@ def run_synth(args) -> None:
         jitter=args.jitter,
         seed=args.seed,
         image_size=args.input_size,
-        progress=not args.quiet,
+        progress=False if args.quiet else bar,
     )
     made.save(claim_out(out, "synth"))
     made.save_grid(out / "grid.png")
