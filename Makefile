@@ -28,9 +28,11 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -n 2 -m "not slow" tests
 
+# ruff, then mypy on the public API (the package faces; settings and scope in pyproject.toml, [tool.mypy]).
 lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	.venv/bin/mypy
 
 clean:
-	rm -rf runs .pytest_cache .ruff_cache
+	rm -rf runs .pytest_cache .ruff_cache .mypy_cache

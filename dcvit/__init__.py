@@ -24,7 +24,7 @@ Names are imported on first use, so `import dcvit` stays light and no module imp
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import models  # noqa: F401  registers the shipped models in timm
 
@@ -72,6 +72,29 @@ _EXPORTS = {
     "resolve_model": "factory",
 }
 __all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # the same names, imported for type checkers only (make lint runs mypy on this face)
+    from .arch import Adapter, MlpParts, UnsupportedModelError, get_adapter, register_adapter
+    from .config import ABLATIONS, BLOCK_DROP, CompressConfig
+    from .data import (
+        CALIBRATION_SIZE,
+        calibration_indices,
+        eval_transform,
+        few_shot_subset,
+        load_dataset,
+        unlabeled_subset,
+    )
+    from .driver import CompressionResult, compress, compress_family, plan_for
+    from .factory import create_model, resolve_model
+    from .files import load, save
+    from .macs import MacsProfile, count_macs, macs_profile
+    from .metrics import Metric, register_metric
+    from .mimic import refine
+    from .planning import Plan, SearchPlan, plan, plan_block_drop
+    from .structures import Structure, register_structure
+    from .studies.evaluate import evaluate, loader_for
+    from .surgery import MlpOnlyBlock, apply_plan, drop_blocks
+
 __version__ = "0.1.0"
 
 

@@ -35,11 +35,10 @@ class CompressConfig:
     # Selection (Eq. 6) on the synthetic metric set (Eq. 4-5)
     synth_images: int = 50
     synth_iterations: int = 200
-    # Roll by up to this fraction of the side: 1 px at 28, measured for the 28-px teachers (patch 7): of 50 images
-    # x 200 iterations, 96.0% classified as their target vs 78.0% at half a patch on the first teacher, 90.0% vs
-    # 90.0% at confidence 0.854 vs 0.706 on the shipped one (BENCHMARKS.md, "Synthetic metric set", with the
-    # commands). None: synth's default, which follows the model (at most half a
-    # patch for a ViT, min(30/224, (patch // 2) / side); the reference 30/224 otherwise).
+    # Roll by up to this fraction of the side: 1 px at 28, measured for the 28-px teachers (patch 7) against half
+    # a patch: BENCHMARKS.md, "Synthetic metric set" (hit rates, confidences and commands). None: synth's
+    # default, which follows the model (at most half a patch for a ViT, min(30/224, (patch // 2) / side); the
+    # reference 30/224 otherwise).
     synth_jitter: float | None = 1 / 28
     candidate_blocks: tuple[int, ...] | None = None
     # What each block may lose (docs/method.md §11): a name in dcvit.structures' registry. Built in: the

@@ -1,10 +1,11 @@
 import json
 import subprocess
 import sys
+import warnings
 
 import pytest
 
-from dcvit.cli import main
+from dcvit.cli import main, silence_known_noise
 
 
 def run_cli(capsys, *argv):
@@ -53,6 +54,38 @@ def test_bad_input_one_line_error(capsys, argv, fragment):
     code, out, err = run_cli(capsys, *argv)
     assert code == 2 and fragment in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+BAD_PLAN = ("plan", "--model", "fmnist_vit12", "--target-macs", "-1")
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_traceback_flag_shows_the_full_error(capsys, monkeypatch, where):
+    monkeypatch.delenv("DCVIT_TRACEBACK", raising=False)
+    argv = ["--traceback", *BAD_PLAN] if where == "before" else [*BAD_PLAN, "--traceback"]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2 and err.startswith("Traceback (most recent call last):") and "positive" in err
+    assert len(err.strip().splitlines()) > 3
+
+
+@pytest.mark.parametrize("value, full", [("1", True), ("0", False), ("", False)])
+def test_dcvit_traceback_environment_variable(capsys, monkeypatch, value, full):
+    monkeypatch.setenv("DCVIT_TRACEBACK", value)
+    code, _, err = run_cli(capsys, *BAD_PLAN)
+    assert code == 2 and "positive" in err
+    assert ("Traceback" in err) == full and (len(err.strip().splitlines()) == 1) != full
+
+
+def test_the_cli_silences_only_known_noise():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        silence_known_noise()
+        warnings.warn(
+            "Palette images with Transparency expressed in bytes should be converted", UserWarning, stacklevel=1
+        )
+        warnings.warn("a user-facing notice", UserWarning, stacklevel=1)
+        warnings.warn("a deprecation in a plugin", FutureWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["a user-facing notice", "a deprecation in a plugin"]
 
 
 @pytest.mark.slow

@@ -2,7 +2,6 @@
 input size, the model-following synth jitter, file modes under a umask, and the README's training commands."""
 
 import argparse
-import configparser
 import importlib.util
 import json
 import math
@@ -393,9 +392,9 @@ def test_readme_training_commands_reproduce_the_recorded_arguments(monkeypatch):
 
 
 def test_declared_dependencies_are_imported():
-    cfg = configparser.ConfigParser()
-    cfg.read(ROOT / "setup.cfg")
-    requires = {line.split(">")[0].split("=")[0].strip() for line in cfg["options"]["install_requires"].split("\n")}
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requires = {line.split(">")[0].split("=")[0].strip() for line in project["dependencies"]}
     sources = "\n".join(
         p.read_text() for d in ("dcvit", "synth", "cascade") for p in (ROOT / d).rglob("*.py") if p.is_file()
     )

@@ -76,3 +76,15 @@ def test_import_dcvit_is_light_and_exposes_the_main_job():
         "dcvit.compress; dcvit.compress_family; dcvit.CompressConfig; import dcvit.planning; dcvit.planning.Plan"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_the_typed_face_imports_every_public_name():
+    """dcvit/__init__.py imports each name of its lazy table under TYPE_CHECKING, so type checkers see them."""
+    tree = ast.parse((ROOT / "dcvit" / "__init__.py").read_text())
+    table = next(
+        n.value for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "_EXPORTS"
+    )
+    exports = {k.value: v.value for k, v in zip(table.keys, table.values)}
+    guarded = next(n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING")
+    typed = {a.name: node.module for node in guarded.body for a in node.names}
+    assert typed == exports

@@ -5,7 +5,7 @@
 Records every model once on the held-out calibration split (training images) and on the test split, then
 calibrates little -> big thresholds on the calibration split only and reports what they give on test.
 
-Example (the BENCHMARKS.md entry):
+Example (the first teacher's table in docs/history.md, "Does the tolerance hold on new data?"):
     python tools/bench_calibration.py --big fmnist_vit12 --savers fmnist_cnn fmnist_vit_tiny \\
         --drops 0 0.001 0.005 0.01 --confidence 0.95
 """

@@ -5,7 +5,7 @@ cascade.prepare_for_inference, next to the speed-up MACs predict.
 Calibrates the threshold as `dcvit cascade` does (held-out training split, --max-acc-drop, --delta, --committee), then
 times the cascade, the big model and the saver on test images, interleaved, medians of --repeats passes.
 
-Example (the BENCHMARKS.md entry):
+Example (BENCHMARKS.md, "Cascade throughput"):
     python tools/bench_cascade.py --big fmnist_vit12 --saver fmnist_cnn --batch-sizes 256 1 --repeats 9
 """
 

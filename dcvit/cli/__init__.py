@@ -2,18 +2,28 @@
 
 Each command group lives in its own module and lists its commands in COMMANDS; this module only builds the
 parser from those lists and runs the chosen command. Errors a user can fix (bad numbers, unknown models,
-unsupported architectures, missing files) print one line on stderr and exit 2. `--import MODULE`, before or
-after the command, imports a plugin that registers an adapter before the command runs.
+unsupported architectures, missing files) print one line on stderr and exit 2; `--traceback` (before or after
+the command) or DCVIT_TRACEBACK=1 prints the full traceback instead. `--import MODULE`, before or after the
+command, imports a plugin that registers an adapter before the command runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 import warnings
 
 from . import cascade, compress, demo, models
-from .common import OneLineParser, configure_logging, import_argument, import_plugins, quiet_argument
+from .common import (
+    OneLineParser,
+    configure_logging,
+    import_argument,
+    import_plugins,
+    quiet_argument,
+    traceback_argument,
+    wants_traceback,
+)
 
 COMMANDS = [*models.COMMANDS, *compress.COMMANDS, *cascade.COMMANDS, *demo.COMMANDS]
 
@@ -25,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(DC-ViT) and cascades of compressed companions. See README.md.",
     )
     import_argument(parser)
+    traceback_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         p = sub.add_parser(command.name, help=command.help, description=command.help)
@@ -32,13 +43,26 @@ def build_parser() -> argparse.ArgumentParser:
         quiet_argument(p)  # every command: progress and status lines are logging, silenced alike
         # after the command too; its own dest, since a subcommand's values would replace the global ones
         import_argument(p, dest="imports_after", default=argparse.SUPPRESS)
+        traceback_argument(p, default=argparse.SUPPRESS)  # given after the command, it keeps the global value
         p.set_defaults(run=command.run)
     return parser
 
 
+def silence_known_noise() -> None:
+    """Hide only warnings known to be noise for a CLI user; every other warning is shown.
+
+    macs, plan, eval, bench, synth, compress and cascade on the shipped models raise no warning without any
+    filter (checked by hand); dcvit's own notices (a saver's mean/std, a model left unprepared for inference)
+    are RuntimeWarnings and stay visible; the library silences its dependencies' noise where it calls them
+    (fvcore's import and tracing in dcvit/macs.py, torchvision's init notes in dcvit/factory.py)."""
+    # PIL, converting a user's palette PNG whose transparency is a byte string to RGB
+    # (dcvit.imagefolder.load_image): it suggests RGBA, but dropping the alpha is intended, as in torchvision's
+    # loader; without this filter the first such PNG in a user's image folder prints it.
+    warnings.filterwarnings("ignore", message="Palette images with Transparency", category=UserWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning)
+    silence_known_noise()
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as done:  # --help, or a usage error already printed in one line
@@ -48,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         import_plugins([*(args.imports or []), *getattr(args, "imports_after", [])])
         args.run(args)
     except (ValueError, FileNotFoundError) as err:  # dcvit's UnsupportedModelError is a ValueError
-        print(f"dcvit {args.command}: error: {err}", file=sys.stderr)
+        if wants_traceback(args):
+            traceback.print_exc()
+        else:
+            print(f"dcvit {args.command}: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()

@@ -97,6 +97,22 @@ def import_argument(p: argparse.ArgumentParser, dest: str = "imports", **extra) 
     )
 
 
+def traceback_argument(p: argparse.ArgumentParser, **extra) -> None:
+    """--traceback: the full error instead of the one-line message (also DCVIT_TRACEBACK=1)."""
+    p.add_argument(
+        "--traceback",
+        action="store_true",
+        help="on an error, print the full traceback instead of the one-line message (or set DCVIT_TRACEBACK=1)",
+        **extra,
+    )
+
+
+def wants_traceback(args: argparse.Namespace) -> bool:
+    """--traceback given, before or after the command, or DCVIT_TRACEBACK set to anything but '', 0 or false."""
+    env = os.environ.get("DCVIT_TRACEBACK", "").strip().lower()
+    return bool(getattr(args, "traceback", False)) or env not in ("", "0", "false", "no")
+
+
 def import_plugins(modules: list[str]) -> None:
     """Import each plugin module; one that is missing or fails to import is a one-line ValueError."""
     if modules and os.getcwd() not in sys.path:

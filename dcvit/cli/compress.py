@@ -49,7 +49,7 @@ def _engine_arguments(p: argparse.ArgumentParser) -> None:
         "--prune-heads",
         action="store_true",
         help="auto: also offer keeping only some whole attention heads, where the model's adapter can "
-        "prune them exactly (timm ViT/DeiT); off by default, see BENCHMARKS.md 'Search space'",
+        "prune them exactly (timm ViT/DeiT); off by default, see docs/history.md 'Search space'",
     )
     p.add_argument(
         "--calibration-size",
