@@ -91,6 +91,7 @@ if TYPE_CHECKING:  # the same names, imported for type checkers only (make lint 
     from .metrics import Metric, register_metric
     from .mimic import refine
     from .planning import Plan, SearchPlan, plan, plan_block_drop
+    from .progress import log_to_stderr
     from .structures import Structure, register_structure
     from .studies.evaluate import evaluate, loader_for
     from .surgery import MlpOnlyBlock, apply_plan, drop_blocks

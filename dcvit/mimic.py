@@ -148,9 +148,11 @@ def check_teacher(teacher: nn.Module) -> None:
 # Probe's loss): 0.64x the start at lr 3e-4 (the default) and 0.60x at lr 0.01; 2.2x at lr 0.03, 3.5x at 0.1 and
 # 4.8x at 1, where every weight stays finite (the frozen final norm keeps a wrecked student's tokens bounded).
 DIVERGED_RATIO = 2.0
-# ... and above this share of the targets' mean square: a student that starts as the teacher starts at a loss of
-# about 0, which any noise would multiply.
-DIVERGED_FLOOR = 0.05
+# ... and above this share of the targets' mean square (a student answering zeros sits at 1.0): a student that
+# starts as the teacher starts at a loss of about 0, which any noise multiplies. A random-init torchvision Swin V2
+# fine-tuned on 4 noise images at the default lr ends at 0.30 of it (12x its start) and is no divergence; lr 10
+# on fmnist_vit12 ends at 0.94 and is.
+DIVERGED_FLOOR = 0.5
 
 
 class Probe:
