@@ -153,15 +153,11 @@ def calibrate(
     as grid_size ** (N - 1), fine for N = 4; grid_size is used only there.
     No feasible thresholds except all-1.0: returns thresholds all 1.0 with fallback=True (see Calibration).
     """
-    probs, labels = check_stage_probs(
-        calib_probs, calib_labels, min_stages=2, what="calib_probs", labels_what="calib_labels"
+    probs, labels, costs, big_cost, drop, (test_probs, test_labels) = _check_inputs(
+        calib_probs, calib_labels, costs, max_acc_drop, test_probs, test_labels
     )
-    costs = check_costs(costs, len(probs), required=True)
-    big_cost = check_big_cost(costs)
-    drop = check_fraction(max_acc_drop, "max_acc_drop")
     confidence = check_confidence(confidence)
     check_grid_size(grid_size)
-    test_probs, test_labels = _check_test(test_probs, test_labels, probs)
 
     conf, correct = conf_correct(probs, labels)
     n = labels.numel()
@@ -232,16 +228,12 @@ def certify(
     (e.g. member chains); delta is divided by it as well, so the caller's pick keeps the promise. Nothing
     certified: thresholds 1.0 without committee, fallback=True (use the big model alone).
     """
-    probs, labels = check_stage_probs(
-        calib_probs, calib_labels, min_stages=2, what="calib_probs", labels_what="calib_labels"
+    probs, labels, costs, big_cost, eps, (test_probs, test_labels) = _check_inputs(
+        calib_probs, calib_labels, costs, max_acc_drop, test_probs, test_labels
     )
-    costs = check_costs(costs, len(probs), required=True)
-    big_cost = check_big_cost(costs)
-    eps = check_fraction(max_acc_drop, "max_acc_drop")
     delta = check_risk(delta)
     if isinstance(families, bool) or not isinstance(families, int) or families < 1:
         raise ValueError(f"families must be an int >= 1 (configurations chosen among), got {families!r}")
-    test_probs, test_labels = _check_test(test_probs, test_labels, probs)
     settings = committee_settings(len(probs), committee)
     share = delta / (len(settings) * families)
     big_right = probs[-1].argmax(dim=1) == labels
@@ -285,6 +277,18 @@ def certify(
         families=len(settings) * families,
         **_on_test(test_probs, test_labels, costs, thresholds, flags),
     )
+
+
+def _check_inputs(calib_probs, calib_labels, costs, max_acc_drop, test_probs, test_labels):
+    """What calibrate and certify both take, checked: probs, labels, costs, the big cost, the tolerance and the
+    (test_probs, test_labels) pair."""
+    probs, labels = check_stage_probs(
+        calib_probs, calib_labels, min_stages=2, what="calib_probs", labels_what="calib_labels"
+    )
+    costs = check_costs(costs, len(probs), required=True)
+    big_cost = check_big_cost(costs)
+    drop = check_fraction(max_acc_drop, "max_acc_drop")
+    return probs, labels, costs, big_cost, drop, _check_test(test_probs, test_labels, probs)
 
 
 def _check_test(test_probs, test_labels, probs: list[torch.Tensor]):

@@ -4,14 +4,9 @@ import sys
 import warnings
 
 import pytest
+from helpers.cli import run_cli
 
-from dcvit.cli import main, silence_known_noise
-
-
-def run_cli(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+from dcvit.cli import silence_known_noise
 
 
 def test_plan_json(capsys):

@@ -14,23 +14,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_vit
+from helpers.cli import one_line_error, run_cli
 from PIL import Image
 
 import dcvit
-from dcvit.cli import build_parser, main
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(code, err, *fragments):
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in err, err
+from dcvit.cli import build_parser
 
 
 def tiny_model(depth=2):

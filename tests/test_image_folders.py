@@ -12,10 +12,10 @@ import zlib
 import numpy as np
 import pytest
 from conftest import tiny_vit
+from helpers.cli import one_line_error, run_cli
 from PIL import Image
 
 import dcvit
-from dcvit.cli import main
 from dcvit.data import load_dataset
 from dcvit.imagefolder import UnreadableImageError, load_image
 
@@ -55,19 +55,6 @@ def tree(root):
         png(root / c / "0.png")
         png(root / c / "deep" / "1.png")
     return root
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(code, err, *fragments):
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in err, err
 
 
 def test_same_images_and_order_as_torchvision(tmp_path):

@@ -6,23 +6,10 @@ from __future__ import annotations
 
 import pytest
 from conftest import tiny_vit
+from helpers.cli import one_line_error, run_cli
 
 import dcvit
-from dcvit.cli import main
 from dcvit.outdir import check_out, claim_out, marker
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(code, err, *fragments):
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in err, err
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import shutil
 import pytest
 import torch
 from conftest import tiny_data, tiny_vit
+from helpers.cli import one_line_error, run_cli
 from PIL import Image
 
 import dcvit
-from dcvit.cli import main
 from dcvit.config import CompressConfig
 from dcvit.driver import compress
 from dcvit.engine import Engine
@@ -44,17 +44,6 @@ def other_teacher():
     with torch.no_grad():
         model.head.bias.add_(1.0)  # same structure, other weights
     return model
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(code, err, fragment):
-    assert code == 2 and fragment in err, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 def image_folder(root, seed, n=12):
