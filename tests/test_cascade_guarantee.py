@@ -186,3 +186,31 @@ def test_cascade_json_committee_is_checked(tmp_path):
     spec.pop("committee")
     spec["version"] = 1
     assert cascade.files.parse_spec(spec, "x").committee == (False, False)
+
+
+def test_bench_guarantee_runs_on_saved_records(tmp_path):
+    """tools/bench_guarantee.py end to end on a tiny pool: a row per rule and saver, the table and the PNG."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from dcvit.studies.guaranteed import save_records
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_guarantee", Path(__file__).parents[1] / "tools/bench_guarantee.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    probs, labels = _population(600, gain=0.0, seed=1)
+    split = {"big": probs[1], "fmnist_cnn": probs[0]}
+    records = {
+        part: {n: cascade.Recorded(p[rows], labels[rows]) for n, p in split.items()}
+        for part, rows in (("calibration", slice(0, 300)), ("test", slice(300, 600)))
+    }
+    path = save_records(tmp_path / "r.safetensors", records, {"big": 10.0, "fmnist_cnn": 1.0},
+                        {"big": "teacher", "fmnist_cnn": "companion"})  # fmt: skip
+    out = tmp_path / "out"
+    assert bench.main(["--records", str(path), "--draws", "4", "--sizes", "200", "--eps", "0", "--out", str(out)]) == 0
+    rows = json.loads((out / "guarantee.json").read_text())["rows"]
+    assert {r["rule"] for r in rows} == set(bench.RULES) and all(r["draws"] == 4 for r in rows)
+    assert (out / "guarantee.png").stat().st_size > 0 and "| off | yes |" in (out / "guarantee.md").read_text()
