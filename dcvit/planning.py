@@ -16,6 +16,7 @@ from fractions import Fraction
 
 from torch import nn
 
+from .fingerprint import ModelFingerprint, fingerprint
 from .macs import MacsProfile, count_macs, macs_profile
 from .structures.registry import BASELINE_STRUCTURE, DEFAULT_STRUCTURE, PAPER_STRUCTURE, get_structure, structure_names
 
@@ -34,8 +35,11 @@ class BasePlan:
         return {}
 
     def as_dict(self) -> dict:
-        """The plan as JSON (`dcvit plan --json`): its fields, tuples as lists."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+        """The plan as JSON (`dcvit plan --json`): its fields, tuples as lists, the model's fingerprint a dict."""
+        return {
+            k: (list(v) if isinstance(v, tuple) else v.as_dict() if isinstance(v, ModelFingerprint) else v)
+            for k, v in self.__dict__.items()
+        }
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class Plan(BasePlan):
     mlp_hidden_original: int
     input_size: tuple[int, int, int]
     structure: str = PAPER_STRUCTURE
+    fingerprint: ModelFingerprint | None = None  # the model it was made for (None: built by hand, unchecked)
 
     @property
     def keep_ratio(self) -> float:
@@ -85,6 +90,7 @@ class SearchPlan(BasePlan):
     candidate_blocks: tuple[int, ...]
     input_size: tuple[int, int, int]
     mlp_hidden_original: int  # the widest candidate MLP's units, reported only: the search measures every edit
+    fingerprint: ModelFingerprint | None = None  # the model it was made for (None: built by hand, unchecked)
 
     @property
     def macs_planned(self) -> int:
@@ -254,7 +260,7 @@ def plan(
     draft = Plan(n, min(kept, width), remove_attention, profile.total, target, 0, candidates, width, profile.input_size)
     planned = count_macs(apply_plan(model, draft, _worst_blocks(profile, draft)), profile.input_size)
     _check_planned(planned, target, profile.total, "try other candidate blocks or blocks=n")
-    return Plan(**{**draft.__dict__, "macs_planned": planned})
+    return Plan(**{**draft.__dict__, "macs_planned": planned, "fingerprint": fingerprint(model, profile)})
 
 
 def _check_planned(planned: int, target: int, total: int, hint: str = "try other candidate blocks") -> None:
@@ -288,7 +294,17 @@ def plan_block_drop(
             _check_planned(planned, target, profile.total)
             width = _reference_width(profile, candidates)
             return Plan(
-                n, 0, True, profile.total, target, planned, candidates, width, profile.input_size, BASELINE_STRUCTURE
+                n,
+                0,
+                True,
+                profile.total,
+                target,
+                planned,
+                candidates,
+                width,
+                profile.input_size,
+                BASELINE_STRUCTURE,
+                fingerprint(model, profile),
             )
     raise ValueError(f"dropping all {len(candidates)} candidate blocks cannot reach {target} MACs")
 
@@ -323,4 +339,5 @@ def plan_search(
         block = sum(profile.blocks) / len(profile.blocks)
         steps = min(8, max(1, round((profile.total - target) / block)))
     width = _reference_width(profile, candidates)
-    return SearchPlan(structure, steps, profile.total, target, candidates, profile.input_size, width)
+    size = profile.input_size
+    return SearchPlan(structure, steps, profile.total, target, candidates, size, width, fingerprint(model, profile))
