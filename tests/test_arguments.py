@@ -77,7 +77,9 @@ def test_plan_refuses_fractional_blocks_before_counting_macs():
 def test_shots_and_sizes_take_numpy_integers():
     targets = [0, 1] * 10
     assert len(few_shot_indices(targets, np.int64(10))) == 10
-    with pytest.raises(ValueError, match=r"^shots must be an integer between 1 and 20 \(the images available\); got 2\.5"):
+    with pytest.raises(
+        ValueError, match=r"^shots must be an integer between 1 and 20 \(the images available\); got 2\.5"
+    ):
         few_shot_indices(targets, 2.5)
     assert len(calibration_indices(12, np.int32(5), seed=np.int64(3))) == 5
     with pytest.raises(ValueError, match=r"^calibration_size must be an integer between 1 and 11 .*; got 20$"):
@@ -114,3 +116,10 @@ def test_cli_refuses_a_huge_seed_naming_it(capsys, tmp_path, folder):
         capsys, "compress", "--model", "x", "--data", folder, "--seed", str(2**70), "--out", tmp_path
     )
     one_line_error(code, err, "--seed", "2**63 - 1")
+
+
+def test_cli_names_the_flag_of_a_refused_setting(capsys, tmp_path, folder):
+    argv = ["compress", "--model", "never-loaded", "--data", folder, "--target-macs", "0.9", "--out", tmp_path / "o"]
+    code, _, err = run_cli(capsys, *argv, "--lr", "inf")
+    one_line_error(code, err, "--lr must be a finite number > 0; got inf")
+    assert not (tmp_path / "o").exists()
