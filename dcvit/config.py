@@ -6,9 +6,10 @@ ImageNet settings are `CompressConfig.paper()` (2000 epochs, lr 3e-5, batch 64, 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
-from numbers import Real
 
+from . import checks
 from .metrics import metric_names
 from .structures.registry import BASELINE_STRUCTURE, DEFAULT_STRUCTURE, get_structure, structure_names
 
@@ -16,6 +17,28 @@ TOKENS = ("all", "cls")
 UNIT_CHOICES = ("random", "activation")
 SCOPES = ("front", "all")
 PRECISIONS = ("no", "bf16", "fp16")
+MAX_COUNT = 10**9  # epochs, batch sizes, image and step counts: any real run is far below
+
+
+def _unit(v: float) -> bool:
+    return 0 <= v < 1
+
+
+def _warmup(v: float) -> bool:
+    return 0 <= v <= 1
+
+
+def _blocks(value) -> tuple[int, ...] | None:
+    """candidate_blocks as a tuple of distinct block indices >= 0, or None (the structure's default)."""
+    what = "CompressConfig.candidate_blocks must be None or distinct block indices >= 0"
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"{what}; got {value!r}")
+    blocks = tuple(value)
+    if not blocks or not all(checks.is_integer(b) and b >= 0 for b in blocks) or len(set(blocks)) != len(blocks):
+        raise ValueError(f"{what}; got {list(blocks)!r}")
+    return tuple(int(b) for b in blocks)
 
 
 @dataclass(frozen=True)
@@ -62,34 +85,41 @@ class CompressConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.epochs >= 1, "epochs must be >= 1"),
-            (self.trial_epochs is None or self.trial_epochs >= 1, "trial_epochs must be >= 1"),
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.lr > 0 and self.weight_decay >= 0, "lr must be > 0 and weight_decay >= 0"),
-            (self.clip_grad > 0, "clip_grad must be > 0"),
-            (self.synth_images >= 1 and self.synth_iterations >= 1, "synth_images and synth_iterations must be >= 1"),
-            (
-                self.synth_jitter is None
-                or (
-                    isinstance(self.synth_jitter, Real)
-                    and not isinstance(self.synth_jitter, bool)
-                    and 0 <= self.synth_jitter < 1
-                ),
-                "synth_jitter must be in [0, 1) or None",
+        """Every field checked at construction: a one-line ValueError naming the field, the value and what
+        is accepted (numpy integers are integers; candidate_blocks becomes a tuple of ints)."""
+        f = "CompressConfig."
+        positive, nonneg = "a finite number > 0", "a finite number >= 0"
+        fixed = {
+            "epochs": checks.integer(f + "epochs", self.epochs, 1, MAX_COUNT),
+            "trial_epochs": checks.optional_integer(f + "trial_epochs", self.trial_epochs, 1, MAX_COUNT),
+            "batch_size": checks.integer(f + "batch_size", self.batch_size, 1, MAX_COUNT),
+            "lr": checks.number(f + "lr", self.lr, positive, lambda v: 0 < v < math.inf),
+            "weight_decay": checks.number(f + "weight_decay", self.weight_decay, nonneg, lambda v: 0 <= v < math.inf),
+            "loss_warmup": checks.number(f + "loss_warmup", self.loss_warmup, "a number from 0 to 1", _warmup),
+            "clip_grad": checks.number(
+                f + "clip_grad", self.clip_grad, "a number > 0 (inf: no clipping)", lambda v: v > 0
             ),
-            (self.structure in structure_names(), f"structure must be one of {structure_names()}"),
-            (self.search_steps is None or self.search_steps >= 1, "search_steps must be >= 1 or None"),
-            (self.metric in metric_names(), f"metric must be one of {metric_names()}"),
-            (self.train_scope in SCOPES, f"train_scope must be one of {SCOPES}"),
-            (self.mimic_tokens in TOKENS, f"mimic_tokens must be one of {TOKENS}"),
-            (self.unit_choice in (None, *UNIT_CHOICES), f"unit_choice must be one of {UNIT_CHOICES} or None"),
-            (self.mixed_precision in (None, *PRECISIONS), f"mixed_precision must be one of {PRECISIONS} or None"),
-            (self.extra_blocks >= 0, "extra_blocks must be >= 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+            "synth_images": checks.integer(f + "synth_images", self.synth_images, 1, MAX_COUNT),
+            "synth_iterations": checks.integer(f + "synth_iterations", self.synth_iterations, 1, MAX_COUNT),
+            "candidate_blocks": _blocks(self.candidate_blocks),
+            "search_steps": checks.optional_integer(f + "search_steps", self.search_steps, 1, MAX_COUNT),
+            "extra_blocks": checks.integer(f + "extra_blocks", self.extra_blocks, 0, MAX_COUNT),
+            "seed": checks.seed(f + "seed", self.seed),
+        }
+        if self.synth_jitter is not None:
+            fixed["synth_jitter"] = checks.number(
+                f + "synth_jitter", self.synth_jitter, "a number in [0, 1) or None", _unit
+            )
+        for name in ("augment", "prune_heads", "progressive", "reinit_mlp", "progress"):
+            checks.flag(f + name, getattr(self, name))
+        checks.choice(f + "mixed_precision", self.mixed_precision, (*PRECISIONS, None))
+        checks.choice(f + "structure", self.structure, structure_names())
+        checks.choice(f + "metric", self.metric, metric_names())
+        checks.choice(f + "train_scope", self.train_scope, SCOPES)
+        checks.choice(f + "mimic_tokens", self.mimic_tokens, TOKENS)
+        checks.choice(f + "unit_choice", self.unit_choice, (*UNIT_CHOICES, None))
+        for name, value in fixed.items():  # plain ints and floats (numpy's too): settings.json stays JSON
+            object.__setattr__(self, name, value)
 
     @property
     def units_by(self) -> str:

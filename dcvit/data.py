@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset, TensorDataset
 
+from . import checks
 from .imagefolder import FlatImages, ImageFolder, is_flat
 from .imagefolder import UnreadableImageError as UnreadableImageError  # re-exported: part of dcvit.data's API
 
@@ -223,8 +224,8 @@ CALIBRATION_SIZE = 5000
 
 def calibration_indices(num_images: int, size: int, seed: int = 0) -> list[int]:
     """A seeded held-out part of the training set (for cascade calibration); never used for compression."""
-    if not 0 < size < num_images:
-        raise ValueError(f"calibration size must be between 1 and {num_images - 1}; got {size}")
+    size = checks.integer("calibration_size", size, 1, num_images - 1, " (the training images but one)")
+    seed = checks.seed("seed", seed)
     gen = torch.Generator().manual_seed(10_007 + seed)
     return sorted(torch.randperm(num_images, generator=gen)[:size].tolist())
 
@@ -237,10 +238,8 @@ def few_shot_indices(
     targets = torch.as_tensor(targets)
     available = torch.ones(len(targets), dtype=torch.bool)
     available[torch.as_tensor(list(exclude), dtype=torch.long)] = False
-    if not isinstance(shots, int) or shots < 1 or shots > int(available.sum()):
-        raise ValueError(
-            f"shots must be an integer between 1 and {int(available.sum())} (the images available); got {shots}"
-        )
+    shots = checks.integer("shots", shots, 1, int(available.sum()), " (the images available)")
+    seed = checks.seed("seed", seed)
     gen = torch.Generator().manual_seed(seed)
     pools = {int(c): (torch.nonzero(available & (targets == c)).flatten()) for c in targets.unique()}
     pools = {c: p[torch.randperm(len(p), generator=gen)].tolist() for c, p in pools.items() if len(p)}
@@ -262,6 +261,8 @@ def few_shot_indices(
 def few_shot_subset(spec: str, shots: int, seed: int = 0, calibration_size: int | None = 0) -> Subset:
     """`shots` training images (PIL, no transform; used without labels), disjoint from the calibration split.
     calibration_size None: CALIBRATION_SIZE where the set has room for it besides the shots, else none."""
+    shots, seed = checks.integer("shots", shots, 1), checks.seed("seed", seed)  # before any file is read
+    calibration_size = checks.optional_integer("calibration_size", calibration_size, 0)
     train = load_dataset(spec, train=True)
     if calibration_size is None:
         calibration_size = auto_calibration(len(train), shots, spec)
@@ -317,6 +318,8 @@ def unlabeled_subset(spec: str, images: int, seed: int = 0, calibration_size: in
     disjoint from the calibration split and from `few_shot_subset(spec, shots, seed, calibration_size)`
     (pass the shots the members were compressed with; 0 excludes none): the thresholds are then calibrated on
     images no member was fitted to."""
+    images, seed = checks.integer("images", images, 1), checks.seed("seed", seed)
+    calibration_size, shots = checks.integer("calibration_size", calibration_size, 0), checks.integer("shots", shots, 0)
     train = load_dataset(spec, train=True)
     held_out = _calibration(train, calibration_size, seed)
     if shots:  # the shots few_shot_subset draws with these arguments

@@ -26,6 +26,7 @@ from .arch import runnable
 from .config import CompressConfig
 from .data import as_shots
 from .engine import Engine
+from .fingerprint import check_plan_for
 from .macs import count_macs
 from .planning import BasePlan, Plan
 from .progress import api_logging
@@ -279,6 +280,9 @@ def compress_family(
     caller that showed the plans first does not compute them again."""
     if not targets:
         raise ValueError("give at least one target MACs")
+    for t in targets:  # a plan for another model or structure: refused before any work
+        if isinstance(t, BasePlan):
+            check_plan_for(t, model, config.structure)
     model = runnable(model)  # the engine needs logits tensors (a transformers model returns a ModelOutput)
     data = as_shots(data)
     # Fail on bad targets before any work.

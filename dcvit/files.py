@@ -45,7 +45,7 @@ from .validate import (
 FORMAT = "dcvit-model"
 VERSIONS = (1,)  # the spec versions this dcvit reads; it writes the last
 SPEC, WEIGHTS = "spec.json", "model.safetensors"
-DATA_CFG_KEYS = ("input_size", "mean", "std", "crop_pct", "interpolation", "crop_mode", "num_classes")
+DATA_CFG_KEYS = ("input_size", "mean", "std", "crop_pct", "interpolation", "crop_mode", "num_classes", "label_names")
 SAVE_SUFFIX = ".dcvit-save"  # the temp folder of a save in progress: .NAME.XXXXXXXX.dcvit-save
 
 

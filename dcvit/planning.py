@@ -16,6 +16,8 @@ from fractions import Fraction
 
 from torch import nn
 
+from . import checks
+from .fingerprint import ModelFingerprint, fingerprint
 from .macs import MacsProfile, count_macs, macs_profile
 from .structures.registry import BASELINE_STRUCTURE, DEFAULT_STRUCTURE, PAPER_STRUCTURE, get_structure, structure_names
 
@@ -34,8 +36,11 @@ class BasePlan:
         return {}
 
     def as_dict(self) -> dict:
-        """The plan as JSON (`dcvit plan --json`): its fields, tuples as lists."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+        """The plan as JSON (`dcvit plan --json`): its fields, tuples as lists, the model's fingerprint a dict."""
+        return {
+            k: (list(v) if isinstance(v, tuple) else v.as_dict() if isinstance(v, ModelFingerprint) else v)
+            for k, v in self.__dict__.items()
+        }
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class Plan(BasePlan):
     mlp_hidden_original: int
     input_size: tuple[int, int, int]
     structure: str = PAPER_STRUCTURE
+    fingerprint: ModelFingerprint | None = None  # the model it was made for (None: built by hand, unchecked)
 
     @property
     def keep_ratio(self) -> float:
@@ -85,6 +91,7 @@ class SearchPlan(BasePlan):
     candidate_blocks: tuple[int, ...]
     input_size: tuple[int, int, int]
     mlp_hidden_original: int  # the widest candidate MLP's units, reported only: the search measures every edit
+    fingerprint: ModelFingerprint | None = None  # the model it was made for (None: built by hand, unchecked)
 
     @property
     def macs_planned(self) -> int:
@@ -150,12 +157,12 @@ def _candidates(profile: MacsProfile, candidate_blocks: Sequence[int] | None) ->
     """The given candidate blocks, checked, or the default ones."""
     num_blocks = len(profile.attn)
     candidates = tuple(candidate_blocks) if candidate_blocks is not None else default_candidates(num_blocks)
-    if not candidates or any(not 0 <= b < num_blocks for b in candidates):
+    if not candidates or any(not checks.is_integer(b) or not 0 <= b < num_blocks for b in candidates):
         raise ValueError(f"candidate blocks must be a non-empty subset of 0..{num_blocks - 1}; got {list(candidates)}")
     repeated = sorted({b for b in candidates if candidates.count(b) > 1})
     if repeated:  # a repeated block would be counted as several blocks' savings: the plan would miss its target
         raise ValueError(f"candidate blocks must be distinct; got {list(candidates)} (repeated: {repeated})")
-    return candidates
+    return tuple(int(b) for b in candidates)
 
 
 def _reference_width(profile: MacsProfile, candidates: Sequence[int]) -> int:
@@ -227,6 +234,8 @@ def plan(
     """
     from .surgery import apply_plan  # surgery needs Plan; import here to keep the modules acyclic
 
+    if blocks is not None:  # before the MACs are counted
+        checks.integer("blocks", blocks, 1, note=" or None")
     profile = macs_profile(model, input_size)
     candidates = _candidates(profile, candidate_blocks)
     target = resolve_target(target_macs, profile.total)
@@ -237,8 +246,8 @@ def plan(
             f"({100 * floor / profile.total:.1f}% of the original: all {len(candidates)} candidate "
             f"blocks without attention and with 1 MLP unit)"
         )
-    if blocks is not None and not 1 <= blocks <= len(candidates):
-        raise ValueError(f"blocks must be between 1 and {len(candidates)} (the candidate blocks); got {blocks}")
+    if blocks is not None:
+        blocks = checks.integer("blocks", blocks, 1, len(candidates), " (the candidate blocks) or None")
 
     delta = profile.total - target
     n, remove_attention, kept = _structure(profile, candidates, delta, blocks)
@@ -254,7 +263,7 @@ def plan(
     draft = Plan(n, min(kept, width), remove_attention, profile.total, target, 0, candidates, width, profile.input_size)
     planned = count_macs(apply_plan(model, draft, _worst_blocks(profile, draft)), profile.input_size)
     _check_planned(planned, target, profile.total, "try other candidate blocks or blocks=n")
-    return Plan(**{**draft.__dict__, "macs_planned": planned})
+    return Plan(**{**draft.__dict__, "macs_planned": planned, "fingerprint": fingerprint(model, profile)})
 
 
 def _check_planned(planned: int, target: int, total: int, hint: str = "try other candidate blocks") -> None:
@@ -288,7 +297,17 @@ def plan_block_drop(
             _check_planned(planned, target, profile.total)
             width = _reference_width(profile, candidates)
             return Plan(
-                n, 0, True, profile.total, target, planned, candidates, width, profile.input_size, BASELINE_STRUCTURE
+                n,
+                0,
+                True,
+                profile.total,
+                target,
+                planned,
+                candidates,
+                width,
+                profile.input_size,
+                BASELINE_STRUCTURE,
+                fingerprint(model, profile),
             )
     raise ValueError(f"dropping all {len(candidates)} candidate blocks cannot reach {target} MACs")
 
@@ -307,6 +326,7 @@ def plan_search(
     often as DC-ViT, which compresses one block per step). `structure` names a search structure, which
     says how low its edits reach. Raises ValueError for unreachable targets."""
     search = get_structure(structure)
+    steps = checks.optional_integer("steps", steps, 1, 1000)
     if not hasattr(search, "floor"):  # dcvit.structures.SearchStructure's; imported, it would close a circle
         searches = [n for n in structure_names() if hasattr(get_structure(n), "floor")]
         raise ValueError(f"plan_search is for the search structures {searches}; got {structure!r}")
@@ -323,4 +343,5 @@ def plan_search(
         block = sum(profile.blocks) / len(profile.blocks)
         steps = min(8, max(1, round((profile.total - target) / block)))
     width = _reference_width(profile, candidates)
-    return SearchPlan(structure, steps, profile.total, target, candidates, profile.input_size, width)
+    size = profile.input_size
+    return SearchPlan(structure, steps, profile.total, target, candidates, size, width, fingerprint(model, profile))

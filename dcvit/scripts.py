@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .checks import seed_text
 from .config import CompressConfig
 from .storage import write_json
 from .structures import DEFAULT_STRUCTURE, structure_names
@@ -65,7 +66,7 @@ def add_run_arguments(p: argparse.ArgumentParser, shots: int = 100) -> None:
                    "epochs, lr 3e-5, batch 64, RandAugment); quick: 100 epochs per step, 20 per trial (default paper)")  # fmt: skip
     p.add_argument("--out", required=True, help="output folder (checkpoints go to OUT/checkpoints)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--seed", type=int, default=0, help="few-shot sampling and training seed (default 0)")
+    p.add_argument("--seed", type=seed_text, default=0, help="few-shot sampling and training seed (default 0)")
     sizes = p.add_argument_group("sizes", "override the preset's (the dcvit.CompressConfig fields of these names)")
     for name in SIZES:
         sizes.add_argument(f"--{name.replace('_', '-')}", type=positive_int, metavar="N")

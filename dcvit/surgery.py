@@ -19,6 +19,7 @@ from torch import nn
 from .arch import get_adapter, mlps, runnable
 from .arch.base import Adapter, MlpParts
 from .arch.blocks import DroppedBlock, MlpOnlyBlock, ZeroMlp, is_edited
+from .fingerprint import check_plan_fits
 
 __all__ = ["DroppedBlock", "MlpOnlyBlock", "ZeroMlp"]  # re-exported: the blocks surgery makes live in dcvit.arch
 
@@ -168,9 +169,15 @@ def apply_plan(
 
     `units` overrides the random choice per block (used by the activation-based-choice ablation).
     """
+    if not hasattr(plan, "hidden_for") or plan.mlp_hidden <= 0:
+        raise ValueError(
+            f"apply_plan takes a plan that narrows MLPs (structure 'dcvit'); got one for structure "
+            f"'{getattr(plan, 'structure', type(plan).__name__)}' (drop_blocks drops whole blocks)"
+        )
     adapter = get_adapter(model)
     blocks = [int(b) for b in blocks]
     current = adapter.blocks(model)
+    check_plan_fits(plan, model, current, adapter)  # a plan for another model: refused
     chosen = {}
     for b in blocks:
         _check_block(b, len(current))

@@ -29,6 +29,7 @@ MAX_BLOCKS = 256
 # adapters' settings name
 _DEPTHS = ("depth", "depths", "num_layers", "depth_token_only", "num_hidden_layers")
 _WIDTHS = ("embed_dim", "hidden_dim", "hidden_size")
+MAX_LABELS, MAX_LABEL = 100_000, 200  # class names in a data_config: 21k for ImageNet-21k, names are short
 MACS_TOLERANCE = 1e-3  # relative: fvcore's count is exact, so this only forgives rounding in a writer's JSON
 
 
@@ -107,14 +108,21 @@ def tensor_problem(model: nn.Module, header: Mapping[str, tuple[str, tuple[int, 
 def data_config_problem(data_config: Mapping[str, Any], model_size: Any = None) -> str | None:
     """spec.json's data_config by cascade.validate's rules (num_classes is no preprocessing: checked apart);
     model_size: the (C, H, W) the model's structure takes, when its adapter tells."""
-    accepted = (*PREPROCESSING_KEYS, "num_classes")
+    accepted = (*PREPROCESSING_KEYS, "num_classes", "label_names")
     unknown = sorted(set(data_config) - set(accepted), key=str)
     if unknown:
         return f"field {unknown[0]!r:.60} is unknown (accepted: {', '.join(accepted)})"
     classes = data_config.get("num_classes", 0)
     if not (type(classes) is int and classes >= 0):
         return f"'num_classes' must be a non-negative integer, not {classes!r:.60}"
-    pre = {k: v for k, v in data_config.items() if k != "num_classes"}
+    names = data_config.get("label_names", [])
+    if not (
+        isinstance(names, list)
+        and len(names) <= MAX_LABELS
+        and all(isinstance(n, str) and 0 < len(n) <= MAX_LABEL for n in names)
+    ):
+        return f"'label_names' must be a list of at most {MAX_LABELS} class names of 1 to {MAX_LABEL} characters"
+    pre = {k: v for k, v in data_config.items() if k not in ("num_classes", "label_names")}
     if model_size is not None:  # without one in the file, the model's own size is what the transforms use
         pre = {"input_size": list(model_size), **pre}
     return preprocessing_problem(pre, model_size, fixed=True, required=False)

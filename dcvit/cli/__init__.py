@@ -61,6 +61,16 @@ def silence_known_noise() -> None:
     warnings.filterwarnings("ignore", message="Palette images with Transparency", category=UserWarning)
 
 
+def flag_message(err: Exception, args: argparse.Namespace) -> str:
+    """The error in one line; an API argument refused (dcvit.checks.ArgumentError) named as the command's flag
+    that set it ("calibration_size must be ..." -> "--calibration-size must be ...")."""
+    message = str(err)
+    argument = getattr(err, "argument", None)
+    if argument and hasattr(args, argument) and message.startswith(err.what):
+        message = f"--{argument.replace('_', '-')}{message[len(err.what) :]}"
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     silence_known_noise()
     try:
@@ -75,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         if wants_traceback(args):
             traceback.print_exc()
         else:
-            print(f"dcvit {args.command}: error: {err}", file=sys.stderr)
+            print(f"dcvit {args.command}: error: {flag_message(err, args)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-SEED_LIMIT = 2**63  # torch takes seeds below 2**64; derived seeds add offsets (10_007 + seed), so keep a margin
+from ..checks import SEED_LIMIT, seed_text  # noqa: F401  (SEED_LIMIT: once defined here)
 
 
 @dataclass(frozen=True)
@@ -68,15 +68,7 @@ def quiet_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or status lines (results and errors only)")
 
 
-def seed(text: str) -> int:
-    """argparse type: a seed torch accepts, 0 <= seed < 2**63."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value < SEED_LIMIT:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a seed: an integer from 0 to 2**63 - 1")
-    return value
+seed = seed_text  # argparse type: a seed torch accepts, 0 <= seed < 2**63 (dcvit.checks)
 
 
 def seed_argument(p: argparse.ArgumentParser) -> None:

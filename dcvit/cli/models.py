@@ -128,7 +128,7 @@ def run_eval(args) -> None:
         return
     model = resolve_model(args.model, weights="pretrained")
     data = load_dataset(args.data, train=args.split == "train", transform=eval_transform(model))
-    check_classes(model, data, args.data, args.model)
+    matched = check_classes(model, data, args.data, args.model)
     result = evaluate(model, loader_for(data, args.batch_size, args.limit), progress=not args.quiet)
     size = args.input_size or default_input_size(model)
     result.update(
@@ -144,7 +144,8 @@ def run_eval(args) -> None:
         result,
         f"{args.model} on {args.data} {args.split} ({result['n']} images): top-1 {100 * result['top1']:.2f}%  "
         f"top-5 {100 * result['top5']:.2f}%  {result['macs'] / 1e6:.2f}M MACs  "
-        f"{result['params'] / 1e6:.3f}M params  {result['images_per_second']:.0f} img/s (batch {args.batch_size})",
+        f"{result['params'] / 1e6:.3f}M params  {result['images_per_second']:.0f} img/s (batch {args.batch_size})"
+        + _matched(result, data, matched),
     )
 
 
@@ -158,7 +159,7 @@ def _eval_cascade(args) -> None:
         raise ValueError("--input-size does not apply to a cascade: its input is fixed in its cascade.json")
     model = load_cascade(args.model)
     data = load_dataset(args.data, train=args.split == "train", transform=eval_transform(model))
-    check_classes(model, data, args.data, args.model)
+    matched = check_classes(model, data, args.data, args.model)
     result = evaluate_cascade(model, loader_for(data, args.batch_size, args.limit), progress=not args.quiet)
     result.update(model=args.model, data=args.data, split=args.split, thresholds=list(model.thresholds))
     exits = ", ".join(f"{name} {100 * f:.1f}%" for name, f in zip(result["members"], result["exit_fractions"]))
@@ -168,8 +169,19 @@ def _eval_cascade(args) -> None:
         f"cascade {args.model} on {args.data} {args.split} ({result['n']} images): top-1 {100 * result['top1']:.2f}%  "
         f"top-5 {100 * result['top5']:.2f}%  {result['macs_per_image'] / 1e6:.2f}M MACs per image "
         f"({100 * result['macs_reduction']:.1f}% fewer than {result['members'][-1]} alone)\n"
-        f"answered by: {exits}; thresholds {', '.join(f'{t:.4g}' for t in model.thresholds)}",
+        f"answered by: {exits}; thresholds {', '.join(f'{t:.4g}' for t in model.thresholds)}"
+        + _matched(result, data, matched),
     )
+
+
+def _matched(result: dict, data, matched: str | None) -> str:
+    """An image folder's class match (dcvit.labels) in the JSON (folder -> class index) and as a text line."""
+    if matched is None:
+        return ""
+    while hasattr(data, "indices"):  # a Subset
+        data = data.dataset
+    result["class_folders"] = dict(data.class_to_idx)
+    return f"\n{matched}"
 
 
 COMMANDS = [

@@ -13,6 +13,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
+from ..data import FMNIST_CLASSES
+
 # Statistics of the Fashion-MNIST training images (pixels in [0, 1]).
 FMNIST_MEAN = (0.2860,)
 FMNIST_STD = (0.3530,)
@@ -40,6 +42,7 @@ def _cfg(name: str) -> dict:
         "mean": FMNIST_MEAN,
         "std": FMNIST_STD,
         "license": "mit",
+        "label_names": FMNIST_CLASSES,  # the class order it was trained in: image folders are matched by name
     }
 
 

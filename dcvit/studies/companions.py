@@ -6,6 +6,7 @@ The calibration split is a seeded held-out part of the *training* set; the test 
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -203,7 +204,9 @@ def cascade_study(
             check_saver(name, model, big)
     calib, test = cascade_splits(big, data, calibration_size, seed, test_limit)
     for split in (calib, test):  # before any recording: a bigger label set would make every number meaningless
-        check_classes(big, split, data, big_name)
+        matched = check_classes(big, split, data, big_name)
+        if matched:
+            logging.getLogger("dcvit").info(f"{data}: {matched}")
     rec_calib, rec_test = record_split(models, calib, progress=progress), record_split(models, test, progress=progress)
     costs = {name: count_macs(m, default_input_size(big)) for name, m in models.items()}  # what they are fed
     savers = [n for n in models if n != big_name]

@@ -37,12 +37,17 @@ def output_classes(model: nn.Module) -> int:
     return int(model.eval()(x).shape[-1])
 
 
-def check_classes(model: nn.Module, dataset: Dataset, spec: str, name: str = "the model") -> None:
+def check_classes(model: nn.Module, dataset: Dataset, spec: str, name: str = "the model") -> str | None:
     """Refuse a dataset with more classes than the model predicts: its extra labels could never be right,
-    so the accuracy would be silently meaningless (12 classes on a 10-class model scores about 8%)."""
+    so the accuracy would be silently meaningless (12 classes on a 10-class model scores about 8%). An image
+    folder's classes are then matched to the model's (dcvit.labels: by name where the model records names);
+    the match in one line is returned, for the caller's output (None: the dataset's own labels)."""
+    from ..labels import align_classes
+
     have, need = output_classes(model), dataset_classes(dataset)
     if need > have:
         raise ValueError(f"dataset {spec} has {need} classes but {name} predicts {have}; use a dataset of its classes")
+    return align_classes(model, dataset, spec, have)
 
 
 def loader_for(dataset: Dataset, batch_size: int = 256, limit: int | None = None) -> DataLoader:
