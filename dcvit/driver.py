@@ -27,7 +27,7 @@ from .config import CompressConfig
 from .data import as_shots
 from .engine import Engine
 from .fingerprint import check_plan_for
-from .macs import count_macs
+from .macs import count_macs, macs_profile
 from .planning import BasePlan, Plan
 from .progress import api_logging
 from .scoring import Trial
@@ -282,7 +282,7 @@ def compress_family(
         raise ValueError("give at least one target MACs")
     for t in targets:  # a plan for another model or structure: refused before any work
         if isinstance(t, BasePlan):
-            check_plan_for(t, model, config.structure)
+            check_plan_for(t, model, config.structure, macs_profile)
     model = runnable(model)  # the engine needs logits tensors (a transformers model returns a ModelOutput)
     data = as_shots(data)
     # Fail on bad targets before any work.

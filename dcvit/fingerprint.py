@@ -82,11 +82,10 @@ def _width(adapter, block: nn.Module) -> int:
         return 0  # a dropped block
 
 
-def check_plan_for(plan, model: nn.Module, structure: str) -> None:
+def check_plan_for(plan, model: nn.Module, structure: str, macs_profile) -> None:
     """compress's check, before any work: the plan's structure is the run's and its model is `model`
-    (fingerprint, MACs included; a plan built by hand: its original MACs)."""
-    from .macs import macs_profile
-
+    (fingerprint, MACs included; a plan built by hand: its original MACs). macs_profile is dcvit.macs_profile,
+    passed in: importing it here would close the circle macs -> rebuild -> surgery -> fingerprint -> macs."""
     if plan.structure != structure:
         raise ValueError(
             f"the plan is for structure '{plan.structure}' but CompressConfig.structure is '{structure}'; "
