@@ -54,7 +54,11 @@ class Workspace:
                     f"cannot resume {self.root}: settings differ from the saved run ({', '.join(changed)})"
                 )
         elif is_main:
-            write_json(settings_file, settings)
+            try:
+                write_json(settings_file, settings)
+            except BaseException:  # a full disk: leave no empty run folder behind
+                self.cleanup()
+                raise
 
     @classmethod
     def existing(cls, root: Path) -> Workspace:

@@ -11,6 +11,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..storage import os_error_line as os_error_line  # re-exported for main()
+
 SEED_LIMIT = 2**63  # torch takes seeds below 2**64; derived seeds add offsets (10_007 + seed), so keep a margin
 
 
