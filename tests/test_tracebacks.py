@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_vit
 from helpers.cli import one_line_error, run_cli
 from PIL import Image
@@ -168,3 +169,28 @@ def test_a_truncated_gz_fashion_mnist_file_is_named_in_one_line(capsys, tmp_path
     (root / "t10k-images-idx3-ubyte.gz").write_bytes(raw[: len(raw) // 2])
     code, _, err = run_cli(capsys, "eval", "--model", models[0], "--data", f"fashion-mnist:{root}")
     one_line_error(code, err, str(root / "t10k-images-idx3-ubyte.gz"), "cannot be read")
+
+
+# --- counts without bound: batch sizes, threads ---------------------------------------------------------
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("eval", "--batch-size", "10000000"),
+        ("bench", "--batch-sizes", "1", "10000000"),
+        ("bench", "--threads", "100000"),
+    ],
+    ids=["eval-batch", "bench-batch", "bench-threads"],
+)
+def test_huge_counts_are_refused_before_any_work(capsys, models, monkeypatch, argv):
+    monkeypatch.setattr("dcvit.factory.resolve_model", lambda *a, **k: pytest.fail("started before refusing"))
+    before = torch.get_num_threads()
+    code, _, err = run_cli(capsys, argv[0], "--model", models[0], *argv[1:])
+    one_line_error(code, err, argv[-1], "accepted a positive integer up to")
+    assert torch.get_num_threads() == before
+
+
+def test_eval_times_no_larger_a_batch_than_the_data(capsys, models, images, monkeypatch):
+    timed = []
+    monkeypatch.setattr("dcvit.studies.evaluate.throughput", lambda model, size, batch: timed.append(batch) or 1.0)
+    code, out, err = run_cli(capsys, "eval", "--model", models[0], "--data", images, "--batch-size", "4096", "--quiet")
+    assert code == 0 and timed == [20] and "(batch 20)" in out, err
