@@ -194,3 +194,12 @@ def test_eval_times_no_larger_a_batch_than_the_data(capsys, models, images, monk
     monkeypatch.setattr("dcvit.studies.evaluate.throughput", lambda model, size, batch: timed.append(batch) or 1.0)
     code, out, err = run_cli(capsys, "eval", "--model", models[0], "--data", images, "--batch-size", "4096", "--quiet")
     assert code == 0 and timed == [20] and "(batch 20)" in out, err
+
+
+# --- names too long to be paths ------------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["macs", "eval", "bench", "synth"])
+def test_a_5000_character_model_name_is_an_unknown_model(capsys, tmp_path, command):
+    extra = ["--out", tmp_path / "out"] if command == "synth" else []
+    code, _, err = run_cli(capsys, command, "--model", "x" * 5000, *extra)
+    one_line_error(code, err, "unknown model 'xxx", "xxx...xxx", "timm model name")
+    assert len(err) < 600 and list(tmp_path.iterdir()) == []
