@@ -203,3 +203,20 @@ def test_a_5000_character_model_name_is_an_unknown_model(capsys, tmp_path, comma
     code, _, err = run_cli(capsys, command, "--model", "x" * 5000, *extra)
     one_line_error(code, err, "unknown model 'xxx", "xxx...xxx", "timm model name")
     assert len(err) < 600 and list(tmp_path.iterdir()) == []
+
+
+# --- run folders that dcvit did not write ----------------------------------------------------------------
+@pytest.mark.parametrize("resume", [[], ["--resume"]], ids=["fresh", "resume"])
+@pytest.mark.parametrize("case", ["settings-a-folder", "checkpoints-a-file"])
+def test_a_run_folder_of_the_wrong_shape_is_one_line(capsys, tmp_path, models, images, case, resume):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".dcvit-compress").touch()  # an earlier compress's folder, as far as the marker says
+    if case == "settings-a-folder":
+        (out / "checkpoints" / "settings.json").mkdir(parents=True)
+    else:
+        (out / "checkpoints").write_text("x")
+    before = sorted(out.rglob("*"))
+    code, _, err = run_cli(capsys, *COMPRESS, "--model", models[0], "--data", images, "--out", out, *resume)
+    one_line_error(code, err, "checkpoints", "accepted: a new folder, or a run folder written by dcvit")
+    assert sorted(out.rglob("*")) == before
