@@ -220,3 +220,19 @@ def test_a_run_folder_of_the_wrong_shape_is_one_line(capsys, tmp_path, models, i
     code, _, err = run_cli(capsys, *COMPRESS, "--model", models[0], "--data", images, "--out", out, *resume)
     one_line_error(code, err, "checkpoints", "accepted: a new folder, or a run folder written by dcvit")
     assert sorted(out.rglob("*")) == before
+
+
+# --- API --------------------------------------------------------------------------------------------------
+def test_saving_a_meta_model_is_refused_and_writes_nothing(tmp_path):
+    with torch.device("meta"):
+        model = tiny_vit(1)
+    with pytest.raises(ValueError, match="meta device.*accepted: a model with real weights"):
+        dcvit.save(model, tmp_path / "m")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_saving_under_a_file_is_refused(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"file is not a folder"):
+        dcvit.save(tiny_vit(1), tmp_path / "file" / "sub" / "m")
+    assert (tmp_path / "file").read_text() == "x" and len(list(tmp_path.iterdir())) == 1
