@@ -236,3 +236,16 @@ def test_saving_under_a_file_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"file is not a folder"):
         dcvit.save(tiny_vit(1), tmp_path / "file" / "sub" / "m")
     assert (tmp_path / "file").read_text() == "x" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_evaluate_on_an_empty_loader_is_a_value_error():
+    with pytest.raises(ValueError, match="no images.*accepted: a loader"):
+        dcvit.evaluate(tiny_vit(1), [], progress=False)
+
+
+def test_predict_staged_on_an_empty_batch_is_empty():
+    import cascade
+
+    casc = cascade.Cascade([tiny_vit(1), tiny_vit(2)], [0.5], [1.0, 2.0]).eval()
+    logits, stats = cascade.predict_staged(casc, torch.zeros(0, 1, 16, 16))
+    assert logits.shape == (0, 10) and stats.exit_counts == (0, 0) and stats.n == 0 and stats.avg_cost == 0.0
