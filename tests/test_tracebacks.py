@@ -54,13 +54,22 @@ def temporaries(root) -> list:
     return [p for p in root.rglob("*") if p.name.startswith(".") and ".tmp" in p.name or "cascade-tmp" in p.name]
 
 
+COMPRESS = ("compress", "--shots", "10", "--calibration-size", "0", "--target-macs", "0.7", "--structure", "drop",
+            "--epochs", "1", "--synth-iterations", "2", "--batch-size", "10", "--quiet")  # fmt: skip
 SYNTH = ("synth", "--num-images", "2", "--iterations", "1", "--quiet")
 
 
 # --- output places: names too long, links left dangling, full disks ------------------------------------
-def test_a_300_character_out_is_one_line(capsys, tmp_path, models):
+@pytest.mark.parametrize("command", ["synth", "compress", "cascade"])  # demo: the same check_out
+def test_a_300_character_out_is_one_line(capsys, tmp_path, models, monkeypatch, command):
+    monkeypatch.setattr("dcvit.factory.resolve_model", lambda *a, **k: pytest.fail("started before refusing"))
     out = tmp_path / ("o" * 300)
-    code, _, err = run_cli(capsys, *SYNTH, "--model", models[0], "--out", out)
+    argv = {
+        "synth": [*SYNTH, "--model", models[0]],
+        "compress": [*COMPRESS, "--model", models[0]],
+        "cascade": ["cascade", "--big", models[0], "--savers", models[1]],
+    }[command]
+    code, _, err = run_cli(capsys, *argv, "--out", out)
     one_line_error(code, err, "--out", "File name too long", "255")
     assert list(tmp_path.iterdir()) == []
 
@@ -98,10 +107,6 @@ def test_cascade_on_a_full_disk_leaves_no_folder(capsys, tmp_path, models, image
                            "--calibration-size", "10", "--out", tmp_path / "run", "--quiet")  # fmt: skip
     one_line_error(code, err, "No space left on device")
     assert list(tmp_path.iterdir()) == []
-
-
-COMPRESS = ("compress", "--shots", "10", "--calibration-size", "0", "--target-macs", "0.7", "--structure", "drop",
-            "--epochs", "1", "--synth-iterations", "2", "--batch-size", "10", "--quiet")  # fmt: skip
 
 
 def test_compress_and_resume_on_a_full_disk(capsys, tmp_path, models, images, monkeypatch):
