@@ -103,7 +103,7 @@ _OS_HINTS = {
     errno.EDQUOT: "the disk quota is exceeded; free some space or choose an --out elsewhere",
     errno.ENAMETOOLONG: "accepted: file and folder names of at most 255 bytes each, 4096 in all",
     errno.EROFS: "the file system is read-only; choose an --out elsewhere",
-    errno.EACCES: "permission denied; choose a path you may read and write",
+    errno.EACCES: "choose a path you may read and write",
     errno.ENOTDIR: "a part of the path is a file, not a folder; accepted: a path through folders",
 }
 

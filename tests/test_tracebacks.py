@@ -271,3 +271,13 @@ def test_calibrate_5_stages_x_2000_samples_stays_bounded():
     assert len(found.thresholds) == 4 and found.meets_tolerance
     with pytest.raises(ValueError, match="12 models.*accepted: at most 11 models"):
         cascade.calibrate([probs[0]] * 12, labels, list(range(1, 13)))
+
+
+def test_os_error_line_names_the_file_shortened_and_what_works():
+    from dcvit.storage import os_error_line
+
+    line = os_error_line(OSError(errno.ENAMETOOLONG, "File name too long", "/x/" + "y" * 1000))
+    assert line.startswith("File name too long (/x/yyy") and "..." in line and "255 bytes" in line
+    assert len(line) < 250 and "\n" not in line
+    line = os_error_line(PermissionError(errno.EACCES, "Permission denied", "/a\nb"))
+    assert line == "Permission denied (/a b): choose a path you may read and write"
