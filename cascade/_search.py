@@ -6,7 +6,8 @@ looping over samples. Confidences are float32 and a sample exits when confidence
 
 Which thresholds are searched (`search`): 2 and 3 models, every tuple of the exact grids (all observed
 confidences, see _exact_grid; the 3-model product is walked in chunks by cascade._three, so memory stays
-small); 4 and more models, a product of per-stage grids of at most grid_size + 2 values each.
+small); 4 and more models, a product of per-stage grids of at most grid_size + 2 values each, coarser where
+the product would pass MAX_CANDIDATES tuples (see stage_grid_size).
 """
 
 from __future__ import annotations
@@ -102,6 +103,27 @@ def search(
     return [None if b is None else b[1] for b in best]
 
 
+# 4 and more models: the product of per-stage grids is evaluated at once, several int64 tensors of its size, so
+# it is held to this many threshold tuples (about 0.5 GB at the peak) by coarser grids where needed.
+MAX_CANDIDATES = 2**21
+
+
+def stage_grid_size(n_stages: int, grid_size: int) -> int:
+    """grid_size, or less where (grid_size + 2) ** (n_stages - 1) tuples would pass MAX_CANDIDATES (4 models
+    keep 100; 5 get 36, 6 get 16); more models than even grids of 2 quantiles allow are a ValueError."""
+    free = n_stages - 1
+    size = grid_size
+    while size > 2 and (size + 2) ** free > MAX_CANDIDATES:
+        size -= 1
+    if (size + 2) ** free > MAX_CANDIDATES:
+        most = 1 + max(k for k in range(1, 64) if 4**k <= MAX_CANDIDATES)
+        raise ValueError(
+            f"cannot search thresholds for {n_stages} models: even 2 quantiles per stage make more than "
+            f"{MAX_CANDIDATES:,} threshold tuples; accepted: at most {most} models"
+        )
+    return size
+
+
 def _chunks(conf: torch.Tensor, correct: torch.Tensor, costs: Sequence[float], grid_size: int):
     """(flat offset, _Candidates) pieces of the search space (see the module docstring)."""
     n_stages = conf.shape[0]
@@ -111,7 +133,8 @@ def _chunks(conf: torch.Tensor, correct: torch.Tensor, costs: Sequence[float], g
     if n_stages == 2:
         grids = [_exact_grid(conf[0])]
     else:
-        grids = [_stage_grid(conf[i], grid_size) for i in range(n_stages - 1)]
+        size = stage_grid_size(n_stages, grid_size)  # memory bounded: coarser grids for 5 and more models
+        grids = [_stage_grid(conf[i], size) for i in range(n_stages - 1)]
     yield 0, _grid_candidates(conf, correct, costs, grids)
 
 

@@ -150,7 +150,9 @@ def calibrate(
     O(n^2) for n distinct confidences, measured in BENCHMARKS.md, "Threshold search time"; memory bounded;
     see cascade._three for why this finds the optimum over all thresholds in [0, 1]). 4 or more models: the product of per-stage
     grids (all distinct confidences, or grid_size quantiles when there are more), whose time and memory grow
-    as grid_size ** (N - 1), fine for N = 4; grid_size is used only there.
+    as grid_size ** (N - 1), fine for N = 4; grid_size is used only there, and lowered where the product would
+    pass cascade._search.MAX_CANDIDATES tuples (memory stays bounded: 5 models search 36 values per stage, 6
+    models 16; more than 11 models are a ValueError).
     No feasible thresholds except all-1.0: returns thresholds all 1.0 with fallback=True (see Calibration).
     """
     probs, labels, costs, big_cost, drop, (test_probs, test_labels) = _check_inputs(

@@ -158,7 +158,10 @@ def load(path: str | os.PathLike, load_member: Callable[[Path], nn.Module]) -> C
 
 def is_cascade_dir(path: str | os.PathLike) -> bool:
     """Whether `path` is a folder holding a cascade.json (valid or not: load says what is wrong)."""
-    return (Path(path) / SPEC).is_file()
+    try:
+        return (Path(path) / SPEC).is_file()
+    except OSError:  # a name too long to be a path (ENAMETOOLONG) names no folder
+        return False
 
 
 def read_spec(path: str | os.PathLike) -> CascadeSpec:

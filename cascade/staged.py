@@ -25,6 +25,8 @@ def predict_staged(cascade: Cascade, inputs: torch.Tensor, batch_size: int = 256
     between batch sizes. The cascade's own statistics are left as they were."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    if len(inputs) == 0:  # no inputs: no logits (0 x classes, from the big model's answer to none) and no exits
+        return cascade.models[-1](inputs), CascadeStats.from_counts([0] * len(cascade.models), cascade.costs)
     out: torch.Tensor | None = None
     undecided = torch.arange(len(inputs), device=inputs.device)
     exits = [0] * len(cascade.models)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from .imagefolder import UnreadableImageError as UnreadableImageError  # re-expo
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 SPEC_HELP = "accepted: fashion-mnist[:ROOT], imagefolder:PATH, folder:PATH, cifar10:PATH, cifar100:PATH"
 KINDS = ("fashion-mnist", "imagefolder", "folder", "cifar10", "cifar100")
+IDX_FILES = ("images-idx3-ubyte", "labels-idx1-ubyte")
 FMNIST_CLASSES = (
     "T-shirt/top",
     "Trouser",
@@ -39,14 +41,34 @@ FMNIST_CLASSES = (
 )
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    """Read an idx(.gz) file: magic (2 zero bytes, dtype code, ndim), big-endian dims, then raw data."""
+def _read_idx(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """Read an idx(.gz) file of uint8 values: magic (2 zero bytes, dtype code 0x08, ndim), big-endian dims,
+    then the data. `shape` is what Fashion-MNIST holds, -1 for the image count; anything else (an empty,
+    truncated or foreign file) is a one-line ValueError naming the file."""
+    accepted = "accepted: a Fashion-MNIST idx file (.gz or not) as in the Debian package dataset-fashion-mnist"
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
-    dims = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4)
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(tuple(dims))
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as err:  # a truncated or corrupt .gz
+        raise ValueError(f"Fashion-MNIST file {path} cannot be read ({err}); {accepted}") from None
+    ndim = len(shape)
+    if len(raw) < 4 + 4 * ndim or raw[:4] != bytes((0, 0, 8, ndim)):
+        raise ValueError(
+            f"Fashion-MNIST file {path} is not an idx file of {ndim}-d uint8 data ({len(raw)} bytes, "
+            f"header {raw[:4].hex() or 'missing'}); {accepted}"
+        )
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4))
+    if any(want not in (-1, got) for want, got in zip(shape, dims)) or dims[0] < 1:
+        raise ValueError(
+            f"Fashion-MNIST file {path} holds shape {dims}, expected ({', '.join(map(str, shape))}); {accepted}"
+        )
+    size = len(raw) - 4 - 4 * ndim
+    if size != int(np.prod(dims)):
+        raise ValueError(
+            f"Fashion-MNIST file {path} is truncated or padded: {size} bytes of data for shape {dims}; {accepted}"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 def _find_idx(root: Path, stem: str) -> Path:
@@ -72,10 +94,14 @@ class FashionMNIST(Dataset):
 
     def __init__(self, root: Path = DEBIAN_FMNIST, train: bool = True, transform: Callable | None = None):
         prefix = "train" if train else "t10k"
-        self.images = torch.from_numpy(_read_idx(_find_idx(Path(root), f"{prefix}-images-idx3-ubyte")).copy())
-        self.targets = torch.from_numpy(
-            _read_idx(_find_idx(Path(root), f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
-        )
+        images_file, labels_file = (_find_idx(Path(root), f"{prefix}-{kind}") for kind in IDX_FILES)
+        self.images = torch.from_numpy(_read_idx(images_file, (-1, 28, 28)).copy())
+        self.targets = torch.from_numpy(_read_idx(labels_file, (-1,)).astype(np.int64))
+        if len(self.images) != len(self.targets) or int(self.targets.max()) >= len(FMNIST_CLASSES):
+            raise ValueError(
+                f"Fashion-MNIST files {images_file} and {labels_file} do not match: {len(self.images)} images, "
+                f"{len(self.targets)} labels up to {int(self.targets.max())}; accepted: one label from 0 to 9 per image"
+            )
         self.transform = transform
 
     def __len__(self) -> int:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .files import load
-from .storage import PICKLE_SUFFIXES
+from .storage import PICKLE_SUFFIXES, short_path
 
 TORCHVISION_PREFIX = "tv:"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -176,12 +176,16 @@ def resolve_model(name_or_dir: str, weights: str = "auto") -> nn.Module:
     evaluating random weights is pointless); "random" never loads any.
     """
     path = Path(name_or_dir)
-    if path.exists() or path.suffix in PICKLE_SUFFIXES + (".safetensors",):
+    try:
+        exists = path.exists()
+    except OSError:  # a name too long to be a path (ENAMETOOLONG) names no saved model
+        exists = False
+    if exists or path.suffix in PICKLE_SUFFIXES + (".safetensors",):
         return load(path)
     known = name_or_dir.startswith(TORCHVISION_PREFIX) or timm.is_model(name_or_dir.split(".")[0])
     if not known:
         raise ValueError(
-            f"unknown model '{name_or_dir}': not a timm model name (see timm.list_models()), "
+            f"unknown model '{short_path(name_or_dir)}': not a timm model name (see timm.list_models()), "
             f"'tv:NAME' for torchvision, nor a saved model directory"
         )
     if name_or_dir.startswith(TORCHVISION_PREFIX):

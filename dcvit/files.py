@@ -75,6 +75,12 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     a model its spec would not rebuild: the rebuilt one must give the same outputs (see dcvit.rebuild).
     """
     path = Path(path)
+    _check_place(path)
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise ValueError(
+            f"refusing to save to {path}: the model is on the meta device (its tensors hold no values); "
+            f"accepted: a model with real weights (load them first, e.g. to_empty() then load_state_dict)"
+        )
     model = runnable(model)  # the network load gives back (a transformers model: its logits wrapper)
     spec = model_spec(model)
     problem = data_config_problem(spec["data_config"], model_input_size(model))
@@ -91,6 +97,18 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
         write_json(tmp / NEW / SPEC, spec)
         install(tmp, path)
     return path
+
+
+def _check_place(path: Path) -> None:
+    """The folders above `path` are folders, or do not exist yet: a file among them is refused in one line."""
+    parent = path.parent
+    while not (parent.exists() or parent.is_symlink()) and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(
+            f"refusing to save to {path}: {parent} is not a folder (a file, or a broken link); accepted: a path whose existing "
+            f"parents are folders"
+        )
 
 
 def _check_replaceable(path: Path) -> None:

@@ -12,9 +12,13 @@ folder and its marker just before the first file is written, checking again (the
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from .storage import os_error_line, short_path
 
 
 def marker(command: str) -> str:
@@ -26,20 +30,42 @@ def check_out(text: str, command: str, inputs: Iterable[Path] = (), option: str 
     if not str(text).strip():  # Path('') is the current folder
         raise ValueError(f"{option} is empty; accepted: a folder path ({_accepted(command)})")
     out = Path(text)
-    _check_place(out, option)
-    for folder in inputs:
-        _check_apart(out, folder, option)
-    _check_ours(out, command, option)
-    _check_writable(out, option)
+    try:
+        _check_place(out, option)
+        for folder in inputs:
+            _check_apart(out, folder, option)
+        _check_ours(out, command, option)
+        _check_writable(out, option)
+    except OSError as err:  # a name too long (ENAMETOOLONG), a loop of links, ...
+        raise ValueError(f"{option} {short_path(out)}: {os_error_line(err)}") from None
     return out
 
 
 def claim_out(out: Path, command: str, option: str = "--out") -> Path:
-    """Create `out` (if needed) and mark it as `command`'s, right before the command writes into it."""
-    out.mkdir(parents=True, exist_ok=True)
-    _check_ours(out, command, option)
-    (out / marker(command)).touch()
+    """Create `out` (if needed) and mark it as `command`'s, right before the command writes into it; the
+    place is checked again, since it may have changed during the command's work (a link left dangling)."""
+    try:
+        _check_place(out, option)
+        out.mkdir(parents=True, exist_ok=True)
+        _check_ours(out, command, option)
+        (out / marker(command)).touch()
+    except OSError as err:
+        raise ValueError(f"{option} {short_path(out)}: {os_error_line(err)}") from None
     return out
+
+
+@contextmanager
+def writing_out(out: Path, command: str, option: str = "--out") -> Iterator[Path]:
+    """claim_out, and if writing fails (a full disk), remove the folder again when this call created it, so a
+    failed command leaves no folder of partial results behind (each file is written atomically anyway)."""
+    created = not os.path.lexists(out)
+    claim_out(out, command, option)
+    try:
+        yield out
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def input_paths(data: str | None = None, models: Iterable[str] = ()) -> list[Path]:
@@ -59,7 +85,7 @@ def _accepted(command: str) -> str:
 
 def _check_place(out: Path, option: str) -> None:
     if out.is_symlink() and not out.exists():
-        raise ValueError(f"{option} {out} is a broken link; accepted: a folder path")
+        raise ValueError(f"{option} {short_path(out)} is a broken link; accepted: a folder path")
     if out.exists() and not out.is_dir():
         raise ValueError(f"{option} {out} is an existing file, not a folder")
     parent = out

@@ -7,6 +7,7 @@ on these in `dcvit.files`.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -88,6 +89,33 @@ def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def one_line(err: BaseException, limit: int = 1000) -> str:
     return " ".join(str(err).split())[:limit] or type(err).__name__
+
+
+def short_path(path: object, limit: int = 120) -> str:
+    """A path for a one-line message: long ones keep their start and end."""
+    text = " ".join(os.fsdecode(path).split()) if isinstance(path, (str, bytes, os.PathLike)) else str(path)
+    return text if len(text) <= limit else f"{text[: limit // 2 - 2]}...{text[-(limit // 2 - 2) :]}"
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full; free some space or choose an --out on another disk (files are written to a "
+    "temporary name and renamed when complete, so nothing was half-written)",
+    errno.EDQUOT: "the disk quota is exceeded; free some space or choose an --out elsewhere",
+    errno.ENAMETOOLONG: "accepted: file and folder names of at most 255 bytes each, 4096 in all",
+    errno.EROFS: "the file system is read-only; choose an --out elsewhere",
+    errno.EACCES: "choose a path you may read and write",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; accepted: a path through folders",
+}
+
+
+def os_error_line(err: OSError) -> str:
+    """An OSError (a full disk, a name too long, a part of a path that is a file) as one line naming the file
+    and what would work; the CLI prints it instead of a traceback."""
+    what = err.strerror or type(err).__name__
+    files = [short_path(f) for f in (err.filename, err.filename2) if f is not None]
+    where = f" ({' -> '.join(files)})" if files else ""
+    hint = _OS_HINTS.get(err.errno or 0, "")
+    return f"{what}{where}" + (f": {hint}" if hint else "")
 
 
 def tensor_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:

@@ -33,6 +33,16 @@ def _differences(saved: dict, settings: dict) -> list[str]:
     return names
 
 
+def _check_layout(root: Path, settings_file: Path) -> None:
+    """A run folder whose checkpoints folder is a file, or whose settings.json is not a file, is nothing this
+    package wrote: say so in one line rather than fail on the first write."""
+    accepted = "accepted: a new folder, or a run folder written by dcvit (a checkpoints folder holding settings.json)"
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root} should be the run's checkpoints folder but is a file; {accepted}")
+    if settings_file.exists() and not settings_file.is_file():
+        raise ValueError(f"{settings_file} is not a file (a folder?); {accepted}")
+
+
 class Workspace:
     def __init__(self, root: Path | None, settings: dict[str, Any], resume: bool = False, is_main: bool = True):
         self.temporary = root is None
@@ -41,6 +51,7 @@ class Workspace:
         self.finished = False
         self.root = Path(tempfile.mkdtemp(prefix="dcvit-")) if root is None else Path(root)
         settings_file = self.root / "settings.json"
+        _check_layout(self.root, settings_file)
         if settings_file.is_file():
             if not resume:
                 raise ValueError(
@@ -54,7 +65,11 @@ class Workspace:
                     f"cannot resume {self.root}: settings differ from the saved run ({', '.join(changed)})"
                 )
         elif is_main:
-            write_json(settings_file, settings)
+            try:
+                write_json(settings_file, settings)
+            except BaseException:  # a full disk: leave no empty run folder behind
+                self.cleanup()
+                raise
 
     @classmethod
     def existing(cls, root: Path) -> Workspace:

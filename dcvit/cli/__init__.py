@@ -2,8 +2,9 @@
 
 Each command group lives in its own module and lists its commands in COMMANDS; this module only builds the
 parser from those lists and runs the chosen command. Errors a user can fix (bad numbers, unknown models,
-unsupported architectures, missing files) print one line on stderr and exit 2; `--traceback` (before or after
-the command) or DCVIT_TRACEBACK=1 prints the full traceback instead. `--import MODULE`, before or after the
+unsupported architectures, missing files, and any OSError: a full disk, a name too long) print one line on
+stderr and exit 2; `--traceback` (before or after the command) or DCVIT_TRACEBACK=1 prints the full traceback
+instead. `--import MODULE`, before or after the
 command, imports a plugin that registers an adapter before the command runs.
 """
 
@@ -20,6 +21,7 @@ from .common import (
     configure_logging,
     import_argument,
     import_plugins,
+    os_error_line,
     quiet_argument,
     traceback_argument,
     wants_traceback,
@@ -90,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0
+    except OSError as err:  # a full disk, a name too long, a path through a file: the user's to fix
+        if wants_traceback(args):
+            traceback.print_exc()
+        else:
+            print(f"dcvit {args.command}: error: {os_error_line(err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"dcvit {args.command}: interrupted", file=sys.stderr)
         return 130

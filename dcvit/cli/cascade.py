@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..data import CALIBRATION_SIZE
-from ..outdir import check_out, claim_out, input_paths
+from ..outdir import check_out, input_paths, writing_out
 from .common import Command, emit, seed_argument
 
 CASCADE_DIR = "cascade"  # the sub-folder of --out the chosen cascade is written to
@@ -109,10 +109,11 @@ def run_cascade(args) -> None:
     )
     summary, text = study_summary(study), study_markdown(study)
     if out is not None:
-        write_study(study, claim_out(out, "cascade"))
-        shipped = save_study_cascade(
-            study, models, out / CASCADE_DIR, data=args.data, calibration_size=args.calibration_size, seed=args.seed
-        )
+        with writing_out(out, "cascade"):  # a failed write (a full disk) leaves no folder it made behind
+            write_study(study, out)
+            shipped = save_study_cascade(
+                study, models, out / CASCADE_DIR, data=args.data, calibration_size=args.calibration_size, seed=args.seed
+            )
         summary["cascade_dir"] = str(shipped)
         text += (
             f"\nCascade written to {shipped} (evaluate it with `dcvit eval --model {shipped} --data {args.data}`).\n"

@@ -12,6 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..checks import SEED_LIMIT, seed_text  # noqa: F401  (SEED_LIMIT: once defined here)
+from ..storage import os_error_line as os_error_line  # re-exported for main()
+
+MAX_BATCH = 4096  # images per forward pass: 4096 of 224 x 224 RGB are 2.5 GB of input alone
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,27 @@ def quiet_argument(p: argparse.ArgumentParser) -> None:
 
 
 seed = seed_text  # argparse type: a seed torch accepts, 0 <= seed < 2**63 (dcvit.checks)
+
+
+def count_upto(what: str, limit: Callable[[], int], why: str) -> Callable[[str], int]:
+    """argparse type: an integer from 1 to limit() (e.g. a batch size up to MAX_BATCH)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if not 1 <= value <= limit():
+            raise argparse.ArgumentTypeError(
+                f"{text[:40]!r} is not {what}: accepted a positive integer up to {limit()} ({why})"
+            )
+        return value
+
+    return parse
+
+
+batch_size = count_upto("a batch size", lambda: MAX_BATCH, "larger batches only cost memory")
+threads = count_upto("a thread count", lambda: os.cpu_count() or 1, "this machine's CPU count")
 
 
 def seed_argument(p: argparse.ArgumentParser) -> None:

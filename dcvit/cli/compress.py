@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..data import CALIBRATION_SIZE
-from ..outdir import check_out, claim_out, input_paths
+from ..outdir import check_out, claim_out, input_paths, writing_out
 from ..structures import BASELINE_STRUCTURE
 from .common import Command, emit, model_argument, seed_argument, structure_argument
 
@@ -165,8 +165,9 @@ def run_synth(args) -> None:
         image_size=args.input_size,
         progress=False if args.quiet else bar,
     )
-    made.save(claim_out(out, "synth"))
-    made.save_grid(out / "grid.png")
+    with writing_out(out, "synth"):  # a failed write (a full disk) leaves no folder it made behind
+        made.save(out)
+        made.save_grid(out / "grid.png")
     hit, conf = made.target_agreement(model)
     payload = {"out": args.out, "num_images": len(made), "target_hit_rate": hit, "mean_target_confidence": conf}
     emit(

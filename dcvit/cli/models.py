@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import Command, emit, model_argument, structure_argument
+from .common import Command, batch_size, emit, model_argument, structure_argument, threads
 
 
 # --- macs -------------------------------------------------------------------------------------
@@ -75,9 +75,9 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
         default=[1, 2, 3],
         help="compare at the MACs of dropping k blocks (DC-ViT then compresses k+1); default 1 2 3",
     )
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
+    p.add_argument("--batch-sizes", type=batch_size, nargs="+", default=[1, 32], help="default 1 32")
     p.add_argument("--repeats", type=int, default=20, help="interleaved timing rounds (median reported)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=threads, help="torch CPU threads, up to the CPU count (default: torch's)")
 
 
 def run_bench(args) -> None:
@@ -110,7 +110,7 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--split", choices=["test", "train"], default="test")
     p.add_argument("--limit", type=int, help="evaluate the first N images only")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=batch_size, default=256, help="default 256")
 
 
 def run_eval(args) -> None:
@@ -131,20 +131,21 @@ def run_eval(args) -> None:
     matched = check_classes(model, data, args.data, args.model)
     result = evaluate(model, loader_for(data, args.batch_size, args.limit), progress=not args.quiet)
     size = args.input_size or default_input_size(model)
+    batch = min(args.batch_size, result["n"])  # timed on no larger a batch than the data gives
     result.update(
         model=args.model,
         data=args.data,
         split=args.split,
         macs=count_macs(model, size),
         params=sum(p.numel() for p in model.parameters()),
-        images_per_second=round(throughput(model, size, args.batch_size), 1),
+        images_per_second=round(throughput(model, size, batch), 1),
     )
     emit(
         args,
         result,
         f"{args.model} on {args.data} {args.split} ({result['n']} images): top-1 {100 * result['top1']:.2f}%  "
         f"top-5 {100 * result['top5']:.2f}%  {result['macs'] / 1e6:.2f}M MACs  "
-        f"{result['params'] / 1e6:.3f}M params  {result['images_per_second']:.0f} img/s (batch {args.batch_size})"
+        f"{result['params'] / 1e6:.3f}M params  {result['images_per_second']:.0f} img/s (batch {batch})"
         + _matched(result, data, matched),
     )
 

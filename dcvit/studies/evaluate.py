@@ -24,6 +24,8 @@ def evaluate(model: nn.Module, loader, device: str | None = None, progress: bool
         correct1 += (top[:, 0] == y).sum().item()
         correct5 += (top == y[:, None]).any(dim=1).sum().item()
         n += len(y)
+    if n == 0:
+        raise ValueError("evaluate got no images from the loader; accepted: a loader of (images, labels) batches")
     return {"top1": correct1 / n, "top5": correct5 / n, "n": n}
 
 
