@@ -19,10 +19,11 @@ TORCHVISION_PREFIX = "tv:"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def create_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """A timm model by name, or a torchvision one as 'tv:NAME'; the creation args are kept for `save`."""
+def create_model(name: str, pretrained: bool = False, *, require_adapter: bool = True, **kwargs: Any) -> nn.Module:
+    """A timm model by name, or a torchvision one as 'tv:NAME'; the creation args are kept for `save`.
+    require_adapter=False also builds torchvision models that no dcvit adapter accepts (for counting MACs)."""
     if name.startswith(TORCHVISION_PREFIX):
-        return _torchvision_model(name[len(TORCHVISION_PREFIX) :], pretrained, kwargs)
+        return _torchvision_model(name[len(TORCHVISION_PREFIX) :], pretrained, kwargs, require_adapter)
     model = timm.create_model(name, pretrained=pretrained, **kwargs)
     model.dcvit_base = {"source": "timm", "name": name.split(".")[0], "kwargs": kwargs}
     _sync_input_size(model)
@@ -30,18 +31,18 @@ def create_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Modul
 
 
 # --- torchvision: any classification model an adapter accepts, decided on the model, never by name -------
-def _torchvision_model(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+def _torchvision_model(name: str, pretrained: bool, kwargs: dict[str, Any], require_adapter: bool = True) -> nn.Module:
     import torchvision
 
-    check_torchvision(name, **kwargs)
+    check_torchvision(name, require_adapter, **kwargs)
     model = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None, **kwargs)
     model.pretrained_cfg = _torchvision_data_config(name, model)
     return model
 
 
-def check_torchvision(name: str, **kwargs: Any) -> None:
+def check_torchvision(name: str, require_adapter: bool = True, **kwargs: Any) -> None:
     """One-line errors, before any download, for a name that is not a torchvision classification model, for
-    settings it refuses, and for a model that no dcvit adapter accepts (UnsupportedModelError)."""
+    settings it refuses, and (require_adapter) for a model that no dcvit adapter accepts (UnsupportedModelError)."""
     from .arch import UnsupportedModelError
 
     name = name.removeprefix(TORCHVISION_PREFIX)
@@ -55,7 +56,7 @@ def check_torchvision(name: str, **kwargs: Any) -> None:
     except (TypeError, ValueError, AssertionError) as err:  # settings the builder refuses
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"tv:{name} cannot be built with {kwargs}: {first}") from None
-    if model is None or not _has_adapter(model):
+    if require_adapter and (model is None or not _has_adapter(model)):
         what = f" ({type(model).__name__})" if model is not None else ""
         raise UnsupportedModelError(
             f"tv:{name}{what} has no dcvit adapter: dcvit compresses vision transformers; {_supported_line()}"
@@ -127,7 +128,7 @@ def _torchvision_data_config(name: str, model: nn.Module) -> dict[str, Any]:
     torchvision's default weights' preprocessing (ImageNet statistics and crop when it has none)."""
     import torchvision
 
-    from .arch import get_adapter
+    from .arch import UnsupportedModelError, get_adapter
 
     cfg = {"input_size": (3, 224, 224), "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "crop_pct": 0.875}
     cfg["interpolation"] = "bilinear"
@@ -138,7 +139,10 @@ def _torchvision_data_config(name: str, model: nn.Module) -> dict[str, Any]:
         cfg["interpolation"] = t.interpolation.value
     except (AttributeError, IndexError, TypeError, ValueError):  # no weights, or another kind of transforms
         pass
-    size = get_adapter(model).input_size(model)
+    try:
+        size = get_adapter(model).input_size(model)
+    except UnsupportedModelError:  # a model dcvit only counts (require_adapter=False): the weights' size stands
+        size = None
     if size:
         cfg["input_size"] = tuple(size)
     return cfg
@@ -167,13 +171,14 @@ def _has_local_weights(name: str) -> bool:
     return bool(cfg is not None and cfg.file and Path(cfg.file).is_file())
 
 
-def resolve_model(name_or_dir: str, weights: str = "auto") -> nn.Module:
+def resolve_model(name_or_dir: str, weights: str = "auto", require_adapter: bool = True) -> nn.Module:
     """A saved model directory, or a model name.
 
     weights: "auto" loads pretrained weights only when they are on disk (the shipped models) and uses
     random init otherwise (enough for MACs, planning and latency); "pretrained" asks timm/torchvision
     for them (network or cache) and fails with a clear error when they cannot be had (compressing or
-    evaluating random weights is pointless); "random" never loads any.
+    evaluating random weights is pointless); "random" never loads any. require_adapter=False also takes
+    torchvision models that no dcvit adapter accepts (a ResNet for `dcvit macs`, which counts any model).
     """
     path = Path(name_or_dir)
     try:
@@ -189,11 +194,11 @@ def resolve_model(name_or_dir: str, weights: str = "auto") -> nn.Module:
             f"'tv:NAME' for torchvision, nor a saved model directory"
         )
     if name_or_dir.startswith(TORCHVISION_PREFIX):
-        check_torchvision(name_or_dir)  # unknown or unsupported: one line, before any download attempt
+        check_torchvision(name_or_dir, require_adapter)  # unknown or unsupported: one line, before any download
     local = not name_or_dir.startswith(TORCHVISION_PREFIX) and _has_local_weights(name_or_dir)
     if weights == "pretrained" or (weights == "auto" and local):
         try:
-            return create_model(name_or_dir, pretrained=True)
+            return create_model(name_or_dir, pretrained=True, require_adapter=require_adapter)
         except Exception as err:  # no network, no cache, or shipped weights not trained yet
             if weights == "pretrained":
                 raise ValueError(
@@ -205,4 +210,4 @@ def resolve_model(name_or_dir: str, weights: str = "auto") -> nn.Module:
                 f"using random init",
                 file=sys.stderr,
             )
-    return create_model(name_or_dir, pretrained=False)
+    return create_model(name_or_dir, pretrained=False, require_adapter=require_adapter)

@@ -111,3 +111,11 @@ def test_cascade_refuses_a_saver_with_other_classes(capsys, tmp_path):
     code, _, err = run_cli(capsys, "cascade", "--big", "fmnist_vit12", "--savers", str(saver))
     assert code == 2 and "predicts 5 classes; the big model predicts 10" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_macs_counts_a_model_without_adapter(capsys):
+    """`dcvit macs` counts any model: a torchvision ResNet has no adapter, so it gets a total without blocks."""
+    code, out, err = run_cli(capsys, "macs", "--model", "tv:resnet18", "--json")
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["attn"] is None and abs(got["total"] - 1.819e9) < 0.01e9  # torchvision: 1.81 GFLOPS (multiply-adds)

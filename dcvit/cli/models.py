@@ -13,7 +13,7 @@ def run_macs(args) -> None:
     from ..factory import resolve_model
     from ..macs import count_macs, default_input_size, macs_profile
 
-    model = resolve_model(args.model)
+    model = resolve_model(args.model, require_adapter=False)  # any model has a total
     try:
         profile = macs_profile(model, args.input_size)
     except UnsupportedModelError as err:  # any model has a total; only adapters know its blocks
