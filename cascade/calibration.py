@@ -239,15 +239,16 @@ def certify(
     settings = committee_settings(len(probs), committee)
     share = delta / (len(settings) * families)
     big_right = probs[-1].argmax(dim=1) == labels
+    answers = {flags: conf_correct(committee_probs(probs, flags), labels) for flags in settings}
     found: Certificate | None = None
-    for flags in settings:
-        conf, correct = conf_correct(committee_probs(probs, flags), labels)
+    for flags, (conf, correct) in answers.items():
         cert = certify_path(walk_path(conf, correct, big_right, costs), flags, eps, share)
         if cert is not None and (found is None or cert.cost < found.cost):
             found = cert
     flags = found.committee if found else (False,) * len(probs)
     thresholds = (found.threshold if found else 1.0,) * (len(probs) - 1)
-    conf, correct = conf_correct(committee_probs(probs, flags), labels)
+    # the chosen setting's answers, computed once above (the fallback's all-off setting may not have been walked)
+    conf, correct = answers.get(flags) or conf_correct(probs, labels)
     n = labels.numel()
     n_correct, _, stats = _evaluate(conf, correct, costs, thresholds)
     if found:

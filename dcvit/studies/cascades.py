@@ -9,7 +9,7 @@ measured throughput. The test split never drives a choice.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from itertools import combinations
 
 import torch
@@ -186,26 +186,6 @@ def measure_cascade(
 def first_images(test, images: int) -> torch.Tensor:
     """The first `images` test images, stacked: what cascades are timed on."""
     return torch.stack([test[i][0] for i in range(min(images, len(test)))])
-
-
-def time_options(
-    options: Sequence[CascadeOption],
-    models: Mapping[str, nn.Module],
-    costs: Mapping[str, float],
-    test,
-    images: int = 2000,
-    batch_size: int = 256,
-    repeats: int = 7,
-) -> list[CascadeOption]:
-    """The options, the first (best) of each shape (its kinds, e.g. companion / compressed / teacher) with
-    its throughput measured on the first `images` test images, all in one interleaved run; timing every
-    option would cost minutes for numbers nobody chooses by."""
-    best = {}
-    for o in options:
-        best.setdefault(o.kinds, o)
-    chains = {o.name: (o.members, o.calibration.thresholds) for o in best.values()}
-    speed = time_cascades(models, chains, first_images(test, images), batch_size, costs, repeats)
-    return [replace(o, speed=speed[o.name]) if best.get(o.kinds) is o else o for o in options]
 
 
 def options_markdown(cascades: list[dict], savers: list[dict]) -> str:
