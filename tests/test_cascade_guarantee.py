@@ -214,3 +214,22 @@ def test_bench_guarantee_runs_on_saved_records(tmp_path):
     rows = json.loads((out / "guarantee.json").read_text())["rows"]
     assert {r["rule"] for r in rows} == set(bench.RULES) and all(r["draws"] == 4 for r in rows)
     assert (out / "guarantee.png").stat().st_size > 0 and "| off | yes |" in (out / "guarantee.md").read_text()
+
+
+def test_bench_own_family_prints_an_oracle_bound(tmp_path, capsys):
+    """tools/bench_own_family.py: a member that equals the teacher can save exactly its cost's complement."""
+    import importlib.util
+    from pathlib import Path
+
+    from dcvit.studies.guaranteed import save_records
+
+    spec = importlib.util.spec_from_file_location("own", Path(__file__).parents[1] / "tools/bench_own_family.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    probs, labels = _population(200, gain=0.0, seed=2)
+    recs = {n: cascade.Recorded(p, labels) for n, p in {"big": probs[1], "copy": probs[1].clone()}.items()}
+    path = save_records(tmp_path / "r.safetensors", {"calibration": recs, "test": recs},
+                        {"big": 10.0, "copy": 4.0}, {"big": "teacher", "copy": "compressed"})  # fmt: skip
+    assert bench.main(["--records", str(path), "--eps", "0"]) == 0
+    row = capsys.readouterr().out.splitlines()[1].split()
+    assert row[0] == "copy" and row[2] == "0.00%" and row[3] == "60.0%"
