@@ -7,7 +7,7 @@
 
 The members' own format is the caller's (this package depends on torch only), so `save` takes a
 save_member(module, folder) function and `load` a load_member(folder) -> module one; dcvit passes its
-pickle-free model files (dcvit.studies.shipping). The folder is written atomically: everything goes into a
+pickle-free model files (dcvit.cascade_files). The folder is written atomically: everything goes into a
 temporary folder next to the destination, which is renamed into place only when complete, so an error
 never leaves half a cascade (a cascade already there is kept until the new one is whole). A save killed
 outright leaves its temporary folder; the next save of that path removes it (cascade.scratch says how it

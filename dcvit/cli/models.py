@@ -117,9 +117,9 @@ def run_eval(args) -> None:
     import cascade
 
     from ..data import eval_transform, load_dataset
+    from ..evaluate import check_classes, evaluate, loader_for, throughput
     from ..factory import resolve_model
     from ..macs import count_macs, default_input_size
-    from ..studies.evaluate import check_classes, evaluate, loader_for, throughput
 
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise ValueError("--batch-size and --limit must be positive integers")
@@ -152,9 +152,9 @@ def run_eval(args) -> None:
 
 def _eval_cascade(args) -> None:
     """`dcvit eval` on a cascade folder (written by `dcvit cascade --out`, or cascade.save)."""
+    from ..cascade_files import load_cascade
     from ..data import eval_transform, load_dataset
-    from ..studies.evaluate import check_classes, loader_for
-    from ..studies.shipping import evaluate_cascade, load_cascade
+    from ..evaluate import check_classes, evaluate_cascade, loader_for
 
     if args.input_size is not None:
         raise ValueError("--input-size does not apply to a cascade: its input is fixed in its cascade.json")

@@ -16,9 +16,11 @@ from pathlib import Path
 from scipy.stats import spearmanr
 from torch.utils.data import Subset
 
+from ..cascade_files import save_cascade
 from ..config import BLOCK_DROP, CompressConfig
 from ..data import CALIBRATION_SIZE, eval_transform, few_shot_subset, load_dataset, unlabeled_subset
 from ..driver import compress_family, trial_key
+from ..evaluate import evaluate, loader_for
 from ..factory import resolve_model
 from ..macs import count_macs
 from ..mimic import refine
@@ -28,10 +30,8 @@ from ..workspace import Workspace
 from .cascades import compare_cascades, first_images, time_cascades
 from .companions import cascade_study
 from .demo_report import REFINED, markdown, summary_table
-from .evaluate import evaluate, loader_for
 from .guaranteed import best, guaranteed_cascades, save_records, timing_chains, with_speed
 from .plots import accuracy_vs_macs, cascade_curves, metric_vs_error
-from .shipping import save_cascade
 
 TEACHER = "fmnist_vit12"
 COMPANIONS = ("fmnist_vit_tiny", "fmnist_cnn")
