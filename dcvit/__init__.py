@@ -15,6 +15,7 @@ The public API (docs/method.md gives the equations, README.md the walk-through):
     evaluate, evaluate_cascade, loader_for    top-1 / top-5 on a dataset (a cascade: exits and MACs per image)
     save, load, create_model, resolve_model   pickle-free model files and models by name
     save_cascade, load_cascade                cascade folders of model files (cascade.json, one folder per member)
+    export                                    a model or cascade folder as pt2 / TorchScript / ONNX programs
     Adapter, register_adapter, get_adapter    support for another architecture
     log_to_stderr                             progress and status lines on stderr (the CLI's `dcvit: ...`)
     dcvit.scripts                             building blocks for compression scripts (the recipes use them)
@@ -64,11 +65,12 @@ _EXPORTS = {
     "calibration_indices": "data",
     "eval_transform": "data",
     "CALIBRATION_SIZE": "data",
-    "evaluate": "evaluate",
-    "evaluate_cascade": "evaluate",
-    "loader_for": "evaluate",
+    "evaluate": "evaluation",
+    "evaluate_cascade": "evaluation",
+    "loader_for": "evaluation",
     "load_cascade": "cascade_files",
     "save_cascade": "cascade_files",
+    "export": "exporting",
     "save": "files",
     "load": "files",
     "create_model": "factory",
@@ -90,7 +92,8 @@ if TYPE_CHECKING:  # the same names, imported for type checkers only (make lint 
         unlabeled_subset,
     )
     from .driver import CompressionResult, compress, compress_family, plan_for
-    from .evaluate import evaluate, evaluate_cascade, loader_for
+    from .evaluation import evaluate, evaluate_cascade, loader_for
+    from .exporting import export
     from .factory import create_model, resolve_model
     from .files import load, save
     from .macs import MacsProfile, count_macs, macs_profile

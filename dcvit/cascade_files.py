@@ -63,6 +63,12 @@ def load_member(folder: Path) -> nn.Module:
     if (folder / MODEL_SPEC).is_file():
         return load(folder)
     if not (folder / MEMBER).is_file():
+        programs = [name for name in cascade.programs.PROGRAMS.values() if (folder / name).is_file()]
+        if programs:
+            raise ModelFileError(
+                f"{folder} holds an exported program ({programs[0]}), not a dcvit model; read an exported folder "
+                f"with cascade.load or cascade.load_exported"
+            )
         raise ModelFileError(f"{folder} holds no dcvit model ({MODEL_SPEC} or {MEMBER})")
     name, kwargs, dtype = _read_member(folder / MEMBER)
     dtype = DTYPES[dtype or header_dtype(tensor_header(folder / WEIGHTS))]
@@ -149,16 +155,17 @@ def save_cascade(
     info: Mapping[str, Any] | None = None,
     kinds: Sequence[str] | None = None,
     committee: Sequence[bool] | None = None,
+    exit_fractions: Sequence[float] | None = None,
 ) -> Path:
     """Write a cascade folder of `models` (cheapest first, the big model, the teacher, last). Every member is
     fed the big model's preprocessing, as the cascade study calibrated them. kinds: teacher / compressed /
-    companion per member; default: the last is the teacher, others compressed when dcvit edited them."""
+    companion per member; default: the last is the teacher, others compressed when dcvit edited them.
+    exit_fractions: where samples left on some data (say which in info), for the expected MACs per image."""
     if kinds is None:
         kinds = [member_kind(m, teacher=i == len(models) - 1) for i, m in enumerate(models)]
     model = cascade.Cascade(models, thresholds, costs, committee)
-    return cascade.save(
-        path, model, save_member, preprocessing=preprocessing(models[-1]), names=names, kinds=kinds, info=info
-    )
+    options = dict(names=names, kinds=kinds, info=info, exit_fractions=exit_fractions)
+    return cascade.save(path, model, save_member, preprocessing=preprocessing(models[-1]), **options)
 
 
 def load_cascade(path: str | Path) -> cascade.Cascade:

@@ -155,6 +155,9 @@ CORRUPTIONS = [
     ("preprocessing.input_size", [1, 3], "'input_size' must be 3 positive integers"),
     ("preprocessing.mean", [0.5, 0.5], "'mean' must be 1 number(s)"),
     ("format", "dcvit-model", "not a cascade file"),
+    ("exit_fractions", [0.5, 0.5], "field 'exit_fractions' must be 3 numbers in [0, 1]"),
+    ("exit_fractions", [0.5, 0.6, -0.1], "field 'exit_fractions' must be 3 numbers in [0, 1]"),
+    ("exit_fractions", [0.5, 0.2, 0.2], "field 'exit_fractions' must sum to 1"),
 ]
 
 

@@ -18,7 +18,7 @@ from torch.utils.data import Subset
 import cascade
 
 from ..data import CALIBRATION_SIZE, calibration_indices, eval_transform, load_dataset
-from ..evaluate import check_classes, loader_for
+from ..evaluation import check_classes, loader_for
 from ..macs import count_macs, default_input_size
 from ..progress import progress as progress_bar
 from .cascades import first_images, time_cascades

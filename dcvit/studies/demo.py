@@ -20,7 +20,7 @@ from ..cascade_files import save_cascade
 from ..config import BLOCK_DROP, CompressConfig
 from ..data import CALIBRATION_SIZE, eval_transform, few_shot_subset, load_dataset, unlabeled_subset
 from ..driver import compress_family, trial_key
-from ..evaluate import evaluate, loader_for
+from ..evaluation import evaluate, loader_for
 from ..factory import resolve_model
 from ..macs import count_macs
 from ..mimic import refine
@@ -149,6 +149,7 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings = DemoSetting
         info={"chosen_by": "cheapest certified cascade, any scope, eps 0", "report": chosen.as_json()},
         kinds=list(chosen.kinds[-1:] if cal.fallback else chosen.kinds),
         committee=None if cal.fallback else cal.committee,
+        exit_fractions=None if cal.fallback else cal.test_exit_ratios,  # on the test split (info: report)
     )
     _log(f"chosen cascade {' -> '.join(chosen.members)} written to {shipped} (`dcvit eval --model {shipped}`)")
     drop_top1 = [

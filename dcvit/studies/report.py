@@ -173,7 +173,11 @@ def save_study_cascade(
         },
     }
     costs = [study.costs[n] for n in names]
-    return save_cascade(path, [models[n] for n in names], cal.thresholds, costs, names, info, committee=cal.committee)
+    fractions = cal.test_exit_ratios or None  # measured on the test split (info["test"])
+    members = [models[n] for n in names]
+    return save_cascade(
+        path, members, cal.thresholds, costs, names, info, committee=cal.committee, exit_fractions=fractions
+    )
 
 
 def guarantee_sentence(cal: cascade.Calibration) -> str:
