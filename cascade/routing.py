@@ -124,7 +124,7 @@ class Cascade(nn.Module):
     """
 
     # Python-only parts, left out by torch.jit.script (the routing reads the list attributes below).
-    __jit_unused_properties__ = ["thresholds", "last_stats", "total_stats"]
+    __jit_unused_properties__ = ["thresholds", "committee", "last_stats", "total_stats"]
     __jit_ignored_attributes__ = ["spec", "pretrained_cfg"]
     _threshold_list: list[float]
     _committee_list: list[bool]
@@ -149,8 +149,7 @@ class Cascade(nn.Module):
         self.models = nn.ModuleList(models)
         self.thresholds = thresholds  # validated by the property setter
         self.costs = check_costs(costs, len(models))
-        self.committee = check_committee(committee, len(models))
-        self._committee_list = list(self.committee)
+        self.committee = committee  # validated by the property setter
         self._last_counts = None
         self._total_counts = [0] * len(models)
         self.spec = None  # set by cascade.load: names, kinds, MACs and preprocessing of the members
@@ -163,6 +162,14 @@ class Cascade(nn.Module):
     def thresholds(self, value: Sequence[float]) -> None:
         # Settable so a calibrated Calibration.thresholds can be dropped in without rebuilding the module.
         self._threshold_list = list(check_thresholds(value, len(self.models)))
+
+    @property
+    def committee(self) -> tuple[bool, ...]:
+        return tuple(self._committee_list)
+
+    @committee.setter
+    def committee(self, value: Sequence[bool] | None) -> None:
+        self._committee_list = list(check_committee(value, len(self.models)))
 
     def extra_repr(self) -> str:
         extra = f", committee={self.committee}" if any(self.committee) else ""

@@ -320,3 +320,4 @@ def test_cascade_command_writes_a_cascade_that_eval_reproduces(capsys, tmp_path)
     got = run_json(capsys, "eval", "--model", out / "cascade", "--data", data, "--json", "--quiet")
     assert got["top1"] == study["test_accuracy"] and got["macs_per_image"] == pytest.approx(study["test_avg_macs"])
     assert 0 < got["exit_fractions"][0] < 1  # the saver answers some test images, the big model the others
+    assert list(spec.exit_fractions) == got["exit_fractions"]  # recorded for `dcvit macs`: the test split's
