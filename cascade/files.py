@@ -7,7 +7,8 @@
 
 The members' own format is the caller's (this package depends on torch only), so `save` takes a
 save_member(module, folder) function and `load` a load_member(folder) -> module one; dcvit passes its
-pickle-free model files (dcvit.studies.shipping). The folder is written atomically: everything goes into a
+pickle-free model files (dcvit.cascade_files). Without one, `load` reads program files (cascade.programs:
+torch.export, TorchScript, ONNX) and dcvit's model files, importing dcvit only for those. The folder is written atomically: everything goes into a
 temporary folder next to the destination, which is renamed into place only when complete, so an error
 never leaves half a cascade (a cascade already there is kept until the new one is whole). A save killed
 outright leaves its temporary folder; the next save of that path removes it (cascade.scratch says how it
@@ -74,10 +75,23 @@ class CascadeSpec:
     preprocessing: dict[str, Any]
     info: dict[str, Any]
     committee: tuple[bool, ...] = ()  # one flag per member (cascade.routing.Committee); () reads as all false
+    exit_fractions: tuple[float, ...] | None = None  # where samples left, as measured (on data named in info)
 
     @property
     def costs(self) -> tuple[float, ...]:
         return tuple(m.macs for m in self.members)
+
+    @property
+    def expected_macs(self) -> float | None:
+        """MACs per sample at the recorded exit fractions (a member runs on every sample not answered before
+        it), or None when the folder records none."""
+        if self.exit_fractions is None:
+            return None
+        left, total = 1.0, 0.0
+        for member, answered in zip(self.members, self.exit_fractions):
+            total += left * member.macs
+            left -= answered
+        return total
 
 
 def save(
@@ -89,12 +103,15 @@ def save(
     names: Sequence[str] | None = None,
     kinds: Sequence[str] | None = None,
     info: Mapping[str, Any] | None = None,
+    exit_fractions: Sequence[float] | None = None,
 ) -> Path:
     """Write `model` (a Cascade with costs) to folder `path`; returns the path.
 
     save_member(module, folder) must create `folder` and write one member there. preprocessing: the input
     the members expect (keys of PREPROCESSING_KEYS; input_size (C, H, W) required). names: one per member
     (default member0, ...); kinds: one of KINDS per member (default: companions, then the teacher last).
+    exit_fractions: optional, the fraction of samples each member answered on some data (say which in
+    info); they give the cascade's expected MACs per sample (CascadeSpec.expected_macs).
     A folder already at `path` is replaced only if it is empty or a cascade folder.
     """
     if not isinstance(model, Cascade):
@@ -120,6 +137,8 @@ def save(
         "preprocessing": _jsonable(dict(preprocessing)),
         "info": _jsonable(dict(info or {})),
     }
+    if exit_fractions is not None:
+        spec["exit_fractions"] = [float(f) for f in exit_fractions]
     parse_spec(spec, "cascade to save")  # what load would refuse is refused before writing anything
     path = Path(path)
     check_replaceable(path)
@@ -137,11 +156,15 @@ def save(
     return path
 
 
-def load(path: str | os.PathLike, load_member: Callable[[Path], nn.Module]) -> Cascade:
+def load(path: str | os.PathLike, load_member: Callable[[Path], nn.Module] | None = None) -> Cascade:
     """The Cascade saved in folder `path`, members read by load_member(folder), in eval mode. Its `spec`
-    attribute holds the checked cascade.json (CascadeSpec: names, kinds, MACs, preprocessing, info)."""
+    attribute holds the checked cascade.json (CascadeSpec: names, kinds, MACs, preprocessing, info).
+    The default load_member (cascade.programs.load_member) reads exported programs (`dcvit export`) with torch
+    alone, and dcvit's model files with dcvit, imported then (dcvit.load_cascade also checks their MACs)."""
     path = Path(path)
     spec = read_spec(path)
+    if load_member is None:
+        from .programs import load_member  # imported here: programs reads errors from this module
     models = []
     for m in spec.members:
         folder = path / m.folder
@@ -208,7 +231,9 @@ def parse_spec(raw: Any, where: str) -> CascadeSpec:
         )
     thresholds = tuple(_threshold(t, i, fail) for i, t in enumerate(raw["thresholds"]))
     committee = _committee(raw, len(members), version, fail)
-    return CascadeSpec(thresholds, members, _preprocessing(raw["preprocessing"], fail), raw["info"], committee)
+    fractions = _exit_fractions(raw.get("exit_fractions"), len(members), fail)
+    preprocessing = _preprocessing(raw["preprocessing"], fail)
+    return CascadeSpec(thresholds, members, preprocessing, raw["info"], committee, fractions)
 
 
 def check_replaceable(path: str | os.PathLike) -> None:
@@ -266,6 +291,17 @@ def _committee(raw: dict, n: int, version: int, fail) -> tuple[bool, ...]:
     if flags and flags[0]:
         raise fail("committee[0] must be false: nothing runs before the first member")
     return tuple(flags)
+
+
+def _exit_fractions(value: Any, n: int, fail) -> tuple[float, ...] | None:
+    """Optional: n numbers in [0, 1] that sum to 1 (every sample leaves at exactly one member)."""
+    if value is None:
+        return None
+    if not (isinstance(value, list) and len(value) == n and all(_number(f) and 0 <= f <= 1 for f in value)):
+        raise fail(f"field 'exit_fractions' must be {n} numbers in [0, 1] (one per member), not {_short(value)}")
+    if abs(sum(value) - 1) > 1e-6:
+        raise fail(f"field 'exit_fractions' must sum to 1 (every sample leaves at one member), not {sum(value):.6g}")
+    return tuple(float(f) for f in value)
 
 
 def _preprocessing(raw: dict, fail) -> dict[str, Any]:

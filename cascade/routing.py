@@ -3,10 +3,10 @@
 Model 1 sees the whole batch; a sample leaves the cascade at the first stage whose confidence
 (max softmax) is >= that stage's threshold, otherwise the next, larger model runs on it. The last
 model always answers. Routing uses boolean masks and index_select only: there is no loop over samples,
-so a batch of 256 costs one call per stage, not 256.
+so a batch of 256 costs one call per stage, not 256. torch.jit.script compiles a Cascade (routing and committee
+exit) when its members are scriptable; this module has no `from __future__ import annotations`, since TorchScript
+reads the annotations as types.
 """
-
-from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +33,7 @@ class CascadeStats:
     n: int
 
     @classmethod
-    def from_counts(cls, exit_counts: Sequence[int], costs: Sequence[float] | None = None) -> CascadeStats:
+    def from_counts(cls, exit_counts: Sequence[int], costs: Sequence[float] | None = None) -> "CascadeStats":
         counts = tuple(int(c) for c in exit_counts)
         n = sum(counts)
         # A sample answered by model i ran models 0..i, so model i ran on everything not answered before it.
@@ -55,31 +55,37 @@ class Committee:
     """The committee exit along one pass (cascade.guarantee): the running sum of the float32 softmax of every
     member that ran on each undecided row. At a stage with the committee on, the answer is the mean of those
     probabilities, returned as its log (a valid logit row: its softmax is the mean) and routed on its max.
-    Summed in stage order and divided once, as cascade.guarantee.committee_probs does in calibration."""
+    Summed in stage order and divided once, as cascade.guarantee.committee_probs does in calibration.
+    TorchScript compiles this class with Cascade.forward (typed attributes, no refinement of attributes)."""
 
-    def __init__(self, flags: Sequence[bool]):
-        self.flags = tuple(flags)
-        self.running: torch.Tensor | None = None
+    def __init__(self, flags: list[bool]):
+        self.flags = flags
+        self.on = any(flags)
+        self.running = torch.jit.annotate(torch.Tensor | None, None)  # the type TorchScript needs
 
     def answer(self, i: int, logits: torch.Tensor) -> torch.Tensor:
         """Stage i's answer logits for its rows (all rows still undecided), updating the running sum."""
-        if not any(self.flags):
+        if not self.on:
             return logits
         probs = torch.softmax(logits.float(), dim=-1)
-        self.running = probs if self.running is None else self.running + probs
-        return (self.running / (i + 1)).log() if self.flags[i] else logits
+        running = self.running
+        running = probs if running is None else running + probs
+        self.running = running
+        return (running / (i + 1)).log() if self.flags[i] else logits
 
     def exits(self, i: int, logits: torch.Tensor, threshold: float) -> torch.Tensor:
         """The rows that leave at stage i (logits: what answer() returned): the committee's mean probability
         is compared as it is, not through a softmax of its log, so routing matches calibration bit for bit."""
-        if self.flags[i]:
-            return (self.running / (i + 1)).amax(dim=-1) >= threshold
+        running = self.running
+        if self.flags[i] and running is not None:
+            return (running / (i + 1)).amax(dim=-1) >= threshold
         return confident(logits, threshold)
 
     def keep(self, rows: torch.Tensor) -> None:
         """Only `rows` go on to the next stage."""
-        if self.running is not None:
-            self.running = self.running.index_select(0, rows)
+        running = self.running
+        if running is not None:
+            self.running = running.index_select(0, rows)
 
 
 def check_committee(committee: Sequence[bool] | None, n_models: int) -> tuple[bool, ...]:
@@ -111,7 +117,19 @@ class Cascade(nn.Module):
     until `reset_stats()`. `spec` is None, or for a cascade read by cascade.load its checked cascade.json.
     Call it in eval mode under torch.no_grad()/inference_mode for inference;
     the cascade does not switch modes itself, as that is the caller's decision.
+
+    torch.jit.script(cascade) compiles the routing with the members when every member is scriptable; the
+    scripted module answers as this one does and keeps its exit counts in `_last_counts` / `_total_counts`
+    (the statistics properties are Python only).
     """
+
+    # Python-only parts, left out by torch.jit.script (the routing reads the list attributes below).
+    __jit_unused_properties__ = ["thresholds", "committee", "last_stats", "total_stats"]
+    __jit_ignored_attributes__ = ["spec", "pretrained_cfg"]
+    _threshold_list: list[float]
+    _committee_list: list[bool]
+    _last_counts: list[int] | None
+    _total_counts: list[int]
 
     def __init__(
         self,
@@ -131,76 +149,101 @@ class Cascade(nn.Module):
         self.models = nn.ModuleList(models)
         self.thresholds = thresholds  # validated by the property setter
         self.costs = check_costs(costs, len(models))
-        self.committee = check_committee(committee, len(models))
-        self.last_stats: CascadeStats | None = None
+        self.committee = committee  # validated by the property setter
+        self._last_counts = None
         self._total_counts = [0] * len(models)
         self.spec = None  # set by cascade.load: names, kinds, MACs and preprocessing of the members
 
     @property
     def thresholds(self) -> tuple[float, ...]:
-        return self._thresholds
+        return tuple(self._threshold_list)
 
     @thresholds.setter
     def thresholds(self, value: Sequence[float]) -> None:
         # Settable so a calibrated Calibration.thresholds can be dropped in without rebuilding the module.
-        self._thresholds = check_thresholds(value, len(self.models))
+        self._threshold_list = list(check_thresholds(value, len(self.models)))
+
+    @property
+    def committee(self) -> tuple[bool, ...]:
+        return tuple(self._committee_list)
+
+    @committee.setter
+    def committee(self, value: Sequence[bool] | None) -> None:
+        self._committee_list = list(check_committee(value, len(self.models)))
 
     def extra_repr(self) -> str:
         extra = f", committee={self.committee}" if any(self.committee) else ""
         return f"thresholds={self.thresholds}, costs={self.costs}{extra}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        device = x.device
+        # A loop over a ModuleList is unrolled by TorchScript, which allows no break in it: `done` stands in.
         n_models = len(self.models)
         exit_counts = [0] * n_models
         out: torch.Tensor | None = None
         idx: torch.Tensor | None = None  # rows of the batch still undecided; None means all of them
         xs = x
-        committee = Committee(self.committee)
+        done = False
+        committee = Committee(self._committee_list)
         for i, model in enumerate(self.models):
-            logits = model(xs)
-            if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != xs.shape[0]:
-                shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-                raise ValueError(
-                    f"models[{i}] must return B x num_classes logits for a batch of {xs.shape[0]}, got {shape}"
-                )
-            if out is not None and logits.shape[1] != out.shape[1]:
-                raise ValueError(
-                    f"models[{i}] returns {logits.shape[1]} classes but models[0] returns "
-                    f"{out.shape[1]}; all models must share the label space"
-                )
-            logits = committee.answer(i, logits.to(device))
-            if out is None:
-                out = logits
-            else:
-                dtype = torch.promote_types(out.dtype, logits.dtype)  # e.g. fp16 little, fp32 big
-                if out.dtype != dtype:
-                    out = out.to(dtype)
-                out.index_copy_(0, idx, logits.to(dtype))
-            if i == n_models - 1:
-                exit_counts[i] = logits.shape[0]  # the last model answers everything that reached it
-                break
-            go_on = ~committee.exits(i, logits, self.thresholds[i])
-            n_on = int(go_on.sum())  # one sync per stage, needed anyway to skip empty batches
-            exit_counts[i] = logits.shape[0] - n_on
-            if n_on == 0:
-                break  # never call a model on an empty batch
-            sel = go_on.nonzero().squeeze(1)
-            idx = sel if idx is None else idx.index_select(0, sel)
-            xs = xs.index_select(0, sel)
-            committee.keep(sel)
-            if out is logits:
-                out = out.clone()  # never write into the tensor the model returned
-        stats = CascadeStats.from_counts(exit_counts, self.costs)
-        self.last_stats = stats
-        self._total_counts = [a + b for a, b in zip(self._total_counts, exit_counts)]
+            if not done:
+                logits = model(xs)
+                _check_logits(i, logits, xs.shape[0], out)
+                logits = committee.answer(i, logits.to(x.device))
+                if out is None or idx is None:
+                    answer = logits
+                else:
+                    dtype = torch.promote_types(out.dtype, logits.dtype)  # e.g. fp16 little, fp32 big
+                    answer = out if out.dtype == dtype else out.to(dtype)
+                    answer.index_copy_(0, idx, logits.to(dtype))
+                if i == n_models - 1:
+                    exit_counts[i] = logits.shape[0]  # the last model answers everything that reached it
+                else:
+                    go_on = ~committee.exits(i, logits, self._threshold_list[i])
+                    n_on = int(go_on.sum())  # one sync per stage, needed anyway to skip empty batches
+                    exit_counts[i] = logits.shape[0] - n_on
+                    done = n_on == 0  # never call a model on an empty batch
+                    if not done:
+                        sel = go_on.nonzero().squeeze(1)
+                        idx = sel if idx is None else idx.index_select(0, sel)
+                        xs = xs.index_select(0, sel)
+                        committee.keep(sel)
+                        if answer is logits:
+                            answer = answer.clone()  # never write into the tensor the model returned
+                out = answer
+        self._last_counts = exit_counts
+        totals = self._total_counts
+        self._total_counts = [totals[i] + exit_counts[i] for i in range(n_models)]
+        assert out is not None  # the first member always runs
         return out
 
     @property
-    def total_stats(self) -> CascadeStats:
+    def last_stats(self) -> CascadeStats | None:
+        """Where the samples of the last call exited (None before the first call or after reset_stats())."""
+        counts = self._last_counts
+        return None if counts is None else CascadeStats.from_counts(counts, self.costs)
+
+    @property
+    def total_stats(self) -> "CascadeStats":
         """Statistics accumulated over every forward call since construction or reset_stats()."""
         return CascadeStats.from_counts(self._total_counts, self.costs)
 
     def reset_stats(self) -> None:
         self._total_counts = [0] * len(self.models)
-        self.last_stats = None
+        self._last_counts = None
+
+
+def _check_logits(i: int, logits: torch.Tensor, rows: int, first: torch.Tensor | None) -> None:
+    """Member i's output must be B x K logits for its `rows` inputs, with the first member's K."""
+    if not isinstance(logits, torch.Tensor):  # in Python only: TorchScript knows the member's output type
+        raise ValueError(
+            f"models[{i}] must return B x num_classes logits for a batch of {rows}, got {type(logits).__name__}"
+        )
+    if logits.dim() != 2 or logits.shape[0] != rows:
+        raise ValueError(
+            f"models[{i}] must return B x num_classes logits for a batch of {rows}, got {list(logits.shape)}"
+        )
+    if first is not None and logits.shape[1] != first.shape[1]:
+        raise ValueError(
+            f"models[{i}] returns {logits.shape[1]} classes but models[0] returns "
+            f"{first.shape[1]}; all models must share the label space"
+        )

@@ -30,7 +30,7 @@ def predict_staged(cascade: Cascade, inputs: torch.Tensor, batch_size: int = 256
     out: torch.Tensor | None = None
     undecided = torch.arange(len(inputs), device=inputs.device)
     exits = [0] * len(cascade.models)
-    committee = Committee(cascade.committee)
+    committee = Committee(list(cascade.committee))
     for i, model in enumerate(cascade.models):
         logits = committee.answer(i, _forward_in_batches(model, inputs.index_select(0, undecided), batch_size))
         if out is None:

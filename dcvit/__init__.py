@@ -12,8 +12,10 @@ The public API (docs/method.md gives the equations, README.md the walk-through):
       CompressConfig, CompressionResult
     refine, unlabeled_subset                  a compressed model refined as a cascade saver on more images (§9)
     few_shot_subset, load_dataset, ...        data: unlabeled shots, the calibration split, transforms
-    evaluate, loader_for                      top-1 / top-5 on a dataset
+    evaluate, evaluate_cascade, loader_for    top-1 / top-5 on a dataset (a cascade: exits and MACs per image)
     save, load, create_model, resolve_model   pickle-free model files and models by name
+    save_cascade, load_cascade                cascade folders of model files (cascade.json, one folder per member)
+    export                                    a model or cascade folder as pt2 / TorchScript / ONNX programs
     Adapter, register_adapter, get_adapter    support for another architecture
     log_to_stderr                             progress and status lines on stderr (the CLI's `dcvit: ...`)
     dcvit.scripts                             building blocks for compression scripts (the recipes use them)
@@ -63,8 +65,12 @@ _EXPORTS = {
     "calibration_indices": "data",
     "eval_transform": "data",
     "CALIBRATION_SIZE": "data",
-    "evaluate": "studies.evaluate",
-    "loader_for": "studies.evaluate",
+    "evaluate": "evaluation",
+    "evaluate_cascade": "evaluation",
+    "loader_for": "evaluation",
+    "load_cascade": "cascade_files",
+    "save_cascade": "cascade_files",
+    "export": "exporting",
     "save": "files",
     "load": "files",
     "create_model": "factory",
@@ -75,6 +81,7 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # the same names, imported for type checkers only (make lint runs mypy on this face)
     from .arch import Adapter, MlpParts, UnsupportedModelError, get_adapter, register_adapter
+    from .cascade_files import load_cascade, save_cascade
     from .config import ABLATIONS, BLOCK_DROP, CompressConfig
     from .data import (
         CALIBRATION_SIZE,
@@ -85,6 +92,8 @@ if TYPE_CHECKING:  # the same names, imported for type checkers only (make lint 
         unlabeled_subset,
     )
     from .driver import CompressionResult, compress, compress_family, plan_for
+    from .evaluation import evaluate, evaluate_cascade, loader_for
+    from .exporting import export
     from .factory import create_model, resolve_model
     from .files import load, save
     from .macs import MacsProfile, count_macs, macs_profile
@@ -93,7 +102,6 @@ if TYPE_CHECKING:  # the same names, imported for type checkers only (make lint 
     from .planning import Plan, SearchPlan, plan, plan_block_drop
     from .progress import log_to_stderr
     from .structures import Structure, register_structure
-    from .studies.evaluate import evaluate, loader_for
     from .surgery import MlpOnlyBlock, apply_plan, drop_blocks
 
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""Cascades that ship (cascade/files.py, cascade/export.py, dcvit/studies/shipping.py): folders written
+"""Cascades that ship (cascade/files.py, cascade/export.py, dcvit/cascade_files.py): folders written
 atomically and read back equal, untrusted cascade.json refused in one line, per-member export that routes as
 the eager cascade, and `dcvit cascade --out` / `dcvit eval` on a cascade folder. Tiny random models only."""
 
@@ -19,7 +19,6 @@ from torch import nn
 import cascade
 import dcvit
 from dcvit.cli import main
-from dcvit.studies import shipping
 
 
 # --- torch-only members: a fake save/load pair ------------------------------------------------------
@@ -156,6 +155,9 @@ CORRUPTIONS = [
     ("preprocessing.input_size", [1, 3], "'input_size' must be 3 positive integers"),
     ("preprocessing.mean", [0.5, 0.5], "'mean' must be 1 number(s)"),
     ("format", "dcvit-model", "not a cascade file"),
+    ("exit_fractions", [0.5, 0.5], "field 'exit_fractions' must be 3 numbers in [0, 1]"),
+    ("exit_fractions", [0.5, 0.6, -0.1], "field 'exit_fractions' must be 3 numbers in [0, 1]"),
+    ("exit_fractions", [0.5, 0.2, 0.2], "field 'exit_fractions' must sum to 1"),
 ]
 
 
@@ -236,10 +238,10 @@ def test_round_trip_with_dcvit_members(tmp_path):
     models = dcvit_members()
     x = torch.randn(64, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     thresholds = medians(models, x)
-    path = shipping.save_cascade(tmp_path / "c", models, thresholds, macs(models), ["fmnist_cnn", "vit-d1", "vit"])
+    path = dcvit.save_cascade(tmp_path / "c", models, thresholds, macs(models), ["fmnist_cnn", "vit-d1", "vit"])
     assert (path / "stage0-fmnist_cnn" / "member.json").is_file()  # no adapter: saved by name
     assert (path / "stage2-vit" / "spec.json").is_file()  # dcvit.save
-    loaded = shipping.load_cascade(path)
+    loaded = dcvit.load_cascade(path)
     assert [m.kind for m in loaded.spec.members] == ["companion", "compressed", "teacher"]
     assert loaded.spec.preprocessing["input_size"] == [1, 16, 16]
     assert dcvit.eval_transform(loaded) is not None and loaded.pretrained_cfg["input_size"] == (1, 16, 16)
@@ -251,15 +253,15 @@ def test_round_trip_with_dcvit_members(tmp_path):
 
 
 def test_untrusted_member_json_is_refused(tmp_path):
-    path = shipping.save_cascade(tmp_path / "c", dcvit_members(), [0.2, 0.25], [1, 3, 5], ["cnn", "d1", "vit"])
+    path = dcvit.save_cascade(tmp_path / "c", dcvit_members(), [0.2, 0.25], [1, 3, 5], ["cnn", "d1", "vit"])
     member = path / "stage0-cnn" / "member.json"
     spec = json.loads(member.read_text())
     member.write_text(json.dumps({**spec, "kwargs": {"checkpoint_path": "/tmp/evil.pth"}}))
     with pytest.raises(ValueError, match="checkpoint_path.*not accepted"):
-        shipping.load_cascade(path)
+        dcvit.load_cascade(path)
     member.write_text(json.dumps({**spec, "kwargs": {"num_classes": 7}}))
     with pytest.raises(ValueError, match="does not match fmnist_cnn"):
-        shipping.load_cascade(path)
+        dcvit.load_cascade(path)
 
 
 # --- the command line ------------------------------------------------------------------------------
@@ -285,7 +287,7 @@ def test_eval_on_a_cascade_folder(capsys, tmp_path):
     loader = dcvit.loader_for(dcvit.load_dataset(data, transform=dcvit.eval_transform(models[-1])), 7)
     thresholds = medians(models, torch.cat([x for x, _ in loader]))
     costs = macs(models)
-    path = shipping.save_cascade(tmp_path / "c", models, thresholds, costs, ["cnn", "d1", "vit"])
+    path = dcvit.save_cascade(tmp_path / "c", models, thresholds, costs, ["cnn", "d1", "vit"])
     got = run_json(capsys, "eval", "--model", path, "--data", data, "--json", "--quiet", "--batch-size", "7")
     reference = cascade.Cascade(models, thresholds, costs)
     with torch.no_grad():
@@ -318,3 +320,4 @@ def test_cascade_command_writes_a_cascade_that_eval_reproduces(capsys, tmp_path)
     got = run_json(capsys, "eval", "--model", out / "cascade", "--data", data, "--json", "--quiet")
     assert got["top1"] == study["test_accuracy"] and got["macs_per_image"] == pytest.approx(study["test_avg_macs"])
     assert 0 < got["exit_fractions"][0] < 1  # the saver answers some test images, the big model the others
+    assert list(spec.exit_fractions) == got["exit_fractions"]  # recorded for `dcvit macs`: the test split's

@@ -15,7 +15,7 @@ from PIL import Image
 
 import dcvit
 from dcvit.data import FMNIST_CLASSES, load_dataset
-from dcvit.studies.evaluate import check_classes
+from dcvit.evaluation import check_classes
 
 
 def folder(root, names, per_class=2):
@@ -73,7 +73,7 @@ def test_without_names_the_sorted_order_is_said(tmp_path):
 
 
 def test_eval_scores_named_folders_by_the_models_classes(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr("dcvit.studies.evaluate.throughput", lambda *args, **kwargs: 1.0)
+    monkeypatch.setattr("dcvit.evaluation.throughput", lambda *args, **kwargs: 1.0)
     model = named(tiny_vit(depth=1))
     with torch.no_grad():  # always class 9, Ankle boot
         model.head.weight.zero_(), model.head.bias.fill_(-10.0), model.head.bias[9].fill_(10.0)

@@ -59,7 +59,7 @@ def no_slow_work(monkeypatch):
 
 @pytest.fixture
 def fast_throughput(monkeypatch):
-    monkeypatch.setattr("dcvit.studies.evaluate.throughput", lambda *args, **kwargs: 1.0)
+    monkeypatch.setattr("dcvit.evaluation.throughput", lambda *args, **kwargs: 1.0)
 
 
 # --- 1. a dataset with more classes than the model -------------------------------------------------

@@ -41,7 +41,7 @@ def model(tmp_path_factory):
 
 @pytest.fixture
 def fast_throughput(monkeypatch):
-    monkeypatch.setattr("dcvit.studies.evaluate.throughput", lambda *args, **kwargs: 1.0)
+    monkeypatch.setattr("dcvit.evaluation.throughput", lambda *args, **kwargs: 1.0)
 
 
 def png(path, value=7):

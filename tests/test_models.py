@@ -8,7 +8,7 @@ import torch
 
 import dcvit
 from dcvit.data import eval_transform, load_dataset
-from dcvit.studies.evaluate import evaluate, loader_for
+from dcvit.evaluation import evaluate, loader_for
 
 
 @pytest.fixture(autouse=True)

@@ -144,7 +144,7 @@ def fmnist_root(root, images=None, labels=None, gz=False):
 
 
 def test_a_good_small_fashion_mnist_root_evaluates(capsys, tmp_path, models, monkeypatch):
-    monkeypatch.setattr("dcvit.studies.evaluate.throughput", lambda *args, **kwargs: 1.0)  # 2 s of timing
+    monkeypatch.setattr("dcvit.evaluation.throughput", lambda *args, **kwargs: 1.0)  # 2 s of timing
     root = fmnist_root(tmp_path / "fm", gz=True)
     code, out, err = run_cli(capsys, "eval", "--model", models[0], "--data", f"fashion-mnist:{root}", "--quiet")
     assert code == 0 and "(3 images)" in out, err
@@ -196,7 +196,7 @@ def test_huge_counts_are_refused_before_any_work(capsys, models, monkeypatch, ar
 
 def test_eval_times_no_larger_a_batch_than_the_data(capsys, models, images, monkeypatch):
     timed = []
-    monkeypatch.setattr("dcvit.studies.evaluate.throughput", lambda model, size, batch: timed.append(batch) or 1.0)
+    monkeypatch.setattr("dcvit.evaluation.throughput", lambda model, size, batch: timed.append(batch) or 1.0)
     code, out, err = run_cli(capsys, "eval", "--model", models[0], "--data", images, "--batch-size", "4096", "--quiet")
     assert code == 0 and timed == [20] and "(batch 20)" in out, err
 

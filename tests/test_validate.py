@@ -15,9 +15,9 @@ from safetensors.torch import load_file, save_file
 import cascade
 import dcvit
 from cascade.validate import preprocessing_problem
+from dcvit import cascade_files
 from dcvit.cli import main
 from dcvit.storage import ModelFileError
-from dcvit.studies import shipping
 from dcvit.validate import data_config_problem
 
 
@@ -153,7 +153,7 @@ def saved_cascade(tmp_path_factory):
     torch.manual_seed(0)
     models = [dcvit.create_model("fmnist_cnn").eval(), tiny_vit(depth=1)]
     costs = [dcvit.count_macs(m, (1, 16, 16)) for m in models]
-    return shipping.save_cascade(tmp_path_factory.mktemp("c") / "c", models, [0.5], costs, ["cnn", "vit"])
+    return dcvit.save_cascade(tmp_path_factory.mktemp("c") / "c", models, [0.5], costs, ["cnn", "vit"])
 
 
 @pytest.fixture
@@ -178,19 +178,19 @@ def set_pre(**fields):
 )
 def test_tampered_cascade_preprocessing_is_refused(cascade_dir, fields, fragment):
     edit_json(cascade_dir / "cascade.json", set_pre(**fields))
-    refused(cascade_dir, "cascade.json: ", fragment, error=cascade.CascadeFileError, load=shipping.load_cascade)
+    refused(cascade_dir, "cascade.json: ", fragment, error=cascade.CascadeFileError, load=dcvit.load_cascade)
 
 
 def test_preprocessing_must_fit_every_member(cascade_dir):
     edit_json(cascade_dir / "cascade.json", set_pre(input_size=[3, 16, 16], mean=[0.5] * 3, std=[0.5] * 3))
     refused(
         cascade_dir, "has 3 channel(s), but the model takes 1", "member 'cnn'",
-        error=cascade.CascadeFileError, load=shipping.load_cascade,
+        error=cascade.CascadeFileError, load=dcvit.load_cascade,
     )  # fmt: skip
     edit_json(cascade_dir / "cascade.json", set_pre(input_size=[1, 32, 32], mean=[0.5], std=[0.5]))
     refused(
         cascade_dir, "not the size the model was built for; accepted: [1, 16, 16]", "member 'vit'",
-        error=cascade.CascadeFileError, load=shipping.load_cascade,
+        error=cascade.CascadeFileError, load=dcvit.load_cascade,
     )  # fmt: skip
 
 
@@ -202,7 +202,7 @@ def test_recorded_macs_must_be_the_members_own(cascade_dir, capsys):
     edit_json(cascade_dir / "cascade.json", tamper)
     refused(
         cascade_dir, "member 'cnn' (stage0-cnn) records 1 MACs per image, but it counts",
-        error=cascade.CascadeFileError, load=shipping.load_cascade,
+        error=cascade.CascadeFileError, load=dcvit.load_cascade,
     )  # fmt: skip
     assert main(["eval", "--model", str(cascade_dir), "--limit", "1"]) == 2
     err = capsys.readouterr().err
@@ -211,12 +211,12 @@ def test_recorded_macs_must_be_the_members_own(cascade_dir, capsys):
 
 def test_by_name_members_keep_their_dtype_and_refuse_others(tmp_path):
     cnn = dcvit.create_model("fmnist_cnn").eval()
-    shipping.save_member(cnn.half(), tmp_path / "half")
-    assert next(shipping.load_member(tmp_path / "half").parameters()).dtype == torch.float16
-    shipping.save_member(dcvit.create_model("fmnist_cnn").eval(), tmp_path / "int8")
+    cascade_files.save_member(cnn.half(), tmp_path / "half")
+    assert next(cascade_files.load_member(tmp_path / "half").parameters()).dtype == torch.float16
+    cascade_files.save_member(dcvit.create_model("fmnist_cnn").eval(), tmp_path / "int8")
     weights = tmp_path / "int8" / "model.safetensors"
     tensors = load_file(str(weights))
     tensors = {k: v.to(torch.int8) if v.is_floating_point() else v for k, v in tensors.items()}
     save_file(tensors, str(weights))
     with pytest.raises(ModelFileError, match="does not match fmnist_cnn .*wrong dtype"):
-        shipping.load_member(tmp_path / "int8")
+        cascade_files.load_member(tmp_path / "int8")

@@ -32,10 +32,10 @@ import synth
 from dcvit.config import ABLATIONS, CompressConfig
 from dcvit.data import CALIBRATION_SIZE, eval_transform, few_shot_subset, load_dataset
 from dcvit.driver import compress
+from dcvit.evaluation import evaluate, loader_for
 from dcvit.factory import resolve_model
 from dcvit.macs import count_macs
 from dcvit.planning import block_drop_macs, default_candidates
-from dcvit.studies.evaluate import evaluate, loader_for
 from dcvit.surgery import drop_blocks
 
 SEEDS = (2021, 2022, 2023)

@@ -15,7 +15,7 @@ import sys
 import traceback
 import warnings
 
-from . import cascade, compress, demo, models
+from . import cascade, compress, demo, export, models
 from .common import (
     OneLineParser,
     configure_logging,
@@ -27,7 +27,7 @@ from .common import (
     wants_traceback,
 )
 
-COMMANDS = [*models.COMMANDS, *compress.COMMANDS, *cascade.COMMANDS, *demo.COMMANDS]
+COMMANDS = [*models.COMMANDS, *compress.COMMANDS, *cascade.COMMANDS, *export.COMMANDS, *demo.COMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -87,8 +87,7 @@ def run_cascade(args) -> None:
 
     from ..factory import resolve_model
     from ..studies.companions import cascade_study
-    from ..studies.report import study_markdown, study_summary, write_study
-    from ..studies.shipping import save_study_cascade
+    from ..studies.report import save_study_cascade, study_markdown, study_summary, write_study
 
     out = None  # --out is checked before recording and timing, not after
     if args.out is not None:  # '' too: it would write into the current folder

@@ -9,10 +9,15 @@ from .common import Command, batch_size, emit, model_argument, structure_argumen
 
 # --- macs -------------------------------------------------------------------------------------
 def run_macs(args) -> None:
+    import cascade
+
     from ..arch import UnsupportedModelError
     from ..factory import resolve_model
     from ..macs import count_macs, default_input_size, macs_profile
 
+    if cascade.is_cascade_dir(args.model):
+        _macs_cascade(args)
+        return
     model = resolve_model(args.model, require_adapter=False)  # any model has a total
     try:
         profile = macs_profile(model, args.input_size)
@@ -38,6 +43,40 @@ def run_macs(args) -> None:
         "block  attn(+norm1) MACs  mlp MACs",
     ]
     lines += [f"{i:5d}  {a:17,d}  {m:,d}" for i, (a, m) in enumerate(zip(profile.attn, profile.mlp))]
+    emit(args, payload, "\n".join(lines))
+
+
+def _macs_cascade(args) -> None:
+    """A cascade folder: each member's MACs (recounted on load) and, where cascade.json records where samples
+    left, the expected MACs per image; else the range from the first member alone to every member."""
+    from ..cascade_files import load_cascade
+
+    if args.input_size is not None:
+        raise ValueError("--input-size does not apply to a cascade: its input is fixed in its cascade.json")
+    spec = load_cascade(args.model).spec  # refuses members whose MACs differ from the recorded ones
+    fractions = spec.exit_fractions
+    expected = spec.expected_macs
+    payload = {
+        "model": args.model,
+        "input_size": list(spec.preprocessing["input_size"]),
+        "members": [{"name": m.name, "kind": m.kind, "macs": m.macs} for m in spec.members],
+        "exit_fractions": None if fractions is None else list(fractions),
+        "expected_macs_per_image": expected,
+    }
+    width = max(len(m.name) for m in spec.members)
+    lines = [f"cascade {args.model} at input {tuple(spec.preprocessing['input_size'])}"]
+    for i, m in enumerate(spec.members):
+        share = "" if fractions is None else f"  answers {100 * fractions[i]:.1f}%"
+        lines.append(f"  {m.name:<{width}}  {m.kind:<10}  {m.macs / 1e6:10.2f}M MACs{share}")
+    big = spec.members[-1]
+    if expected is None:
+        lines.append(
+            f"no exit fractions recorded: {spec.members[0].macs / 1e6:.2f}M to {sum(spec.costs) / 1e6:.2f}M MACs "
+            f"per image (first member alone to every member)"
+        )
+    else:
+        fewer = f" ({100 * (1 - expected / big.macs):.1f}% fewer than {big.name} alone)" if big.macs > 0 else ""
+        lines.append(f"expected {expected / 1e6:.2f}M MACs per image at the recorded exit fractions{fewer}")
     emit(args, payload, "\n".join(lines))
 
 
@@ -117,9 +156,9 @@ def run_eval(args) -> None:
     import cascade
 
     from ..data import eval_transform, load_dataset
+    from ..evaluation import check_classes, evaluate, loader_for, throughput
     from ..factory import resolve_model
     from ..macs import count_macs, default_input_size
-    from ..studies.evaluate import check_classes, evaluate, loader_for, throughput
 
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise ValueError("--batch-size and --limit must be positive integers")
@@ -152,9 +191,9 @@ def run_eval(args) -> None:
 
 def _eval_cascade(args) -> None:
     """`dcvit eval` on a cascade folder (written by `dcvit cascade --out`, or cascade.save)."""
+    from ..cascade_files import load_cascade
     from ..data import eval_transform, load_dataset
-    from ..studies.evaluate import check_classes, loader_for
-    from ..studies.shipping import evaluate_cascade, load_cascade
+    from ..evaluation import check_classes, evaluate_cascade, loader_for
 
     if args.input_size is not None:
         raise ValueError("--input-size does not apply to a cascade: its input is fixed in its cascade.json")
@@ -188,7 +227,8 @@ def _matched(result: dict, data, matched: str | None) -> str:
 COMMANDS = [
     Command(
         "macs",
-        "MACs of a model: total and, for supported transformers, per block (attention with norm1, MLP without norm2)",
+        "MACs of a model: total and, for supported transformers, per block (attention with norm1, MLP without "
+        "norm2); for a cascade folder, its members' and the expected MACs per image",
         model_argument,
         run_macs,
     ),

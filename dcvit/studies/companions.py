@@ -18,10 +18,10 @@ from torch.utils.data import Subset
 import cascade
 
 from ..data import CALIBRATION_SIZE, calibration_indices, eval_transform, load_dataset
+from ..evaluation import check_classes, loader_for
 from ..macs import count_macs, default_input_size
 from ..progress import progress as progress_bar
 from .cascades import first_images, time_cascades
-from .evaluate import check_classes, loader_for
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,11 @@ from pathlib import Path
 from scipy.stats import spearmanr
 from torch.utils.data import Subset
 
+from ..cascade_files import save_cascade
 from ..config import BLOCK_DROP, CompressConfig
 from ..data import CALIBRATION_SIZE, eval_transform, few_shot_subset, load_dataset, unlabeled_subset
 from ..driver import compress_family, trial_key
+from ..evaluation import evaluate, loader_for
 from ..factory import resolve_model
 from ..macs import count_macs
 from ..mimic import refine
@@ -28,10 +30,8 @@ from ..workspace import Workspace
 from .cascades import compare_cascades, first_images, time_cascades
 from .companions import cascade_study
 from .demo_report import REFINED, markdown, summary_table
-from .evaluate import evaluate, loader_for
 from .guaranteed import best, guaranteed_cascades, save_records, timing_chains, with_speed
 from .plots import accuracy_vs_macs, cascade_curves, metric_vs_error
-from .shipping import save_cascade
 
 TEACHER = "fmnist_vit12"
 COMPANIONS = ("fmnist_vit_tiny", "fmnist_cnn")
@@ -149,6 +149,7 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings = DemoSetting
         info={"chosen_by": "cheapest certified cascade, any scope, eps 0", "report": chosen.as_json()},
         kinds=list(chosen.kinds[-1:] if cal.fallback else chosen.kinds),
         committee=None if cal.fallback else cal.committee,
+        exit_fractions=None if cal.fallback else cal.test_exit_ratios,  # on the test split (info: report)
     )
     _log(f"chosen cascade {' -> '.join(chosen.members)} written to {shipped} (`dcvit eval --model {shipped}`)")
     drop_top1 = [

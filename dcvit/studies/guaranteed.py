@@ -16,7 +16,7 @@ import cascade
 
 from ..storage import atomic_path
 from .cascades import candidate_chains
-from .shipping import guarantee_sentence
+from .report import guarantee_sentence
 
 SCOPES = {"own-family": ("compressed",), "any": ("compressed", "companion")}
 TOLERANCES = (0.0, 0.001, 0.005)  # eps as fractions: 0, 0.1 and 0.5 accuracy points

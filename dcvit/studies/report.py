@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+
+from torch import nn
 
 import cascade
 
+from ..cascade_files import save_cascade
 from ..storage import atomic_path
 from .plots import cascade_curves
-from .shipping import guarantee_sentence, save_study_cascade  # noqa: F401 (recipes take both from here)
 
 
 def study_summary(study) -> dict:
@@ -139,3 +142,56 @@ def write_study(study, out: Path) -> None:
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(study_markdown(study))
     cascade_curves(study, out / "curves.png")
+
+
+# --- the chosen cascade as a folder, and its guarantee in words ---------------------------------------
+def save_study_cascade(
+    study, models: Mapping[str, nn.Module], path: str | Path, *, data: str, calibration_size: int, seed: int
+) -> Path:
+    """The cascade a study chose (its saver, then the big model, with the calibrated thresholds)."""
+    cal = study.chosen
+    names = [study.saver, study.big]
+    info = {
+        "calibration": {
+            "data": data,
+            "split": "held-out part of the training set",
+            "images": calibration_size,
+            "seed": seed,
+            "max_acc_drop": cal.max_acc_drop,
+            "delta": cal.delta,
+            "rule": cal.rule,
+            "guarantee": guarantee_sentence(cal),
+            "top1": cal.calib_accuracy,
+            "big_top1": cal.calib_big_accuracy,
+        },
+        "test": {
+            "top1": cal.test_accuracy,
+            "big_top1": cal.test_big_accuracy,
+            "macs_per_image": cal.test_avg_cost,
+            "macs_reduction": cal.test_cost_reduction,
+            "exit_fractions": list(cal.test_exit_ratios or ()),
+        },
+    }
+    costs = [study.costs[n] for n in names]
+    fractions = cal.test_exit_ratios or None  # measured on the test split (info["test"])
+    members = [models[n] for n in names]
+    return save_cascade(
+        path, members, cal.thresholds, costs, names, info, committee=cal.committee, exit_fractions=fractions
+    )
+
+
+def guarantee_sentence(cal: cascade.Calibration) -> str:
+    """What a Calibration promises, in one sentence (report.md, cascade.json info)."""
+    if cal.rule != "fixed-sequence":
+        return f"none: thresholds by the {cal.rule} rule (measured on calibration data, no guarantee on new data)"
+    if cal.fallback:
+        return (
+            f"nothing could be certified at {100 * cal.max_acc_drop:g} points and delta {cal.delta:g}: "
+            "use the big model alone"
+        )
+    committee = " with the committee exit" if any(cal.committee or ()) else ""
+    return (
+        f"with probability >= {1 - cal.delta:.0%} over the draw of the calibration set, this cascade{committee} "
+        f"keeps top-1 on the population >= the big model's - {100 * cal.max_acc_drop:g} points "
+        f"(fixed-sequence testing, exact binomial tests, delta split over {cal.families} configurations)"
+    )

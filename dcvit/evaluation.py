@@ -1,4 +1,4 @@
-"""Top-1 / top-5 accuracy over a loader, and throughput in images per second."""
+"""Top-1 / top-5 accuracy of a model or a cascade over a loader, and throughput in images per second."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..data import dataset_classes
-from ..progress import progress as progress_bar
+import cascade
+
+from .data import dataset_classes
+from .progress import progress as progress_bar
 
 
 @torch.no_grad()
@@ -17,6 +19,34 @@ def evaluate(model: nn.Module, loader, device: str | None = None, progress: bool
     """{'top1', 'top5', 'n'} of `model` over (images, labels) batches."""
     device = device or next(model.parameters()).device
     model.eval()
+    correct1, correct5, n = _top_counts(model, loader, device, progress)
+    if n == 0:
+        raise ValueError("evaluate got no images from the loader; accepted: a loader of (images, labels) batches")
+    return {"top1": correct1 / n, "top5": correct5 / n, "n": n}
+
+
+@torch.no_grad()
+def evaluate_cascade(model: cascade.Cascade, loader, progress: bool = True) -> dict:
+    """top1, top5, n, per-member exit fractions, MACs per image and the MACs reduction vs the last member."""
+    model.eval().reset_stats()
+    correct1, correct5, _ = _top_counts(model, loader, next(model.parameters()).device, progress)
+    stats = model.total_stats
+    if stats.n == 0:
+        raise ValueError("the loader gave no images to evaluate the cascade on")
+    big = model.costs[-1] if model.costs else 0
+    return {
+        "top1": correct1 / stats.n,
+        "top5": correct5 / stats.n,
+        "n": stats.n,
+        "exit_fractions": list(stats.exit_ratios),
+        "macs_per_image": stats.avg_cost,
+        "macs_reduction": 1.0 - stats.avg_cost / big if big > 0 and stats.avg_cost is not None else None,
+        "members": [m.name for m in model.spec.members] if model.spec is not None else None,
+    }
+
+
+def _top_counts(model: nn.Module, loader, device, progress: bool) -> tuple[int, int, int]:
+    """(top-1 right, top-5 right, images) of `model` over (images, labels) batches."""
     correct1 = correct5 = n = 0
     for x, y in progress_bar(loader, "evaluating", enabled=progress):
         logits = model(x.to(device))
@@ -24,15 +54,13 @@ def evaluate(model: nn.Module, loader, device: str | None = None, progress: bool
         correct1 += (top[:, 0] == y).sum().item()
         correct5 += (top == y[:, None]).any(dim=1).sum().item()
         n += len(y)
-    if n == 0:
-        raise ValueError("evaluate got no images from the loader; accepted: a loader of (images, labels) batches")
-    return {"top1": correct1 / n, "top5": correct5 / n, "n": n}
+    return correct1, correct5, n
 
 
 @torch.no_grad()
 def output_classes(model: nn.Module) -> int:
     """How many classes `model` predicts, from one forward pass (any architecture, timm or not)."""
-    from ..macs import default_input_size
+    from .macs import default_input_size
 
     param = next(model.parameters(), None)
     x = torch.zeros(1, *default_input_size(model), device=param.device if param is not None else "cpu")
@@ -44,7 +72,7 @@ def check_classes(model: nn.Module, dataset: Dataset, spec: str, name: str = "th
     so the accuracy would be silently meaningless (12 classes on a 10-class model scores about 8%). An image
     folder's classes are then matched to the model's (dcvit.labels: by name where the model records names);
     the match in one line is returned, for the caller's output (None: the dataset's own labels)."""
-    from ..labels import align_classes
+    from .labels import align_classes
 
     have, need = output_classes(model), dataset_classes(dataset)
     if need > have:

@@ -1,8 +1,8 @@
 """Cascades that ship, with dcvit's model files as members (docs/method.md §9; format in cascade/files.py).
 
-    save_study_cascade(study, models, "runs/x/cascade", data=..., calibration_size=..., seed=...)
+    save_cascade("runs/x/cascade", [cnn, vit], thresholds, costs, names)   # cheapest first, the big model last
     model = load_cascade("runs/x/cascade")          # a cascade.Cascade, ready to call on a batch
-    evaluate_cascade(model, loader)                  # top-1, exits per member, MACs per image
+    dcvit.evaluate_cascade(model, loader)            # top-1, exits per member, MACs per image
 
 Members are written with dcvit.save (pickle-free safetensors + spec.json). A member no adapter describes
 (a CNN companion such as fmnist_cnn) is written by name instead: its registered timm name, the few creation
@@ -22,16 +22,15 @@ from torch import nn
 
 import cascade
 
-from ..arch import UnsupportedModelError, get_adapter
-from ..arch.base import Setting, check_kwargs, either, integer
-from ..data import data_config
-from ..factory import create_model
-from ..files import SPEC as MODEL_SPEC
-from ..files import load, save
-from ..progress import progress as progress_bar
-from ..rebuild import BUILD_ERRORS
-from ..storage import ModelFileError, one_line, read_json, read_tensors, tensor_header, write_json, write_tensors
-from ..validate import DTYPES, check_members, floating_dtype, header_dtype, tensor_problem
+from .arch import UnsupportedModelError, get_adapter
+from .arch.base import Setting, check_kwargs, either, integer
+from .data import data_config
+from .factory import create_model
+from .files import SPEC as MODEL_SPEC
+from .files import load, save
+from .rebuild import BUILD_ERRORS
+from .storage import ModelFileError, one_line, read_json, read_tensors, tensor_header, write_json, write_tensors
+from .validate import DTYPES, check_members, floating_dtype, header_dtype, tensor_problem
 
 MEMBER, WEIGHTS, MEMBER_FORMAT = "member.json", "model.safetensors", "dcvit-timm-member"
 # Creation arguments a by-name member may carry (anything else, e.g. checkpoint_path, could reach the
@@ -64,6 +63,12 @@ def load_member(folder: Path) -> nn.Module:
     if (folder / MODEL_SPEC).is_file():
         return load(folder)
     if not (folder / MEMBER).is_file():
+        programs = [name for name in cascade.programs.PROGRAMS.values() if (folder / name).is_file()]
+        if programs:
+            raise ModelFileError(
+                f"{folder} holds an exported program ({programs[0]}), not a dcvit model; read an exported folder "
+                f"with cascade.load or cascade.load_exported"
+            )
         raise ModelFileError(f"{folder} holds no dcvit model ({MODEL_SPEC} or {MEMBER})")
     name, kwargs, dtype = _read_member(folder / MEMBER)
     dtype = DTYPES[dtype or header_dtype(tensor_header(folder / WEIGHTS))]
@@ -150,64 +155,17 @@ def save_cascade(
     info: Mapping[str, Any] | None = None,
     kinds: Sequence[str] | None = None,
     committee: Sequence[bool] | None = None,
+    exit_fractions: Sequence[float] | None = None,
 ) -> Path:
     """Write a cascade folder of `models` (cheapest first, the big model, the teacher, last). Every member is
     fed the big model's preprocessing, as the cascade study calibrated them. kinds: teacher / compressed /
-    companion per member; default: the last is the teacher, others compressed when dcvit edited them."""
+    companion per member; default: the last is the teacher, others compressed when dcvit edited them.
+    exit_fractions: where samples left on some data (say which in info), for the expected MACs per image."""
     if kinds is None:
         kinds = [member_kind(m, teacher=i == len(models) - 1) for i, m in enumerate(models)]
     model = cascade.Cascade(models, thresholds, costs, committee)
-    return cascade.save(
-        path, model, save_member, preprocessing=preprocessing(models[-1]), names=names, kinds=kinds, info=info
-    )
-
-
-def save_study_cascade(
-    study, models: Mapping[str, nn.Module], path: str | Path, *, data: str, calibration_size: int, seed: int
-) -> Path:
-    """The cascade a study chose (its saver, then the big model, with the calibrated thresholds)."""
-    cal = study.chosen
-    names = [study.saver, study.big]
-    info = {
-        "calibration": {
-            "data": data,
-            "split": "held-out part of the training set",
-            "images": calibration_size,
-            "seed": seed,
-            "max_acc_drop": cal.max_acc_drop,
-            "delta": cal.delta,
-            "rule": cal.rule,
-            "guarantee": guarantee_sentence(cal),
-            "top1": cal.calib_accuracy,
-            "big_top1": cal.calib_big_accuracy,
-        },
-        "test": {
-            "top1": cal.test_accuracy,
-            "big_top1": cal.test_big_accuracy,
-            "macs_per_image": cal.test_avg_cost,
-            "macs_reduction": cal.test_cost_reduction,
-            "exit_fractions": list(cal.test_exit_ratios or ()),
-        },
-    }
-    costs = [study.costs[n] for n in names]
-    return save_cascade(path, [models[n] for n in names], cal.thresholds, costs, names, info, committee=cal.committee)
-
-
-def guarantee_sentence(cal: cascade.Calibration) -> str:
-    """What a Calibration promises, in one sentence (report.md, cascade.json info)."""
-    if cal.rule != "fixed-sequence":
-        return f"none: thresholds by the {cal.rule} rule (measured on calibration data, no guarantee on new data)"
-    if cal.fallback:
-        return (
-            f"nothing could be certified at {100 * cal.max_acc_drop:g} points and delta {cal.delta:g}: "
-            "use the big model alone"
-        )
-    committee = " with the committee exit" if any(cal.committee or ()) else ""
-    return (
-        f"with probability >= {1 - cal.delta:.0%} over the draw of the calibration set, this cascade{committee} "
-        f"keeps top-1 on the population >= the big model's - {100 * cal.max_acc_drop:g} points "
-        f"(fixed-sequence testing, exact binomial tests, delta split over {cal.families} configurations)"
-    )
+    options = dict(names=names, kinds=kinds, info=info, exit_fractions=exit_fractions)
+    return cascade.save(path, model, save_member, preprocessing=preprocessing(models[-1]), **options)
 
 
 def load_cascade(path: str | Path) -> cascade.Cascade:
@@ -217,29 +175,3 @@ def load_cascade(path: str | Path) -> cascade.Cascade:
     check_members(model, Path(path) / cascade.files.SPEC)  # their input and MACs, not cascade.json's word
     model.pretrained_cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in model.spec.preprocessing.items()}
     return model.eval()
-
-
-@torch.no_grad()
-def evaluate_cascade(model: cascade.Cascade, loader, progress: bool = True) -> dict:
-    """top1, top5, n, per-member exit fractions, MACs per image and the MACs reduction vs the last member."""
-    device = next(model.parameters()).device
-    model.eval().reset_stats()
-    correct1 = correct5 = 0
-    for x, y in progress_bar(loader, "evaluating", enabled=progress):
-        logits = model(x.to(device))
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices.cpu()
-        correct1 += (top[:, 0] == y).sum().item()
-        correct5 += (top == y[:, None]).any(dim=1).sum().item()
-    stats = model.total_stats
-    if stats.n == 0:
-        raise ValueError("the loader gave no images to evaluate the cascade on")
-    big = model.costs[-1]
-    return {
-        "top1": correct1 / stats.n,
-        "top5": correct5 / stats.n,
-        "n": stats.n,
-        "exit_fractions": list(stats.exit_ratios),
-        "macs_per_image": stats.avg_cost,
-        "macs_reduction": 1.0 - stats.avg_cost / big if big > 0 else None,
-        "members": [m.name for m in model.spec.members] if model.spec is not None else None,
-    }
