@@ -189,6 +189,9 @@ class HFViTAdapter(Adapter):
     def class_token_index(self, model):
         return 0
 
+    def headless(self, model):
+        return hf_of(model).config.num_labels == 0  # the classifier is then an Identity: outputs are features
+
     def input_size(self, model):
         config = hf_of(model).config
         return (config.num_channels, *_pair(config.image_size))
