@@ -266,3 +266,13 @@ def test_clean_keeps_the_checkpoints_of_a_failed_run(capsys, tmp_path, monkeypat
     code, _, err = run_cli(capsys, *argv)
     one_line_error(code, err, "No space left on device")
     assert (tmp_path / "run" / "checkpoints" / "settings.json").is_file()  # there for --resume
+
+
+# --- 6. documented ---------------------------------------------------------------------------------------------
+def test_the_readme_documents_each_flag_and_the_cpu_only_install():
+    readme, makefile = (ROOT / "README.md").read_text(), (ROOT / "Makefile").read_text()
+    shared = {flag for command in commands().values() for flag in command._option_string_actions}
+    for flag in ("--device", "--mixed-precision", "--model-kwargs", "--checkpoint", "--metric", "--clean"):
+        assert flag in shared and f"| `{flag}" in readme, flag  # a row of the README's table
+    assert "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu" in readme
+    assert "download.pytorch.org" not in makefile  # make setup keeps pip's default torch
