@@ -306,7 +306,7 @@ def compress_family(
         finally:
             engine.workspace.cleanup()
         results = [replace(r, fidelity=engine.fidelity(r.model)) for r in results]
-        if engine.accelerator.is_main_process:
+        if engine.accelerator.is_main_process and config.progress:  # progress off (--quiet): results only
             logger.info(closing_line(engine.clock.elapsed(), results))
         return results
 

@@ -276,3 +276,11 @@ def test_the_readme_documents_each_flag_and_the_cpu_only_install():
         assert flag in shared and f"| `{flag}" in readme, flag  # a row of the README's table
     assert "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu" in readme
     assert "download.pytorch.org" not in makefile  # make setup keeps pip's default torch
+
+
+def test_a_run_folder_records_the_decided_metric_but_not_the_device(tmp_path):
+    """settings.json fingerprints what decides the result: the metric as decided (kl for a classifier, as before
+    the default was None), not the device, so a run may resume on another one."""
+    dcvit.compress(tiny_vit(depth=3), 0.8, tiny_data(8), SMOKE.replace(device="cpu"), workdir=tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "settings.json").read_text())["config"]
+    assert saved["metric"] == "kl" and "device" not in saved
