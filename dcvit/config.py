@@ -10,6 +10,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 
 from . import checks
+from .accel import device_form
 from .metrics import metric_names
 from .structures.registry import BASELINE_STRUCTURE, DEFAULT_STRUCTURE, get_structure, structure_names
 
@@ -55,6 +56,8 @@ class CompressConfig:
     mixed_precision: str | None = None  # Accelerate: no | bf16 | fp16; None: what Accelerate's environment
     # says (`accelerate launch --mixed_precision`, ACCELERATE_MIXED_PRECISION, or the precision this process's
     # Accelerate state already has), else no. One precision per process: Accelerate cannot change it later.
+    device: str | None = None  # cpu | cuda | cuda:N | mps; None: what Accelerate picks (a CUDA device if there is
+    # one, else the CPU; under `accelerate launch`, each process's own). One device per process, like the precision.
     # Selection (Eq. 6) on the synthetic metric set (Eq. 4-5)
     synth_images: int = 50
     synth_iterations: int = 200
@@ -73,7 +76,8 @@ class CompressConfig:
     search_steps: int | None = None  # auto/mlp: progressive steps, each fine-tuned for `epochs`; None: one
     # per average block's worth of MACs removed (DC-ViT's step count), 1-8
     # Algorithm 1 and its ablations (docs/method.md §8)
-    metric: str = "kl"  # dcvit.metrics: kl (the paper) | mse (features on the synthetic set) | train_loss (few-shot)
+    metric: str | None = None  # dcvit.metrics: kl (the paper) | mse (features on the synthetic set) | train_loss
+    # (few-shot); None: kl, or mse for a headless model (num_classes=0: it outputs features, not class scores)
     progressive: bool = True  # False: "top-k", all n blocks at once, fine-tuned for n steps' epochs
     train_scope: str = "front"  # "all": fine-tune every block (head stays frozen)
     mimic_tokens: str = "all"  # "cls": mimic the class token only
@@ -114,10 +118,11 @@ class CompressConfig:
             checks.flag(f + name, getattr(self, name))
         checks.choice(f + "mixed_precision", self.mixed_precision, (*PRECISIONS, None))
         checks.choice(f + "structure", self.structure, structure_names())
-        checks.choice(f + "metric", self.metric, metric_names())
+        checks.choice(f + "metric", self.metric, (*metric_names(), None))
         checks.choice(f + "train_scope", self.train_scope, SCOPES)
         checks.choice(f + "mimic_tokens", self.mimic_tokens, TOKENS)
         checks.choice(f + "unit_choice", self.unit_choice, (*UNIT_CHOICES, None))
+        fixed["device"] = device_form(self.device, f + "device")  # whether this machine has it: make_accelerator
         for name, value in fixed.items():  # plain ints and floats (numpy's too): settings.json stays JSON
             object.__setattr__(self, name, value)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -29,7 +29,7 @@ from .engine import Engine
 from .fingerprint import check_plan_for
 from .macs import count_macs, macs_profile
 from .planning import BasePlan, Plan
-from .progress import api_logging
+from .progress import api_logging, duration, logger
 from .scoring import Trial
 from .structures.registry import get_structure
 
@@ -45,6 +45,9 @@ class CompressionResult:
     macs: int
     seconds: dict[str, float] = field(default_factory=dict)
     structure: tuple[dict, ...] = ()  # per block: attention kept, MLP units kept of the original
+    # how closely the model answers as the teacher on the shots: {"shots", "top1_agreement"} (the share whose
+    # top-1 class agrees), or {"shots", "output_mse"} for a headless model (Engine.fidelity)
+    fidelity: dict = field(default_factory=dict)
 
     def summary(self, **extra) -> dict:
         """What result.json holds: MACs, the structure per block, scores, timings, the progressive history;
@@ -55,7 +58,7 @@ class CompressionResult:
             "blocks": list(self.blocks), "structure_kind": plan.structure, "structure": list(self.structure),
             "describe": self.describe(), "plan": plan.describe(), **plan.record(),
             "scores": {str(b): s for b, s in self.scores.items()}, "seconds": self.seconds,
-            "history": list(self.history), "notes": self.notes(), **extra,
+            "fidelity": self.fidelity, "history": list(self.history), "notes": self.notes(), **extra,
         })  # fmt: skip
 
     def save(self, folder: str | Path, **extra) -> dict:
@@ -129,9 +132,11 @@ def run_trials(engine: Engine, plan: Plan, candidates: Sequence[int]) -> dict[in
     """Fine-tune and score one candidate model per block; returns {block: Trial} (all processes agree)."""
     acc = engine.accelerator
     mine = list(candidates)[acc.process_index :: acc.num_processes]
+    engine.skip((len(candidates) - len(mine)) * engine.config.epochs_per_trial)  # the other processes' share
     for block in engine.progress(mine, "block-wise trial"):
         key = trial_key(plan, block, engine.config.structure)
         if engine.workspace.has(key):
+            engine.skip(engine.config.epochs_per_trial)
             continue
         model, fit, seconds = engine.build_and_tune(
             key, engine.teacher, plan, [block], [block], engine.config.epochs_per_trial
@@ -179,7 +184,9 @@ def _progressive(engine: Engine, plan: Plan, order: list[int]) -> tuple[nn.Modul
     history = [{"blocks": order[:1], **engine.workspace.meta(first)}]
     for i in range(1, len(order)):
         key = _step_key(plan, order[: i + 1], surgery, True)
-        if not engine.workspace.has(key):
+        if engine.workspace.has(key):
+            engine.skip(engine.config.epochs)
+        else:
             _save_step(
                 engine,
                 key,
@@ -194,7 +201,9 @@ def _progressive(engine: Engine, plan: Plan, order: list[int]) -> tuple[nn.Modul
 def _all_at_once(engine: Engine, plan: Plan, order: list[int]) -> tuple[nn.Module, list[dict]]:
     """Top-k ablation and PRACTISE-style dropping: all n blocks at once, fine-tuned for n steps' epochs."""
     key = _step_key(plan, sorted(order), engine.config.structure, False)
-    if not engine.workspace.has(key):
+    if engine.workspace.has(key):
+        engine.skip(engine.config.epochs * len(order))
+    else:
         _save_step(
             engine,
             key,
@@ -297,6 +306,28 @@ def compress_family(
     with api_logging(config.progress):  # a script calling this sees progress lines without configuring logging
         engine = Engine(model, data, config, Path(workdir) if workdir else None, resume, metric_set)
         try:
-            return [get_structure(p.structure).run(engine, p) for p in plans]
+            structures = [get_structure(p.structure) for p in plans]
+            planned = [s.planned_epochs(p, engine.config) for s, p in zip(structures, plans)]
+            engine.clock.plan(None if None in planned else sum(planned))  # type: ignore[arg-type]
+            results = [s.run(engine, p) for s, p in zip(structures, plans)]
         finally:
             engine.workspace.cleanup()
+        results = [replace(r, fidelity=engine.fidelity(r.model)) for r in results]
+        if engine.accelerator.is_main_process and config.progress:  # progress off (--quiet): results only
+            logger.info(closing_line(engine.clock.elapsed(), results))
+        return results
+
+
+def closing_line(seconds: float, results: Sequence[CompressionResult]) -> str:
+    """The run's last log line: its time, and how closely each result answers as the teacher on the shots."""
+    fidelity = results[0].fidelity
+    what = "top-1 agreement with the teacher" if "top1_agreement" in fidelity else "output MSE to the teacher"
+    values = [
+        f"{100 * r.fidelity['top1_agreement']:.1f}%"
+        if "top1_agreement" in r.fidelity
+        else f"{r.fidelity['output_mse']:.4g}"
+        for r in results
+    ]
+    if len(results) > 1:  # a family: each value with its member's MACs
+        values = [f"{v} ({100 * r.macs / r.plan.macs_original:.1f}% MACs)" for v, r in zip(values, results)]
+    return f"done in {duration(seconds)}; {what} on the {fidelity['shots']} shots: {', '.join(values)}"

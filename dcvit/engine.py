@@ -19,12 +19,12 @@ from torch.utils.data import Dataset
 
 import synth
 
-from .accel import make_accelerator
-from .arch import get_adapter
+from .accel import announce, make_accelerator
+from .arch import get_adapter, is_headless
 from .config import CompressConfig
 from .metrics import get_metric
 from .mimic import FewShotImages, MimicResult, TeacherTokens, mimic
-from .progress import bar, logger, progress
+from .progress import RunClock, bar, logger, progress
 from .scoring import Trial, kl_score
 from .structures.registry import get_structure
 from .workspace import FORMAT, Workspace
@@ -62,6 +62,27 @@ def metric_set_inputs(model: nn.Module) -> dict:
     return inputs
 
 
+def metric_for(model: nn.Module, config: CompressConfig, tell: bool = True) -> CompressConfig:
+    """`config` with its selection metric decided: None is kl, or mse for a headless model (num_classes=0: its
+    outputs are features, whose softmax means nothing), said in the log; kl asked for on a headless model is
+    kept, with a warning."""
+    headless = is_headless(model)
+    if config.metric is None:
+        metric = "mse" if headless else "kl"
+        if headless and tell:
+            logger.info(
+                "headless model (num_classes=0: it outputs features, not class scores): candidates are ranked "
+                "by feature MSE to the teacher (metric mse)"
+            )
+        return config.replace(metric=metric)
+    if headless and config.metric == "kl" and tell:
+        logger.warning(
+            "metric kl on a headless model (num_classes=0) compares softmaxes of its features, which are no class "
+            "scores; mse, the default for such models, compares the features themselves"
+        )
+    return config
+
+
 class Engine:
     def __init__(
         self,
@@ -76,17 +97,15 @@ class Engine:
             raise ValueError("the few-shot set is empty; give at least one image")
         if not math.isfinite(config.lr):  # CompressConfig checks lr > 0 only; inf trains a NaN model
             raise ValueError(f"lr must be a finite number; got {config.lr}")
-        self.config = config
+        start = time.perf_counter()
+        self.accelerator = make_accelerator(config.mixed_precision, config.device)
+        announce("compressing", self.accelerator)  # device, processes, precision: the first line
+        self.headless = is_headless(teacher)
+        self.config = config = metric_for(teacher, config, tell=self.accelerator.is_main_process)
         self.structure = get_structure(config.structure)  # its build() is every trial's and step's surgery
         self.metric = get_metric(config.metric)
-        self.accelerator = make_accelerator(config.mixed_precision)
-        if self.accelerator.is_main_process:
-            logger.info(
-                f"compressing on {self.accelerator.device}, {self.accelerator.num_processes} process(es), "
-                f"mixed precision {self.accelerator.mixed_precision}"
-            )
+        self.clock = RunClock(start, enabled=config.progress and self.accelerator.is_main_process)
         self.timings: dict[str, float] = {}
-        start = time.perf_counter()
         self.images = FewShotImages(data, teacher, config.augment)
         self.workspace = self._workspace(workdir, self._settings(teacher, len(data), metric_set), resume)
         try:
@@ -103,8 +122,9 @@ class Engine:
         return {
             "format": FORMAT,
             # the precision in force (None follows the environment), so a resume under another one is refused
+            # (not the device: a run may resume elsewhere, as the progress setting may change)
             "config": {
-                **{k: v for k, v in self.config.as_dict().items() if k != "progress"},
+                **{k: v for k, v in self.config.as_dict().items() if k not in ("progress", "device")},
                 "mixed_precision": self.accelerator.mixed_precision,
             },
             "shots": shots,
@@ -181,7 +201,7 @@ class Engine:
         """Eq. 3, training the blocks up to the one right after the last compressed block."""
         last = len(self.adapter.blocks(model)) - 1
         upto = min(max(compressed) + 1, last)
-        return mimic(
+        fit = mimic(
             model,
             self.targets,
             self.images,
@@ -192,6 +212,28 @@ class Engine:
             accelerator=self.accelerator,
             desc=key,
         )
+        self.clock.advance(epochs)
+        return fit
+
+    def skip(self, epochs: int) -> None:
+        """Fine-tuning epochs the run planned but will not spend here (a checkpoint has them, or another
+        process of an Accelerate run does them): the whole-run estimate leaves them out."""
+        self.clock.skip(epochs)
+
+    @torch.no_grad()
+    def fidelity(self, model: nn.Module) -> dict[str, float]:
+        """How closely `model` answers as the teacher on the shots (as the teacher saw them): the share whose
+        top-1 class agrees, or for a headless model the mean squared difference of the outputs."""
+        model = model.eval().to(self.accelerator.device)
+        agree, squared, n = 0.0, 0.0, len(self.images)
+        for i in range(0, n, self.config.batch_size):
+            x = self.images.fixed[i : i + self.config.batch_size].to(self.accelerator.device)
+            student, teacher = model(x).float(), self.teacher(x).float()
+            agree += (student.argmax(1) == teacher.argmax(1)).sum().item()
+            squared += (student - teacher).pow(2).flatten(1).mean(1).sum().item()
+        if self.headless:
+            return {"shots": n, "output_mse": squared / n}
+        return {"shots": n, "top1_agreement": agree / n}
 
     def score(self, model: nn.Module, block: int, train_loss: float, seconds: float, process: int = 0) -> Trial:
         if self.metric_set is None:

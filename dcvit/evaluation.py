@@ -90,11 +90,15 @@ def loader_for(dataset: Dataset, batch_size: int = 256, limit: int | None = None
 @torch.no_grad()
 def throughput(model: nn.Module, input_size, batch_size: int = 256, seconds: float = 2.0) -> float:
     """Images per second of forward passes on random input (after one warm-up pass)."""
+    from ..accel import synchronize
+
     model.eval()
     x = torch.randn(batch_size, *input_size, device=next(model.parameters()).device)
     model(x)
+    synchronize(x.device)  # a GPU computes asynchronously: time finished passes only
     images, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds or images == 0:
         model(x)
+        synchronize(x.device)
         images += batch_size
     return images / (time.perf_counter() - start)

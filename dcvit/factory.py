@@ -171,7 +171,14 @@ def _has_local_weights(name: str) -> bool:
     return bool(cfg is not None and cfg.file and Path(cfg.file).is_file())
 
 
-def resolve_model(name_or_dir: str, weights: str = "auto", require_adapter: bool = True) -> nn.Module:
+def resolve_model(
+    name_or_dir: str,
+    weights: str = "auto",
+    require_adapter: bool = True,
+    *,
+    model_kwargs: dict[str, Any] | None = None,
+    checkpoint: str | Path | None = None,
+) -> nn.Module:
     """A saved model directory, or a model name.
 
     weights: "auto" loads pretrained weights only when they are on disk (the shipped models) and uses
@@ -179,26 +186,43 @@ def resolve_model(name_or_dir: str, weights: str = "auto", require_adapter: bool
     for them (network or cache) and fails with a clear error when they cannot be had (compressing or
     evaluating random weights is pointless); "random" never loads any. require_adapter=False also takes
     torchvision models that no dcvit adapter accepts (a ResNet for `dcvit macs`, which counts any model).
+    model_kwargs go to the model's builder (timm.create_model(name, **model_kwargs), e.g. num_classes=0,
+    img_size=384); a saved model is rebuilt from its own spec and takes none. checkpoint: a local weights file
+    (dcvit.checkpoint.load_weights: safetensors, or torch with weights_only=True) loaded over the model instead
+    of any pretrained weights; its names and shapes must fit.
     """
+    if checkpoint is not None:
+        from .checkpoint import load_weights
+
+        model = resolve_model(name_or_dir, "random", require_adapter, model_kwargs=model_kwargs)
+        return load_weights(model, checkpoint)
     path = Path(name_or_dir)
     try:
         exists = path.exists()
     except OSError:  # a name too long to be a path (ENAMETOOLONG) names no saved model
         exists = False
     if exists or path.suffix in PICKLE_SUFFIXES + (".safetensors",):
+        if model_kwargs:
+            raise ValueError(
+                f"model kwargs ({', '.join(model_kwargs)}) apply to a model name; {short_path(name_or_dir)} is a "
+                f"saved model, rebuilt from its own spec.json; accepted: no kwargs, or a timm/torchvision name"
+            )
         return load(path)
+    kwargs = check_model_kwargs(model_kwargs or {})
     known = name_or_dir.startswith(TORCHVISION_PREFIX) or timm.is_model(name_or_dir.split(".")[0])
     if not known:
         raise ValueError(
             f"unknown model '{short_path(name_or_dir)}': not a timm model name (see timm.list_models()), "
             f"'tv:NAME' for torchvision, nor a saved model directory"
         )
-    if name_or_dir.startswith(TORCHVISION_PREFIX):
-        check_torchvision(name_or_dir, require_adapter)  # unknown or unsupported: one line, before any download
+    if name_or_dir.startswith(TORCHVISION_PREFIX):  # unknown or unsupported: one line, before any download
+        check_torchvision(name_or_dir, require_adapter, **kwargs)
     local = not name_or_dir.startswith(TORCHVISION_PREFIX) and _has_local_weights(name_or_dir)
     if weights == "pretrained" or (weights == "auto" and local):
         try:
-            return create_model(name_or_dir, pretrained=True, require_adapter=require_adapter)
+            return _build(name_or_dir, True, require_adapter, kwargs)
+        except KwargsError:
+            raise
         except Exception as err:  # no network, no cache, or shipped weights not trained yet
             if weights == "pretrained":
                 raise ValueError(
@@ -210,4 +234,37 @@ def resolve_model(name_or_dir: str, weights: str = "auto", require_adapter: bool
                 f"using random init",
                 file=sys.stderr,
             )
-    return create_model(name_or_dir, pretrained=False, require_adapter=require_adapter)
+    return _build(name_or_dir, False, require_adapter, kwargs)
+
+
+# Builder arguments that fetch or read weights: dcvit decides that (weights=, checkpoint=), never a kwarg.
+WEIGHT_KWARGS = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "weights")
+
+
+def check_model_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`kwargs` for a model builder, or a one-line ValueError for names that load weights or are not names."""
+    for key in kwargs:
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ValueError(f"model kwarg {str(key)[:40]!r} is not a name; accepted: KEY=VALUE with KEY a Python name")
+        if key in WEIGHT_KWARGS:
+            raise ValueError(
+                f"model kwarg {key!r} would load weights; accepted: architecture settings (num_classes, img_size, "
+                f"...), with weights from --checkpoint FILE (checkpoint=) or the pretrained ones"
+            )
+    return kwargs
+
+
+def _build(name: str, pretrained: bool, require_adapter: bool, kwargs: dict[str, Any]) -> nn.Module:
+    """create_model, with a builder's refusal of the kwargs as a one-line ValueError."""
+    try:
+        return create_model(name, pretrained=pretrained, require_adapter=require_adapter, **kwargs)
+    except (TypeError, AssertionError) as err:
+        if not kwargs:
+            raise
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        settings = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise KwargsError(f"{name} cannot be built with {settings}: {first}") from None
+
+
+class KwargsError(ValueError):
+    """The model's builder refused the given kwargs."""

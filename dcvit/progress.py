@@ -103,6 +103,95 @@ def bar(total: int, desc: str) -> Any:
     return Bar(total, desc)
 
 
+def duration(seconds: float) -> str:
+    """A time span as a person reads it: 42s, 3m05s, 1h02m."""
+    whole = max(0, round(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+class RunClock:
+    """A whole run's elapsed time and an estimate of what is left, logged after each unit of work is done.
+
+    The units are fine-tuning epochs, which dominate a compression run: the plan adds them (plan), the run takes
+    out those it will not spend (skip: a checkpoint has them, another process does them) and counts those it
+    spent (advance). What is left is the remaining units at the rate measured since planning, so the overhead
+    between fine-tunes (scoring, surgery) is in the rate too. A run whose work is unknown logs the elapsed time."""
+
+    def __init__(self, start: float, enabled: bool = True):
+        self.start, self.enabled = start, enabled
+        self.planned: int | None = 0
+        self.done = 0
+        self.since: float | None = None
+
+    def plan(self, units: int | None) -> None:
+        """Add planned units; None: this work cannot be told in advance (no estimate from now on)."""
+        self.planned = None if units is None or self.planned is None else self.planned + units
+        if self.since is None:
+            self.since = time.perf_counter()
+
+    def skip(self, units: int) -> None:
+        if self.planned is not None:
+            self.planned = max(self.planned - units, self.done)
+
+    def advance(self, units: int) -> None:
+        self.done += units
+        if self.enabled:
+            logger.info(self.line())
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def line(self) -> str:
+        """`run: 40% of the fine-tuning done, 1m05s elapsed, about 1m38s left`."""
+        elapsed = f"{duration(self.elapsed())} elapsed"
+        if not self.planned or self.since is None or not self.done:
+            return f"run: {elapsed}"
+        if self.done >= self.planned:
+            return f"run: all planned fine-tuning done, {elapsed}"
+        share = self.done / self.planned
+        left = (time.perf_counter() - self.since) / self.done * max(self.planned - self.done, 0)
+        return f"run: {100 * share:.0f}% of the fine-tuning done, {elapsed}, about {duration(left)} left"
+
+
+class _FirstLine(logging.Filter):
+    """Holds a command's first line (device, processes, precision) until the command logs anything else, so that
+    a bad input refused before any work stays a one-line error; a command that logs nothing else gets it at its
+    end (release). Inert while nothing is held."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        line, self.held = self.held, None
+        if line is not None:
+            logger.info(line)  # passes this filter with nothing held, before the record that released it
+        return True
+
+
+_first_line = _FirstLine()
+
+
+def hold_first_line(line: str) -> None:
+    """Log `line` just before the next line of the "dcvit" logger (or at release_first_line)."""
+    if _first_line not in logger.filters:
+        logger.addFilter(_first_line)
+    _first_line.held = line
+
+
+def release_first_line(emit: bool) -> None:
+    """The command ended: log a line still held if it succeeded (emit), drop it if it failed."""
+    line, _first_line.held = _first_line.held, None
+    if emit and line is not None:
+        logger.info(line)
+
+
 class _CurrentStderr(logging.StreamHandler):
     """Writes to whatever sys.stderr is at the time of each record (not the one at setup), so
     redirections made later, such as test captures, are followed."""

@@ -19,8 +19,8 @@ from .config import CompressConfig
 from .storage import write_json
 from .structures import DEFAULT_STRUCTURE, structure_names
 
-__all__ = ["PRESETS", "SIZES", "ScriptParser", "add_run_arguments", "config_from_args", "data_spec",
-           "positive_int", "run_main", "target_macs", "write_json"]  # fmt: skip
+__all__ = ["PRESETS", "SIZES", "ScriptParser", "add_run_arguments", "clean_checkpoints", "config_from_args",
+           "data_spec", "positive_int", "run_main", "target_macs", "write_json"]  # fmt: skip
 
 PRESETS = {
     "paper": {},  # CompressConfig.paper(): 2000 epochs per step and per trial, lr 3e-5, batch 64, RandAugment
@@ -66,6 +66,8 @@ def add_run_arguments(p: argparse.ArgumentParser, shots: int = 100) -> None:
                    "epochs, lr 3e-5, batch 64, RandAugment); quick: 100 epochs per step, 20 per trial (default paper)")  # fmt: skip
     p.add_argument("--out", required=True, help="output folder (checkpoints go to OUT/checkpoints)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--clean", action="store_true", help="after a successful run, delete OUT/checkpoints (the "
+                   "trial and step models, the synthetic set); a failed run keeps them for --resume")  # fmt: skip
     p.add_argument("--seed", type=seed_text, default=0, help="few-shot sampling and training seed (default 0)")
     sizes = p.add_argument_group("sizes", "override the preset's (the dcvit.CompressConfig fields of these names)")
     for name in SIZES:
@@ -77,6 +79,16 @@ def config_from_args(args: argparse.Namespace) -> CompressConfig:
     sizes = {k: getattr(args, k) for k in SIZES if getattr(args, k) is not None}
     config = CompressConfig.paper(**{**PRESETS[args.preset], **sizes}, seed=args.seed, progress=sys.stderr.isatty())
     return config.for_structure(args.structure)
+
+
+def clean_checkpoints(args: argparse.Namespace, out: Path) -> None:
+    """With --clean, once the script has written its results: remove the run's checkpoints (OUT/checkpoints;
+    only what a run writes there, dcvit.workspace.remove_checkpoints)."""
+    from .workspace import remove_checkpoints
+
+    if getattr(args, "clean", False):
+        removed = remove_checkpoints(Path(out) / "checkpoints")
+        print(f"--clean: removed {removed} checkpoint item(s) from {Path(out) / 'checkpoints'}", flush=True)
 
 
 def data_spec(text: str) -> str:

@@ -334,14 +334,18 @@ class Search:
         for e in sorted(edits, key=lambda e: e.score / max(e.saved, 1)):
             leading.setdefault(e.block, e)
         confirmed = {}
+        epochs = self.config.epochs_per_trial
+        self.engine.skip((len(self.plan.candidate_blocks) - len(leading)) * epochs)  # blocks with nothing to try
         for e in self.engine.progress(list(leading.values()), "block-wise trial"):
             # Trials edit the teacher, whatever the target: a family shares them.
             key = f"{self.plan.structure}-trial-b{e.block}-a{int(e.attention)}-u{e.units}"
             key += f"-h{e.heads}" if e.heads is not None else ""
-            if not self.engine.workspace.has(key):
+            if self.engine.workspace.has(key):
+                self.engine.skip(epochs)
+            else:
                 start = time.perf_counter()
                 candidate = self._apply(model, [e], importance)
-                fit = self.engine.fine_tune(candidate, [e.block], self.config.epochs_per_trial, key)
+                fit = self.engine.fine_tune(candidate, [e.block], epochs, key)
                 kl = kl_score(self.engine.metric_logits, candidate, self.engine.metric_images)
                 self.engine.workspace.save(
                     key, candidate, {"kl": kl, "train_loss": fit.final_loss, "seconds": time.perf_counter() - start}
@@ -360,7 +364,10 @@ class Search:
 
     def step(self, model: nn.Module, index: int) -> tuple[nn.Module, dict]:
         key = self._key(f"step{index}")
-        if self.engine.workspace.has(key):
+        confirms = index == 0 and self.engine.metric.confirms_search
+        if self.engine.workspace.has(key):  # done: neither its fine-tune nor its trials are left to do
+            trials = len(self.plan.candidate_blocks) * self.config.epochs_per_trial if confirms else 0
+            self.engine.skip(self.config.epochs + trials)
             return self.engine.workspace.load(key), self.engine.workspace.meta(key)
         start = time.perf_counter()
         profile = macs_profile(model, self.plan.input_size)  # one trace: the need and every edit's saving
@@ -368,7 +375,7 @@ class Search:
         need = math.ceil((profile.total - self.plan.macs_target) / steps_left)
         importance = self.importance(model)
         edits = self.zero_shot(model, profile, importance)
-        if index == 0 and self.engine.metric.confirms_search:
+        if confirms:
             edits = self.confirm(model, edits, importance)
         chosen = choose(edits, need)
         tolerance = math.floor(LANDING_TOLERANCE * self.plan.macs_original)

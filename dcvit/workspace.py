@@ -16,6 +16,9 @@ from torch import nn
 from .files import load, save
 from .storage import read_json_object, write_json
 
+METRIC_SET = "metric_set"  # the synthetic metric set's folder in the run folder (Engine._metric_set)
+STEP_FILES = {"model", "meta.json"}  # what Workspace.save writes per candidate or step
+
 # settings.json's "format" (Engine writes it): bumped whenever what the settings fingerprint changes, so a folder
 # of an older format is never resumed.
 FORMAT = 2
@@ -102,3 +105,35 @@ class Workspace:
         holds nothing worth resuming; left behind, its settings.json would refuse a corrected rerun."""
         if self.temporary or (self.created and not self.finished):
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _ours(entry: Path) -> bool:
+    """A folder this package wrote into a run folder: a candidate or step (model + meta.json), or the synthetic
+    metric set (synth's files). Anything else (a user's file, a folder holding more) is not."""
+    if entry.is_symlink() or not entry.is_dir():
+        return False
+    names = {p.name for p in entry.iterdir()}
+    if entry.name == METRIC_SET:
+        import synth.synthetic_set as made
+
+        return bool(names) and names <= {made.META_FILE, made.TENSORS_FILE}
+    return "model" in names and names <= STEP_FILES and (entry / "model").is_dir()
+
+
+def remove_checkpoints(root: str | Path) -> int:
+    """Delete a finished run's checkpoints in `root` (what `dcvit compress --clean` does after success): its
+    settings.json, candidate and step folders, and the synthetic metric set. Only what a run writes goes; any
+    other file stays, and so does `root` unless it ends empty. Returns how many entries were removed."""
+    root = Path(root)
+    settings = root / "settings.json"
+    if not settings.is_file() or settings.is_symlink():  # not a run folder: nothing here is ours to delete
+        return 0
+    removed = 0
+    for entry in sorted(root.iterdir()):
+        if _ours(entry):
+            shutil.rmtree(entry)
+            removed += 1
+    settings.unlink()
+    if not any(root.iterdir()):
+        root.rmdir()
+    return removed + 1

@@ -81,6 +81,7 @@ def run(args) -> list[dict]:
     )
     print(table(summaries))
     print(f"models: {out}/target-*/model (dcvit.load), summary: {out / 'family.json'}")
+    scripts.clean_checkpoints(args, out)  # --clean: only now, with every result written
     return summaries
 
 

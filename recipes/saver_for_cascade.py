@@ -174,6 +174,7 @@ def run(args) -> dict:
     print(f"guarantee: {guarantee_sentence(best)}")
     print(f"cascade folder: {shipped} (evaluate it with `dcvit eval --model {shipped}`)")
     print(f"report: {out / 'report.md'}")
+    scripts.clean_checkpoints(args, out)  # --clean: only now, with every result written
     return {"saver": study.saver, "macs_reduction": best.test_cost_reduction, "family": summaries}
 
 

@@ -68,6 +68,7 @@ def run(args) -> dict:
         f"({100 * summary['macs_fraction']:.1f}% of the original) in {summary['wall_seconds']:.1f} s"
     )
     print(f"model: {summary['model_dir']} (dcvit.load), summary: {out / 'result.json'}")
+    scripts.clean_checkpoints(args, out)  # --clean: only now, with every result written
     return summary
 
 

@@ -243,7 +243,8 @@ def test_redirected_progress_is_plain_lines_and_quiet_silences_it(capsys, tmp_pa
         code, out, err = run_cli(capsys, *argv)
         assert code == 0 and "top-1" in out
         assert "\r" not in err and "\x1b" not in err
-        lines = err.splitlines()
+        first, *lines = err.splitlines()
+        assert first == "dcvit: evaluating on cpu, 1 process(es), mixed precision no"  # device, processes, precision
         assert lines and all(line.startswith("dcvit: evaluating: ") for line in lines)
         assert len(lines) == 10 and lines[-1] == "dcvit: evaluating: 10/10 (100%)"
     code, out, err = run_cli(capsys, *argv, "--quiet")

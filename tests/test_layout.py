@@ -1,7 +1,10 @@
 """The house rules: synth/ and cascade/ depend on torch only, dcvit's modules import each other without
-circles, and the package face stays light (the public names are imported on first use)."""
+circles, the package face stays light (the public names are imported on first use), and the sdist carries what
+the README links to."""
 
 import ast
+import fnmatch
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -103,3 +106,33 @@ def test_the_typed_face_imports_every_public_name():
     guarded = next(n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING")
     typed = {a.name: node.module for node in guarded.body for a in node.names}
     assert typed == exports
+
+
+def _manifest_covers(path: str, rules: list[list[str]]) -> bool:
+    """Whether `path` (relative, with /) is in the sdist: a package module, or matched by MANIFEST.in's include /
+    recursive-include rules."""
+    if path.endswith(".py") and path.split("/", 1)[0] in ("dcvit", "synth", "cascade"):
+        return True
+    for command, *args in rules:
+        if command == "include" and path in args:
+            return True
+        if command == "recursive-include" and path.startswith(args[0].rstrip("/") + "/"):
+            if any(fnmatch.fnmatch(path.rsplit("/", 1)[-1], pattern) for pattern in args[1:]):
+                return True
+    return False
+
+
+def test_the_sdist_carries_every_file_the_readme_links_to():
+    """An index page renders README.md from the sdist: a linked file or image missing from it is a broken link
+    (docs/frontier.png was). Packages' modules are added by setuptools; everything else must be in MANIFEST.in."""
+    rules = [line.split() for line in (ROOT / "MANIFEST.in").read_text().splitlines() if line.split()]
+    rules = [r for r in rules if not r[0].startswith("#")]
+    assert {r[0] for r in rules} <= {"include", "recursive-include"}, "a rule this check cannot read"
+    for doc in ("README.md", "BENCHMARKS.md"):
+        assert _manifest_covers(doc, rules)
+        links = re.findall(r"\]\(([^)\s]+)\)", (ROOT / doc).read_text())
+        local = {link.split("#")[0] for link in links if "://" not in link and not link.startswith("#")}
+        assert "docs/frontier.png" in local or doc != "README.md"
+        for path in sorted(local):
+            assert (ROOT / path).exists(), f"{doc} links to {path}, which does not exist"
+            assert _manifest_covers(path, rules), f"{doc} links to {path}, which the sdist leaves out (MANIFEST.in)"

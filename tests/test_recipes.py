@@ -142,9 +142,11 @@ def test_dense_family(tmp_path, files, structure, targets, where):
     cwd = alone(tmp_path, "dense_family") if where == "alone" else tmp_path
     script, out = (cwd if where == "alone" else RECIPES) / "dense_family.py", cwd / "family"
     args = ["--model", files["model"], "--data", files["images"], "--out", "family", "--structure", structure, *TINY]
-    proc = run_script(script, args + (["--targets", *targets] if targets else []), cwd)
+    clean = ["--clean"] if structure == "drop" else []  # after success: the checkpoints go, the models stay
+    proc = run_script(script, args + clean + (["--targets", *targets] if targets else []), cwd)
     assert proc.returncode == 0, proc.stderr
     assert "| target | MACs | of original | edited blocks |" in proc.stdout
+    assert (out / "checkpoints").exists() != bool(clean) and ("--clean: removed" in proc.stdout) == bool(clean)
     family = json.loads((out / "family.json").read_text())
     assert [s["target"] for s in family["family"]] == [float(t) for t in targets or (0.9, 0.83, 0.75, 0.67)]
     macs = [s["macs"] for s in family["family"]]

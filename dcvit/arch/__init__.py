@@ -47,6 +47,14 @@ def runnable(model: nn.Module) -> nn.Module:
     return get_adapter(model).runnable(model)
 
 
+def is_headless(model: nn.Module) -> bool:
+    """Whether `model` outputs features, not class scores (Adapter.headless; False where no adapter knows it)."""
+    try:
+        return get_adapter(model).headless(model)
+    except UnsupportedModelError:
+        return False
+
+
 def _families() -> list[str]:
     """The supported model families in words, in registration order (ids where an adapter names none)."""
     return list(dict.fromkeys(cls.family or cls.name for cls in reversed(_ADAPTERS)))

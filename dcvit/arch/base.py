@@ -106,6 +106,11 @@ class Adapter:
         """Index of the class token in features() output (for CLS-only mimicking), None without one."""
         return None
 
+    def headless(self, model: nn.Module) -> bool:
+        """True when the model outputs features rather than class scores (timm and torchvision build such a
+        model with num_classes=0): compression then defaults to the feature metric (dcvit.engine.metric_for)."""
+        return getattr(model, "num_classes", None) == 0
+
     def input_size(self, model: nn.Module) -> tuple[int, int, int] | None:
         """(C, H, W) the model was built for, read from its structure; None if it cannot tell."""
         return None

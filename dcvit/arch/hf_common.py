@@ -291,6 +291,11 @@ class HFAdapter(Adapter):
         heads = [] if hf is base else [m for m in hf.children() if m is not base]
         return [base.layernorm, *([pooler] if pooler is not None else []), *heads]
 
+    def headless(self, model):
+        """A bare `...Model` (its pooled output) or a classifier built with num_labels=0 outputs features."""
+        hf = hf_of(model)
+        return "ForImageClassification" not in type(hf).__name__ or getattr(hf.config, "num_labels", 1) == 0
+
     def class_token_index(self, model):
         return 0
 

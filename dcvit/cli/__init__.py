@@ -80,9 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as done:  # --help, or a usage error already printed in one line
         return int(done.code or 0)
     configure_logging(args.quiet)
+    succeeded = False
     try:
         import_plugins([*(args.imports or []), *getattr(args, "imports_after", [])])
         args.run(args)
+        succeeded = True
     except (ValueError, FileNotFoundError) as err:  # dcvit's UnsupportedModelError is a ValueError
         if wants_traceback(args):
             traceback.print_exc()
@@ -101,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dcvit {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if "dcvit.accel" in sys.modules:  # a command that ran a model: its first line (start_run) is settled
+            sys.modules["dcvit.accel"].end_command(succeeded)
     return 0
 
 

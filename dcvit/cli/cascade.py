@@ -6,7 +6,7 @@ import argparse
 
 from ..data import CALIBRATION_SIZE
 from ..outdir import check_out, input_paths, writing_out
-from .common import Command, emit, seed_argument
+from .common import Command, device_arguments, emit, model_args, model_source_arguments, seed_argument, start_run
 
 CASCADE_DIR = "cascade"  # the sub-folder of --out the chosen cascade is written to
 
@@ -65,6 +65,8 @@ def tolerance_arguments(p: argparse.ArgumentParser) -> None:
 def _cascade_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--big", required=True, help="the big model: timm name or saved model directory")
     p.add_argument("--savers", nargs="+", required=True, help="candidate little models (names or directories)")
+    model_source_arguments(p, which="--big")
+    device_arguments(p)
     p.add_argument("--data", default="fashion-mnist", help="dataset spec (calibration from train, report on test)")
     tolerance_arguments(p)
     p.add_argument(
@@ -93,20 +95,26 @@ def run_cascade(args) -> None:
     if args.out is not None:  # '' too: it would write into the current folder
         out = check_out(args.out, "cascade", input_paths(args.data, [args.big, *args.savers]))
         cascade.files.check_replaceable(out / CASCADE_DIR)
+    acc = start_run(args, "recording")
     names = [args.big] + [s for s in args.savers if s != args.big]
-    models = {n: resolve_model(n, weights="pretrained") for n in names}
-    study = cascade_study(
-        args.big,
-        models,
-        args.data,
-        calibration_size=args.calibration_size,
-        seed=args.seed,
-        max_acc_drop=args.max_acc_drop,
-        delta=args.delta,
-        committee=COMMITTEE[args.committee],
-        progress=not args.quiet,
-    )
+    models = {args.big: resolve_model(args.big, weights="pretrained", **model_args(args))}
+    models |= {n: resolve_model(n, weights="pretrained") for n in names[1:]}
+    models = {n: m.to(acc.device) for n, m in models.items()}  # recorded and timed there
+    with acc.autocast():
+        study = cascade_study(
+            args.big,
+            models,
+            args.data,
+            calibration_size=args.calibration_size,
+            seed=args.seed,
+            max_acc_drop=args.max_acc_drop,
+            delta=args.delta,
+            committee=COMMITTEE[args.committee],
+            progress=not args.quiet,
+        )
+    models = {n: m.cpu() for n, m in models.items()}  # saved from the CPU, whatever device recorded them
     summary, text = study_summary(study), study_markdown(study)
+    summary |= {"device": str(acc.device), "mixed_precision": acc.mixed_precision}
     if out is not None:
         with writing_out(out, "cascade"):  # a failed write (a full disk) leaves no folder it made behind
             write_study(study, out)

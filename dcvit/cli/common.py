@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ..checks import SEED_LIMIT, seed_text  # noqa: F401  (SEED_LIMIT: once defined here)
 from ..storage import os_error_line as os_error_line  # re-exported for main()
@@ -97,6 +98,77 @@ threads = count_upto("a thread count", lambda: os.cpu_count() or 1, "this machin
 
 def seed_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=seed, default=0, help="random seed, 0 <= seed < 2**63 (default 0)")
+
+
+# --- the model and where it runs: every command that builds or runs one ------------------------------
+PRECISIONS = ("no", "fp16", "bf16")
+
+
+def model_kwarg(text: str) -> tuple[str, Any]:
+    """argparse type of --model-kwargs: KEY=VALUE, VALUE a JSON literal where it reads as one (224, 0.1, true,
+    null, [224, 224]), else the string itself (avg)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not KEY=VALUE (e.g. num_classes=0 img_size=384)")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def model_source_arguments(p: argparse.ArgumentParser, which: str = "--model") -> None:
+    """--model-kwargs and --checkpoint: how the model named by `which` is built and which weights it gets."""
+    p.add_argument(
+        "--model-kwargs",
+        type=model_kwarg,
+        nargs="+",
+        metavar="KEY=VALUE",
+        help=f"settings for building {which} from its name, passed to the builder (timm.create_model(name, "
+        "num_classes=0, img_size=384)); VALUE is read as JSON where it can be (0, 0.1, true, null, [224, 224]), "
+        "else as a string. num_classes=0 makes a headless model (features out), compressed with the mse metric",
+    )
+    p.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help=f"local weights for {which} instead of the pretrained ones: a .safetensors file, or a torch state "
+        "dict (read with weights_only=True); its names and shapes must fit the model built with --model-kwargs",
+    )
+
+
+def device_arguments(p: argparse.ArgumentParser, precision: bool = True) -> None:
+    """--device and, where the precision changes the work, --mixed-precision (both through Accelerate)."""
+    p.add_argument(
+        "--device",
+        help="cpu, cuda, cuda:N or mps (default: what Accelerate picks: a CUDA device where there is one, else "
+        "the CPU; under `accelerate launch`, each process's own)",
+    )
+    if precision:
+        p.add_argument(
+            "--mixed-precision",
+            choices=PRECISIONS,
+            help="autocast precision (default: `accelerate launch --mixed_precision` or ACCELERATE_MIXED_PRECISION, "
+            "else no); fp16 needs a GPU",
+        )
+
+
+def model_args(args: argparse.Namespace) -> dict[str, Any]:
+    """resolve_model's model_kwargs and checkpoint from --model-kwargs and --checkpoint (repeated keys refused)."""
+    pairs = getattr(args, "model_kwargs", None) or []
+    kwargs = dict(pairs)
+    if len(kwargs) < len(pairs):
+        repeated = sorted({k for k, _ in pairs if [key for key, _ in pairs].count(k) > 1})
+        raise ValueError(f"--model-kwargs sets {', '.join(repeated)} more than once; accepted: each KEY once")
+    return {"model_kwargs": kwargs or None, "checkpoint": getattr(args, "checkpoint", None)}
+
+
+def start_run(args: argparse.Namespace, doing: str, precision: str | None = None):
+    """The Accelerator for --device and --mixed-precision (one-line errors for a device this machine lacks),
+    and the command's first log line: what it does, device, processes and precision."""
+    from ..accel import announce, make_accelerator
+
+    accelerator = make_accelerator(precision or getattr(args, "mixed_precision", None), getattr(args, "device", None))
+    announce(doing, accelerator, remember=True)  # a compression inside the command does not say it again
+    return accelerator
 
 
 # --- plugins: modules that register adapters (dcvit.arch.register_adapter) ------------------------

@@ -8,14 +8,27 @@ from pathlib import Path
 from ..data import CALIBRATION_SIZE
 from ..outdir import check_out, claim_out, input_paths, writing_out
 from ..structures import BASELINE_STRUCTURE
-from .common import Command, emit, model_argument, seed_argument, structure_argument
+from .common import (
+    Command,
+    device_arguments,
+    emit,
+    model_args,
+    model_argument,
+    model_source_arguments,
+    seed_argument,
+    start_run,
+    structure_argument,
+)
 
 
 def _engine_arguments(p: argparse.ArgumentParser) -> None:
     from ..config import CompressConfig
+    from ..metrics import metric_names
 
     d = CompressConfig()
     model_argument(p, input_size=False)
+    model_source_arguments(p)
+    device_arguments(p)
     p.add_argument("--data", default="fashion-mnist", help="few-shot source (dataset spec; labels are never used)")
     p.add_argument("--shots", type=int, default=100, help="number of unlabeled images (default 100)")
     p.add_argument("--out", required=True, help="output folder: the model (dcvit.load-able), result.json, checkpoints")
@@ -58,8 +71,20 @@ def _engine_arguments(p: argparse.ArgumentParser) -> None:
         help=f"training images held out for cascade calibration, never used as shots (default {CALIBRATION_SIZE} "
         "where the data has that many besides the shots, else none; use the same value and --seed with `dcvit cascade`)",
     )
+    p.add_argument(
+        "--metric",
+        choices=metric_names(),
+        help="how trial candidates are ranked: kl (the paper's Eq. 6, on the synthetic set), mse (feature MSE on the "
+        "synthetic set), train_loss (few-shot loss); default kl, or mse for a headless model (num_classes=0)",
+    )
     seed_argument(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument(
+        "--clean",
+        action="store_true",
+        help="after a successful run, delete its checkpoints (OUT/checkpoints: trial and step models, the "
+        "synthetic set) and keep the model and result.json; a failed run keeps them for --resume",
+    )
 
 
 def _config(args):
@@ -76,8 +101,10 @@ def _config(args):
         search_steps=args.search_steps,
         prune_heads=args.prune_heads,
         progress=not args.quiet,
-    )
-    return config.for_structure(args.structure)
+        device=args.device,
+        mixed_precision=args.mixed_precision,
+    ).for_structure(args.structure)
+    return config if args.metric is None else config.replace(metric=args.metric)  # asked for: over the structure's
 
 
 def _refuse_finished(out: Path, resume: bool) -> None:
@@ -97,7 +124,8 @@ def _run_targets(args, targets: list[str]) -> list[dict]:
     out = check_out(args.out, args.command, input_paths(args.data, [args.model]))
     config = _config(args)
     _refuse_finished(out, args.resume)
-    model = resolve_model(args.model, weights="pretrained")
+    start_run(args, "compressing")  # a device or precision refused now, and the first log line (the run's own)
+    model = resolve_model(args.model, weights="pretrained", **model_args(args))
     plans = [plan_for(model, t, config) for t in targets]
     data = few_shot_subset(args.data, args.shots, seed=args.seed, calibration_size=args.calibration_size)
     claim_out(out, args.command)  # after the data loaded: a bad --data leaves no folder behind
@@ -110,7 +138,17 @@ def _run_targets(args, targets: list[str]) -> list[dict]:
             summaries.append(result.save(folder, target=target))
         else:
             summaries.append(result.summary(target=target, model_dir=str(folder / "model")))
+    if args.clean and main:  # only now: every model and result.json is written
+        _clean(out / "checkpoints")
     return summaries
+
+
+def _clean(checkpoints: Path) -> None:
+    from ..progress import logger
+    from ..workspace import remove_checkpoints
+
+    removed = remove_checkpoints(checkpoints)
+    logger.info(f"--clean: removed {removed} checkpoint item(s) from {checkpoints}")
 
 
 def _line(s: dict) -> str:
@@ -135,6 +173,8 @@ def run_family(args) -> None:
 
 def _synth_arguments(p: argparse.ArgumentParser) -> None:
     model_argument(p)
+    model_source_arguments(p)
+    device_arguments(p)
     p.add_argument("--num-images", type=int, default=50)
     p.add_argument("--iterations", type=int, default=2000, help="optimisation steps (default 2000, the reference)")
     p.add_argument(
@@ -155,20 +195,23 @@ def run_synth(args) -> None:
     from ..progress import bar
 
     out = check_out(args.out, "synth", input_paths(None, [args.model]))  # before the optimisation, not after it
-    model = resolve_model(args.model, weights="pretrained")
-    made = synth.synthesize(
-        model,
-        args.num_images,
-        iterations=args.iterations,
-        jitter=args.jitter,
-        seed=args.seed,
-        image_size=args.input_size,
-        progress=False if args.quiet else bar,
-    )
+    acc = start_run(args, "synthesizing")
+    model = resolve_model(args.model, weights="pretrained", **model_args(args)).to(acc.device)
+    with acc.autocast():
+        made = synth.synthesize(
+            model,
+            args.num_images,
+            iterations=args.iterations,
+            jitter=args.jitter,
+            seed=args.seed,
+            image_size=args.input_size,
+            progress=False if args.quiet else bar,
+            device=acc.device,
+        )
+        hit, conf = made.target_agreement(model)
     with writing_out(out, "synth"):  # a failed write (a full disk) leaves no folder it made behind
         made.save(out)
         made.save_grid(out / "grid.png")
-    hit, conf = made.target_agreement(model)
     payload = {"out": args.out, "num_images": len(made), "target_hit_rate": hit, "mean_target_confidence": conf}
     emit(
         args,

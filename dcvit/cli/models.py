@@ -4,7 +4,25 @@ from __future__ import annotations
 
 import argparse
 
-from .common import Command, batch_size, emit, model_argument, structure_argument, threads
+from .common import (
+    Command,
+    batch_size,
+    device_arguments,
+    emit,
+    model_args,
+    model_argument,
+    model_source_arguments,
+    start_run,
+    structure_argument,
+    threads,
+)
+
+
+def _model_arguments(p: argparse.ArgumentParser, precision: bool = True) -> None:
+    """--model (--input-size, --json), how it is built (--model-kwargs, --checkpoint) and where it runs."""
+    model_argument(p)
+    model_source_arguments(p)
+    device_arguments(p, precision)
 
 
 # --- macs -------------------------------------------------------------------------------------
@@ -18,7 +36,8 @@ def run_macs(args) -> None:
     if cascade.is_cascade_dir(args.model):
         _macs_cascade(args)
         return
-    model = resolve_model(args.model, require_adapter=False)  # any model has a total
+    device = start_run(args, "counting MACs", precision="no").device  # MACs do not depend on the precision
+    model = resolve_model(args.model, require_adapter=False, **model_args(args)).to(device)  # any model has a total
     try:
         profile = macs_profile(model, args.input_size)
     except UnsupportedModelError as err:  # any model has a total; only adapters know its blocks
@@ -53,6 +72,8 @@ def _macs_cascade(args) -> None:
 
     if args.input_size is not None:
         raise ValueError("--input-size does not apply to a cascade: its input is fixed in its cascade.json")
+    if any(model_args(args).values()):
+        raise ValueError("--model-kwargs and --checkpoint do not apply to a cascade folder: its members are saved")
     spec = load_cascade(args.model).spec  # refuses members whose MACs differ from the recorded ones
     fractions = spec.exit_fractions
     expected = spec.expected_macs
@@ -82,7 +103,7 @@ def _macs_cascade(args) -> None:
 
 # --- plan -------------------------------------------------------------------------------------
 def _plan_arguments(p: argparse.ArgumentParser) -> None:
-    model_argument(p)
+    _model_arguments(p, precision=False)
     p.add_argument("--target-macs", required=True, help="fraction of the original in (0, 1), or absolute MACs")
     structure_argument(p)
     p.add_argument("--blocks", type=int, help="dcvit: force the number of compressed blocks")
@@ -98,7 +119,8 @@ def run_plan(args) -> None:
     from ..factory import resolve_model
     from ..structures import get_structure
 
-    model = resolve_model(args.model)
+    device = start_run(args, "planning", precision="no").device  # MACs do not depend on the precision
+    model = resolve_model(args.model, **model_args(args)).to(device)
     options = {"input_size": args.input_size, "candidate_blocks": args.candidates, "blocks": args.blocks}
     p = get_structure(args.structure).plan(model, args.target_macs, **options)
     emit(args, p.as_dict(), p.describe())
@@ -106,7 +128,7 @@ def run_plan(args) -> None:
 
 # --- bench ------------------------------------------------------------------------------------
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
-    model_argument(p)
+    _model_arguments(p)
     p.add_argument(
         "--drop",
         type=int,
@@ -130,17 +152,22 @@ def run_bench(args) -> None:
         raise ValueError("--drop, --batch-sizes, --repeats and --threads must be positive integers")
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = latency_table(resolve_model(args.model), args.drop, args.batch_sizes, args.repeats, args.input_size)
+    acc = start_run(args, "timing")
+    model = resolve_model(args.model, **model_args(args))
+    rows = latency_table(
+        model, args.drop, args.batch_sizes, args.repeats, args.input_size, device=acc.device, autocast=acc.autocast
+    )
+    where = {"device": str(acc.device), "mixed_precision": acc.mixed_precision}
     emit(
         args,
-        {"model": args.model, "threads": torch.get_num_threads(), "rows": [r.as_dict() for r in rows]},
-        format_latency(rows),
+        {"model": args.model, "threads": torch.get_num_threads(), **where, "rows": [r.as_dict() for r in rows]},
+        f"timed on {acc.device}, mixed precision {acc.mixed_precision}\n{format_latency(rows)}",
     )
 
 
 # --- eval -------------------------------------------------------------------------------------
 def _eval_arguments(p: argparse.ArgumentParser) -> None:
-    model_argument(p)
+    _model_arguments(p)
     p.add_argument(
         "--data",
         default="fashion-mnist",
@@ -162,46 +189,56 @@ def run_eval(args) -> None:
 
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise ValueError("--batch-size and --limit must be positive integers")
+    acc = start_run(args, "evaluating")
     if cascade.is_cascade_dir(args.model):
-        _eval_cascade(args)
+        _eval_cascade(args, acc)
         return
-    model = resolve_model(args.model, weights="pretrained")
+    model = resolve_model(args.model, weights="pretrained", **model_args(args)).to(acc.device)
     data = load_dataset(args.data, train=args.split == "train", transform=eval_transform(model))
     matched = check_classes(model, data, args.data, args.model)
-    result = evaluate(model, loader_for(data, args.batch_size, args.limit), progress=not args.quiet)
     size = args.input_size or default_input_size(model)
-    batch = min(args.batch_size, result["n"])  # timed on no larger a batch than the data gives
+    with acc.autocast():
+        result = evaluate(model, loader_for(data, args.batch_size, args.limit), progress=not args.quiet)
+        batch = min(args.batch_size, result["n"])  # timed on no larger a batch than the data gives
+        speed = round(throughput(model, size, batch), 1)
     result.update(
         model=args.model,
         data=args.data,
         split=args.split,
         macs=count_macs(model, size),
         params=sum(p.numel() for p in model.parameters()),
-        images_per_second=round(throughput(model, size, batch), 1),
+        images_per_second=speed,
+        device=str(acc.device),
+        mixed_precision=acc.mixed_precision,
     )
     emit(
         args,
         result,
         f"{args.model} on {args.data} {args.split} ({result['n']} images): top-1 {100 * result['top1']:.2f}%  "
         f"top-5 {100 * result['top5']:.2f}%  {result['macs'] / 1e6:.2f}M MACs  "
-        f"{result['params'] / 1e6:.3f}M params  {result['images_per_second']:.0f} img/s (batch {batch})"
+        f"{result['params'] / 1e6:.3f}M params  {result['images_per_second']:.0f} img/s on {acc.device} (batch {batch})"
         + _matched(result, data, matched),
     )
 
 
-def _eval_cascade(args) -> None:
+def _eval_cascade(args, acc) -> None:
     """`dcvit eval` on a cascade folder (written by `dcvit cascade --out`, or cascade.save)."""
     from ..cascade_files import load_cascade
     from ..data import eval_transform, load_dataset
     from ..evaluation import check_classes, evaluate_cascade, loader_for
 
-    if args.input_size is not None:
-        raise ValueError("--input-size does not apply to a cascade: its input is fixed in its cascade.json")
-    model = load_cascade(args.model)
+    for flag, value in (("--input-size", args.input_size), ("--model-kwargs", args.model_kwargs)):
+        if value is not None:
+            raise ValueError(f"{flag} does not apply to a cascade: its members are fixed in its cascade.json")
+    if args.checkpoint is not None:
+        raise ValueError("--checkpoint does not apply to a cascade: its members' weights are in its folder")
+    model = load_cascade(args.model).to(acc.device)
     data = load_dataset(args.data, train=args.split == "train", transform=eval_transform(model))
     matched = check_classes(model, data, args.data, args.model)
-    result = evaluate_cascade(model, loader_for(data, args.batch_size, args.limit), progress=not args.quiet)
+    with acc.autocast():
+        result = evaluate_cascade(model, loader_for(data, args.batch_size, args.limit), progress=not args.quiet)
     result.update(model=args.model, data=args.data, split=args.split, thresholds=list(model.thresholds))
+    result.update(device=str(acc.device), mixed_precision=acc.mixed_precision)
     exits = ", ".join(f"{name} {100 * f:.1f}%" for name, f in zip(result["members"], result["exit_fractions"]))
     emit(
         args,
@@ -229,7 +266,7 @@ COMMANDS = [
         "macs",
         "MACs of a model: total and, for supported transformers, per block (attention with norm1, MLP without "
         "norm2); for a cascade folder, its members' and the expected MACs per image",
-        model_argument,
+        lambda p: _model_arguments(p, precision=False),
         run_macs,
     ),
     Command(
@@ -246,7 +283,7 @@ COMMANDS = [
     ),
     Command(
         "eval",
-        "top-1, top-5, MACs, params and CPU throughput of a model on a dataset; for a cascade folder, top-1, "
+        "top-1, top-5, MACs, params and throughput (on --device) of a model on a dataset; for a cascade folder, top-1, "
         "where samples exit and MACs per image",
         _eval_arguments,
         run_eval,

@@ -35,6 +35,11 @@ class Dcvit(Structure):
 
         return progressive_run(engine, plan)
 
+    def planned_epochs(self, plan, config):
+        """A trial per candidate block, then the progressive steps (or all blocks at once, for n steps' epochs)."""
+        steps = plan.n_blocks - 1 if config.progressive else plan.n_blocks
+        return len(plan.candidate_blocks) * config.epochs_per_trial + steps * config.epochs
+
     def build(self, engine, base, plan, blocks):
         """Attention removed (if planned) and plan.hidden_for(width) MLP units kept: random ones, or those
         with the largest activations on the few shots (the unit-choice ablation)."""

@@ -61,6 +61,11 @@ class Structure:
         builds one). `engine` is the run's dcvit.engine.Engine; every process of an Accelerate run calls this."""
         raise NotImplementedError
 
+    def planned_epochs(self, plan, config) -> int | None:
+        """Fine-tuning epochs a run of `plan` with `config` (its metric decided) takes on one process, for the
+        whole-run estimate in the log (dcvit.progress.RunClock); None (the default): unknown, no estimate."""
+        return None
+
     def build(self, engine, base: nn.Module, plan, blocks: Sequence[int]) -> nn.Module:
         """The surgery of one trial or progressive step: a copy of `base` with `blocks` edited."""
         raise NotImplementedError(f"structure '{self.name}' has no per-block surgery")

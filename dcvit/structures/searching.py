@@ -37,6 +37,16 @@ class SearchStructure(Structure):
     def plan_for(self, model, target_macs, config):
         return self.plan(model, target_macs, steps=config.search_steps, candidate_blocks=config.candidate_blocks)
 
+    def planned_epochs(self, plan, config):
+        """Each step's fine-tune, and at the first step a trial per candidate block (where the metric confirms
+        the search's leading edits: dcvit.search.Search.confirm)."""
+        from ..metrics import get_metric
+
+        trials = (
+            len(plan.candidate_blocks) * config.epochs_per_trial if get_metric(config.metric).confirms_search else 0
+        )
+        return trials + plan.steps * config.epochs
+
     def run(self, engine, plan):
         from ..driver import make_result
         from ..search import Search

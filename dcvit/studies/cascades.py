@@ -143,7 +143,7 @@ def time_cascades(
     timed = {name: (lambda net=net: [net(b) for b in batches]) for name, net in runs.items()}
     # the same cascades run stage by stage over all the images (cascade.predict_staged): full batches for every member
     timed |= {("staged", k): (lambda c=c: cascade.predict_staged(c, images, batch_size)) for k, c in built.items()}
-    t = interleaved_medians(timed, repeats)
+    t = interleaved_medians(timed, repeats, device=images.device)
     out = {}
     for key, (members, *_) in chains.items():
         stats, big = built[key].total_stats, members[-1]

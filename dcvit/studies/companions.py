@@ -156,7 +156,8 @@ def time_cascade(
     """measure_speedup on the first `images` test images at each batch size, keyed "batch{size}". Batch 1
     is timed on a quarter of them and, by default, fewer passes (3 instead of 7): one forward per image is
     slow, and the ratio is what matters."""
-    stacked = first_images(test, images)
+    device = next(big.parameters(), torch.zeros(())).device  # timed where the models are
+    stacked = first_images(test, images).to(device)
     return {
         f"batch{bs}": measure_speedup(
             saver,

@@ -7,7 +7,8 @@ drifts of a noisy machine hit every model alike; speed is reported as ratios fro
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -34,12 +35,17 @@ class LatencyRow:
 
 @torch.no_grad()
 def time_interleaved(
-    models: dict[str, nn.Module], input_size, batch_size: int, repeats: int = 20, warmup: int = 3
+    models: dict[str, nn.Module],
+    input_size,
+    batch_size: int,
+    repeats: int = 20,
+    warmup: int = 3,
+    device: torch.device | str = "cpu",
 ) -> dict[str, float]:
-    """Median milliseconds per forward pass of each model, measured in interleaved rounds."""
-    x = torch.randn(batch_size, *input_size)
+    """Median milliseconds per forward pass of each model (on `device`), measured in interleaved rounds."""
+    x = torch.randn(batch_size, *input_size, device=device)
     runs = {name: (lambda m=model.eval(): m(x)) for name, model in models.items()}
-    return {name: 1000 * t for name, t in interleaved_medians(runs, repeats, warmup).items()}
+    return {name: 1000 * t for name, t in interleaved_medians(runs, repeats, warmup, device=device).items()}
 
 
 def narrowed_mlps(model: nn.Module, target: int) -> nn.Module:
@@ -72,7 +78,11 @@ def latency_table(
     batch_sizes: Sequence[int] = (1, 32),
     repeats: int = 20,
     input_size: Sequence[int] | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
 ) -> list[LatencyRow]:
+    """Each structure at equal MACs, timed on `device` inside `autocast()` (e.g. an Accelerator's autocast)."""
     from ..macs import default_input_size
 
     input_size = tuple(input_size) if input_size is not None else default_input_size(model)
@@ -80,9 +90,11 @@ def latency_table(
     for k in drops:
         models.update(equal_macs_structures(model, k))
     macs = {name: count_macs(m, input_size) for name, m in models.items()}
+    models = {name: m.to(device) for name, m in models.items()}  # built where surgery runs, timed where asked
     rows = []
     for bs in batch_sizes:
-        medians = time_interleaved(models, input_size, bs, repeats)
+        with autocast():
+            medians = time_interleaved(models, input_size, bs, repeats, device=device)
         rows += [LatencyRow(name, macs[name], bs, medians[name]) for name in models]
     return rows
 
