@@ -90,7 +90,7 @@ def loader_for(dataset: Dataset, batch_size: int = 256, limit: int | None = None
 @torch.no_grad()
 def throughput(model: nn.Module, input_size, batch_size: int = 256, seconds: float = 2.0) -> float:
     """Images per second of forward passes on random input (after one warm-up pass)."""
-    from ..accel import synchronize
+    from .accel import synchronize
 
     model.eval()
     x = torch.randn(batch_size, *input_size, device=next(model.parameters()).device)

@@ -130,10 +130,10 @@ def test_the_run_clock_estimates_what_is_left_from_the_work_done(monkeypatch, ca
     now[0] = 120.0
     with caplog.at_level(logging.INFO, logger="dcvit"):
         clock.advance(2)  # 2 epochs in 20 s: 6 more take 60 s
-    assert caplog.messages[-1] == "run: 25% of the fine-tuning done, 30s elapsed, about 1m00s left"
-    now[0] = 180.0
-    clock.advance(6)
-    assert caplog.messages[-1] == "run: all planned fine-tuning done, 1m30s elapsed"
+        assert caplog.messages[-1] == "run: 25% of the fine-tuning done, 30s elapsed, about 1m00s left"
+        now[0] = 180.0
+        clock.advance(6)
+        assert caplog.messages[-1] == "run: all planned fine-tuning done, 1m30s elapsed"
     unknown = progress.RunClock(start=0.0)
     unknown.plan(None)  # a structure that cannot tell its work in advance: elapsed time only
     unknown.advance(1)
