@@ -74,8 +74,6 @@ class Engine:
     ):
         if len(data) == 0:
             raise ValueError("the few-shot set is empty; give at least one image")
-        if not math.isfinite(config.lr):  # CompressConfig checks lr > 0 only; inf trains a NaN model
-            raise ValueError(f"lr must be a finite number; got {config.lr}")
         self.config = config
         self.structure = get_structure(config.structure)  # its build() is every trial's and step's surgery
         self.metric = get_metric(config.metric)

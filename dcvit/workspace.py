@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from .files import load, save
+from .outdir import refuse_existing_run
 from .storage import read_json, write_json
 
 # settings.json's "format" (Engine writes it): bumped whenever what the settings fingerprint changes, so a folder
@@ -52,12 +53,8 @@ class Workspace:
         self.root = Path(tempfile.mkdtemp(prefix="dcvit-")) if root is None else Path(root)
         settings_file = self.root / "settings.json"
         _check_layout(self.root, settings_file)
+        refuse_existing_run(self.root, resume, begun=("settings.json",), finished=(), option="folder")
         if settings_file.is_file():
-            if not resume:
-                raise ValueError(
-                    f"{self.root} already holds a run; pass resume=True (--resume) to continue it, "
-                    f"or choose another folder"
-                )
             saved = read_json(settings_file)
             if saved != settings:
                 changed = _differences(saved, settings)

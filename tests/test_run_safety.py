@@ -154,6 +154,20 @@ def test_cli_refuses_to_overwrite_a_finished_run(capsys, tmp_path, cli_env):
     assert compress_cli(capsys, cli_env, out, "--resume")[0] == 0
 
 
+def test_a_begun_run_is_refused_without_resume_before_any_work(capsys, tmp_path, cli_env, monkeypatch):
+    compress(tiny_vit(), 0.8, tiny_data(), FAST, workdir=tmp_path / "w")
+    with pytest.raises(ValueError, match=r"already holds a run \(settings.json\); pass --resume"):
+        compress(tiny_vit(), 0.8, tiny_data(), FAST, workdir=tmp_path / "w")
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / ".dcvit-compress").touch()
+    (out / "checkpoints" / "settings.json").write_text("{}")
+    monkeypatch.setattr("dcvit.factory.resolve_model", lambda *a, **k: pytest.fail("loaded the model"))
+    code, _, err = compress_cli(capsys, cli_env, out)
+    one_line_error(code, err, "already holds a run (checkpoints/settings.json); pass --resume")
+    assert (out / "checkpoints" / "settings.json").read_text() == "{}"
+
+
 def test_a_run_failing_before_any_step_leaves_no_settings(tmp_path, monkeypatch):
     def failing(self, *args, **kwargs):
         raise RuntimeError("out of memory")

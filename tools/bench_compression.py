@@ -20,7 +20,6 @@ Example:  python tools/bench_compression.py grid --part 0/2 & python tools/bench
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -35,6 +34,7 @@ from dcvit.driver import compress
 from dcvit.factory import resolve_model
 from dcvit.macs import count_macs
 from dcvit.planning import block_drop_macs, default_candidates
+from dcvit.scripts import script_parser
 from dcvit.studies.evaluate import evaluate, loader_for
 from dcvit.surgery import drop_blocks
 
@@ -398,7 +398,7 @@ def report(out: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument(
         "mode", choices=["grid", "frontier", "search-space", "ablations", "correlation", "anatomy", "report", "plot"]
     )

@@ -15,7 +15,6 @@ default"; the arguments of each run are recorded in dcvit/models/weights/NAME.js
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 import dcvit  # noqa: F401  registers the models
 from dcvit.data import DEBIAN_FMNIST, FashionMNIST, calibration_indices
 from dcvit.models import FMNIST_MEAN, FMNIST_STD, weights_path
+from dcvit.scripts import script_parser
 from dcvit.storage import optimizer_tensors, read_json, read_tensors, restore_optimizer, write_json, write_tensors
 
 
@@ -83,7 +83,7 @@ def load_checkpoint(ckpt: Path, model, optimizer) -> tuple[int, list]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--model", default="fmnist_vit12", choices=["fmnist_vit12", "fmnist_vit_tiny", "fmnist_cnn"])
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=128)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..data import CALIBRATION_SIZE
-from ..outdir import check_out, claim_out, input_paths, writing_out
+from ..outdir import check_out, claim_out, input_paths, refuse_existing_run, writing_out
 from ..structures import BASELINE_STRUCTURE
 from .common import Command, emit, model_argument, seed_argument, structure_argument
 
@@ -80,13 +79,6 @@ def _config(args):
     return config.for_structure(args.structure)
 
 
-def _refuse_finished(out: Path, resume: bool) -> None:
-    """A finished run's model and result.json stay unless --resume says to redo or reuse them."""
-    finished = [out / "result.json", out / "model", *out.glob("target-*/result.json"), *out.glob("target-*/model")]
-    if not resume and any(p.exists() for p in finished):
-        raise ValueError(f"{out} already holds a finished run; choose another --out or pass --resume")
-
-
 def _run_targets(args, targets: list[str]) -> list[dict]:
     from ..accel import is_main_process
     from ..data import few_shot_subset
@@ -96,7 +88,7 @@ def _run_targets(args, targets: list[str]) -> list[dict]:
     # the output place, config and targets are checked before any slow work
     out = check_out(args.out, args.command, input_paths(args.data, [args.model]))
     config = _config(args)
-    _refuse_finished(out, args.resume)
+    refuse_existing_run(out, args.resume)  # a run begun or finished: only with --resume
     model = resolve_model(args.model, weights="pretrained")
     plans = [plan_for(model, t, config) for t in targets]
     data = few_shot_subset(args.data, args.shots, seed=args.seed, calibration_size=args.calibration_size)
