@@ -32,6 +32,7 @@ from .planning import BasePlan, Plan
 from .progress import api_logging
 from .scoring import Trial
 from .structures.registry import get_structure
+from .workspace import Workspace
 
 
 @dataclass(frozen=True)
@@ -114,16 +115,12 @@ def block_structure(model: nn.Module, original: nn.Module) -> tuple[dict, ...]:
 
 
 # --- Algorithm 1, step 2: the block-wise trial (Eq. 6 on each fine-tuned candidate) ---------------------
-def trial_key(plan: Plan, block: int, surgery: str) -> str:
-    return f"trial-{surgery}-b{block}-h{plan.mlp_hidden}-a{int(plan.remove_attention)}"
-
-
 def run_trials(engine: Engine, plan: Plan, candidates: Sequence[int]) -> dict[int, Trial]:
     """Fine-tune and score one candidate model per block; returns {block: Trial} (all processes agree)."""
     acc = engine.accelerator
     mine = list(candidates)[acc.process_index :: acc.num_processes]
     for block in engine.progress(mine, "block-wise trial"):
-        key = trial_key(plan, block, engine.config.structure)
+        key = Workspace.trial_key(engine.config.structure, plan, block)
         if engine.workspace.has(key):
             continue
         model, fit, seconds = engine.build_and_tune(
@@ -132,7 +129,8 @@ def run_trials(engine: Engine, plan: Plan, candidates: Sequence[int]) -> dict[in
         trial = engine.score(model, block, fit.final_loss, seconds, acc.process_index)
         engine.workspace.save(key, model, trial.__dict__)
     acc.wait_for_everyone()
-    return {b: Trial(**engine.workspace.meta(trial_key(plan, b, engine.config.structure))) for b in candidates}
+    structure = engine.config.structure
+    return {b: Trial(**engine.workspace.meta(Workspace.trial_key(structure, plan, b))) for b in candidates}
 
 
 def rank(trials: dict[int, Trial]) -> list[int]:
@@ -144,11 +142,6 @@ def rank(trials: dict[int, Trial]) -> list[int]:
 def plan_for(model: nn.Module, target_macs: float, config: CompressConfig) -> BasePlan:
     """The plan `config.structure` makes for `target_macs` (see dcvit.structures)."""
     return get_structure(config.structure).plan_for(model, target_macs, config)
-
-
-def _step_key(plan: Plan, blocks: Sequence[int], surgery: str, progressive: bool) -> str:
-    mode = "prog" if progressive else "topk"
-    return f"{mode}-{surgery}-h{plan.mlp_hidden}-a{int(plan.remove_attention)}-" + "-".join(map(str, blocks))
 
 
 def _save_step(engine: Engine, key: str, blocks: Sequence[int], model: nn.Module, fit, seconds: float) -> None:
@@ -167,11 +160,11 @@ def _save_step(engine: Engine, key: str, blocks: Sequence[int], model: nn.Module
 def _progressive(engine: Engine, plan: Plan, order: list[int]) -> tuple[nn.Module, list[dict]]:
     """Algorithm 1, step 3: grow the compressed set one block at a time from the best candidate."""
     surgery = engine.config.structure
-    first = trial_key(plan, order[0], surgery)
+    first = Workspace.trial_key(surgery, plan, order[0])
     model = engine.workspace.load(first)
     history = [{"blocks": order[:1], **engine.workspace.meta(first)}]
     for i in range(1, len(order)):
-        key = _step_key(plan, order[: i + 1], surgery, True)
+        key = Workspace.step_key(surgery, plan, order[: i + 1], progressive=True)
         if not engine.workspace.has(key):
             _save_step(
                 engine,
@@ -186,7 +179,7 @@ def _progressive(engine: Engine, plan: Plan, order: list[int]) -> tuple[nn.Modul
 
 def _all_at_once(engine: Engine, plan: Plan, order: list[int]) -> tuple[nn.Module, list[dict]]:
     """Top-k ablation and PRACTISE-style dropping: all n blocks at once, fine-tuned for n steps' epochs."""
-    key = _step_key(plan, sorted(order), engine.config.structure, False)
+    key = Workspace.step_key(engine.config.structure, plan, sorted(order), progressive=False)
     if not engine.workspace.has(key):
         _save_step(
             engine,
@@ -232,11 +225,7 @@ def progressive_run(engine: Engine, plan: Plan) -> CompressionResult:
     order = rank(trials)[: plan.n_blocks]
     start = time.perf_counter()
     step = _progressive if engine.config.progressive else _all_at_once
-    if engine.accelerator.is_main_process:
-        model, history = step(engine, plan, order)
-    engine.accelerator.wait_for_everyone()
-    if not engine.accelerator.is_main_process:  # the steps are checkpointed: this only reads the main process's result
-        model, history = step(engine, plan, order)
+    model, history = engine.workspace.main_first(lambda: step(engine, plan, order))
     timings["progressive"] = time.perf_counter() - start
     scores = {b: t.score for b, t in trials.items()}
     seconds = {**engine.timings, **timings}

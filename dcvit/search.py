@@ -35,6 +35,7 @@ from torch import nn
 from .macs import MacsProfile, count_macs, macs_profile
 from .scoring import kl_score
 from .surgery import DroppedBlock, block_heads, block_state, edit_block, edit_blocks, random_units
+from .workspace import Workspace
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
@@ -206,9 +207,6 @@ class Search:
         self.original_heads = [block_heads(self.adapter, b) for b in self.adapter.blocks(engine.teacher)]
         self.prune_heads = self.config.prune_heads and not self.mlp_only
 
-    def _key(self, name: str) -> str:
-        return f"{self.plan.structure}-{self.plan.macs_target}-{name}"
-
     # --- 1. zero-shot scores ------------------------------------------------------------------------
     def candidates(self, model: nn.Module, profile: MacsProfile) -> list[Edit]:
         """Every edit of every candidate block, not yet scored (saved from `profile`, score 0)."""
@@ -283,8 +281,7 @@ class Search:
         confirmed = {}
         for e in self.engine.progress(list(leading.values()), "block-wise trial"):
             # Trials edit the teacher, whatever the target: a family shares them.
-            key = f"{self.plan.structure}-trial-b{e.block}-a{int(e.attention)}-u{e.units}"
-            key += f"-h{e.heads}" if e.heads is not None else ""
+            key = Workspace.search_trial_key(self.plan.structure, e.block, e.attention, e.units, e.heads)
             if not self.engine.workspace.has(key):
                 start = time.perf_counter()
                 candidate = self._apply(model, [e], importance)
@@ -306,7 +303,7 @@ class Search:
         return edit_blocks(model, {e.block: self.change(model, e, importance) for e in edits})
 
     def step(self, model: nn.Module, index: int) -> tuple[nn.Module, dict]:
-        key = self._key(f"step{index}")
+        key = Workspace.search_step_key(self.plan.structure, self.plan.macs_target, index)
         if self.engine.workspace.has(key):
             return self.engine.workspace.load(key), self.engine.workspace.meta(key)
         start = time.perf_counter()

@@ -43,11 +43,7 @@ class SearchStructure(Structure):
 
         start = time.perf_counter()
         search = Search(engine, plan, mlp_only=self.mlp_only)
-        if engine.accelerator.is_main_process:
-            model, history = search.run()
-        engine.accelerator.wait_for_everyone()
-        if not engine.accelerator.is_main_process:  # checkpointed: this only reads the main process's result
-            model, history = search.run()
+        model, history = engine.workspace.main_first(search.run)  # the others read its checkpoints
         edited = tuple(dict.fromkeys(e["block"] for h in history for e in h["chosen"]))
         scores = {}
         for h in history[:1]:  # a block's score: its best edit at the first step

@@ -18,7 +18,7 @@ from torch.utils.data import Subset
 
 from ..config import BLOCK_DROP, CompressConfig
 from ..data import CALIBRATION_SIZE, eval_transform, few_shot_subset, load_dataset, unlabeled_subset
-from ..driver import compress_family, trial_key
+from ..driver import compress_family
 from ..factory import resolve_model
 from ..macs import count_macs
 from ..mimic import refine
@@ -223,7 +223,8 @@ def _candidate_study(result, root: Path, test, out: Path, images: int) -> dict:
     losses = [result.trials[b].train_loss for b in blocks]
     trials = Workspace.existing(root)
     errors = [
-        1 - evaluate(trials.load(trial_key(result.plan, b, "dcvit")), loader_for(test), progress=False)["top1"]
+        1
+        - evaluate(trials.load(Workspace.trial_key("dcvit", result.plan, b)), loader_for(test), progress=False)["top1"]
         for b in blocks
     ]
     rho_metric = float(spearmanr(scores, errors).statistic)
