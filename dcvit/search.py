@@ -1,7 +1,7 @@
 """Structure search (docs/method.md §11): the synthetic metric set chooses what each block loses.
 
 DC-ViT always removes attention and narrows the MLPs of the blocks it picks. Which part of a block is
-redundant depends on the model, so `structure="auto"` lets the metric decide, per block, among: keep; narrow
+redundant depends on the model, so the auto structure (dcvit.structures.auto) lets the metric decide, per block, among: keep; narrow
 the MLP; remove the MLP (attention kept); remove the attention (the MLP maybe narrowed); drop the block; and,
 with `CompressConfig.prune_heads`, keep only some whole attention heads (where the adapter can prune them).
 

@@ -69,6 +69,23 @@ def test_dcvit_modules_import_each_other_without_circles():
         visit(module, [])
 
 
+def test_structures_are_found_through_the_registry_only():
+    """The generic code imports the registry, never a structure module; a structure module imports the code
+    below it (planning, surgery, the search) but not the config or the run's entry points, which look it up:
+    the registry imports it on the first lookup, which may come while those are loading."""
+    graph = module_graph()
+    structures = {m for m in graph if m.startswith("dcvit.structures.") and m != "dcvit.structures.registry"}
+    for module, targets in graph.items():
+        if not module.startswith("dcvit.structures"):
+            assert not targets & structures, f"{module} imports {sorted(targets & structures)}"
+    above = ("dcvit.config", "dcvit.driver", "dcvit.engine", "dcvit.mimic", "dcvit.cli")
+    code = (
+        f"import sys; import {', '.join(sorted(structures))}; "
+        f"loaded = [m for m in {above!r} if m in sys.modules]; assert not loaded, loaded"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
 def test_import_dcvit_is_light_and_exposes_the_main_job():
     code = (
         "import sys, dcvit; heavy = [m for m in ('dcvit.driver', 'dcvit.engine', 'accelerate', 'fvcore') "

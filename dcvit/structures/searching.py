@@ -1,9 +1,6 @@
 """What the structure searches (auto, mlp; docs/method.md §11) share: a SearchPlan (the target, the
 candidate blocks, the step count) and a run in which the synthetic metric set chooses every block's edit
 (dcvit.search). A search structure says which edits it offers and how low its edits can go (its floor).
-
-dcvit modules are imported inside the methods: the registry's package loads this module while config and
-planning, which this code needs, may still be loading.
 """
 
 from __future__ import annotations
@@ -11,6 +8,9 @@ from __future__ import annotations
 import time
 from typing import ClassVar
 
+from ..planning import plan_search
+from ..result import make_result
+from ..search import Search
 from .registry import Structure
 
 
@@ -23,8 +23,6 @@ class SearchStructure(Structure):
         raise NotImplementedError
 
     def plan(self, model, target_macs, *, input_size=None, candidate_blocks=None, blocks=None, steps=None):
-        from ..planning import plan_search
-
         return plan_search(
             model,
             target_macs,
@@ -38,9 +36,6 @@ class SearchStructure(Structure):
         return self.plan(model, target_macs, steps=config.search_steps, candidate_blocks=config.candidate_blocks)
 
     def run(self, engine, plan):
-        from ..driver import make_result
-        from ..search import Search
-
         start = time.perf_counter()
         search = Search(engine, plan, mlp_only=self.mlp_only)
         model, history = engine.workspace.main_first(search.run)  # the others read its checkpoints
