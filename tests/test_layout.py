@@ -105,3 +105,14 @@ def test_the_typed_face_imports_every_public_name():
     guarded = next(n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING")
     typed = {a.name: node.module for node in guarded.body for a in node.names}
     assert typed == exports
+
+
+def test_declared_dependencies_are_imported():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requires = {line.split(">")[0].split("=")[0].strip() for line in project["dependencies"]}
+    sources = "\n".join(
+        p.read_text() for d in ("dcvit", "synth", "cascade") for p in (ROOT / d).rglob("*.py") if p.is_file()
+    )
+    used = "import einops" in sources or "from einops" in sources
+    assert ("einops" in requires) == used

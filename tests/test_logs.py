@@ -4,7 +4,7 @@ configured no logging; a first line naming device, processes and precision."""
 import logging
 
 import torch
-from conftest import tiny_vit
+from helpers.models import tiny_vit
 
 import dcvit
 import synth

@@ -5,8 +5,8 @@ line, exit 2, before any slow work. Tiny random-init models, temporary folders."
 from __future__ import annotations
 
 import pytest
-from conftest import tiny_vit
 from helpers.cli import one_line_error, run_cli
+from helpers.models import tiny_vit
 
 import dcvit
 from dcvit.outdir import check_out, claim_out, marker

@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import tiny_data, tiny_vit
+from helpers.models import tiny_data, tiny_vit
 
 import dcvit
 from dcvit import metrics
