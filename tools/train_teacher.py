@@ -95,8 +95,8 @@ def main() -> None:
     p.add_argument(
         "--bf16",
         action="store_true",
-        help="bfloat16 autocast for the forward pass: worth it only on CPUs with AVX512-BF16 or AMX; about 8x "
-        "SLOWER without (AVX2-only EPYC: 7.7 s vs 0.9 s per step of 256 images, 1 thread; BENCHMARKS.md)",
+        help="bfloat16 autocast for the forward pass: worth it only on CPUs with AVX512-BF16 or AMX, much SLOWER "
+        'without (BENCHMARKS.md, "bfloat16 training on CPU")',
     )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data", default=str(DEBIAN_FMNIST), help="Fashion-MNIST root (idx files)")

@@ -134,7 +134,8 @@ def _synth_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="random roll, as a fraction of the side (default: at most half a patch for a ViT, "
-        "min(30/224, (patch // 2) / side), else 30/224, the reference; 1/28 measured best for the 28x28 fmnist_vit12)",
+        "min(30/224, (patch // 2) / side), else 30/224, the reference; for the 28x28 fmnist_vit12 the engine uses 1/28: "
+        'BENCHMARKS.md, "Synthetic metric set")',
     )
     seed_argument(p)
     p.add_argument("--out", required=True, help="folder for the set (safetensors + JSON) and grid.png")
