@@ -64,3 +64,17 @@ def umask_022():
         yield
     finally:
         os.umask(old)
+
+
+@pytest.fixture
+def no_slow_work(monkeypatch):
+    """Any model loading or demo run means the command started its work before refusing."""
+
+    def started(*args, **kwargs):
+        raise AssertionError("the command started its work before checking its arguments")
+
+    # Modules that bind resolve_model at import must be imported before the patch, or they keep the stand-in.
+    import dcvit.studies.demo  # noqa: F401
+
+    monkeypatch.setattr("dcvit.factory.resolve_model", started)
+    monkeypatch.setattr("dcvit.studies.demo.run_demo", started)

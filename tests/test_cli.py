@@ -152,20 +152,6 @@ def image_folder(root, classes=10, per_class=1):
 
 
 @pytest.fixture
-def no_slow_work(monkeypatch):
-    """Any model loading or demo run means the command started its work before refusing."""
-
-    def started(*args, **kwargs):
-        raise AssertionError("the command started its work before checking its arguments")
-
-    # Modules that bind resolve_model at import must be imported before the patch, or they keep the stand-in.
-    import dcvit.studies.demo  # noqa: F401
-
-    monkeypatch.setattr("dcvit.factory.resolve_model", started)
-    monkeypatch.setattr("dcvit.studies.demo.run_demo", started)
-
-
-@pytest.fixture
 def fast_throughput(monkeypatch):
     monkeypatch.setattr("dcvit.studies.evaluate.throughput", lambda *args, **kwargs: 1.0)
 

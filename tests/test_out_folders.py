@@ -17,17 +17,6 @@ def model(tmp_path_factory):
     return str(dcvit.save(tiny_vit(depth=2), tmp_path_factory.mktemp("models") / "m"))
 
 
-@pytest.fixture
-def no_slow_work(monkeypatch):
-    def started(*args, **kwargs):
-        raise AssertionError("the command started its work before checking --out")
-
-    import dcvit.studies.demo  # noqa: F401  bound before the patch, so the patch reaches it
-
-    monkeypatch.setattr("dcvit.factory.resolve_model", started)
-    monkeypatch.setattr("dcvit.studies.demo.run_demo", started)
-
-
 def argv(command, model, out, data="imagefolder:/nonexistent-never-read"):
     return {
         "compress": ["compress", "--model", model, "--data", data, "--target-macs", "0.5", "--out", out],

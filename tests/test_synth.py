@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-import dcvit
 import synth
 from synth.deepinversion import cosine_lr
 from synth.regularizers import l2_prior, total_variation
@@ -335,20 +334,6 @@ def test_random_cnn_is_pulled_without_augmentation():
 
 
 # --- synth jitter follows the model ----------------------------------------------------------------------
-def _vit(img, patch, chans=1):
-    torch.manual_seed(0)
-    return dcvit.create_model(
-        "vit_tiny_patch16_224",
-        img_size=img,
-        patch_size=patch,
-        embed_dim=16,
-        depth=1,
-        num_heads=2,
-        in_chans=chans,
-        num_classes=10,
-    ).eval()
-
-
 class TorchvisionStyle(nn.Module):
     """Exposes `patch_size` as torchvision's VisionTransformer does."""
 
@@ -368,9 +353,13 @@ QUICK = dict(iterations=2, warmup=1, progress=False)
 @pytest.mark.parametrize(
     "model, size, expected",
     [
-        (_vit(16, 4), None, 2 / 16),  # half a patch (2 px) is under 30/224 of 16 px
-        (_vit(28, 7), None, 3 / 28),  # patch 7: 3 px, never more than half a patch (30/224 would round to 4)
-        (_vit(64, 32), None, 30 / 224),  # half a patch is over the reference: the reference
+        (tiny_vit(1, 16, patch_size=4), None, 2 / 16),  # half a patch (2 px) is under 30/224 of 16 px
+        (
+            tiny_vit(1, 28, patch_size=7),
+            None,
+            3 / 28,
+        ),  # patch 7: 3 px, never more than half a patch (30/224 would round to 4)
+        (tiny_vit(1, 64, patch_size=32), None, 30 / 224),  # half a patch is over the reference: the reference
         (TorchvisionStyle(), (3, 32, 32), 4 / 32),
         (
             nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)),
@@ -392,7 +381,7 @@ def _mode(path: Path) -> int:
 
 
 def test_synth_files_and_grid_follow_the_umask(tmp_path, umask_022):
-    made = synth.synthesize(_vit(16, 4), 3, **QUICK)
+    made = synth.synthesize(tiny_vit(1, 16, patch_size=4), 3, **QUICK)
     made.save(tmp_path / "set")
     made.save(tmp_path / "set")  # replacing too
     made.save_grid(tmp_path / "set" / "grid.png")
