@@ -1,4 +1,6 @@
-"""dcvit.workspace: checkpoint names (existing runs are resumed by them) and the main-process-then-others order."""
+"""dcvit.workspace and the run folder it keeps: checkpoint names (existing runs are resumed by them), the
+main-process-then-others order, resume fingerprints, and runs begun, finished, failed or of the wrong shape
+(the refusals of dcvit.outdir.refuse_existing_run, from the API and the CLI)."""
 
 import json
 import shutil
@@ -16,6 +18,7 @@ from dcvit.engine import Engine
 from dcvit.workspace import Workspace
 
 
+# --- checkpoint names and process order ---------------------------------------------------------------
 def test_checkpoint_names_are_those_of_existing_runs():
     """Spelled as runs made before this module owned them: a change would orphan their checkpoints."""
     plan = SimpleNamespace(mlp_hidden=103, remove_attention=True)
