@@ -21,6 +21,7 @@ $(FMNIST)/.checked:
 demo: setup
 	.venv/bin/dcvit demo --out runs/demo
 
+# pytest-randomly (a dev extra) runs the tests in a new random order each time; -p no:randomly keeps file order.
 test: setup
 	$(PY) -m pytest -q tests
 

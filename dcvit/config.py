@@ -177,13 +177,15 @@ ABLATIONS: dict[str, dict] = {
     "extra-block": {"extra_blocks": 1},
 }
 
-# PRACTISE-style block dropping: drop whole blocks chosen by few-shot feature MSE after a short recovery,
-# all at once, then recover with the same total fine-tune budget as DC-ViT.
-BLOCK_DROP = {"structure": BASELINE_STRUCTURE, **get_structure(BASELINE_STRUCTURE).config_changes}
-
 
 def __getattr__(name: str):
-    """STRUCTURES and METRICS, the names once listed here, now read from the registries (plug-ins included)."""
+    """Read from the registries on use (never while this module loads: the structures import it):
+    BLOCK_DROP, the config changes of PRACTISE-style block dropping (drop whole blocks chosen by few-shot
+    feature MSE after a short recovery, all at once, then recover with the same total fine-tune budget as
+    DC-ViT);
+    STRUCTURES and METRICS, the names once listed here (plug-ins included)."""
+    if name == "BLOCK_DROP":
+        return {"structure": BASELINE_STRUCTURE, **get_structure(BASELINE_STRUCTURE).config_changes}
     if name == "STRUCTURES":
         return structure_names()
     if name == "METRICS":

@@ -95,8 +95,6 @@ class Engine:
     ):
         if len(data) == 0:
             raise ValueError("the few-shot set is empty; give at least one image")
-        if not math.isfinite(config.lr):  # CompressConfig checks lr > 0 only; inf trains a NaN model
-            raise ValueError(f"lr must be a finite number; got {config.lr}")
         start = time.perf_counter()
         self.accelerator = make_accelerator(config.mixed_precision, config.device)
         announce("compressing", self.accelerator)  # device, processes, precision: the first line
@@ -107,7 +105,8 @@ class Engine:
         self.clock = RunClock(start, enabled=config.progress and self.accelerator.is_main_process)
         self.timings: dict[str, float] = {}
         self.images = FewShotImages(data, teacher, config.augment)
-        self.workspace = self._workspace(workdir, self._settings(teacher, len(data), metric_set), resume)
+        settings = self._settings(teacher, len(data), metric_set)
+        self.workspace = Workspace.shared(workdir, settings, resume, self.accelerator)
         try:
             self._prepare(teacher, metric_set)
         except BaseException:  # a failed set-up must not leave a folder that refuses the rerun
@@ -152,33 +151,27 @@ class Engine:
                     else None
                 )
 
-    def _workspace(self, workdir: Path | None, settings: dict, resume: bool) -> Workspace:
-        """The main process creates (or checks) the run folder first; the others join it afterwards."""
-        acc = self.accelerator
-        if acc.num_processes > 1 and workdir is None:
-            raise ValueError("a multi-process run needs a shared workdir (--out) for its candidates")
-        workspace = Workspace(workdir, settings, resume) if acc.is_main_process else None
-        acc.wait_for_everyone()
-        return workspace or Workspace(workdir, settings, resume=True, is_main=False)
-
     def _metric_set(self) -> synth.SyntheticSet:
         """The synthetic metric set (Eq. 4-5): made once by the main process, shared through the workspace."""
         path = self.workspace.root / "metric_set"
-        if self.accelerator.is_main_process and not (path / "meta.json").is_file():
-            start = time.perf_counter()
-            made = synth.synthesize(
-                self.teacher,
-                self.config.synth_images,
-                iterations=self.config.synth_iterations,
-                jitter=self.config.synth_jitter,
-                seed=self.config.seed,
-                progress=bar if self.config.progress else False,  # log lines, not \r, in a redirected log
-                **metric_set_inputs(self.teacher),
-            )
-            self.timings["synth"] = time.perf_counter() - start
-            made.save(path)
-        self.accelerator.wait_for_everyone()
+        self.workspace.main_only(lambda: self._synthesize(path))
         return synth.load(path)
+
+    def _synthesize(self, path: Path) -> None:
+        if (path / "meta.json").is_file():  # a resumed run's
+            return
+        start = time.perf_counter()
+        made = synth.synthesize(
+            self.teacher,
+            self.config.synth_images,
+            iterations=self.config.synth_iterations,
+            jitter=self.config.synth_jitter,
+            seed=self.config.seed,
+            progress=bar if self.config.progress else False,  # log lines, not \r, in a redirected log
+            **metric_set_inputs(self.teacher),
+        )
+        self.timings["synth"] = time.perf_counter() - start
+        made.save(path)
 
     def progress(self, items: Iterable, desc: str):
         return progress(list(items), desc, enabled=self.config.progress and self.accelerator.is_main_process)

@@ -219,8 +219,6 @@ def mimic(
     desc: str = "mimicking",
 ) -> MimicResult:
     """Fine-tune `student` in place by Eq. 3; deterministic for a seed on CPU."""
-    if not math.isfinite(config.lr):
-        raise ValueError(f"lr must be a finite number; got {config.lr}")
     gen = seed_everything(seed)
     adapter = get_adapter(student)
     params = trainable_parameters(student, None if config.train_scope == "all" else upto)

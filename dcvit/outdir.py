@@ -7,6 +7,8 @@ input folder or around one (`--data imagefolder:data --out data` would mix its f
 
 `check_out` refuses a bad --out in one line before any slow work and creates nothing; `claim_out` makes the
 folder and its marker just before the first file is written, checking again (the folder may have changed).
+`refuse_existing_run` is the rule of compression runs (the CLI's, the recipes' and dcvit.compress's
+checkpoints folder): a folder holding a run, begun or finished, is written again only with --resume.
 """
 
 from __future__ import annotations
@@ -66,6 +68,29 @@ def writing_out(out: Path, command: str, option: str = "--out") -> Iterator[Path
         if created:
             shutil.rmtree(out, ignore_errors=True)
         raise
+
+
+# What marks a folder as holding a compression run: its checkpoints (a run begun), and a finished run's outputs
+# (one target's result.json and model, or a family's target-*/).
+BEGUN = ("checkpoints/settings.json",)
+FINISHED = ("result.json", "model", "target-*/result.json", "target-*/model")
+
+
+def refuse_existing_run(
+    out: Path, resume: bool, begun: Iterable[str] = BEGUN, finished: Iterable[str] = FINISHED, option: str = "--out"
+) -> None:
+    """Unless `resume`, a one-line ValueError when `out` holds a run: a file or folder matching a pattern
+    (relative to `out`) of `finished`, or a file matching one of `begun` (a settings.json of another shape is
+    the run folder's own error: dcvit.workspace). Checked before any slow work; nothing is read or written."""
+    if resume:
+        return
+    for kind, patterns, counts in (("a finished run", finished, Path.exists), ("a run", begun, Path.is_file)):
+        found = next((p for pattern in patterns for p in sorted(Path(out).glob(pattern)) if counts(p)), None)
+        if found is not None:
+            raise ValueError(
+                f"{short_path(out)} already holds {kind} ({found.relative_to(out)}); pass --resume (resume=True in "
+                f"Python) to continue it, or choose another {option}"
+            )
 
 
 def input_paths(data: str | None = None, models: Iterable[str] = ()) -> list[Path]:

@@ -1,7 +1,7 @@
 """The selection score (docs/method.md §7, Eq. 6), pure functions of a model and the synthetic metric set.
 
 score_b = mean over synthetic images of KL(p_teacher || p_b); lower means the candidate is more recoverable.
-The block-wise trial that fine-tunes each candidate and calls these lives in `dcvit.driver`.
+The block-wise trial that fine-tunes each candidate and calls these lives in `dcvit.structures.dcvit`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""Building blocks for compression scripts of your own (the recipes in recipes/ are made of them).
+"""The argument layer of every dcvit command line: the `dcvit` CLI, the recipes in recipes/, the tools in
+tools/ and compression scripts of your own.
 
-A script parser whose usage errors are one line (exit 2), the run arguments every compression script takes
+The parser whose usage errors are one line (exit 2), the run arguments every compression script takes
 (--data, --shots, --structure, --preset, --out, --resume, --seed and the size overrides), the CompressConfig
-they describe, and `run_main`, which turns the errors a user can fix into that same one line.
+they describe, the refusal of an --out that already holds a run (dcvit.outdir), which process writes under
+`accelerate launch`, and `run_main`, which turns the errors a user can fix into that same one line.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .accel import is_main_process
 from .checks import seed_text
 from .config import CompressConfig
+from .outdir import refuse_existing_run
 from .storage import write_json
 from .structures import DEFAULT_STRUCTURE, structure_names
 
-__all__ = ["PRESETS", "SIZES", "ScriptParser", "add_run_arguments", "clean_checkpoints", "config_from_args",
-           "data_spec", "positive_int", "run_main", "target_macs", "write_json"]  # fmt: skip
+__all__ = ["PRESETS", "SIZES", "OneLineParser", "add_run_arguments", "clean_checkpoints", "config_from_args",
+           "data_spec", "is_main_process", "positive_int", "refuse_existing_run", "run_main", "script_parser",
+           "target_macs", "write_json"]  # fmt: skip
 
 PRESETS = {
     "paper": {},  # CompressConfig.paper(): 2000 epochs per step and per trial, lr 3e-5, batch 64, RandAugment
@@ -30,14 +35,18 @@ SIZES = ("epochs", "trial_epochs", "batch_size", "synth_images", "synth_iteratio
 DATASETS = ("imagefolder", "cifar10", "cifar100", "fashion-mnist")
 
 
-class ScriptParser(argparse.ArgumentParser):
-    """Errors are one line on stderr (exit 2); --help shows the description (the script's docstring) as written."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr (exit 2), like every other dcvit error."""
 
     def error(self, message: str) -> None:
         self.exit(2, f"{self.prog}: error: {' '.join(str(message).split())} (see --help)\n")
+
+
+def script_parser(description: str | None, prog: str | None = None, **kwargs: Any) -> OneLineParser:
+    """A script's parser: one-line errors, and --help shows the description (its docstring) as written."""
+    return OneLineParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs
+    )
 
 
 def target_macs(text: str) -> float:

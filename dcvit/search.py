@@ -1,7 +1,7 @@
 """Structure search (docs/method.md §11): the synthetic metric set chooses what each block loses.
 
 DC-ViT always removes attention and narrows the MLPs of the blocks it picks. Which part of a block is
-redundant depends on the model, so `structure="auto"` lets the metric decide, per block, among: keep; narrow
+redundant depends on the model, so the auto structure (dcvit.structures.auto) lets the metric decide, per block, among: keep; narrow
 the MLP; remove the MLP (attention kept); remove the attention (the MLP maybe narrowed); drop the block; and,
 with `CompressConfig.prune_heads`, keep only some whole attention heads (where the adapter can prune them).
 
@@ -35,6 +35,7 @@ from torch import nn
 from .macs import MacsProfile, count_macs, macs_profile
 from .scoring import kl_score
 from .surgery import DroppedBlock, block_heads, block_state, edit_block, edit_blocks, random_units
+from .workspace import Workspace
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
@@ -259,9 +260,6 @@ class Search:
         self.original_heads = [block_heads(self.adapter, b) for b in self.adapter.blocks(engine.teacher)]
         self.prune_heads = self.config.prune_heads and not self.mlp_only
 
-    def _key(self, name: str) -> str:
-        return f"{self.plan.structure}-{self.plan.macs_target}-{name}"
-
     # --- 1. zero-shot scores ------------------------------------------------------------------------
     def candidates(self, model: nn.Module, profile: MacsProfile) -> list[Edit]:
         """Every edit of every candidate block, not yet scored (saved from `profile`, score 0)."""
@@ -338,8 +336,7 @@ class Search:
         self.engine.skip((len(self.plan.candidate_blocks) - len(leading)) * epochs)  # blocks with nothing to try
         for e in self.engine.progress(list(leading.values()), "block-wise trial"):
             # Trials edit the teacher, whatever the target: a family shares them.
-            key = f"{self.plan.structure}-trial-b{e.block}-a{int(e.attention)}-u{e.units}"
-            key += f"-h{e.heads}" if e.heads is not None else ""
+            key = Workspace.search_trial_key(self.plan.structure, e.block, e.attention, e.units, e.heads)
             if self.engine.workspace.has(key):
                 self.engine.skip(epochs)
             else:
@@ -363,7 +360,7 @@ class Search:
         return edit_blocks(model, {e.block: self.change(model, e, importance) for e in edits})
 
     def step(self, model: nn.Module, index: int) -> tuple[nn.Module, dict]:
-        key = self._key(f"step{index}")
+        key = Workspace.search_step_key(self.plan.structure, self.plan.macs_target, index)
         confirms = index == 0 and self.engine.metric.confirms_search
         if self.engine.workspace.has(key):  # done: neither its fine-tune nor its trials are left to do
             trials = len(self.plan.candidate_blocks) * self.config.epochs_per_trial if confirms else 0
@@ -392,8 +389,8 @@ class Search:
             "seconds": time.perf_counter() - start,
             "images_per_second": fit.images_per_second,
         }
-        if past is not None:
-            meta["landing"] = past
+        if past is not None:  # the result's notes read it (CompressionResult.notes)
+            meta["landing"] = {**past, "note": landing_note(past, self.plan.macs_original)}
         self.engine.workspace.save(key, new, meta)
         return self.engine.workspace.load(key), meta
 

@@ -20,6 +20,7 @@ from .arch import get_adapter, mlps, runnable
 from .arch.base import Adapter, MlpParts
 from .arch.blocks import DroppedBlock, MlpOnlyBlock, ZeroMlp, is_edited
 from .fingerprint import check_plan_fits
+from .structures.registry import PAPER_STRUCTURE
 
 __all__ = ["DroppedBlock", "MlpOnlyBlock", "ZeroMlp"]  # re-exported: the blocks surgery makes live in dcvit.arch
 
@@ -171,7 +172,7 @@ def apply_plan(
     """
     if not hasattr(plan, "hidden_for") or plan.mlp_hidden <= 0:
         raise ValueError(
-            f"apply_plan takes a plan that narrows MLPs (structure 'dcvit'); got one for structure "
+            f"apply_plan takes a plan that narrows MLPs (structure '{PAPER_STRUCTURE}'); got one for structure "
             f"'{getattr(plan, 'structure', type(plan).__name__)}' (drop_blocks drops whole blocks)"
         )
     adapter = get_adapter(model)

@@ -1,19 +1,26 @@
 """Checkpoints of a compression run: one folder per finished candidate or progressive step.
 
 A step counts as done only once its meta.json exists, and that file is written last (atomically), so a run
-killed at any moment resumes from the last finished step and redoes at most the one it was in.
+killed at any moment resumes from the last finished step and redoes at most the one it was in. The folders'
+names are spelled here only (the `*_key` methods): a resumed run, and the demo reading a finished one, find
+them by these names, so a change to one would orphan every existing run's checkpoints.
+
+Under `accelerate launch` the main process creates the folder and does the checkpointed work first; the
+others join afterwards and read its checkpoints (`Workspace.shared`, `main_first`, `main_only`).
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 
 from .files import load, save
+from .outdir import refuse_existing_run
 from .storage import read_json_object, write_json
 
 METRIC_SET = "metric_set"  # the synthetic metric set's folder in the run folder (Engine._metric_set)
@@ -47,10 +54,12 @@ def _check_layout(root: Path, settings_file: Path) -> None:
 
 
 _UNREADABLE_RUN = "this run cannot be resumed: start a new one in another folder"
+T = TypeVar("T")
 
 
 class Workspace:
     def __init__(self, root: Path | None, settings: dict[str, Any], resume: bool = False, is_main: bool = True):
+        self.accelerator = None  # set by `shared`; None: this process alone
         self.temporary = root is None
         # A folder this run made and finished no step in is removed again on failure (see cleanup).
         self.created = root is not None and is_main and not Path(root).exists()
@@ -58,12 +67,8 @@ class Workspace:
         self.root = Path(tempfile.mkdtemp(prefix="dcvit-")) if root is None else Path(root)
         settings_file = self.root / "settings.json"
         _check_layout(self.root, settings_file)
+        refuse_existing_run(self.root, resume, begun=("settings.json",), finished=(), option="folder")
         if settings_file.is_file():
-            if not resume:
-                raise ValueError(
-                    f"{self.root} already holds a run; pass resume=True (--resume) to continue it, "
-                    f"or choose another folder"
-                )
             saved = read_json_object(settings_file, _UNREADABLE_RUN)
             if saved != settings:
                 changed = _differences(saved, settings)
@@ -76,6 +81,61 @@ class Workspace:
             except BaseException:  # a full disk: leave no empty run folder behind
                 self.cleanup()
                 raise
+
+    @classmethod
+    def shared(cls, root: Path | None, settings: dict[str, Any], resume: bool, accelerator) -> Workspace:
+        """The run's folder on every process of `accelerator`: the main process creates (or checks) it first;
+        the others join it afterwards. A multi-process run needs a folder all of them see."""
+        if accelerator.num_processes > 1 and root is None:
+            raise ValueError("a multi-process run needs a shared workdir (--out) for its candidates")
+        workspace = cls(root, settings, resume) if accelerator.is_main_process else None
+        accelerator.wait_for_everyone()
+        workspace = workspace or cls(root, settings, resume=True, is_main=False)
+        workspace.accelerator = accelerator
+        return workspace
+
+    def main_first(self, work: Callable[[], T]) -> T:
+        """`work` on the main process, then, once it is done, on the others: work that checkpoints its steps
+        here thus runs once, and the others only read the main process's checkpoints."""
+        acc = self.accelerator
+        if acc is None or acc.num_processes == 1:
+            return work()
+        if acc.is_main_process:
+            result = work()
+        acc.wait_for_everyone()
+        if not acc.is_main_process:
+            result = work()
+        return result
+
+    def main_only(self, work: Callable[[], object]) -> None:
+        """`work` on the main process only; the others wait until it is done (then read what it wrote)."""
+        if self.accelerator is None or self.accelerator.is_main_process:
+            work()
+        if self.accelerator is not None:
+            self.accelerator.wait_for_everyone()
+
+    # --- checkpoint names --------------------------------------------------------------------------------
+    @staticmethod
+    def trial_key(structure: str, plan, block: int) -> str:
+        """A block-wise trial of the paper's structure or the baseline: `block` edited as `plan` says."""
+        return f"trial-{structure}-b{block}-h{plan.mlp_hidden}-a{int(plan.remove_attention)}"
+
+    @staticmethod
+    def step_key(structure: str, plan, blocks: Sequence[int], progressive: bool) -> str:
+        """A progressive step (`blocks` compressed, in order), or the top-k / baseline's one step."""
+        mode = "prog" if progressive else "topk"
+        return f"{mode}-{structure}-h{plan.mlp_hidden}-a{int(plan.remove_attention)}-" + "-".join(map(str, blocks))
+
+    @staticmethod
+    def search_trial_key(structure: str, block: int, attention: bool, units: int, heads: int | None) -> str:
+        """A structure search's trial of one edit of the teacher (shared by a family's targets)."""
+        key = f"{structure}-trial-b{block}-a{int(attention)}-u{units}"
+        return key + (f"-h{heads}" if heads is not None else "")
+
+    @staticmethod
+    def search_step_key(structure: str, macs_target: int, index: int) -> str:
+        """A structure search's step `index` towards `macs_target`."""
+        return f"{structure}-{macs_target}-step{index}"
 
     @classmethod
     def existing(cls, root: Path) -> Workspace:

@@ -14,7 +14,6 @@ preset's sizes (tiny values check the wiring in seconds). One file: copy it anyw
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import dcvit
@@ -23,8 +22,8 @@ from dcvit import scripts
 TARGETS = (0.9, 0.83, 0.75, 0.67)
 
 
-def build_parser() -> scripts.ScriptParser:
-    p = scripts.ScriptParser(prog=Path(__file__).name, description=__doc__)
+def build_parser() -> scripts.OneLineParser:
+    p = scripts.script_parser(__doc__, prog=Path(__file__).name)
     p.add_argument(
         "--model",
         default="vit_base_patch16_224",
@@ -55,14 +54,13 @@ def run(args) -> list[dict]:
     if len(set(labels)) < len(labels):
         raise ValueError(f"--targets has duplicates: {' '.join(labels)}")
     out, spec, config = Path(args.out), scripts.data_spec(args.data), scripts.config_from_args(args)
-    if (out / "checkpoints" / "settings.json").is_file() and not args.resume:
-        raise ValueError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    scripts.refuse_existing_run(out, args.resume)  # a run begun or finished: only with --resume
     model = dcvit.resolve_model(args.model, weights="pretrained")  # never random init: pointless to compress
     plans = [dcvit.plan_for(model, t, config) for t in args.targets]  # fail on unreachable targets before data work
     print("\n".join(f"target {label}: {plan.describe()}" for label, plan in zip(labels, plans)), flush=True)
     data = dcvit.few_shot_subset(spec, args.shots, seed=args.seed)
     results = dcvit.compress_family(model, plans, data, config, workdir=out / "checkpoints", resume=args.resume)
-    if int(os.environ.get("RANK", 0)) > 0:  # under `accelerate launch`, only the main process writes
+    if not scripts.is_main_process():  # under `accelerate launch`, only the main process writes
         return []
     summaries = [
         r.save(out / f"target-{label}", target=t, shots=args.shots, preset=args.preset)

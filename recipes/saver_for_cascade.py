@@ -24,7 +24,6 @@ installed.
 from __future__ import annotations
 
 import copy
-import os
 import sys
 from pathlib import Path
 
@@ -36,8 +35,8 @@ from dcvit.studies.report import guarantee_sentence, save_study_cascade, study_s
 TARGETS = (0.5, 0.3)
 
 
-def build_parser() -> scripts.ScriptParser:
-    p = scripts.ScriptParser(prog=Path(__file__).name, description=__doc__)
+def build_parser() -> scripts.OneLineParser:
+    p = scripts.script_parser(__doc__, prog=Path(__file__).name)
     p.add_argument(
         "--big",
         default="vit_base_patch16_224",
@@ -117,8 +116,7 @@ def run(args) -> dict:
     names = [args.big, *members, *args.extra_savers]
     if len(set(names)) < len(names):
         raise ValueError("--targets and --extra-savers must name distinct models, none of them the big one")
-    if (out / "checkpoints" / "settings.json").is_file() and not args.resume:
-        raise ValueError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    scripts.refuse_existing_run(out, args.resume)  # a run begun or finished: only with --resume
     big = dcvit.resolve_model(args.big, weights="pretrained")  # never random init: pointless to compress
     extras = {name: dcvit.resolve_model(name, weights="pretrained") for name in args.extra_savers}
     for name, model in extras.items():
@@ -129,7 +127,7 @@ def run(args) -> dict:
     data = dcvit.few_shot_subset(spec, args.shots, seed=args.seed, calibration_size=args.calibration_size)
     extra = refinement_images(args, spec)  # drawn now: too many fails before the compression runs
     results = dcvit.compress_family(big, plans, data, config, workdir=out / "checkpoints", resume=args.resume)
-    if int(os.environ.get("RANK", 0)) > 0:  # under `accelerate launch`, only the main process goes on
+    if not scripts.is_main_process():  # under `accelerate launch`, only the main process goes on
         return {}
     summaries = [
         r.save(out / f"target-{label}", target=t, shots=args.shots, preset=args.preset)

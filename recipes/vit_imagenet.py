@@ -15,7 +15,6 @@ check the wiring in seconds). A single file: copy it anywhere dcvit is installed
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -23,8 +22,8 @@ import dcvit
 from dcvit import scripts
 
 
-def build_parser() -> scripts.ScriptParser:
-    p = scripts.ScriptParser(prog=Path(__file__).name, description=__doc__)
+def build_parser() -> scripts.OneLineParser:
+    p = scripts.script_parser(__doc__, prog=Path(__file__).name)
     p.add_argument(
         "--model",
         default="vit_base_patch16_224",
@@ -42,15 +41,14 @@ def build_parser() -> scripts.ScriptParser:
 
 def run(args) -> dict:
     out, spec, config = Path(args.out), scripts.data_spec(args.data), scripts.config_from_args(args)
-    if (out / "checkpoints" / "settings.json").is_file() and not args.resume:
-        raise ValueError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    scripts.refuse_existing_run(out, args.resume)  # a run begun or finished: only with --resume
     model = dcvit.resolve_model(args.model, weights="pretrained")  # never random init: pointless to compress
     plan = dcvit.plan_for(model, args.target_macs, config)  # fails on unreachable targets before any data work
     print(f"plan: {plan.describe()}", flush=True)
     data = dcvit.few_shot_subset(spec, args.shots, seed=args.seed)
     start = time.perf_counter()
     result = dcvit.compress(model, plan, data, config, workdir=out / "checkpoints", resume=args.resume)
-    if int(os.environ.get("RANK", 0)) > 0:  # under `accelerate launch`, only the main process writes
+    if not scripts.is_main_process():  # under `accelerate launch`, only the main process writes
         return {}
     summary = result.save(
         out,

@@ -1,51 +1,18 @@
+"""Fixtures the test files share; shared functions are in tests/helpers/ (imported as `helpers.NAME`)."""
+
+import os
+
+import numpy as np
 import pytest
 import torch
+from helpers.models import small_vit, tiny_vit
+from helpers.runs import image_folder, other_teacher
+from PIL import Image
 
-import dcvit  # noqa: F401  registers the shipped models
+import dcvit
 
 # Tiny models are overhead-bound: one thread is faster and immune to a busy machine's oversubscription.
 torch.set_num_threads(1)
-
-
-def small_vit(depth=6, dim=48, heads=3, img=32, patch=8, chans=3, **kwargs):
-    return dcvit.create_model(
-        "vit_tiny_patch16_224",
-        img_size=img,
-        patch_size=patch,
-        embed_dim=dim,
-        depth=depth,
-        num_heads=heads,
-        in_chans=chans,
-        num_classes=10,
-        **kwargs,
-    ).eval()
-
-
-def tiny_vit(depth=5):
-    """A 1-channel 16-pixel ViT small enough to compress in seconds."""
-    torch.manual_seed(0)
-    return dcvit.create_model(
-        "vit_tiny_patch16_224",
-        img_size=16,
-        patch_size=4,
-        embed_dim=32,
-        depth=depth,
-        num_heads=2,
-        in_chans=1,
-        num_classes=10,
-    ).eval()
-
-
-def tiny_swin(**kwargs):
-    """A two-stage 56-pixel Swin: every Swin code path at test speed."""
-    settings = dict(img_size=56, embed_dim=24, depths=(2, 2), num_heads=(2, 2), window_size=7, num_classes=5)
-    return dcvit.create_model("swin_tiny_patch4_window7_224", **{**settings, **kwargs}).eval()
-
-
-def tiny_data(n=16):
-    """n random 1 x 16 x 16 images (labels are never used)."""
-    gen = torch.Generator().manual_seed(1)
-    return torch.utils.data.TensorDataset(torch.randn(n, 1, 16, 16, generator=gen), torch.zeros(n, dtype=torch.long))
 
 
 @pytest.fixture
@@ -57,3 +24,57 @@ def vit():
 @pytest.fixture(scope="session")
 def tmp_cwd_free(tmp_path_factory):
     return tmp_path_factory.mktemp("work")
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    """Two saved tiny 10-class ViTs (depth 2 and 1): a big model and a saver for `dcvit cascade`."""
+    root = tmp_path_factory.mktemp("models")
+    return str(dcvit.save(tiny_vit(2), root / "big")), str(dcvit.save(tiny_vit(1), root / "saver"))
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory):
+    """A bare ImageFolder of 10 classes x 2 random 16 x 16 gray PNGs."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for c in range(10):
+        (root / f"c{c}").mkdir()
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(root / f"c{c}" / f"{i}.png")
+    return f"imagefolder:{root}"
+
+
+@pytest.fixture
+def cli_env(tmp_path):
+    """A saved tiny teacher, another one, and two different image folders."""
+    return {
+        "model": dcvit.save(tiny_vit(), tmp_path / "teacher"),
+        "other": dcvit.save(other_teacher(), tmp_path / "t2"),
+        "data": image_folder(tmp_path / "a", 1),
+        "other_data": image_folder(tmp_path / "b", 2),
+    }
+
+
+# files are written with the umask 022 (a common default), whatever the test process had
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.fixture
+def no_slow_work(monkeypatch):
+    """Any model loading or demo run means the command started its work before refusing."""
+
+    def started(*args, **kwargs):
+        raise AssertionError("the command started its work before checking its arguments")
+
+    # Modules that bind resolve_model at import must be imported before the patch, or they keep the stand-in.
+    import dcvit.studies.demo  # noqa: F401
+
+    monkeypatch.setattr("dcvit.factory.resolve_model", started)
+    monkeypatch.setattr("dcvit.studies.demo.run_demo", started)

@@ -6,7 +6,7 @@ weights say it must, the MACs model is exact, files replay the edits, the search
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_data
+from helpers.models import tiny_data
 from timm.layers import GatedMlp, GluMlp, SwiGLU
 from torch import nn
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.models import tiny_vit
 from torch import nn
 
 import cascade
@@ -929,3 +930,28 @@ def test_cascade_class_check_keeps_forward_check_when_undeclared():
     casc = Cascade([Take(0, 3), Take(3, 7)], [0.99])
     with pytest.raises(ValueError, match="share the label space"):
         casc(torch.zeros(4, 7))
+
+
+def test_predict_staged_on_an_empty_batch_is_empty():
+    import cascade
+
+    casc = cascade.Cascade([tiny_vit(1), tiny_vit(2)], [0.5], [1.0, 2.0]).eval()
+    logits, stats = cascade.predict_staged(casc, torch.zeros(0, 1, 16, 16))
+    assert logits.shape == (0, 10) and stats.exit_counts == (0, 0) and stats.n == 0 and stats.avg_cost == 0.0
+
+
+def test_calibrate_5_stages_x_2000_samples_stays_bounded():
+    """The product of 5 - 1 grids of 102 values was 108 M tuples (tens of GB); it is coarsened to at most
+    MAX_CANDIDATES (0.8 GB peak, under 2 s); 12 models cannot be searched even at 2 quantiles per stage."""
+    import cascade
+    from cascade._search import MAX_CANDIDATES, stage_grid_size
+
+    assert [stage_grid_size(n, 100) for n in (2, 3, 4, 5, 6, 11)] == [100, 100, 100, 36, 16, 2]
+    assert all((stage_grid_size(n, 100) + 2) ** (n - 1) <= MAX_CANDIDATES for n in range(4, 12))
+    g = torch.Generator().manual_seed(0)
+    probs = [torch.softmax(torch.randn(2000, 10, generator=g) * 3, 1) for _ in range(5)]
+    labels = torch.randint(0, 10, (2000,), generator=g)
+    found = cascade.calibrate(probs, labels, [1, 2, 3, 4, 5], max_acc_drop=0.05)
+    assert len(found.thresholds) == 4 and found.meets_tolerance
+    with pytest.raises(ValueError, match="12 models.*accepted: at most 11 models"):
+        cascade.calibrate([probs[0]] * 12, labels, list(range(1, 13)))

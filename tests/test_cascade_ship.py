@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_vit
+from helpers.models import tiny_vit
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn

@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_vit
 from helpers.cli import run_cli
+from helpers.models import tiny_vit
 from PIL import Image
 
 import dcvit

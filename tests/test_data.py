@@ -1,6 +1,10 @@
+import gzip
+
+import numpy as np
 import pytest
 import torch
-from conftest import small_vit
+from helpers.cli import one_line_error, run_cli
+from helpers.models import small_vit
 from PIL import Image
 
 import dcvit
@@ -83,3 +87,55 @@ def test_imagefolder_empty_and_too_many_shots(tmp_path):
         few_shot_subset(f"imagefolder:{tmp_path / 'ok'}", 7)
     with pytest.raises(FileNotFoundError, match="no val"):
         load_dataset(f"imagefolder:{tmp_path / 'ok'}", train=False)
+
+
+# --- Fashion-MNIST roots with bad idx files ------------------------------------------------------------
+def idx(values: np.ndarray) -> bytes:
+    header = bytes((0, 0, 8, values.ndim)) + np.array(values.shape, dtype=">i4").tobytes()
+    return header + values.astype(np.uint8).tobytes()
+
+
+def fmnist_root(root, images=None, labels=None, gz=False):
+    """A root of the four idx files for 3 test and 3 train images; `images` / `labels` replace the bytes."""
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for split in ("train", "t10k"):
+        for kind, data in (("images-idx3-ubyte", images), ("labels-idx1-ubyte", labels)):
+            good = rng.integers(0, 256, (3, 28, 28)) if kind.startswith("images") else np.array([0, 1, 9])
+            raw = idx(good) if data is None else data
+            name = f"{split}-{kind}" + (".gz" if gz else "")
+            (root / name).write_bytes(gzip.compress(raw) if gz else raw)
+    return root
+
+
+def test_a_good_small_fashion_mnist_root_evaluates(capsys, tmp_path, models, monkeypatch):
+    monkeypatch.setattr("dcvit.evaluation.throughput", lambda *args, **kwargs: 1.0)  # 2 s of timing
+    root = fmnist_root(tmp_path / "fm", gz=True)
+    code, out, err = run_cli(capsys, "eval", "--model", models[0], "--data", f"fashion-mnist:{root}", "--quiet")
+    assert code == 0 and "(3 images)" in out, err
+
+
+BAD_IDX = {
+    "empty": (b"", None, "0 bytes"),
+    "short": (b"\0\0", None, "2 bytes"),
+    "truncated": (idx(np.zeros((3, 28, 28)))[:1000], None, "truncated"),
+    "not-images": (idx(np.zeros((3, 28))), None, "not an idx file of 3-d"),
+    "labels-short": (None, idx(np.zeros(2)), "do not match"),
+    "labels-out-of-range": (None, idx(np.array([0, 1, 200])), "do not match"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_IDX))
+def test_a_bad_fashion_mnist_file_is_named_in_one_line(capsys, tmp_path, models, case):
+    images, labels, fragment = BAD_IDX[case]
+    root = fmnist_root(tmp_path / "fm", images, labels)
+    code, _, err = run_cli(capsys, "eval", "--model", models[0], "--data", f"fashion-mnist:{root}")
+    one_line_error(code, err, str(root / "t10k-"), fragment)
+
+
+def test_a_truncated_gz_fashion_mnist_file_is_named_in_one_line(capsys, tmp_path, models):
+    root = fmnist_root(tmp_path / "fm", gz=True)
+    raw = (root / "t10k-images-idx3-ubyte.gz").read_bytes()
+    (root / "t10k-images-idx3-ubyte.gz").write_bytes(raw[: len(raw) // 2])
+    code, _, err = run_cli(capsys, "eval", "--model", models[0], "--data", f"fashion-mnist:{root}")
+    one_line_error(code, err, str(root / "t10k-images-idx3-ubyte.gz"), "cannot be read")

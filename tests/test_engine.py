@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_data, tiny_vit
+from helpers.models import tiny_data, tiny_vit
 
 import dcvit
+import synth
 from dcvit.config import ABLATIONS, BLOCK_DROP, CompressConfig
 from dcvit.driver import compress, compress_family, plan_for
 from dcvit.engine import Engine
@@ -106,10 +107,23 @@ def test_resume_refuses_changed_settings(tmp_path):
         compress(tiny_vit(), 0.8, tiny_data(), FAST.replace(lr=1e-2), workdir=tmp_path / "w", resume=True)
 
 
-def test_family_reuses_trials_and_is_dense():
-    results = compress_family(tiny_vit(depth=6), [0.9, 0.8, 0.7], tiny_data(), FAST)
+@pytest.mark.parametrize("config", [FAST, FAST.replace(**BLOCK_DROP)], ids=["dcvit", "drop"])
+def test_family_reuses_trials_and_the_metric_set_and_is_dense(monkeypatch, config):
+    """One synthetic set for the family, and each trial once: a trial is shared by every target whose plan edits
+    blocks alike (the baseline's plans all drop whole blocks, so 3 targets share 4 trials)."""
+    tuned, synthesized = [], []
+    real_tune, real_synth = Engine.fine_tune, synth.synthesize
+    monkeypatch.setattr(Engine, "fine_tune", lambda self, *a: tuned.append(a[-1]) or real_tune(self, *a))
+    monkeypatch.setattr(synth, "synthesize", lambda *a, **k: synthesized.append(1) or real_synth(*a, **k))
+    results = compress_family(tiny_vit(depth=6), [0.9, 0.8, 0.7], tiny_data(), config)
     macs = [r.macs for r in results]
     assert macs == sorted(macs, reverse=True) and all(r.macs <= r.plan.macs_target for r in results)
+    trials = [key for key in tuned if key.startswith("trial-")]
+    widths = {(r.plan.mlp_hidden, r.plan.remove_attention) for r in results}
+    assert len(trials) == len(set(trials)) == len(widths) * len(results[0].plan.candidate_blocks)
+    assert len(synthesized) == (1 if config.metric == "kl" else 0)
+    if config.structure == "drop":
+        assert len(widths) == 1  # the sharing case: 4 trials for 3 targets, not 12
 
 
 @pytest.mark.parametrize("name", sorted(ABLATIONS))
@@ -178,3 +192,11 @@ def test_two_process_accelerate_launch_gives_the_same_ranking(tmp_path):
     assert one == two
     processes = {json.loads(p.read_text())["process"] for p in (tmp_path / "w2").glob("trial-*/meta.json")}
     assert processes == {0, 1}  # the candidates really were split
+
+
+def test_engine_jitter_default_stays_the_measured_one_and_none_follows_the_model():
+    assert CompressConfig().synth_jitter == 1 / 28
+    with pytest.raises(ValueError, match="synth_jitter"):
+        CompressConfig(synth_jitter="wide")
+    engine = Engine(tiny_vit(), tiny_data(), FAST.replace(synth_jitter=None))
+    assert engine.metric_set.config["jitter"] == pytest.approx(2 / 16)  # tiny_vit: patch 4 at 16 px

@@ -6,7 +6,7 @@ take those keywords, in eager mode and in TorchScript."""
 import pytest
 import torch
 import torchvision
-from conftest import small_vit, tiny_swin
+from helpers.models import small_vit, tiny_swin
 
 import dcvit
 from dcvit.surgery import DroppedBlock, MlpOnlyBlock, ZeroMlp, edit_blocks

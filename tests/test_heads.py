@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import small_vit, tiny_data, tiny_swin, tiny_vit
+from helpers.models import small_vit, tiny_data, tiny_swin, tiny_vit
 
 import dcvit
 from dcvit.arch import get_adapter

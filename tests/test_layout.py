@@ -87,6 +87,23 @@ def test_dcvit_modules_import_each_other_without_circles():
         visit(module, [])
 
 
+def test_structures_are_found_through_the_registry_only():
+    """The generic code imports the registry, never a structure module; a structure module imports the code
+    below it (planning, surgery, the search) but not the config or the run's entry points, which look it up:
+    the registry imports it on the first lookup, which may come while those are loading."""
+    graph = module_graph()
+    structures = {m for m in graph if m.startswith("dcvit.structures.") and m != "dcvit.structures.registry"}
+    for module, targets in graph.items():
+        if not module.startswith("dcvit.structures"):
+            assert not targets & structures, f"{module} imports {sorted(targets & structures)}"
+    above = ("dcvit.config", "dcvit.driver", "dcvit.engine", "dcvit.mimic", "dcvit.cli")
+    code = (
+        f"import sys; import {', '.join(sorted(structures))}; "
+        f"loaded = [m for m in {above!r} if m in sys.modules]; assert not loaded, loaded"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
 def test_import_dcvit_is_light_and_exposes_the_main_job():
     code = (
         "import sys, dcvit; heavy = [m for m in ('dcvit.driver', 'dcvit.engine', 'accelerate', 'fvcore') "
@@ -136,3 +153,14 @@ def test_the_sdist_carries_every_file_the_readme_links_to():
         for path in sorted(local):
             assert (ROOT / path).exists(), f"{doc} links to {path}, which does not exist"
             assert _manifest_covers(path, rules), f"{doc} links to {path}, which the sdist leaves out (MANIFEST.in)"
+
+
+def test_declared_dependencies_are_imported():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requires = {line.split(">")[0].split("=")[0].strip() for line in project["dependencies"]}
+    sources = "\n".join(
+        p.read_text() for d in ("dcvit", "synth", "cascade") for p in (ROOT / d).rglob("*.py") if p.is_file()
+    )
+    used = "import einops" in sources or "from einops" in sources
+    assert ("einops" in requires) == used

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import torch
-from conftest import tiny_vit
+from helpers.models import tiny_vit
 
 import dcvit
 import synth

@@ -1,8 +1,9 @@
 import timm
 import torchvision
-from conftest import small_vit
+from helpers.models import small_vit, tiny_vit
 
 import dcvit
+from dcvit.macs import count_macs, macs_profile
 
 
 def test_vit_base_matches_timm_published_gmacs_within_1_percent():
@@ -21,7 +22,7 @@ def test_fused_attention_matmuls_are_counted():
     assert profile.mlp[0] == 2 * tokens * dim * 4 * dim
 
 
-def test_profile_sums_to_total_and_uses_data_config():
+def test_profile_blocks_are_attention_mlp_and_norms_and_total_is_count_macs():
     model = small_vit(depth=4)
     profile = dcvit.macs_profile(model)
     assert profile.input_size == (3, 32, 32)
@@ -51,3 +52,12 @@ def test_swin_profile_has_a_value_per_block():
     )
     profile = dcvit.macs_profile(model)
     assert len(profile.attn) == 4 and all(a > 0 for a in profile.attn) and all(m > 0 for m in profile.mlp)
+
+
+# --- counting leaves the model's modes alone --------------------------------------------------
+def test_counting_restores_training_flags():
+    model = tiny_vit().train()
+    model.blocks[1].eval()
+    modes = [m.training for m in model.modules()]
+    count_macs(model), macs_profile(model), dcvit.plan(model, 0.8)
+    assert [m.training for m in model.modules()] == modes

@@ -5,8 +5,8 @@ line, exit 2, before any slow work. Tiny random-init models, temporary folders."
 from __future__ import annotations
 
 import pytest
-from conftest import tiny_vit
 from helpers.cli import one_line_error, run_cli
+from helpers.models import tiny_vit
 
 import dcvit
 from dcvit.outdir import check_out, claim_out, marker
@@ -15,17 +15,6 @@ from dcvit.outdir import check_out, claim_out, marker
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return str(dcvit.save(tiny_vit(depth=2), tmp_path_factory.mktemp("models") / "m"))
-
-
-@pytest.fixture
-def no_slow_work(monkeypatch):
-    def started(*args, **kwargs):
-        raise AssertionError("the command started its work before checking --out")
-
-    import dcvit.studies.demo  # noqa: F401  bound before the patch, so the patch reaches it
-
-    monkeypatch.setattr("dcvit.factory.resolve_model", started)
-    monkeypatch.setattr("dcvit.studies.demo.run_demo", started)
 
 
 def argv(command, model, out, data="imagefolder:/nonexistent-never-read"):

@@ -1,7 +1,8 @@
 import math
 
 import pytest
-from conftest import small_vit
+from helpers.cli import one_line_error, run_cli
+from helpers.models import small_vit, tiny_vit
 
 import dcvit
 
@@ -86,3 +87,35 @@ def test_bad_targets(bad, msg):
 def test_candidate_blocks_validated():
     with pytest.raises(ValueError, match="candidate"):
         dcvit.plan(small_vit(depth=4), 0.8, candidate_blocks=[7])
+
+
+# --- plans that would miss their target ---------------------------------------------------------------
+def test_repeated_candidates_are_refused(capsys):
+    with pytest.raises(ValueError, match="distinct"):
+        dcvit.plan(tiny_vit(), 0.8, candidate_blocks=[3, 3, 3])
+    code, _, err = run_cli(
+        capsys,
+        "plan",
+        "--model",
+        "fmnist_vit12",
+        "--structure",
+        "dcvit",
+        "--target-macs",
+        "0.75",
+        "--candidates",
+        3,
+        3,
+        3,
+        3,
+        3,
+        3,
+    )
+    one_line_error(code, err, "distinct")
+
+
+def test_a_plan_above_its_target_is_never_returned(monkeypatch):
+    import dcvit.planning as planning
+
+    monkeypatch.setattr(planning, "_candidates", lambda profile, blocks: tuple(blocks))  # bypass the check
+    with pytest.raises(ValueError, match="above the target"):
+        planning.plan(tiny_vit(), 0.8, candidate_blocks=[3, 3, 3])

@@ -5,7 +5,7 @@ import json
 import time
 
 import pytest
-from conftest import small_vit, tiny_data, tiny_vit
+from helpers.models import small_vit, tiny_data, tiny_vit
 
 import dcvit
 

@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import small_vit, tiny_swin
+from helpers.models import small_vit, tiny_swin
 from timm.layers import Mlp
 
 import dcvit

@@ -1,23 +1,35 @@
 """Adapter plugins: a custom architecture's adapter lives in the user's module, and works from `dcvit --import
 MODULE`, from an installed package's `dcvit.adapters` entry point (loaded on the first failed lookup), and
 `dcvit.load` of its file without the plugin says in one line what to import. The fresh-process tests run the
-plugin from a temporary folder on PYTHONPATH, as a user would."""
+plugin from a temporary folder on PYTHONPATH, as a user would; the README's custom architecture compresses."""
 
 import importlib.metadata
+import importlib.util
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import small_vit
+from helpers.models import small_vit
+from PIL import Image
+from torch import nn
 
 import dcvit
 from dcvit import arch
+from dcvit.arch import Adapter, MlpParts, register_adapter
 from dcvit.cli import main
+from dcvit.config import CompressConfig
+from dcvit.driver import compress
+from dcvit.engine import Engine
 from dcvit.storage import ModelFileError
+
+FAST = CompressConfig(
+    epochs=1, trial_epochs=1, batch_size=8, synth_images=8, synth_iterations=5, structure="dcvit", progress=False
+)
 
 PLUGIN = "dcvit_test_plugin"
 ADAPTER = "test-plugin-vit"
@@ -227,3 +239,91 @@ def test_fresh_process_entry_point(plugin_file, tmp_path):
     assert proc.returncode == 0 and proc.stdout.split() == ["TinyViT", "(2,", "5)"], proc.stderr
     cli = run_python(["-m", "dcvit", "macs", "--model", str(plugin_file)], plugins, tmp_path)
     assert cli.returncode == 0 and "GMACs" in cli.stdout, cli.stderr
+
+
+# --- the README's custom architecture --------------------------------------------------------------------
+class MyBlock(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), nn.MultiheadAttention(dim, 2, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x):
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+class MyViT(nn.Module):
+    def __init__(self, depth=6, dim=32):
+        super().__init__()
+        self.embed = nn.Conv2d(3, dim, 8, 8)
+        self.layers = nn.Sequential(*[MyBlock(dim) for _ in range(depth)])
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, 10)
+
+    def tokens(self, x):
+        return self.norm(self.layers(self.embed(x).flatten(2).transpose(1, 2)))
+
+    def forward(self, x):
+        return self.head(self.tokens(x).mean(1))
+
+
+@register_adapter
+class MyViTAdapter(Adapter):
+    name = "my-vit"
+    attention_names = ("norm1", "attn")  # what Eq. 1 counts as a block's attention
+    mlp_name = "mlp"
+
+    @classmethod
+    def matches(cls, model):
+        return isinstance(model, MyViT)
+
+    def block_containers(self, model):
+        return [(model.layers, i) for i in range(len(model.layers))]
+
+    def block_paths(self, model):
+        return [f"layers.{i}" for i in range(len(model.layers))]
+
+    def mlp_parts(self, block):
+        return MlpParts(block.norm2, block.mlp, nn.Identity(), nn.Identity())
+
+    def features(self, model, x):
+        return model.tokens(x)  # tokens after the final norm, before the head
+
+    def tail_modules(self, model):
+        return [model.norm, model.head]
+
+    def input_size(self, model):
+        return (3, 32, 32)
+
+    def base_spec(self, model):
+        return {"depth": len(model.layers)}  # enough to rebuild it offline
+
+    @staticmethod
+    def build(spec):
+        return MyViT(depth=spec["depth"])
+
+
+def _my_vit():
+    torch.manual_seed(0)
+    return MyViT().eval()
+
+
+def test_readme_custom_vit_compresses_with_tensor_shots():
+    data = torch.utils.data.TensorDataset(torch.randn(8, 3, 32, 32), torch.zeros(8, dtype=torch.long))
+    result = compress(_my_vit(), 0.7, data, FAST)
+    assert result.macs <= result.plan.macs_target
+    assert result.model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_readme_custom_vit_compresses_with_pil_shots_in_the_adapters_input_space():
+    gen = np.random.default_rng(0)
+    data = [(Image.fromarray(gen.integers(0, 256, (40, 40, 3), dtype=np.uint8)), 0) for _ in range(8)]
+    engine = Engine(_my_vit(), data, FAST)
+    assert engine.images.fixed.shape == (8, 3, 32, 32)
+    assert engine.metric_images.shape == (8, 3, 32, 32)  # the synthetic set at the adapter's input size
+    # and in the few-shot images' normalisation (timm's default config for a model that has none)
+    assert engine.metric_set.mean == pytest.approx((0.485, 0.456, 0.406))
+    result = compress(_my_vit(), 0.7, data, FAST)
+    assert result.macs <= result.plan.macs_target

@@ -290,6 +290,15 @@ def test_bad_input(tmp_path, capsys, offline, files, name, argv, fragment):
     assert not (tmp_path / "bad").exists()
 
 
+def test_only_the_main_process_writes(tmp_path, files, offline, monkeypatch):
+    """Under `accelerate launch` the other processes return after the shared checkpointed work, as the CLI's do."""
+    monkeypatch.setattr(scripts, "is_main_process", lambda: False)
+    args = ["--model", files["model"], "--data", files["images"], "--out", str(tmp_path / "out"), *TINY]
+    assert load_recipe("vit_imagenet").main([*args, "--target-macs", "0.7"]) == {}
+    assert (tmp_path / "out" / "checkpoints" / "settings.json").is_file()
+    assert not (tmp_path / "out" / "result.json").exists() and not (tmp_path / "out" / "model").exists()
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_data_is_required(capsys, name):
     assert "--data" in fail(name, ["--out", "unused"], capsys)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import small_vit
+from helpers.models import small_vit
 from torch import nn
 
 import cascade

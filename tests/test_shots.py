@@ -4,7 +4,7 @@ class sub-folders), and tensors or lists of images passed to `dcvit.compress`.""
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_vit
+from helpers.models import tiny_vit
 from PIL import Image
 
 import dcvit

@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 import torchvision
-from conftest import small_vit, tiny_data, tiny_swin, tiny_vit
+from helpers.models import small_vit, tiny_data, tiny_swin, tiny_vit
 from torch import nn
 
 import dcvit

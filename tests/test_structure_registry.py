@@ -3,18 +3,21 @@ here, outside the library, plans, compresses and is offered by CompressConfig an
 The built-ins keep their names, their settings and their plan types."""
 
 import json
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
-from conftest import tiny_data, tiny_vit
+from helpers.models import tiny_data, tiny_vit
 
 import dcvit
 from dcvit import metrics
 from dcvit.cli import main
 from dcvit.config import BLOCK_DROP, CompressConfig
-from dcvit.driver import make_result
 from dcvit.metrics import Metric, register_metric
 from dcvit.planning import Plan, SearchPlan
+from dcvit.result import make_result
 from dcvit.structures import Structure, get_structure, register_structure, registry, structure_names
 
 TOY, TOY_METRIC = "test-first-blocks", "test-half-kl"
@@ -57,7 +60,9 @@ class HalfKl(Metric):
 
 @pytest.fixture
 def toys(monkeypatch):
-    """Register the toys for one test only: the registries are restored afterwards."""
+    """Register the toys for one test only: the registries are restored afterwards (the built-ins loaded
+    first, so that the copy holds them)."""
+    structure_names()
     monkeypatch.setattr(registry, "_STRUCTURES", dict(registry._STRUCTURES))
     monkeypatch.setattr(metrics, "_METRICS", dict(metrics._METRICS))
     register_structure(FirstBlocks)
@@ -115,3 +120,19 @@ def test_search_plan_json_keeps_the_keys_plans_had():
 def test_plan_search_refuses_a_structure_that_does_not_search():
     with pytest.raises(ValueError, match="plan_search is for the search structures"):
         dcvit.planning.plan_search(tiny_vit(), 0.7, structure="dcvit")
+
+
+def test_built_ins_load_on_the_first_lookup_and_a_plug_in_keeps_its_name():
+    """In a fresh process: importing the registry loads no structure module; a plug-in registered before
+    the first lookup keeps its name when the built-ins load."""
+    code = (
+        "import sys\n"
+        "from dcvit.structures import Structure, get_structure, register_structure, structure_names\n"
+        "assert 'dcvit.structures.dcvit' not in sys.modules\n"
+        "@register_structure\n"
+        "class Mine(Structure):\n"
+        "    name = 'dcvit'\n"
+        "assert type(get_structure('dcvit')) is Mine and structure_names() == ('auto', 'dcvit', 'drop', 'mlp')\n"
+        "assert 'dcvit.structures.auto' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

@@ -2,7 +2,7 @@ import pytest
 import timm
 import torch
 import torchvision
-from conftest import small_vit
+from helpers.models import small_vit
 
 import dcvit
 

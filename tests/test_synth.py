@@ -6,10 +6,13 @@ from __future__ import annotations
 import copy
 import json
 import math
+import stat
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 import synth
@@ -211,7 +214,6 @@ def test_save_load_round_trip(tmp_path):
 
 @pytest.mark.parametrize("chans, side, mode", [(1, 28, "L"), (3, 32, "RGB")])
 def test_save_grid_png(tmp_path, chans, side, mode):
-    from PIL import Image
 
     s = synth.synthesize(tiny_cnn(chans), 12, image_size=side, **FAST)
     path = s.save_grid(tmp_path / "grid.png", nrow=5)
@@ -329,3 +331,62 @@ def test_random_cnn_is_pulled_without_augmentation():
         with torch.no_grad():
             hits.append((model(s.images).argmax(1) == s.labels).float().mean().item())
     assert hits[0] >= 0.9 and hits[1] <= 0.3
+
+
+# --- synth jitter follows the model ----------------------------------------------------------------------
+class TorchvisionStyle(nn.Module):
+    """Exposes `patch_size` as torchvision's VisionTransformer does."""
+
+    patch_size = 8
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 10, 8, 8)
+
+    def forward(self, x):
+        return self.conv(x).mean((2, 3))
+
+
+QUICK = dict(iterations=2, warmup=1, progress=False)
+
+
+@pytest.mark.parametrize(
+    "model, size, expected",
+    [
+        (tiny_vit(1, 16, patch_size=4), None, 2 / 16),  # half a patch (2 px) is under 30/224 of 16 px
+        (
+            tiny_vit(1, 28, patch_size=7),
+            None,
+            3 / 28,
+        ),  # patch 7: 3 px, never more than half a patch (30/224 would round to 4)
+        (tiny_vit(1, 64, patch_size=32), None, 30 / 224),  # half a patch is over the reference: the reference
+        (TorchvisionStyle(), (3, 32, 32), 4 / 32),
+        (
+            nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)),
+            (1, 12, 12),
+            30 / 224,
+        ),
+    ],
+    ids=["vit16-p4", "vit28-p7", "vit64-p32", "torchvision", "cnn"],
+)
+def test_synth_default_jitter_is_at_most_half_a_patch(model, size, expected):
+    made = synth.synthesize(model, 2, image_size=size, **QUICK)
+    assert made.config["jitter"] == pytest.approx(expected)
+    assert synth.synthesize(model, 2, image_size=size, jitter=0.0, **QUICK).config["jitter"] == 0.0
+
+
+# --- files keep the umask's permissions ---------------------------------------------------------------------
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_synth_files_and_grid_follow_the_umask(tmp_path, umask_022):
+    made = synth.synthesize(tiny_vit(1, 16, patch_size=4), 3, **QUICK)
+    made.save(tmp_path / "set")
+    made.save(tmp_path / "set")  # replacing too
+    made.save_grid(tmp_path / "set" / "grid.png")
+    assert {p.name: _mode(p) for p in (tmp_path / "set").iterdir()} == {
+        "tensors.safetensors": 0o644,
+        "meta.json": 0o644,
+        "grid.png": 0o644,
+    }

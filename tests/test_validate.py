@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from conftest import tiny_vit
+from helpers.models import tiny_vit
 from safetensors.torch import load_file, save_file
 
 import cascade

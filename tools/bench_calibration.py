@@ -12,18 +12,18 @@ Example (the first teacher's table in docs/history.md, "Does the tolerance hold 
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import cascade
 from dcvit.data import CALIBRATION_SIZE
 from dcvit.factory import resolve_model
 from dcvit.macs import count_macs
+from dcvit.scripts import script_parser
 from dcvit.studies.companions import cascade_splits, record_split
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--big", default="fmnist_vit12")
     p.add_argument("--savers", nargs="+", default=["fmnist_cnn", "fmnist_vit_tiny"])
     p.add_argument("--data", default="fashion-mnist")

@@ -11,7 +11,6 @@ Example (BENCHMARKS.md, "Cascade throughput"):
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
@@ -22,11 +21,12 @@ from dcvit.cli.cascade import COMMITTEE, tolerance_arguments
 from dcvit.data import CALIBRATION_SIZE
 from dcvit.factory import resolve_model
 from dcvit.macs import count_macs
+from dcvit.scripts import script_parser
 from dcvit.studies.companions import cascade_splits, record_split, time_cascade
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--big", default="fmnist_vit12")
     p.add_argument("--saver", default="fmnist_cnn")
     p.add_argument("--data", default="fashion-mnist")

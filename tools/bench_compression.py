@@ -20,7 +20,6 @@ Example:  python tools/bench_compression.py grid --part 0/2 & python tools/bench
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -36,7 +35,13 @@ from dcvit.evaluation import evaluate, loader_for
 from dcvit.factory import resolve_model
 from dcvit.macs import count_macs
 from dcvit.planning import block_drop_macs, default_candidates
+from dcvit.scripts import script_parser
+from dcvit.structures import BASELINE_STRUCTURE, DEFAULT_STRUCTURE, PAPER_STRUCTURE
 from dcvit.surgery import drop_blocks
+
+# The three structures compared (their registry names; results are filed under them).
+AUTO, DCVIT, DROP = DEFAULT_STRUCTURE, PAPER_STRUCTURE, BASELINE_STRUCTURE
+METHODS = (AUTO, DCVIT, DROP)
 
 SEEDS = (2021, 2022, 2023)
 FRONTIER = (0.5, 0.4, 0.3)  # fractions of the teacher's MACs
@@ -128,7 +133,7 @@ def cells(mode: str, seeds=SEEDS, shot_counts=(100, 50, 500)):
         for shots in shot_counts:  # 100 shots first: the headline cells
             for seed in seeds:
                 for k in (1, 2, 3, 5):
-                    for method in ("auto", "dcvit", "drop"):
+                    for method in METHODS:
                         yield (
                             f"grid/{method}/k{k}/s{shots}/seed{seed}",
                             k,
@@ -141,12 +146,12 @@ def cells(mode: str, seeds=SEEDS, shot_counts=(100, 50, 500)):
     ):  # budgets below the block-drop grid, 100 shots (the Torch-Pruning peer's tool has them too)
         for seed in seeds:
             for fraction in FRONTIER:
-                for method in ("auto", "dcvit", "drop"):
+                for method in METHODS:
                     yield f"frontier/{method}/f{fraction}/s100/seed{seed}", fraction, 100, seed, \
                         config_for(100, seed).for_structure(method)  # fmt: skip
     elif mode == "search-space":  # two choices of the search against the auto cells of grid and frontier
-        variants = {"auto-heads": {"structure": "auto", "prune_heads": True},
-                    "auto-random-units": {"structure": "auto", "unit_choice": "random"}}  # fmt: skip
+        variants = {"auto-heads": {"structure": AUTO, "prune_heads": True},
+                    "auto-random-units": {"structure": AUTO, "unit_choice": "random"}}  # fmt: skip
         for seed in seeds:
             for budget in (3, 5, 0.4, 0.3):  # k blocks' worth (75%, 59%) or a fraction of the teacher's MACs
                 for method, change in variants.items():
@@ -156,7 +161,7 @@ def cells(mode: str, seeds=SEEDS, shot_counts=(100, 50, 500)):
         for k in (1, 3):
             for name, change in [("default", {})] + sorted(ABLATIONS.items()):
                 # The paper's ablations are of DC-ViT's structure.
-                change = {"structure": "dcvit", **change}
+                change = {"structure": DCVIT, **change}
                 yield f"ablation/{name}/k{k}", k, 100, SEEDS[0], config_for(100, SEEDS[0], **change)
 
 
@@ -173,7 +178,7 @@ def correlation(bench: Bench, k: int = 2, shots: int = 100) -> None:
         import shutil
 
         shutil.rmtree(workdir, ignore_errors=True)
-        bench.run(f"correlation/k{k}", k, shots, seed, config_for(shots, seed, structure="dcvit"), workdir=workdir)
+        bench.run(f"correlation/k{k}", k, shots, seed, config_for(shots, seed, structure=DCVIT), workdir=workdir)
         (workdir / "done").write_text("1")
     rows = []
     for meta_file in sorted(workdir.glob("trial-*/meta.json")):
@@ -227,7 +232,7 @@ def _timing_report(out: Path, grid: list[dict]) -> None:
     the synthetic sets' seconds. The compression time excludes the test-set evaluation."""
     print("\n| method | compression time per k (s) | whole cell incl. test evaluation (s) | fine-tune images/s |")
     print("|---|---|---|---|")
-    for method in ("auto", "dcvit", "drop"):
+    for method in METHODS:
         mine = [r for r in grid if r["cell"].startswith(f"grid/{method}/")]
         if not mine:
             continue
@@ -267,7 +272,7 @@ def _grid_report(rows: list[dict]) -> None:
     for k in (1, 2, 3, 5):
         for shots in (50, 100, 500):
             get = lambda m, k=k, shots=shots: [r for r in rows if r["cell"].startswith(f"grid/{m}/k{k}/s{shots}/")]
-            a, c, d = get("auto"), get("dcvit"), get("drop")
+            a, c, d = get(AUTO), get(DCVIT), get(DROP)
             if not (a or c or d):
                 continue
             best = {
@@ -314,7 +319,7 @@ def _frontier_report(rows: list[dict]) -> None:
     code = {"kept": ".", "dropped": "D", "MLP removed": "M"}
     for fraction in FRONTIER:
         get = lambda m, f=fraction: [r for r in rows if r["cell"].startswith(f"frontier/{m}/f{f}/")]
-        a, c, d = get("auto"), get("dcvit"), get("drop")
+        a, c, d = get(AUTO), get(DCVIT), get(DROP)
         if not (a or c or d):
             continue
         best = {r["seed"]: max(x["top1"] for x in c + d if x["seed"] == r["seed"])
@@ -332,7 +337,7 @@ def _search_space_report(rows: list[dict]) -> None:
     default = {}
     for r in rows:
         _, name, budget = r["cell"].split("/")[:3]
-        if name == "auto" and r["shots"] == 100:  # grid/auto/k3/... or frontier/auto/f0.4/...
+        if name == AUTO and r["shots"] == 100:  # grid/auto/k3/... or frontier/auto/f0.4/...
             default[(budget.lstrip("kf"), r["seed"])] = r
     variants = [r for r in rows if r["cell"].startswith("search-space/")]
     for key in sorted({(r["cell"].split("/")[2][1:], r["seed"]) for r in variants}, key=lambda k: (-float(k[0]), k[1])):
@@ -357,7 +362,7 @@ def plot(out: Path, peer: Path) -> None:
     rows = [r for r in rows if r["cell"].split("/")[0] in ("grid", "frontier") and r["shots"] == 100]
     peer_rows = read_rows(peer / "results.jsonl") if (peer / "results.jsonl").is_file() else []
     series = {}
-    for name, method in (("auto (structure search)", "auto"), ("DC-ViT", "dcvit"), ("block dropping", "drop")):
+    for name, method in (("auto (structure search)", AUTO), ("DC-ViT", DCVIT), ("block dropping", DROP)):
         series[name] = _means([r for r in rows if r["cell"].split("/")[1] == method], lambda r: r["k"])
     series["Torch-Pruning + mimicking (peer)"] = _means([r for r in peer_rows if "top1" in r], lambda r: r["target"])
     teacher = resolve_model("fmnist_vit12", weights="pretrained")
@@ -398,7 +403,7 @@ def report(out: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument(
         "mode", choices=["grid", "frontier", "search-space", "ablations", "correlation", "anatomy", "report", "plot"]
     )

@@ -18,7 +18,6 @@ the rules that are not offered because they promise nothing: "empirical" (measur
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -30,13 +29,14 @@ from scipy import stats
 import cascade
 from cascade._checks import conf_correct
 from cascade._search import _evaluate
+from dcvit.scripts import script_parser
 from dcvit.studies.guaranteed import load_records
 
 RULES = ("off", "on", "auto", "choose", "empirical", "nominal-95")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--records", type=Path, default=Path("runs/demo/records.safetensors"))
     p.add_argument("--savers", nargs="*", help="default: the companions and every auto member (refined too)")
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000])

@@ -11,16 +11,16 @@ test images on which the member's correctness differs from the teacher's.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import cascade
+from dcvit.scripts import script_parser
 from dcvit.studies.guaranteed import load_records
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--records", type=Path, default=Path("runs/demo/records.safetensors"))
     p.add_argument("--eps", type=float, nargs="+", default=[0.001, 0.005])
     args = p.parse_args(argv)

@@ -33,7 +33,6 @@ Example:  python tools/bench_peer.py run --targets 0.92 0.83 0.75 0.59 0.5 0.4 0
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import statistics
@@ -44,6 +43,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from dcvit.scripts import script_parser
 
 IMAGE_PASSES = 2000  # per progressive step, as in tools/bench_compression.py
 INSTALL_HINT = "bench_peer needs torch-pruning: pip install -e '.[bench]'"
@@ -314,7 +315,7 @@ def report(out: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("mode", choices=["run", "report"])
     p.add_argument("--targets", type=float, nargs="+", default=[0.92, 0.83, 0.75, 0.59, 0.5, 0.4, 0.3])
     p.add_argument("--seeds", type=int, nargs="+", default=[2021, 2022, 2023])

@@ -14,7 +14,6 @@ tests/test_coverage.py runs the same checks and fails if README's table differs 
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from torch import nn
 import dcvit
 from dcvit.arch import UnsupportedModelError, get_adapter
 from dcvit.config import CompressConfig
+from dcvit.scripts import script_parser
 from dcvit.surgery import drop_blocks
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -147,7 +147,7 @@ def readme_table(text: str) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--write", action="store_true", help="replace the table in README.md")
     args = p.parse_args()
     torch.set_num_threads(1)

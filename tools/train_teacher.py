@@ -15,7 +15,6 @@ default"; the arguments of each run are recorded in dcvit/models/weights/NAME.js
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 import dcvit  # noqa: F401  registers the models
 from dcvit.data import DEBIAN_FMNIST, FashionMNIST, calibration_indices
 from dcvit.models import FMNIST_MEAN, FMNIST_STD, weights_path
+from dcvit.scripts import script_parser
 from dcvit.storage import optimizer_tensors, read_json, read_tensors, restore_optimizer, write_json, write_tensors
 
 
@@ -83,7 +83,7 @@ def load_checkpoint(ckpt: Path, model, optimizer) -> tuple[int, list]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--model", default="fmnist_vit12", choices=["fmnist_vit12", "fmnist_vit_tiny", "fmnist_cnn"])
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=128)
@@ -95,8 +95,8 @@ def main() -> None:
     p.add_argument(
         "--bf16",
         action="store_true",
-        help="bfloat16 autocast for the forward pass: worth it only on CPUs with AVX512-BF16 or AMX; about 8x "
-        "SLOWER without (AVX2-only EPYC: 7.7 s vs 0.9 s per step of 256 images, 1 thread; BENCHMARKS.md)",
+        help="bfloat16 autocast for the forward pass: worth it only on CPUs with AVX512-BF16 or AMX, much SLOWER "
+        'without (BENCHMARKS.md, "bfloat16 training on CPU")',
     )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data", default=str(DEBIAN_FMNIST), help="Fashion-MNIST root (idx files)")

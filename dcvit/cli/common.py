@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..checks import SEED_LIMIT, seed_text  # noqa: F401  (SEED_LIMIT: once defined here)
+from ..scripts import OneLineParser as OneLineParser  # the one argument layer, shared with recipes and tools
 from ..storage import os_error_line as os_error_line  # re-exported for main()
 
 MAX_BATCH = 4096  # images per forward pass: 4096 of 224 x 224 RGB are 2.5 GB of input alone
@@ -26,13 +27,6 @@ class Command:
     help: str
     arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], None]
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line on stderr (exit 2), like every other dcvit error."""
-
-    def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: error: {' '.join(str(message).split())} (see --help)\n")
 
 
 def emit(args, payload: dict, text: str) -> None:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..data import CALIBRATION_SIZE
-from ..outdir import check_out, claim_out, input_paths, writing_out
+from ..outdir import check_out, claim_out, input_paths, refuse_existing_run, writing_out
 from ..structures import BASELINE_STRUCTURE
 from .common import (
     Command,
@@ -107,13 +107,6 @@ def _config(args):
     return config if args.metric is None else config.replace(metric=args.metric)  # asked for: over the structure's
 
 
-def _refuse_finished(out: Path, resume: bool) -> None:
-    """A finished run's model and result.json stay unless --resume says to redo or reuse them."""
-    finished = [out / "result.json", out / "model", *out.glob("target-*/result.json"), *out.glob("target-*/model")]
-    if not resume and any(p.exists() for p in finished):
-        raise ValueError(f"{out} already holds a finished run; choose another --out or pass --resume")
-
-
 def _run_targets(args, targets: list[str]) -> list[dict]:
     from ..accel import is_main_process
     from ..data import few_shot_subset
@@ -123,7 +116,7 @@ def _run_targets(args, targets: list[str]) -> list[dict]:
     # the output place, config and targets are checked before any slow work
     out = check_out(args.out, args.command, input_paths(args.data, [args.model]))
     config = _config(args)
-    _refuse_finished(out, args.resume)
+    refuse_existing_run(out, args.resume)  # a run begun or finished: only with --resume
     start_run(args, "compressing")  # a device or precision refused now, and the first log line (the run's own)
     model = resolve_model(args.model, weights="pretrained", **model_args(args))
     plans = [plan_for(model, t, config) for t in targets]
@@ -182,7 +175,8 @@ def _synth_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="random roll, as a fraction of the side (default: at most half a patch for a ViT, "
-        "min(30/224, (patch // 2) / side), else 30/224, the reference; 1/28 measured best for the 28x28 fmnist_vit12)",
+        "min(30/224, (patch // 2) / side), else 30/224, the reference; for the 28x28 fmnist_vit12 the engine uses 1/28: "
+        'BENCHMARKS.md, "Synthetic metric set")',
     )
     seed_argument(p)
     p.add_argument("--out", required=True, help="folder for the set (safetensors + JSON) and grid.png")

@@ -1,13 +1,16 @@
 """Structures: what a compressed block may lose, one registered class per structure (see registry.py).
 
 Built in: auto (the structure search over every edit, the default), mlp (the search over MLP edits),
-dcvit (the paper, Eq. 1-2) and drop (the block-dropping baseline). Inside dcvit, modules import
-`.structures.registry`, never this package, which imports the built-in structures.
+dcvit (the paper, Eq. 1-2) and drop (the block-dropping baseline), each a module of this package that the
+registry imports on its first lookup. This package face imports the registry only; `SearchStructure`, the
+search structures' base class, is imported on first use (it imports the run machinery, which imports the
+registry).
 """
 
 from __future__ import annotations
 
-from . import auto, dcvit, drop, mlp  # noqa: F401  register the built-in structures
+from typing import TYPE_CHECKING, Any
+
 from .registry import (
     BASELINE_STRUCTURE,
     DEFAULT_STRUCTURE,
@@ -17,7 +20,9 @@ from .registry import (
     register_structure,
     structure_names,
 )
-from .searching import SearchStructure
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .searching import SearchStructure
 
 __all__ = [
     "BASELINE_STRUCTURE",
@@ -29,3 +34,11 @@ __all__ = [
     "register_structure",
     "structure_names",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SearchStructure":
+        from .searching import SearchStructure
+
+        return SearchStructure
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,13 +1,127 @@
 """The paper's structure (docs/method.md §2-3, Eq. 1-2): n blocks lose their attention and keep a share of
-their MLP units, chosen by the block-wise trial and pruned progressively (Algorithm 1).
+their MLP units, chosen by the block-wise trial and pruned progressively (Algorithm 1, `progressive_run`,
+which the block-dropping baseline runs too).
 
-dcvit modules are imported inside the methods: the registry's package loads this module while config and
-planning, which this code needs, may still be loading.
+1. plan the structure for the target (Eq. 1-2, dcvit.planning.plan);
+2. block-wise trial: fine-tune and score one candidate per block (Eq. 6, dcvit.scoring);
+3. progressive pruning: start from the best candidate, compress the next-best block, fine-tune, repeat
+   until n blocks are compressed, each step checkpointed.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from ..planning import Plan
+from ..planning import plan as paper_plan
+from ..result import CompressionResult, make_result
+from ..scoring import Trial
+from ..surgery import activation_units, apply_plan, reinit_mlps
+from ..workspace import Workspace
 from .registry import PAPER_STRUCTURE, Structure, register_structure
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..engine import Engine
+
+
+# --- Algorithm 1, step 2: the block-wise trial (Eq. 6 on each fine-tuned candidate) ---------------------
+def run_trials(engine: Engine, plan: Plan, candidates: Sequence[int]) -> dict[int, Trial]:
+    """Fine-tune and score one candidate model per block; returns {block: Trial} (all processes agree)."""
+    acc = engine.accelerator
+    mine = list(candidates)[acc.process_index :: acc.num_processes]
+    engine.skip((len(candidates) - len(mine)) * engine.config.epochs_per_trial)  # the other processes' share
+    for block in engine.progress(mine, "block-wise trial"):
+        key = Workspace.trial_key(engine.config.structure, plan, block)
+        if engine.workspace.has(key):
+            engine.skip(engine.config.epochs_per_trial)
+            continue
+        model, fit, seconds = engine.build_and_tune(
+            key, engine.teacher, plan, [block], [block], engine.config.epochs_per_trial
+        )
+        trial = engine.score(model, block, fit.final_loss, seconds, acc.process_index)
+        engine.workspace.save(key, model, trial.__dict__)
+    acc.wait_for_everyone()
+    structure = engine.config.structure
+    return {b: Trial(**engine.workspace.meta(Workspace.trial_key(structure, plan, b))) for b in candidates}
+
+
+def rank(trials: dict[int, Trial]) -> list[int]:
+    """Blocks from most to least recoverable (lowest score first; ties by block index)."""
+    return sorted(trials, key=lambda b: (trials[b].score, b))
+
+
+# --- Algorithm 1, step 3: progressive pruning -----------------------------------------------------------
+def _save_step(engine: Engine, key: str, blocks: Sequence[int], model: nn.Module, fit, seconds: float) -> None:
+    engine.workspace.save(
+        key,
+        model,
+        {
+            "blocks": list(blocks),
+            "train_loss": fit.final_loss,
+            "seconds": seconds,
+            "images_per_second": fit.images_per_second,
+        },
+    )
+
+
+def _progressive(engine: Engine, plan: Plan, order: list[int]) -> tuple[nn.Module, list[dict]]:
+    """Algorithm 1, step 3: grow the compressed set one block at a time from the best candidate."""
+    surgery = engine.config.structure
+    first = Workspace.trial_key(surgery, plan, order[0])
+    model = engine.workspace.load(first)
+    history = [{"blocks": order[:1], **engine.workspace.meta(first)}]
+    for i in range(1, len(order)):
+        key = Workspace.step_key(surgery, plan, order[: i + 1], progressive=True)
+        if engine.workspace.has(key):
+            engine.skip(engine.config.epochs)
+        else:
+            _save_step(
+                engine,
+                key,
+                order[: i + 1],
+                *engine.build_and_tune(key, model, plan, [order[i]], order[: i + 1], engine.config.epochs),
+            )
+        model = engine.workspace.load(key)
+        history.append(engine.workspace.meta(key))
+    return model, history
+
+
+def _all_at_once(engine: Engine, plan: Plan, order: list[int]) -> tuple[nn.Module, list[dict]]:
+    """Top-k ablation and PRACTISE-style dropping: all n blocks at once, fine-tuned for n steps' epochs."""
+    key = Workspace.step_key(engine.config.structure, plan, sorted(order), progressive=False)
+    if engine.workspace.has(key):
+        engine.skip(engine.config.epochs * len(order))
+    else:
+        _save_step(
+            engine,
+            key,
+            order,
+            *engine.build_and_tune(key, engine.teacher, plan, order, order, engine.config.epochs * len(order)),
+        )
+    return engine.workspace.load(key), [engine.workspace.meta(key)]
+
+
+def progressive_run(engine: Engine, plan: Plan) -> CompressionResult:
+    """Algorithm 1 for a structure with per-block surgery (Structure.build): trial, rank, then progressive
+    pruning (or all at once for the top-k ablation and the baseline)."""
+    timings = {}
+    start = time.perf_counter()
+    trials = run_trials(engine, plan, plan.candidate_blocks)
+    timings["trials"] = time.perf_counter() - start
+    order = rank(trials)[: plan.n_blocks]
+    start = time.perf_counter()
+    step = _progressive if engine.config.progressive else _all_at_once
+    model, history = engine.workspace.main_first(lambda: step(engine, plan, order))
+    timings["progressive"] = time.perf_counter() - start
+    scores = {b: t.score for b, t in trials.items()}
+    seconds = {**engine.timings, **timings}
+    return make_result(
+        engine, plan, model, blocks=order, scores=scores, trials=trials, history=history, seconds=seconds
+    )
 
 
 @register_structure
@@ -17,9 +131,7 @@ class Dcvit(Structure):
     units_by = "random"  # the paper keeps random MLP units
 
     def plan(self, model, target_macs, *, input_size=None, candidate_blocks=None, blocks=None, steps=None):
-        from ..planning import plan
-
-        return plan(model, target_macs, blocks=blocks, input_size=input_size, candidate_blocks=candidate_blocks)
+        return paper_plan(model, target_macs, blocks=blocks, input_size=input_size, candidate_blocks=candidate_blocks)
 
     def plan_for(self, model, target_macs, config):
         """Eq. 1-2's plan, with `config.extra_blocks` more blocks compressed (an ablation)."""
@@ -31,8 +143,6 @@ class Dcvit(Structure):
         )
 
     def run(self, engine, plan):
-        from ..driver import progressive_run
-
         return progressive_run(engine, plan)
 
     def planned_epochs(self, plan, config):
@@ -43,8 +153,6 @@ class Dcvit(Structure):
     def build(self, engine, base, plan, blocks):
         """Attention removed (if planned) and plan.hidden_for(width) MLP units kept: random ones, or those
         with the largest activations on the few shots (the unit-choice ablation)."""
-        from ..surgery import activation_units, apply_plan, reinit_mlps
-
         units = None
         if engine.config.units_by == "activation":
             # base may be a checkpoint loaded on the CPU while the teacher sits on the accelerator

@@ -4,6 +4,8 @@ recovered with DC-ViT's total fine-tune budget. Algorithm 1's driver with whole-
 
 from __future__ import annotations
 
+from ..planning import plan_block_drop
+from ..surgery import drop_blocks
 from .dcvit import Dcvit
 from .registry import BASELINE_STRUCTURE, register_structure
 
@@ -16,16 +18,12 @@ class Drop(Dcvit):
     config_changes = {"metric": "train_loss", "progressive": False}
 
     def plan(self, model, target_macs, *, input_size=None, candidate_blocks=None, blocks=None, steps=None):
-        from ..planning import plan_block_drop
-
         return plan_block_drop(model, target_macs, input_size=input_size, candidate_blocks=candidate_blocks)
 
     def plan_for(self, model, target_macs, config):
         return self.plan(model, target_macs, candidate_blocks=config.candidate_blocks)
 
     def build(self, engine, base, plan, blocks):
-        from ..surgery import drop_blocks
-
         return drop_blocks(base, blocks)
 
     def describe(self, plan):

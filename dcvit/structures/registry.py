@@ -3,14 +3,20 @@
 A structure is a class (see `Structure`) registered under its name, as architecture adapters are in
 dcvit.arch: CompressConfig checks its `structure` against the registry, `plan_for` and `compress` ask the
 registered class to plan and to run, and the CLI offers every registered name. A new structure is one
-module that subclasses `Structure` and decorates it with `register_structure`.
+module that subclasses `Structure` and decorates it with `register_structure`: a module in this package is
+found and imported on the first lookup (`_load_builtins`), one elsewhere when it is imported (a plug-in).
 
-This module imports nothing of dcvit: config and planning read it while they load.
+The arrows point one way: the generic code (config, planning, engine, driver, the CLI) imports this module
+only, which imports nothing of dcvit, and finds the structures through it; the structure modules import the
+generic code they build on (planning, driver, search, surgery) and are imported by nothing but the lookup.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:  # pragma: no cover  (no dcvit module: config, planning, engine and driver import this one)
@@ -21,14 +27,15 @@ BASELINE_STRUCTURE = "drop"  # `dcvit compress --baseline`, and config.BLOCK_DRO
 PAPER_STRUCTURE = "dcvit"  # what dcvit.plan (Eq. 1-2) plans, so a Plan made without a name is the paper's
 
 _STRUCTURES: dict[str, type[Structure]] = {}
+_loaded = False
 
 
 class Structure:
     """One way of compressing: how it plans for a target, how a run applies the plan, how a plan reads.
 
     Subclasses set `name` (and `summary`, the CLI's help) and implement `plan`, `run` and `describe`; a
-    structure that uses the block-wise trial and progressive pruning of Algorithm 1 (dcvit.driver.
-    progressive_run) also implements `build`, the surgery of one step.
+    structure that uses the block-wise trial and progressive pruning of Algorithm 1
+    (dcvit.structures.dcvit.progressive_run) also implements `build`, the surgery of one step.
     """
 
     name: ClassVar[str] = ""
@@ -57,7 +64,7 @@ class Structure:
         return self.plan(model, target_macs, candidate_blocks=config.candidate_blocks)
 
     def run(self, engine, plan):
-        """Compress engine.teacher as `plan` says: a dcvit.driver.CompressionResult (dcvit.driver.make_result
+        """Compress engine.teacher as `plan` says: a dcvit.result.CompressionResult (dcvit.result.make_result
         builds one). `engine` is the run's dcvit.engine.Engine; every process of an Accelerate run calls this."""
         raise NotImplementedError
 
@@ -83,13 +90,29 @@ def register_structure(cls: type[Structure]) -> type[Structure]:
     return cls
 
 
+def _load_builtins() -> None:
+    """Import every module of this package once, registering the built-in structures. Called by the lookups,
+    never while a module loads (the structure modules import config, planning and driver, which import
+    this one). A class registered earlier (a plug-in imported first) keeps its name."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    earlier = dict(_STRUCTURES)
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        importlib.import_module(f"{__package__}.{module.name}")
+    _STRUCTURES.update(earlier)
+
+
 def structure_names() -> tuple[str, ...]:
     """The registered names, sorted: CompressConfig's and the CLI's choices."""
+    _load_builtins()
     return tuple(sorted(_STRUCTURES))
 
 
 def get_structure(name: str) -> Structure:
     """The registered structure `name`; ValueError naming the registered ones otherwise."""
+    _load_builtins()
     if name not in _STRUCTURES:
         raise ValueError(f"structure must be one of {structure_names()}; got {name!r}")
     return _STRUCTURES[name]()

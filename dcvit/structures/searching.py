@@ -1,9 +1,6 @@
 """What the structure searches (auto, mlp; docs/method.md §11) share: a SearchPlan (the target, the
 candidate blocks, the step count) and a run in which the synthetic metric set chooses every block's edit
 (dcvit.search). A search structure says which edits it offers and how low its edits can go (its floor).
-
-dcvit modules are imported inside the methods: the registry's package loads this module while config and
-planning, which this code needs, may still be loading.
 """
 
 from __future__ import annotations
@@ -11,6 +8,9 @@ from __future__ import annotations
 import time
 from typing import ClassVar
 
+from ..planning import plan_search
+from ..result import make_result
+from ..search import Search
 from .registry import Structure
 
 
@@ -23,8 +23,6 @@ class SearchStructure(Structure):
         raise NotImplementedError
 
     def plan(self, model, target_macs, *, input_size=None, candidate_blocks=None, blocks=None, steps=None):
-        from ..planning import plan_search
-
         return plan_search(
             model,
             target_macs,
@@ -48,16 +46,9 @@ class SearchStructure(Structure):
         return trials + plan.steps * config.epochs
 
     def run(self, engine, plan):
-        from ..driver import make_result
-        from ..search import Search
-
         start = time.perf_counter()
         search = Search(engine, plan, mlp_only=self.mlp_only)
-        if engine.accelerator.is_main_process:
-            model, history = search.run()
-        engine.accelerator.wait_for_everyone()
-        if not engine.accelerator.is_main_process:  # checkpointed: this only reads the main process's result
-            model, history = search.run()
+        model, history = engine.workspace.main_first(search.run)  # the others read its checkpoints
         edited = tuple(dict.fromkeys(e["block"] for h in history for e in h["chosen"]))
         scores = {}
         for h in history[:1]:  # a block's score: its best edit at the first step

@@ -19,13 +19,14 @@ from torch.utils.data import Subset
 from ..cascade_files import save_cascade
 from ..config import BLOCK_DROP, CompressConfig
 from ..data import CALIBRATION_SIZE, eval_transform, few_shot_subset, load_dataset, unlabeled_subset
-from ..driver import compress_family, trial_key
+from ..driver import compress_family
 from ..evaluation import evaluate, loader_for
 from ..factory import resolve_model
 from ..macs import count_macs
 from ..mimic import refine
 from ..planning import block_drop_macs
 from ..storage import atomic_path, write_json
+from ..structures.registry import BASELINE_STRUCTURE, DEFAULT_STRUCTURE, PAPER_STRUCTURE
 from ..workspace import Workspace
 from .cascades import compare_cascades, first_images, time_cascades
 from .companions import cascade_study
@@ -35,6 +36,8 @@ from .plots import accuracy_vs_macs, cascade_curves, metric_vs_error
 
 TEACHER = "fmnist_vit12"
 COMPANIONS = ("fmnist_vit_tiny", "fmnist_cnn")
+# The three structures side by side (registry names; checkpoint folders and report.json keys use them too)
+AUTO, DCVIT, DROP = DEFAULT_STRUCTURE, PAPER_STRUCTURE, BASELINE_STRUCTURE
 
 
 @dataclass(frozen=True)
@@ -93,19 +96,19 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings = DemoSetting
         f"structure search (auto) at {[round(t / teacher_macs, 3) for t in targets]} of the teacher's MACs, "
         f"{settings.shots} shots"
     )
-    auto = compress_family(teacher, targets, shots, config.replace(structure="auto"), workdir=checkpoints / "auto")
+    auto = compress_family(teacher, targets, shots, config.replace(structure=AUTO), workdir=checkpoints / AUTO)
     _log("DC-ViT (the paper's structure) at the same MACs")
-    family = compress_family(teacher, targets, shots, config.replace(structure="dcvit"), workdir=checkpoints / "dcvit")
+    family = compress_family(teacher, targets, shots, config.replace(structure=DCVIT), workdir=checkpoints / DCVIT)
     test = load_dataset("fashion-mnist", train=False, transform=eval_transform(teacher))
-    candidate_figure = _candidate_study(family[0], checkpoints / "dcvit", test, out, settings.candidate_eval_images)
+    candidate_figure = _candidate_study(family[0], checkpoints / DCVIT, test, out, settings.candidate_eval_images)
     _log("block-dropping baseline (PRACTISE-style selection, same fine-tune budget)")
     # One family: every drop target ranks the same single-block trials, so they run once.
-    drops = compress_family(teacher, targets, shots, config.replace(**BLOCK_DROP), workdir=checkpoints / "drop")
+    drops = compress_family(teacher, targets, shots, config.replace(**BLOCK_DROP), workdir=checkpoints / DROP)
 
     models = {
         TEACHER: teacher,
-        **{family_name("auto", r, teacher_macs): r.model for r in auto},
-        **{family_name("dcvit", r, teacher_macs): r.model for r in family},
+        **{family_name(AUTO, r, teacher_macs): r.model for r in auto},
+        **{family_name(DCVIT, r, teacher_macs): r.model for r in family},
     }
     models.update(refined_savers(teacher, auto, teacher_macs, settings, config))
     models.update({name: resolve_model(name, weights="pretrained") for name in COMPANIONS})
@@ -161,7 +164,7 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings = DemoSetting
         study,
         options,
         guaranteed,
-        {"auto": auto, "dcvit": family},
+        {AUTO: auto, DCVIT: family},
         drops,
         drop_top1,
         settings,
@@ -186,7 +189,7 @@ def fresh_checkpoints(out: Path) -> Path:
     if out.is_file() or (out.is_dir() and any(out.iterdir()) and not marker.is_file()):
         raise ValueError(f"{out} is not empty and was not made by `dcvit demo`; choose a new or empty --out")
     root = out / "checkpoints"
-    for structure in ("auto", "dcvit", "drop"):
+    for structure in (AUTO, DCVIT, DROP):
         shutil.rmtree(root / structure, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     marker.touch()
@@ -208,7 +211,7 @@ def refined_savers(teacher, results, teacher_macs: int, settings: DemoSettings, 
     for r in deep:
         model = copy.deepcopy(r.model)
         refine(model, teacher, extra, config, epochs=settings.saver_epochs)
-        refined[family_name("auto", r, teacher_macs) + REFINED] = model
+        refined[family_name(AUTO, r, teacher_macs) + REFINED] = model
     return refined
 
 
@@ -224,7 +227,7 @@ def _candidate_study(result, root: Path, test, out: Path, images: int) -> dict:
     losses = [result.trials[b].train_loss for b in blocks]
     trials = Workspace.existing(root)
     errors = [
-        1 - evaluate(trials.load(trial_key(result.plan, b, "dcvit")), loader_for(test), progress=False)["top1"]
+        1 - evaluate(trials.load(Workspace.trial_key(DCVIT, result.plan, b)), loader_for(test), progress=False)["top1"]
         for b in blocks
     ]
     rho_metric = float(spearmanr(scores, errors).statistic)
@@ -308,8 +311,8 @@ def _kind(name: str) -> str:
 
 def _figures(out: Path, study, chosen, report: dict, teacher_macs: int) -> list[str]:
     series = {
-        "auto (structure search)": [(r["macs"], r["top1"]) for r in report["auto"]],
-        "DC-ViT": [(r["macs"], r["top1"]) for r in report["dcvit"]],
+        "auto (structure search)": [(r["macs"], r["top1"]) for r in report[AUTO]],
+        "DC-ViT": [(r["macs"], r["top1"]) for r in report[DCVIT]],
         "block dropping": [(r["macs"], r["top1"]) for r in report["block_drop"]],
     }
     for name, c in report["companions"].items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..structures.registry import DEFAULT_STRUCTURE as AUTO
+from ..structures.registry import PAPER_STRUCTURE as DCVIT
 from .cascades import options_markdown
 from .report import study_markdown
 
@@ -21,8 +23,8 @@ def summary_table(report: dict) -> str:
         "-" * 57,
         f"{t['name']:<28}{t['macs'] / 1e6:>10.2f}{100:>10.1f}%{100 * t['top1']:>7.2f}%",
     ]
-    rows = [(f"auto {_short(r['structure'])}", r["macs"], r["top1"]) for r in report["auto"]]
-    rows += [(f"DC-ViT {r['blocks']}", r["macs"], r["top1"]) for r in report["dcvit"]]
+    rows = [(f"auto {_short(r['structure'])}", r["macs"], r["top1"]) for r in report[AUTO]]
+    rows += [(f"DC-ViT {r['blocks']}", r["macs"], r["top1"]) for r in report[DCVIT]]
     rows += [(f"drop {r['dropped']}", r["macs"], r["top1"]) for r in report["block_drop"]]
     rows += [(n, c["macs"], c["top1"]) for n, c in report["companions"].items()]
     rows += [(r["name"], r["macs"], r["top1"]) for r in report["savers"] if r["refined_images"]]
@@ -103,14 +105,14 @@ def _structures_markdown(report: dict) -> str:
         "|---|---|---|---|---|",
     ]
     by_target = {}
-    for key in ("auto", "dcvit", "block_drop"):
+    for key in (AUTO, DCVIT, "block_drop"):
         for r in report[key]:
             by_target.setdefault(round(r["target"], 3), {})[key] = r
     for target in sorted(by_target, reverse=True):
         row = by_target[target]
         cell = lambda k, row=row: f"{100 * row[k]['top1']:.2f}" if k in row else "—"
-        blocks = _short(row["auto"]["structure"]) if "auto" in row else ""
-        lines.append(f"| {100 * target:.1f} | {cell('auto')} | {cell('dcvit')} | {cell('block_drop')} | `{blocks}` |")
+        blocks = _short(row[AUTO]["structure"]) if AUTO in row else ""
+        lines.append(f"| {100 * target:.1f} | {cell(AUTO)} | {cell(DCVIT)} | {cell('block_drop')} | `{blocks}` |")
     lines += ["", f"Teacher: {100 * teacher['top1']:.2f}% at {teacher['macs'] / 1e6:.2f}M MACs."]
     return "\n".join(lines)
 

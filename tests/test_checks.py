@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 import pytest
-from conftest import tiny_vit
 from helpers.cli import one_line_error, run_cli
+from helpers.models import tiny_vit
 from PIL import Image
 
 import dcvit

@@ -1,22 +1,23 @@
-"""A fine-tune that diverges is refused before anything is saved, also when every weight stays finite (the
-frozen final norm keeps a wrecked student's tokens bounded, so only the loss tells); a teacher with NaN weights
-is reported as a bad teacher, never as divergence."""
+"""Feature mimicking (dcvit/mimic.py, Eq. 3): a fine-tune that diverges is refused before anything is saved,
+also when every weight stays finite (the frozen final norm keeps a wrecked student's tokens bounded, so only
+the loss tells), and its run leaves no folder; a teacher with NaN weights is reported as a bad teacher, never
+as divergence."""
 
 import pytest
 import torch
-from conftest import tiny_data, tiny_vit
-from test_run_safety import compress_cli, image_folder, one_line_error
+from helpers.cli import one_line_error
+from helpers.models import tiny_data, tiny_vit
+from helpers.runs import compress_cli
 
 import dcvit
 from dcvit.accel import make_accelerator
 from dcvit.config import CompressConfig
+from dcvit.driver import compress
 from dcvit.mimic import BadTeacherError, FewShotImages, TeacherTokens, mimic
 
-
-@pytest.fixture
-def cli_env(tmp_path):
-    """A saved tiny teacher and an image folder, as compress_cli takes them."""
-    return {"model": dcvit.save(tiny_vit(), tmp_path / "teacher"), "data": image_folder(tmp_path / "a", 1)}
+FAST = CompressConfig(
+    epochs=1, trial_epochs=1, batch_size=8, synth_images=8, synth_iterations=5, structure="dcvit", progress=False
+)
 
 
 def fine_tune(lr: float, teacher=None):
@@ -70,3 +71,11 @@ def test_cli_names_a_nan_teacher(capsys, tmp_path, cli_env):
     code, _, err = compress_cli(capsys, cli_env, tmp_path / "out")
     one_line_error(code, err, "teacher is a bad model")
     assert "diverged" not in err
+
+
+# --- divergence --------------------------------------------------------------------------------
+@pytest.mark.parametrize("lr,fragment", [(float("inf"), "finite"), (1e6, "diverged at epoch 1 (loss nan)")])
+def test_a_diverging_lr_stops_the_run(tmp_path, lr, fragment):
+    with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        compress(tiny_vit(), 0.8, tiny_data(), FAST.replace(lr=lr), workdir=tmp_path / "w")
+    assert not (tmp_path / "w").exists()  # nothing finished: no folder that refuses the corrected rerun

@@ -1,17 +1,15 @@
-"""Model files against hostile input: save never destroys what is not a model and survives killed saves;
-load keeps spec.json inert (offline, no checkpoint paths, no hub names, no allocation before the shapes agree)
-and turns every bad file into one line naming the file."""
+"""dcvit.load (dcvit/files.py) against hostile model files: spec.json stays inert (offline, no checkpoint paths,
+no hub names, no allocation before the shapes agree) and every bad file is one line naming the file."""
 
 import json
 import os
 import pickle
 import shutil
-import stat
 
 import pytest
 import torch
 import torchvision
-from conftest import small_vit, tiny_swin
+from helpers.models import small_vit, tiny_swin
 from safetensors.torch import load_file, save_file
 
 import dcvit
@@ -46,60 +44,6 @@ def set_base(**fields):
 
 def set_kwargs(**kwargs):
     return lambda spec: {**spec, "base": {**spec["base"], "kwargs": {**spec["base"]["kwargs"], **kwargs}}}
-
-
-def entries(folder):
-    return sorted(p.name for p in folder.iterdir())
-
-
-# --- save ---------------------------------------------------------------------------------------
-def test_save_refuses_a_folder_that_is_not_a_model(tmp_path):
-    mine = tmp_path / "mine"
-    mine.mkdir()
-    (mine / "notes.txt").write_text("keep me")
-    with pytest.raises(ValueError, match="not a dcvit model directory") as info:
-        dcvit.save(small_vit(depth=2), mine)
-    assert "\n" not in str(info.value)
-    assert entries(tmp_path) == ["mine"] and entries(mine) == ["notes.txt"]
-
-
-def test_save_refuses_a_file(tmp_path):
-    (tmp_path / "m").write_text("a file")
-    with pytest.raises(ValueError, match="not a dcvit model directory"):
-        dcvit.save(small_vit(depth=2), tmp_path / "m")
-    assert entries(tmp_path) == ["m"] and (tmp_path / "m").read_text() == "a file"
-
-
-def test_save_into_an_empty_folder(tmp_path):
-    (tmp_path / "m").mkdir()
-    dcvit.save(small_vit(depth=2), tmp_path / "m")
-    assert entries(tmp_path / "m") == ["model.safetensors", "spec.json"]
-
-
-def test_failed_save_keeps_the_previous_model(tmp_path, monkeypatch):
-    dcvit.save(small_vit(depth=2), tmp_path / "m")
-    before = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()}
-
-    def disk_full(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr("dcvit.storage.save_file", disk_full)
-    with pytest.raises(OSError, match="No space"):
-        dcvit.save(small_vit(depth=3), tmp_path / "m")
-    assert entries(tmp_path) == ["m"]
-    assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == before
-
-
-def test_saved_files_respect_the_umask(tmp_path):
-    old = os.umask(0o022)
-    try:
-        dcvit.save(small_vit(depth=2), tmp_path / "m")
-        dcvit.save(small_vit(depth=2), tmp_path / "m")  # the replacing path too
-    finally:
-        os.umask(old)
-    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
-    assert mode(tmp_path / "m") == 0o755
-    assert {p.name: mode(p) for p in (tmp_path / "m").iterdir()} == {"model.safetensors": 0o644, "spec.json": 0o644}
 
 
 # --- spec.json stays inert ----------------------------------------------------------------------
