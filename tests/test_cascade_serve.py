@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_vit
 from helpers.cli import one_line_error, run_cli
+from helpers.models import tiny_vit
 from safetensors.torch import load_file, save_file
 from torch import nn
 

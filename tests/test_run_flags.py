@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_data, tiny_vit
 from helpers.cli import one_line_error, run_cli
+from helpers.models import tiny_data, tiny_vit
 from safetensors.torch import save_file
 
 import dcvit
@@ -126,7 +126,7 @@ def test_model_kwargs_reach_the_builder(capsys):
     assert code == 0
     tiny = json.loads(out)
     assert tiny["input_size"] == [1, 16, 16] and len(tiny["attn"]) == 3
-    assert tiny["total"] == dcvit.count_macs(tiny_vit(depth=3))  # conftest's tiny ViT, built from its name
+    assert tiny["total"] == dcvit.count_macs(tiny_vit(depth=3))  # helpers' tiny ViT, built from its name
     code, _, err = run_cli(capsys, "macs", "--model", "vit_tiny_patch16_224", "--model-kwargs", "depth=2", "depth=3")
     one_line_error(code, err, "--model-kwargs sets depth more than once")
     code, _, err = run_cli(capsys, "plan", "--model", "vit_tiny_patch16_224", "--target-macs", "0.7",
