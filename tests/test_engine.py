@@ -121,7 +121,7 @@ def test_family_reuses_trials_and_the_metric_set_and_is_dense(monkeypatch, confi
     trials = [key for key in tuned if key.startswith("trial-")]
     widths = {(r.plan.mlp_hidden, r.plan.remove_attention) for r in results}
     assert len(trials) == len(set(trials)) == len(widths) * len(results[0].plan.candidate_blocks)
-    assert len(synthesized) == (0 if config.metric == "mse" else 1)  # None: kl for a classifier, which synthesizes
+    assert len(synthesized) == (1 if config.metric in (None, "kl") else 0)  # None: kl for a classifier
     if config.structure == "drop":
         assert len(widths) == 1  # the sharing case: 4 trials for 3 targets, not 12
 
