@@ -30,6 +30,7 @@ from .fingerprint import check_plan_for
 from .macs import count_macs, macs_profile
 from .planning import BasePlan, Plan
 from .progress import api_logging
+from .recovery import final_recovery
 from .scoring import Trial
 from .structures.registry import get_structure
 
@@ -290,6 +291,6 @@ def compress_family(
     with api_logging(config.progress):  # a script calling this sees progress lines without configuring logging
         engine = Engine(model, data, config, Path(workdir) if workdir else None, resume, metric_set)
         try:
-            return [get_structure(p.structure).run(engine, p) for p in plans]
+            return [final_recovery(engine, get_structure(p.structure).run(engine, p)) for p in plans]
         finally:
             engine.workspace.cleanup()

@@ -182,6 +182,9 @@ class HFViTAdapter(Adapter):
     def features(self, model, x):
         return hf_of(model).vit(pixel_values=x).last_hidden_state  # after the final layernorm
 
+    def head(self, model, tokens):
+        return hf_of(model).classifier(tokens[:, 0])  # ViTForImageClassification: the class token's logits
+
     def tail_modules(self, model):
         hf = hf_of(model)
         return [hf.vit.layernorm, hf.classifier]
