@@ -1,0 +1,236 @@
+#!/usr/bin/env python
+"""Deep budgets: the few-shot recovery levers of docs/method.md §6 on the shipped teacher (BENCHMARKS.md,
+"Deep budgets: recovery levers"). fmnist_vit12, auto, the benchmark settings of tools/bench_compression.py.
+
+  screen  per seed: the default family at the budgets (one compress_family: the trials are shared), its members
+          saved; then each lever as a final recovery of those same members (CompressConfig.final_epochs, the
+          lever's setting added): the structure is the default's, only the recovery differs, as in the refinement
+          that showed recovery to be the limit. Cheap: one family per seed, then one fine-tune per lever and budget.
+  full    per seed: the default family and each given combination end to end (every fine-tune with the levers),
+          in the same invocation, so the compress wall times compare as a ratio under the same load.
+  report  markdown tables from OUT/results.jsonl
+
+Every finished cell is appended to OUT/results.jsonl and skipped on a rerun (the default members are saved under
+OUT/members), so an interrupted run resumes.
+
+Example:  python tools/bench_recovery.py screen --seeds 2021 && python tools/bench_recovery.py report
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+import synth
+from dcvit.config import CompressConfig
+from dcvit.data import CALIBRATION_SIZE, eval_transform, few_shot_subset, load_dataset
+from dcvit.driver import CompressionResult, compress_family
+from dcvit.engine import Engine, metric_set_inputs
+from dcvit.factory import resolve_model
+from dcvit.files import load
+from dcvit.macs import count_macs
+from dcvit.recovery import final_recovery
+from dcvit.storage import read_json
+from dcvit.studies.evaluate import evaluate, loader_for
+
+sys.path.insert(0, str(Path(__file__).parent))  # the benchmark settings: one definition
+from bench_compression import config_for, read_rows  # noqa: E402
+
+FINAL = 5  # screening: final-recovery epochs per tenth of the MACs removed (30 at 40%, 35 at 30%, 100 shots)
+# Each lever alone, as config changes on top of the plain final recovery ("final"); "default": no final recovery.
+LEVERS: dict[str, dict] = {
+    "final": {},
+    "final-select": {"final_select": True},
+    "crop-mixup": {"mimic_views": "crop-mixup"},
+    "logits": {"mimic_logits": 1.0},
+    "synthetic": {"mimic_synthetic": True},
+    "blocks": {"mimic_blocks": 1.0},
+    "mixup": {"mimic_views": "mixup"},
+    "crop": {"mimic_views": "crop"},
+    "cutmix": {"mimic_views": "cutmix"},
+}
+
+
+def parse_combo(text: str) -> tuple[str, dict]:
+    """NAME=key:value,key:value (CompressConfig fields; numbers, true/false, or strings) -> (NAME, changes)."""
+    name, _, spec = text.partition("=")
+    changes = {}
+    for item in filter(None, spec.split(",")):
+        key, _, raw = item.partition(":")
+        value = {"true": True, "false": False}.get(raw.lower(), raw)
+        if isinstance(value, str):
+            try:
+                value = int(raw) if raw.lstrip("-").isdigit() else float(raw)
+            except ValueError:
+                pass
+        changes[key] = value
+    CompressConfig(**changes)  # refuse a bad combination before any work
+    return name, changes
+
+
+class Bench:
+    def __init__(self, out: Path, shots: int, budgets: list[float]):
+        self.out, self.shots, self.budgets = out, shots, budgets
+        self.results = out / "results.jsonl"
+        self.teacher = resolve_model("fmnist_vit12", weights="pretrained")
+        self.test = load_dataset("fashion-mnist", train=False, transform=eval_transform(self.teacher))
+        self.macs = count_macs(self.teacher)
+        self.done = {r["cell"] for r in read_rows(self.results)} if self.results.is_file() else set()
+
+    def top1(self, model) -> float:
+        return evaluate(model, loader_for(self.test), progress=False)["top1"]
+
+    def write(self, row: dict) -> None:
+        with self.results.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        self.done.add(row["cell"])
+        print(f"{row['cell']}: top-1 {100 * row['top1']:.2f}% ({row['seconds']:.0f} s)", flush=True)
+
+    def metric_set(self, seed: int, config: CompressConfig) -> synth.SyntheticSet:
+        """The seed's synthetic metric set, made once (as the engine makes it) and given to every run of the seed:
+        compress seconds below exclude it (a cost every variant shares)."""
+        path = self.out / f"metric_set_{seed}"
+        if not (path / "meta.json").is_file():
+            made = synth.synthesize(self.teacher, config.synth_images, iterations=config.synth_iterations,
+                                    jitter=config.synth_jitter, seed=config.seed, progress=False,
+                                    **metric_set_inputs(self.teacher))  # fmt: skip
+            made.save(path)
+        return synth.load(path)
+
+    def family(self, name: str, seed: int, config: CompressConfig, save: bool = False) -> None:
+        """One compress_family over the budgets; a row per member, each with the family's compress seconds."""
+        cells = [f"{name}/f{b}/s{self.shots}/seed{seed}" for b in self.budgets]
+        if all(c in self.done for c in cells):
+            return
+        data = few_shot_subset("fashion-mnist", self.shots, seed, calibration_size=CALIBRATION_SIZE)
+        start = time.perf_counter()
+        metric_set = self.metric_set(seed, config)
+        results = compress_family(self.teacher, self.budgets, data, config, metric_set=metric_set)
+        seconds = time.perf_counter() - start
+        for cell, budget, result in zip(cells, self.budgets, results):
+            if save:
+                result.save(self.out / "members" / cell)
+            self.write({"cell": cell, "seed": seed, "shots": self.shots, "budget": budget, "top1": self.top1(result.model),
+                        "macs_fraction": result.macs / self.macs, "seconds": seconds, "config": config.as_dict(),
+                        "structure": [s["edit"] for s in result.structure]})  # fmt: skip
+
+    def screen(self, seed: int, levers: list[str]) -> None:
+        base = config_for(self.shots, seed)
+        self.family("screen/default", seed, base, save=True)
+        data = few_shot_subset("fashion-mnist", self.shots, seed, calibration_size=CALIBRATION_SIZE)
+        for lever in levers:
+            config = base.replace(final_epochs=FINAL, **LEVERS[lever])
+            todo = [b for b in self.budgets if f"screen/{lever}/f{b}/s{self.shots}/seed{seed}" not in self.done]
+            if not todo:
+                continue
+            engine = Engine(self.teacher, data, config, metric_set=self.metric_set(seed, base))
+            try:
+                for budget in todo:
+                    self.recover(engine, lever, seed, budget)
+            finally:
+                engine.workspace.cleanup()
+
+    def recover(self, engine: Engine, lever: str, seed: int, budget: float) -> None:
+        """The lever as the final recovery of the default member at `budget`."""
+        folder = self.out / "members" / f"screen/default/f{budget}/s{self.shots}/seed{seed}"
+        summary = read_json(folder / "result.json")
+        model = load(folder / "model")
+        plan = SimpleNamespace(macs_original=summary["macs_original"], structure=summary["structure_kind"])
+        member = CompressionResult(model=copy.deepcopy(model), plan=plan, blocks=(), scores={}, trials={}, history=(),
+                                   macs=summary["macs"], structure=tuple(summary["structure"]))  # fmt: skip
+        start = time.perf_counter()
+        done = final_recovery(engine, member)
+        seconds = time.perf_counter() - start
+        meta = done.history[-1]
+        self.write({"cell": f"screen/{lever}/f{budget}/s{self.shots}/seed{seed}", "seed": seed, "shots": self.shots,
+                    "budget": budget, "top1": self.top1(done.model), "macs_fraction": summary["macs_fraction"],
+                    "seconds": seconds, "epochs": meta["epochs"], "selected_epoch": meta["selected_epoch"],
+                    "kl": meta["kl"], "config": engine.config.as_dict()})  # fmt: skip
+
+
+def report(out: Path) -> None:
+    rows = read_rows(out / "results.jsonl")
+    for mode in ("screen", "full"):
+        mine = [r for r in rows if r["cell"].startswith(mode + "/")]
+        if not mine:
+            continue
+        budgets = sorted({r["budget"] for r in mine}, reverse=True)
+        names = list(dict.fromkeys(r["cell"].split("/")[1] for r in mine))
+        names = [n for n in names if not n.startswith("default")]
+        default = {(r["budget"], r["seed"]): r for r in mine if r["cell"].split("/")[1].startswith("default")}
+        print(f"\n{mode}: top-1 % (mean over seeds; paired difference to the default) and compress wall time")
+        head = " | ".join(f"{100 * b:g}% MACs" for b in budgets)
+        print(f"| variant | seeds | {head} | time vs default |\n|---|---|" + "---|" * len(budgets) + "---|")
+        print(f"| default | {len({s for _, s in default})} | "
+              + " | ".join(_cell([r for (b, _), r in default.items() if b == bb], {}) for bb in budgets) + " | 1.00 |")  # fmt: skip
+        for name in names:
+            got = [r for r in mine if r["cell"].split("/")[1] == name]
+            ratio = _time_ratio(mode, got, default)
+            print(f"| {name} | {len({r['seed'] for r in got})} | "
+                  + " | ".join(_cell([r for r in got if r["budget"] == b], default) for b in budgets) + f" | {ratio} |")  # fmt: skip
+
+
+def _cell(rows: list[dict], default: dict) -> str:
+    if not rows:
+        return "—"
+    top1 = statistics.mean(100 * r["top1"] for r in rows)
+    diffs = [
+        100 * (r["top1"] - default[(r["budget"], r["seed"])]["top1"])
+        for r in rows
+        if (r["budget"], r["seed"]) in default
+    ]
+    return f"{top1:.2f}" + (f" ({statistics.mean(diffs):+.2f})" if diffs else "")
+
+
+def _time_ratio(mode: str, rows: list[dict], default: dict) -> str:
+    """full: family seconds over the default family's, per seed, averaged; screen: (default family + the
+    lever's final recoveries at every budget) over the default family."""
+    ratios = []
+    for seed in sorted({r["seed"] for r in rows}):
+        base = next((r["seconds"] for (b, s), r in default.items() if s == seed), None)
+        mine = [r for r in rows if r["seed"] == seed]
+        if base is None:
+            continue
+        ratios.append((mine[0]["seconds"] if mode == "full" else base + sum(r["seconds"] for r in mine)) / base)
+    return f"{statistics.mean(ratios):.2f}" if ratios else "—"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("mode", choices=["screen", "full", "report"])
+    p.add_argument("--out", default="runs/recovery", type=Path)
+    p.add_argument("--seeds", type=int, nargs="+", default=[2021])
+    p.add_argument("--shots", type=int, default=100)
+    p.add_argument("--budgets", type=float, nargs="+", default=[0.4, 0.3], help="fractions of the teacher's MACs")
+    p.add_argument("--levers", nargs="+", default=list(LEVERS), choices=list(LEVERS), help="screen: which levers")
+    p.add_argument("--combo", nargs="+", default=[], help="full: NAME=field:value,... (CompressConfig changes); "
+                   "screen: more levers (on top of the plain final recovery)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.mode == "report":
+        return report(args.out)
+    torch.set_num_threads(args.threads)
+    combos = [parse_combo(c) for c in args.combo]
+    LEVERS.update(combos)
+    args.levers += [name for name, _ in combos if args.mode == "screen"]
+    bench = Bench(args.out, args.shots, args.budgets)
+    for seed in args.seeds:
+        if args.mode == "screen":
+            bench.screen(seed, args.levers)
+        else:
+            bench.family("full/default", seed, config_for(args.shots, seed))
+            for name, changes in combos:
+                bench.family(f"full/{name}", seed, config_for(args.shots, seed, **changes))
+
+
+if __name__ == "__main__":
+    main()
