@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -30,7 +30,7 @@ from .fingerprint import check_plan_for
 from .macs import count_macs, macs_profile
 from .planning import BasePlan, Plan
 from .progress import api_logging
-from .recovery import final_recovery
+from .recovery import final_epochs
 from .scoring import Trial
 from .structures.registry import get_structure
 
@@ -244,6 +244,37 @@ def progressive_run(engine: Engine, plan: Plan) -> CompressionResult:
     return make_result(
         engine, plan, model, blocks=order, scores=scores, trials=trials, history=history, seconds=seconds
     )
+
+
+# --- the final recovery (docs/method.md §6, "Recovery levers") ---------------------------------------------
+def final_recovery(engine: Engine, result: CompressionResult) -> CompressionResult:
+    """`result` with its model fine-tuned once more (blocks up to the one after the last edited block train);
+    checkpointed like every step, so a resumed run repeats it exactly."""
+    epochs = final_epochs(engine.config, result.macs, result.plan.macs_original)
+    edited = [row["block"] for row in result.structure if row["edit"] != "kept"]
+    if not epochs or not edited:
+        return result
+    key = f"final-{result.plan.structure}-{result.macs}-e{epochs}"
+    workspace = engine.workspace
+    if engine.accelerator.is_main_process and not workspace.has(key):
+        start = time.perf_counter()
+        model = result.model  # the run's own model object: fine-tuned in place, then saved
+        select = engine.synthetic_kl if engine.config.final_select else None
+        fit = engine.fine_tune(model, edited, epochs, key, select=select)
+        meta = {
+            "final": True,
+            "epochs": epochs,
+            "train_loss": fit.final_loss,
+            "selected_epoch": fit.selected_epoch,
+            "kl": engine.synthetic_kl(model) if engine.metric_set is not None else None,
+            "seconds": time.perf_counter() - start,
+            "images_per_second": fit.images_per_second,
+        }
+        workspace.save(key, model, meta)
+    engine.accelerator.wait_for_everyone()
+    meta = workspace.meta(key)
+    seconds = {**result.seconds, "final": meta["seconds"]}
+    return replace(result, model=workspace.load(key), history=(*result.history, meta), seconds=seconds)
 
 
 def compress(

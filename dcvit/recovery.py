@@ -1,8 +1,8 @@
 """Recovery levers beyond Eq. 3 (docs/method.md §6, "Recovery levers"): the richer targets (logits, block
-outputs) one forward pass gives, the best-epoch keeper, and the final recovery: one more Eq. 3 fine-tune of a
-finished model, longer the more MACs were removed (CompressConfig.final_epochs per tenth), optionally keeping its
-epoch with the least synthetic-set KL (Eq. 6; CompressConfig.final_select). Every structure gets it, after its
-own run. The views of the shots are dcvit.views.
+outputs) one forward pass gives, the best-epoch keeper, and the length of the final recovery: one more Eq. 3
+fine-tune of a finished model, longer the more MACs were removed (CompressConfig.final_epochs per tenth), optionally
+keeping its epoch with the least synthetic-set KL (Eq. 6; CompressConfig.final_select); every structure gets it,
+after its own run (dcvit.driver.final_recovery). The views of the shots are dcvit.views.
 """
 
 from __future__ import annotations
@@ -10,19 +10,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .rebuild import restored_modes
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .driver import CompressionResult
-    from .engine import Engine
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,33 +89,3 @@ def final_epochs(config, macs: int, macs_original: int) -> int:
     """final_epochs per tenth of the teacher's MACs removed, rounded (at least one when any were removed)."""
     removed = 1 - macs / macs_original
     return max(1, round(config.final_epochs * 10 * removed)) if config.final_epochs and removed > 0 else 0
-
-
-def final_recovery(engine: Engine, result: CompressionResult) -> CompressionResult:
-    """`result` with its model fine-tuned once more (blocks up to the one after the last edited block train);
-    checkpointed like every step, so a resumed run repeats it exactly."""
-    epochs = final_epochs(engine.config, result.macs, result.plan.macs_original)
-    edited = [row["block"] for row in result.structure if row["edit"] != "kept"]
-    if not epochs or not edited:
-        return result
-    key = f"final-{result.plan.structure}-{result.macs}-e{epochs}"
-    workspace = engine.workspace
-    if engine.accelerator.is_main_process and not workspace.has(key):
-        start = time.perf_counter()
-        model = result.model  # the run's own model object: fine-tuned in place, then saved
-        select = engine.synthetic_kl if engine.config.final_select else None
-        fit = engine.fine_tune(model, edited, epochs, key, select=select)
-        meta = {
-            "final": True,
-            "epochs": epochs,
-            "train_loss": fit.final_loss,
-            "selected_epoch": fit.selected_epoch,
-            "kl": engine.synthetic_kl(model) if engine.metric_set is not None else None,
-            "seconds": time.perf_counter() - start,
-            "images_per_second": fit.images_per_second,
-        }
-        workspace.save(key, model, meta)
-    engine.accelerator.wait_for_everyone()
-    meta = workspace.meta(key)
-    seconds = {**result.seconds, "final": meta["seconds"]}
-    return dataclasses.replace(result, model=workspace.load(key), history=(*result.history, meta), seconds=seconds)

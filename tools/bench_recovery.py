@@ -32,12 +32,11 @@ import torch
 import synth
 from dcvit.config import CompressConfig
 from dcvit.data import CALIBRATION_SIZE, eval_transform, few_shot_subset, load_dataset
-from dcvit.driver import CompressionResult, compress_family
+from dcvit.driver import CompressionResult, compress_family, final_recovery
 from dcvit.engine import Engine, metric_set_inputs
 from dcvit.factory import resolve_model
 from dcvit.files import load
 from dcvit.macs import count_macs
-from dcvit.recovery import final_recovery
 from dcvit.storage import read_json
 from dcvit.studies.evaluate import evaluate, loader_for
 
