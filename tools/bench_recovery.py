@@ -126,7 +126,7 @@ class Bench:
         self.family("screen/default", seed, base, save=True)
         data = few_shot_subset("fashion-mnist", self.shots, seed, calibration_size=CALIBRATION_SIZE)
         for lever in levers:
-            config = base.replace(final_epochs=FINAL, **LEVERS[lever])
+            config = base.replace(**{"final_epochs": FINAL, **LEVERS[lever]})  # a lever may set its own length
             todo = [b for b in self.budgets if f"screen/{lever}/f{b}/s{self.shots}/seed{seed}" not in self.done]
             if not todo:
                 continue
