@@ -164,7 +164,13 @@ def report(out: Path) -> None:
         budgets = sorted({r["budget"] for r in mine}, reverse=True)
         names = list(dict.fromkeys(r["cell"].split("/")[1] for r in mine))
         names = [n for n in names if not n.startswith("default")]
-        default = {(r["budget"], r["seed"]): r for r in mine if r["cell"].split("/")[1].startswith("default")}
+        default = {(r["budget"], r["seed"]): r for r in mine if r["cell"].split("/")[1] == "default"}
+        if mode == "full" and not default:  # --skip-default: the screen's default members (no time ratio)
+            default = {
+                (r["budget"], r["seed"]): {**r, "seconds": None}
+                for r in rows
+                if r["cell"].startswith("screen/default/")
+            }
         print(f"\n{mode}: top-1 % (mean over seeds; paired difference to the default"
               + (" / to the plain final recovery, where the variant adds a lever to it" if mode == "screen" else "")
               + ") and compress wall time")  # fmt: skip
@@ -205,7 +211,7 @@ def _time_ratio(mode: str, rows: list[dict], default: dict) -> str:
     for seed in sorted({r["seed"] for r in rows}):
         base = next((r["seconds"] for (b, s), r in default.items() if s == seed), None)
         mine = [r for r in rows if r["seed"] == seed]
-        if base is None:
+        if not base:
             continue
         ratios.append((mine[0]["seconds"] if mode == "full" else base + sum(r["seconds"] for r in mine)) / base)
     return f"{statistics.mean(ratios):.2f}" if ratios else "—"
@@ -221,6 +227,8 @@ def main() -> None:
     p.add_argument("--levers", nargs="+", default=list(LEVERS), choices=list(LEVERS), help="screen: which levers")
     p.add_argument("--combo", nargs="+", default=[], help="full: NAME=field:value,... (CompressConfig changes); "
                    "screen: more levers (on top of the plain final recovery)")  # fmt: skip
+    p.add_argument("--skip-default", action="store_true", help="full: leave the default family out (the report "
+                   "then pairs with the screen's default members, and gives no time ratio: not the same run)")  # fmt: skip
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -235,7 +243,8 @@ def main() -> None:
         if args.mode == "screen":
             bench.screen(seed, args.levers)
         else:
-            bench.family("full/default", seed, config_for(args.shots, seed))
+            if not args.skip_default:
+                bench.family("full/default", seed, config_for(args.shots, seed))
             for name, changes in combos:
                 bench.family(f"full/{name}", seed, config_for(args.shots, seed, **changes))
 
