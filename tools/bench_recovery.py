@@ -165,7 +165,12 @@ def report(out: Path) -> None:
         names = list(dict.fromkeys(r["cell"].split("/")[1] for r in mine))
         names = [n for n in names if not n.startswith("default")]
         default = {(r["budget"], r["seed"]): r for r in mine if r["cell"].split("/")[1] == "default"}
-        if mode == "full" and not default:  # --skip-default: the screen's default members (no time ratio)
+        label, own = "default", True
+        if mode == "full" and not default:
+            label, own = (
+                "default (the screen's members)",
+                False,
+            )  # --skip-default: the screen's default members (no time ratio)
             default = {
                 (r["budget"], r["seed"]): {**r, "seconds": None}
                 for r in rows
@@ -176,8 +181,8 @@ def report(out: Path) -> None:
               + ") and compress wall time")  # fmt: skip
         head = " | ".join(f"{100 * b:g}% MACs" for b in budgets)
         print(f"| variant | seeds | {head} | time vs default |\n|---|---|" + "---|" * len(budgets) + "---|")
-        print(f"| default | {len({s for _, s in default})} | "
-              + " | ".join(_cell([r for (b, _), r in default.items() if b == bb], {}) for bb in budgets) + " | 1.00 |")  # fmt: skip
+        cells = " | ".join(_cell([r for (b, _), r in default.items() if b == bb], {}) for bb in budgets)
+        print(f"| {label} | {len({s for _, s in default})} | {cells} | {'1.00' if own else '—'} |")
         final = {(r["budget"], r["seed"]): r for r in mine if r["cell"].split("/")[1] == "final"}
         for name in names:
             got = [r for r in mine if r["cell"].split("/")[1] == name]
