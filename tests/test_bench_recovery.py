@@ -26,14 +26,16 @@ def test_a_combination_is_parsed_into_typed_config_changes(tool):
 
 
 def test_the_report_pairs_each_variant_with_the_default_of_its_seed(tool, tmp_path, capsys):
+    row = lambda cell, seed, top1, seconds: {"cell": cell, "seed": seed, "shots": 100, "budget": 0.4, "top1": top1,
+                                             "seconds": seconds}  # fmt: skip
     rows = [
-        {"cell": "screen/default/f0.4/s100/seed1", "seed": 1, "budget": 0.4, "top1": 0.88, "seconds": 100.0},
-        {"cell": "screen/default/f0.4/s100/seed2", "seed": 2, "budget": 0.4, "top1": 0.86, "seconds": 300.0},
-        {"cell": "screen/final/f0.4/s100/seed1", "seed": 1, "budget": 0.4, "top1": 0.89, "seconds": 20.0},
-        {"cell": "screen/final/f0.4/s100/seed2", "seed": 2, "budget": 0.4, "top1": 0.88, "seconds": 30.0},
+        row("screen/default/f0.4/s100/seed1", 1, 0.88, 100.0),
+        row("screen/default/f0.4/s100/seed2", 2, 0.86, 300.0),
+        row("screen/final/f0.4/s100/seed1", 1, 0.89, 20.0),
+        row("screen/final/f0.4/s100/seed2", 2, 0.88, 30.0),
     ]
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     tool.report(tmp_path)
     out = capsys.readouterr().out
-    assert "| default | 2 | 87.00 | 1.00 |" in out
+    assert "screen, 100 shots" in out and "| default | 2 | 87.00 | 1.00 |" in out
     assert "| final | 2 | 88.50 (+1.50) | 1.15 |" in out  # (1.2 + 1.1) / 2

@@ -156,11 +156,13 @@ class Bench:
 
 
 def report(out: Path) -> None:
-    rows = read_rows(out / "results.jsonl")
-    for mode in ("screen", "full"):
+    """One table per mode and shot count."""
+    every = read_rows(out / "results.jsonl")
+    for mode, shots in sorted(
+        {(r["cell"].split("/")[0], r["shots"]) for r in every}, key=lambda k: (k[0] != "screen", -k[1], k[0])
+    ):
+        rows = [r for r in every if r["shots"] == shots]
         mine = [r for r in rows if r["cell"].startswith(mode + "/")]
-        if not mine:
-            continue
         budgets = sorted({r["budget"] for r in mine}, reverse=True)
         names = list(dict.fromkeys(r["cell"].split("/")[1] for r in mine))
         names = [n for n in names if not n.startswith("default")]
@@ -176,7 +178,7 @@ def report(out: Path) -> None:
                 for r in rows
                 if r["cell"].startswith("screen/default/")
             }
-        print(f"\n{mode}: top-1 % (mean over seeds; paired difference to the default"
+        print(f"\n{mode}, {shots} shots: top-1 % (mean over seeds; paired difference to the default"
               + (" / to the plain final recovery, where the variant adds a lever to it" if mode == "screen" else "")
               + ") and compress wall time")  # fmt: skip
         head = " | ".join(f"{100 * b:g}% MACs" for b in budgets)
