@@ -76,8 +76,9 @@ def parse_combo(text: str) -> tuple[str, dict]:
 
 
 class Bench:
-    def __init__(self, out: Path, shots: int, budgets: list[float]):
-        self.out, self.shots, self.budgets = out, shots, budgets
+    def __init__(self, out: Path, shots: int, budgets: list[float], structure: str = "auto"):
+        self.out, self.shots, self.budgets, self.structure = out, shots, budgets, structure
+        self.tag = "" if structure == "auto" else f"@{structure}"  # variant@structure in the cell names
         self.results = out / "results.jsonl"
         self.teacher = resolve_model("fmnist_vit12", weights="pretrained")
         self.test = load_dataset("fashion-mnist", train=False, transform=eval_transform(self.teacher))
@@ -88,6 +89,7 @@ class Bench:
         return evaluate(model, loader_for(self.test), progress=False)["top1"]
 
     def write(self, row: dict) -> None:
+        row["structure_name"] = self.structure
         with self.results.open("a") as f:
             f.write(json.dumps(row) + "\n")
         self.done.add(row["cell"])
@@ -122,12 +124,13 @@ class Bench:
                         "structure": [s["edit"] for s in result.structure]})  # fmt: skip
 
     def screen(self, seed: int, levers: list[str]) -> None:
-        base = config_for(self.shots, seed)
-        self.family("screen/default", seed, base, save=True)
+        base = config_for(self.shots, seed).for_structure(self.structure)
+        self.family(f"screen/default{self.tag}", seed, base, save=True)
         data = few_shot_subset("fashion-mnist", self.shots, seed, calibration_size=CALIBRATION_SIZE)
         for lever in levers:
             config = base.replace(**{"final_epochs": FINAL, **LEVERS[lever]})  # a lever may set its own length
-            todo = [b for b in self.budgets if f"screen/{lever}/f{b}/s{self.shots}/seed{seed}" not in self.done]
+            cell = f"screen/{lever}{self.tag}/f{{}}/s{self.shots}/seed{seed}"
+            todo = [b for b in self.budgets if cell.format(b) not in self.done]
             if not todo:
                 continue
             engine = Engine(self.teacher, data, config, metric_set=self.metric_set(seed, base))
@@ -139,7 +142,7 @@ class Bench:
 
     def recover(self, engine: Engine, lever: str, seed: int, budget: float) -> None:
         """The lever as the final recovery of the default member at `budget`."""
-        folder = self.out / "members" / f"screen/default/f{budget}/s{self.shots}/seed{seed}"
+        folder = self.out / "members" / f"screen/default{self.tag}/f{budget}/s{self.shots}/seed{seed}"
         summary = read_json(folder / "result.json")
         model = load(folder / "model")
         plan = SimpleNamespace(macs_original=summary["macs_original"], structure=summary["structure_kind"])
@@ -149,19 +152,22 @@ class Bench:
         done = final_recovery(engine, member)
         seconds = time.perf_counter() - start
         meta = done.history[-1]
-        self.write({"cell": f"screen/{lever}/f{budget}/s{self.shots}/seed{seed}", "seed": seed, "shots": self.shots,
+        self.write({"cell": f"screen/{lever}{self.tag}/f{budget}/s{self.shots}/seed{seed}", "seed": seed, "shots": self.shots,
                     "budget": budget, "top1": self.top1(done.model), "macs_fraction": summary["macs_fraction"],
                     "seconds": seconds, "epochs": meta["epochs"], "selected_epoch": meta["selected_epoch"],
                     "kl": meta["kl"], "config": engine.config.as_dict()})  # fmt: skip
 
 
 def report(out: Path) -> None:
-    """One table per mode and shot count."""
+    """One table per mode, shot count and structure (cells named variant@structure; auto without a suffix)."""
     every = read_rows(out / "results.jsonl")
-    for mode, shots in sorted(
-        {(r["cell"].split("/")[0], r["shots"]) for r in every}, key=lambda k: (k[0] != "screen", -k[1], k[0])
-    ):
-        rows = [r for r in every if r["shots"] == shots]
+    for r in every:
+        variant = r["cell"].split("/")[1]
+        r["structure_name"] = variant.partition("@")[2] or "auto"
+        r["cell"] = r["cell"].replace(variant, variant.partition("@")[0], 1)
+    keys = {(r["cell"].split("/")[0], r["shots"], r["structure_name"]) for r in every}
+    for mode, shots, structure in sorted(keys, key=lambda k: (k[0] != "screen", k[2] != "auto", k[2], -k[1])):
+        rows = [r for r in every if r["shots"] == shots and r["structure_name"] == structure]
         mine = [r for r in rows if r["cell"].startswith(mode + "/")]
         budgets = sorted({r["budget"] for r in mine}, reverse=True)
         names = list(dict.fromkeys(r["cell"].split("/")[1] for r in mine))
@@ -178,7 +184,7 @@ def report(out: Path) -> None:
                 for r in rows
                 if r["cell"].startswith("screen/default/")
             }
-        print(f"\n{mode}, {shots} shots: top-1 % (mean over seeds; paired difference to the default"
+        print(f"\n{mode}, {structure}, {shots} shots: top-1 % (mean over seeds; paired difference to the default"
               + (" / to the plain final recovery, where the variant adds a lever to it" if mode == "screen" else "")
               + ") and compress wall time")  # fmt: skip
         head = " | ".join(f"{100 * b:g}% MACs" for b in budgets)
@@ -230,6 +236,7 @@ def main() -> None:
     p.add_argument("--out", default="runs/recovery", type=Path)
     p.add_argument("--seeds", type=int, nargs="+", default=[2021])
     p.add_argument("--shots", type=int, default=100)
+    p.add_argument("--structure", default="auto", help="screen, full: the structure (its config_changes apply)")
     p.add_argument("--budgets", type=float, nargs="+", default=[0.4, 0.3], help="fractions of the teacher's MACs")
     p.add_argument("--levers", nargs="+", default=list(LEVERS), choices=list(LEVERS), help="screen: which levers")
     p.add_argument("--combo", nargs="+", default=[], help="full: NAME=field:value,... (CompressConfig changes); "
@@ -245,15 +252,18 @@ def main() -> None:
     combos = [parse_combo(c) for c in args.combo]
     LEVERS.update(combos)
     args.levers += [name for name, _ in combos if args.mode == "screen"]
-    bench = Bench(args.out, args.shots, args.budgets)
+    bench = Bench(args.out, args.shots, args.budgets, args.structure)
     for seed in args.seeds:
         if args.mode == "screen":
             bench.screen(seed, args.levers)
         else:
             if not args.skip_default:
-                bench.family("full/default", seed, config_for(args.shots, seed))
+                bench.family(
+                    f"full/default{bench.tag}", seed, config_for(args.shots, seed).for_structure(args.structure)
+                )
             for name, changes in combos:
-                bench.family(f"full/{name}", seed, config_for(args.shots, seed, **changes))
+                config = config_for(args.shots, seed).for_structure(args.structure).replace(**changes)
+                bench.family(f"full/{name}{bench.tag}", seed, config)
 
 
 if __name__ == "__main__":
