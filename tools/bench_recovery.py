@@ -218,15 +218,18 @@ def _diff(rows: list[dict], base: dict) -> str:
 
 
 def _time_ratio(mode: str, rows: list[dict], default: dict) -> str:
-    """full: family seconds over the default family's, per seed, averaged; screen: (default family + the
-    lever's final recoveries at every budget) over the default family."""
-    ratios = []
-    for seed in sorted({r["seed"] for r in rows}):
-        base = next((r["seconds"] for (b, s), r in default.items() if s == seed), None)
-        mine = [r for r in rows if r["seed"] == seed]
-        if not base:
-            continue
-        ratios.append((mine[0]["seconds"] if mode == "full" else base + sum(r["seconds"] for r in mine)) / base)
+    """Per default family (a seed's run over a set of budgets; its rows share its seconds), averaged over families:
+    full: the variant's family seconds over the default's; screen: (the default family + the lever's final
+    recoveries at that family's budgets) over the default family."""
+    families: dict[tuple, list[dict]] = {}
+    for r in rows:
+        base = default.get((r["budget"], r["seed"]), {}).get("seconds")
+        if base:
+            families.setdefault((r["seed"], base), []).append(r)
+    ratios = [
+        (mine[0]["seconds"] if mode == "full" else base + sum(r["seconds"] for r in mine)) / base
+        for (_, base), mine in families.items()
+    ]
     return f"{statistics.mean(ratios):.2f}" if ratios else "—"
 
 
