@@ -13,6 +13,7 @@ from . import checks
 from .accel import device_form
 from .metrics import metric_names
 from .structures.registry import BASELINE_STRUCTURE, DEFAULT_STRUCTURE, get_structure, structure_names
+from .views import view_names
 
 TOKENS = ("all", "cls")
 UNIT_CHOICES = ("random", "activation")
@@ -85,6 +86,13 @@ class CompressConfig:
     # |hidden| x |fc2 column| on the few shots); None: the structure's own (random for the paper's)
     reinit_mlp: bool = False  # re-initialise the kept MLP weights instead of reusing them
     extra_blocks: int = 0  # compress more blocks than Eq. 1 needs
+    # Few-shot recovery levers (docs/method.md §6, "Recovery levers"; all off by default, BENCHMARKS.md measures each)
+    mimic_views: str = "none"  # dcvit.views: none | crop | mixup | cutmix | crop-mixup, the same view for both models
+    mimic_synthetic: bool = False  # the synthetic metric set joins the shots as mimicking inputs
+    mimic_logits: float = 0.0  # weight of KL(teacher || student) on the logits beside Eq. 3's token MSE
+    mimic_blocks: float = 0.0  # weight of the block outputs' MSE (each relative to the teacher's mean square)
+    final_epochs: int = 0  # a last fine-tune of the finished model: this many epochs per tenth of MACs removed
+    final_select: bool = False  # ... keeping its epoch with the least synthetic-set KL (Eq. 6), the start included
     seed: int = 0
     progress: bool = True
 
@@ -108,13 +116,17 @@ class CompressConfig:
             "candidate_blocks": _blocks(self.candidate_blocks),
             "search_steps": checks.optional_integer(f + "search_steps", self.search_steps, 1, MAX_COUNT),
             "extra_blocks": checks.integer(f + "extra_blocks", self.extra_blocks, 0, MAX_COUNT),
+            "mimic_logits": checks.number(f + "mimic_logits", self.mimic_logits, nonneg, lambda v: 0 <= v < math.inf),
+            "mimic_blocks": checks.number(f + "mimic_blocks", self.mimic_blocks, nonneg, lambda v: 0 <= v < math.inf),
+            "final_epochs": checks.integer(f + "final_epochs", self.final_epochs, 0, MAX_COUNT),
             "seed": checks.seed(f + "seed", self.seed),
         }
         if self.synth_jitter is not None:
             fixed["synth_jitter"] = checks.number(
                 f + "synth_jitter", self.synth_jitter, "a number in [0, 1) or None", _unit
             )
-        for name in ("augment", "prune_heads", "progressive", "reinit_mlp", "progress"):
+        flags = ("augment", "prune_heads", "progressive", "reinit_mlp", "mimic_synthetic", "final_select", "progress")
+        for name in flags:
             checks.flag(f + name, getattr(self, name))
         checks.choice(f + "mixed_precision", self.mixed_precision, (*PRECISIONS, None))
         checks.choice(f + "structure", self.structure, structure_names())
@@ -123,8 +135,29 @@ class CompressConfig:
         checks.choice(f + "mimic_tokens", self.mimic_tokens, TOKENS)
         checks.choice(f + "unit_choice", self.unit_choice, (*UNIT_CHOICES, None))
         fixed["device"] = device_form(self.device, f + "device")  # whether this machine has it: make_accelerator
+        checks.choice(f + "mimic_views", self.mimic_views, view_names())
+        self._check_recovery()
         for name, value in fixed.items():  # plain ints and floats (numpy's too): settings.json stays JSON
             object.__setattr__(self, name, value)
+
+    def _check_recovery(self) -> None:
+        """Combinations of the recovery levers that cannot run, refused in one line."""
+        if self.mimic_synthetic and self.augment:
+            raise checks.ArgumentError(
+                "CompressConfig.mimic_synthetic",
+                "CompressConfig.mimic_synthetic cannot be combined with augment=True (RandAugment works on the "
+                "shots' PIL images; the synthetic images are tensors): use mimic_views for views of both",
+            )
+        if self.final_select and not self.final_epochs:
+            raise checks.ArgumentError(
+                "CompressConfig.final_select",
+                "CompressConfig.final_select selects among the epochs of the final fine-tune: set final_epochs >= 1",
+            )
+
+    @property
+    def needs_synthetic_inputs(self) -> bool:
+        """Whether a recovery lever reads the synthetic metric set (made even when the metric does not)."""
+        return self.mimic_synthetic or self.final_select
 
     @property
     def units_by(self) -> str:

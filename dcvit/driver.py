@@ -9,6 +9,7 @@ uninterrupted run makes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -25,8 +26,10 @@ from .fingerprint import check_plan_for
 from .macs import macs_profile
 from .planning import BasePlan
 from .progress import api_logging, duration, logger
+from .recovery import final_epochs
 from .result import CompressionResult, make_result
 from .structures.registry import get_structure
+from .workspace import Workspace
 
 __all__ = ["CompressionResult", "compress", "compress_family", "make_result", "plan_for"]
 
@@ -34,6 +37,41 @@ __all__ = ["CompressionResult", "compress", "compress_family", "make_result", "p
 def plan_for(model: nn.Module, target_macs: float, config: CompressConfig) -> BasePlan:
     """The plan `config.structure` makes for `target_macs` (see dcvit.structures)."""
     return get_structure(config.structure).plan_for(model, target_macs, config)
+
+
+# --- the final recovery (docs/method.md §6, "Recovery levers") ---------------------------------------------
+def final_recovery(engine: Engine, result: CompressionResult) -> CompressionResult:
+    """`result` with its model fine-tuned once more (blocks up to the one after the last edited block train);
+    checkpointed like every step, so a resumed run repeats it exactly."""
+    epochs = final_epochs(engine.config, result.macs, result.plan.macs_original)
+    edited = [row["block"] for row in result.structure if row["edit"] != "kept"]
+    if not epochs or not edited:
+        return result
+    key = Workspace.final_key(result.plan.structure, result.macs, epochs)
+    workspace = engine.workspace
+
+    def recover() -> None:
+        if workspace.has(key):
+            return
+        start = time.perf_counter()
+        model = result.model  # the run's own model object: fine-tuned in place, then saved
+        select = engine.synthetic_kl if engine.config.final_select else None
+        fit = engine.fine_tune(model, edited, epochs, key, select=select)
+        meta = {
+            "final": True,
+            "epochs": epochs,
+            "train_loss": fit.final_loss,
+            "selected_epoch": fit.selected_epoch,
+            "kl": engine.synthetic_kl(model) if engine.metric_set is not None else None,
+            "seconds": time.perf_counter() - start,
+            "images_per_second": fit.images_per_second,
+        }
+        workspace.save(key, model, meta)
+
+    workspace.main_only(recover)
+    meta = workspace.meta(key)
+    seconds = {**result.seconds, "final": meta["seconds"]}
+    return replace(result, model=workspace.load(key), history=(*result.history, meta), seconds=seconds)
 
 
 def compress(
@@ -84,7 +122,7 @@ def compress_family(
             structures = [get_structure(p.structure) for p in plans]
             planned = [s.planned_epochs(p, engine.config) for s, p in zip(structures, plans)]
             engine.clock.plan(None if None in planned else sum(planned))  # type: ignore[arg-type]
-            results = [s.run(engine, p) for s, p in zip(structures, plans)]
+            results = [final_recovery(engine, s.run(engine, p)) for s, p in zip(structures, plans)]
         finally:
             engine.workspace.cleanup()
         results = [replace(r, fidelity=engine.fidelity(r.model)) for r in results]

@@ -137,9 +137,14 @@ class Engine:
         """Teacher on the accelerator, its tokens for the few shots, and the synthetic metric set."""
         self.teacher = copy.deepcopy(teacher).eval().requires_grad_(False).to(self.accelerator.device)
         self.adapter = get_adapter(teacher)
-        self.targets = TeacherTokens(self.teacher, self.images, self.accelerator)
-        # A ranking by few-shot loss (the baseline) needs no synthetic set; a given set is reused as is.
-        self.metric_set = metric_set or (self._metric_set() if self.metric.needs_metric_set else None)
+        # A ranking by few-shot loss (the baseline) needs no synthetic set, unless a recovery lever reads it; a
+        # given set is reused as is.
+        wanted = self.metric.needs_metric_set or self.config.needs_synthetic_inputs
+        self.metric_set = metric_set or (self._metric_set() if wanted else None)
+        # What the fine-tunes mimic on: the shots, and the synthetic images when they join them (unit importance
+        # and the other structure decisions still read the shots alone, self.images).
+        self.inputs = self.images.joined(self.metric_set.images) if self.config.mimic_synthetic else self.images
+        self.targets = TeacherTokens(self.teacher, self.inputs, self.accelerator, self.config)
         if self.metric_set is not None:
             with torch.no_grad():
                 self.metric_images = self.metric_set.images.to(self.accelerator.device)
@@ -190,20 +195,21 @@ class Engine:
         fit = self.fine_tune(model, trained_blocks, epochs, key)
         return model, fit, time.perf_counter() - start
 
-    def fine_tune(self, model: nn.Module, compressed: Sequence[int], epochs: int, key: str) -> MimicResult:
-        """Eq. 3, training the blocks up to the one right after the last compressed block."""
+    def fine_tune(self, model: nn.Module, compressed: Sequence[int], epochs: int, key: str, select=None) -> MimicResult:
+        """Eq. 3, training the blocks up to the one right after the last compressed block (`select`: see mimic)."""
         last = len(self.adapter.blocks(model)) - 1
         upto = min(max(compressed) + 1, last)
         fit = mimic(
             model,
             self.targets,
-            self.images,
+            self.inputs,
             self.config,
             epochs=epochs,
             upto=upto,
             seed=derived_seed(self.config.seed, key),
             accelerator=self.accelerator,
             desc=key,
+            select=select,
         )
         self.clock.advance(epochs)
         return fit
@@ -227,6 +233,10 @@ class Engine:
         if self.headless:
             return {"shots": n, "output_mse": squared / n}
         return {"shots": n, "top1_agreement": agree / n}
+
+    def synthetic_kl(self, model: nn.Module) -> float:
+        """Eq. 6's KL of `model` on the synthetic metric set (label-free), e.g. to choose among a fine-tune's epochs."""
+        return kl_score(self.metric_logits, model, self.metric_images)
 
     def score(self, model: nn.Module, block: int, train_loss: float, seconds: float, process: int = 0) -> Trial:
         if self.metric_set is None:

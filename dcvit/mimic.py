@@ -17,6 +17,7 @@ import copy
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,8 @@ from .config import CompressConfig
 from .data import eval_transform, train_transform
 from .progress import interactive
 from .rebuild import restored_modes
+from .recovery import Best, Outputs, block_loss, logit_kl, model_outputs
+from .views import get_view
 
 
 class FewShotImages:
@@ -53,6 +56,15 @@ class FewShotImages:
     def __len__(self) -> int:
         return len(self.raw)
 
+    def joined(self, extra: torch.Tensor) -> FewShotImages:
+        """These images and `extra` (model-input tensors, e.g. the synthetic metric set) as one fixed set."""
+        if self.augment:
+            raise ValueError("extra tensor inputs cannot join augmented (PIL) shots")
+        out = copy.copy(self)
+        out.fixed = torch.cat([self.fixed, extra.to(self.fixed.dtype).cpu()])
+        out.raw = [*self.raw, *out.fixed[len(self.raw) :]]
+        return out
+
     def epoch(self, gen: torch.Generator, batch_size: int):
         """(indices, images) batches for one epoch, shuffled; augmented views when augmenting."""
         order = torch.randperm(len(self), generator=gen)
@@ -70,6 +82,7 @@ class MimicResult:
     losses: tuple[float, ...]  # per epoch
     seconds: float
     images_per_second: float
+    selected_epoch: int | None = None  # with a `select` score: the epoch whose weights were kept (0: the start)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -89,6 +102,16 @@ def trainable_parameters(model: nn.Module, upto: int | None) -> list[nn.Paramete
     return [p for p in model.parameters() if id(p) not in frozen]
 
 
+def mimic_loss(student: Outputs, teacher: Outputs, config: CompressConfig, cls_index: int | None) -> torch.Tensor:
+    """Eq. 3, plus the logit KL and the block outputs' MSE when the config weighs them."""
+    loss = token_loss(student.tokens, teacher.tokens, config.mimic_tokens, cls_index)
+    if config.mimic_logits:
+        loss = loss + config.mimic_logits * logit_kl(student.logits, teacher.logits)
+    if config.mimic_blocks:
+        loss = loss + config.mimic_blocks * block_loss(student.blocks, teacher.blocks)
+    return loss
+
+
 def token_loss(student: torch.Tensor, teacher: torch.Tensor, tokens: str, cls_index: int | None) -> torch.Tensor:
     if tokens == "cls":
         if cls_index is None:
@@ -102,33 +125,51 @@ class BadTeacherError(ValueError):
 
 
 class TeacherTokens:
-    """Teacher output tokens; computed once for the fixed images and reused when not augmenting."""
+    """The teacher's Outputs (tokens; logits and block outputs when `config` weighs them); computed once for the
+    fixed images and reused when the inputs are the same every epoch (no augmentation, no random view)."""
 
     CHUNK = 1024  # images per teacher pass when caching: a large refinement set must not be one batch
 
-    def __init__(self, teacher: nn.Module, images: FewShotImages, accelerator):
+    def __init__(self, teacher: nn.Module, images: FewShotImages, accelerator, config: CompressConfig | None = None):
         self.teacher, self.adapter, self.accelerator = teacher.eval(), get_adapter(teacher), accelerator
+        self.logits = bool(config and config.mimic_logits)
+        self.blocks = bool(config and config.mimic_blocks)
         check_teacher(teacher)
         x = images.fixed
+        fresh = images.augment or bool(config and get_view(config.mimic_views).random)
         self.cached = (
-            None
-            if images.augment
-            else torch.cat([self.compute(x[i : i + self.CHUNK]) for i in range(0, len(x), self.CHUNK)])
+            None if fresh else _cat([self.compute(x[i : i + self.CHUNK]) for i in range(0, len(x), self.CHUNK)])
+        )
+
+    def serves(self, config: CompressConfig, images: FewShotImages) -> bool:
+        """Whether these targets hold what `config`'s loss reads, for `images`' inputs."""
+        fresh = images.augment or get_view(config.mimic_views).random
+        return (
+            (self.logits or not config.mimic_logits)
+            and (self.blocks or not config.mimic_blocks)
+            and not (fresh and self.cached is not None)
         )
 
     @torch.no_grad()
-    def compute(self, x: torch.Tensor) -> torch.Tensor:
+    def compute(self, x: torch.Tensor) -> Outputs:
         with self.accelerator.autocast():
-            tokens = self.adapter.features(self.teacher, x.to(self.accelerator.device)).float()
+            out = model_outputs(self.adapter, self.teacher, x.to(self.accelerator.device), self.logits, self.blocks)
+        tokens = out.tokens
         if not torch.isfinite(tokens).all():  # e.g. finite weights overflowing in half precision
             raise BadTeacherError(
                 "the teacher's output tokens are not finite (NaN or inf) on the few-shot images: it cannot be "
                 "mimicked; check the teacher model (or run without --mixed-precision fp16)"
             )
-        return tokens
+        return out
 
-    def __call__(self, idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self.cached[idx.to(self.cached.device)] if self.cached is not None else self.compute(x)
+    def __call__(self, idx: torch.Tensor, x: torch.Tensor) -> Outputs:
+        return self.cached[idx] if self.cached is not None else self.compute(x)
+
+
+def _cat(parts: list[Outputs]) -> Outputs:
+    blocks = None if parts[0].blocks is None else tuple(torch.cat(b) for b in zip(*(p.blocks for p in parts)))
+    logits = None if parts[0].logits is None else torch.cat([p.logits for p in parts])
+    return Outputs(torch.cat([p.tokens for p in parts]), logits, blocks)
 
 
 def check_teacher(teacher: nn.Module) -> None:
@@ -163,7 +204,7 @@ class Probe:
         self.student, self.config, self.trainer = student, config, trainer
         self.adapter, self.cls_index = get_adapter(student), get_adapter(student).class_token_index(student)
         self.x = images.fixed[: config.batch_size]
-        self.target = targets(torch.arange(len(self.x)), self.x)
+        self.target = targets(torch.arange(len(self.x)), self.x).tokens
         self.scale = self._loss(torch.zeros_like(self.target))  # the targets' mean square
         self.start = self.loss()
 
@@ -217,9 +258,15 @@ def mimic(
     seed: int,
     accelerator,
     desc: str = "mimicking",
+    select: Callable[[nn.Module], float] | None = None,
 ) -> MimicResult:
-    """Fine-tune `student` in place by Eq. 3; deterministic for a seed on CPU."""
+    """Fine-tune `student` in place by Eq. 3; deterministic for a seed on CPU. With `select` (a label-free
+    score, lower is better: the synthetic-set KL), the student ends with the weights of its best-scoring epoch,
+    the start included."""
+    if not targets.serves(config, images):
+        raise ValueError("the teacher's targets were made for another config (logits, block outputs or views)")
     gen = seed_everything(seed)
+    view = get_view(config.mimic_views)
     adapter = get_adapter(student)
     params = trainable_parameters(student, None if config.train_scope == "all" else upto)
     trainable = {id(p) for p in params}
@@ -236,6 +283,7 @@ def mimic(
     cls_index = adapter.class_token_index(student)
     losses, start, step = [], time.perf_counter(), 0
     probe = Probe(student, targets, images, config, trainer)  # the loss before any update
+    best = Best(student, select)
     # A bar per fine-tune on a terminal only: in a log, the run's own progress lines say enough.
     shown = config.progress and trainer.is_main_process and interactive()
     bar = tqdm(range(epochs), desc=desc, leave=False, disable=not shown)
@@ -245,10 +293,13 @@ def mimic(
         for idx, x in images.epoch(gen, config.batch_size):
             for group in optimizer.param_groups:  # cosine schedule over the run, per step
                 group["lr"] = 0.5 * config.lr * (1 + math.cos(math.pi * step / total_steps))
+            x = view(x, gen)  # the same view for teacher and student
             target = targets(idx, x)
             with trainer.autocast():
-                feats = adapter.features(student, x.to(trainer.device)).float()
-            loss = token_loss(feats, target, config.mimic_tokens, cls_index)
+                out = model_outputs(
+                    adapter, student, x.to(trainer.device), target.logits is not None, bool(target.blocks)
+                )
+            loss = mimic_loss(out, target, config, cls_index)
             optimizer.zero_grad(set_to_none=True)
             trainer.backward(loss * loss_scale)
             trainer.clip_grad_norm_(params, config.clip_grad)  # unscales fp16 gradients first
@@ -260,10 +311,18 @@ def mimic(
         losses.append(running / len(images))
         check_finite(epoch + 1, losses[-1], params, config.lr)
         bar.set_postfix(loss=f"{losses[-1]:.4g}")
+        best.update(student, epoch + 1)
+    best.restore(student)
     student.eval().requires_grad_(False)
     check_converged(probe.loss(), probe.start, probe.scale, config.lr)
     seconds = time.perf_counter() - start
-    return MimicResult(losses[-1], tuple(losses), seconds, epochs * len(images) / max(seconds, 1e-9))
+    return MimicResult(
+        losses[-1],
+        tuple(losses),
+        seconds,
+        epochs * len(images) / max(seconds, 1e-9),
+        best.epoch if select else None,
+    )
 
 
 def refine(
@@ -290,7 +349,7 @@ def refine(
     accelerator = make_accelerator(config.mixed_precision)
     images = FewShotImages(data, teacher, config.augment)
     teacher = copy.deepcopy(teacher).eval().requires_grad_(False).to(accelerator.device)
-    targets = TeacherTokens(teacher, images, accelerator)
+    targets = TeacherTokens(teacher, images, accelerator, config)
     scope = config.replace(train_scope="all")
     seed = config.seed if seed is None else seed
     return mimic(

@@ -137,6 +137,11 @@ class Workspace:
         """A structure search's step `index` towards `macs_target`."""
         return f"{structure}-{macs_target}-step{index}"
 
+    @staticmethod
+    def final_key(structure: str, macs: int, epochs: int) -> str:
+        """The final recovery (dcvit.driver.final_recovery) of a `structure` result of `macs` MACs."""
+        return f"final-{structure}-{macs}-e{epochs}"
+
     @classmethod
     def existing(cls, root: Path) -> Workspace:
         """A finished or running run's folder, to read its steps and candidates by name."""

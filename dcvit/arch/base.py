@@ -98,6 +98,16 @@ class Adapter:
         """All output tokens after the final norm, before pooling and head (what Eq. 3 mimics)."""
         return model.forward_features(x)
 
+    def head(self, model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        """The logits from features()' output (pooling, head), so one pass gives both; timm's forward_head here."""
+        forward_head = getattr(model, "forward_head", None)
+        if forward_head is None:
+            raise ValueError(
+                f"{self.name}: mimicking the logits (CompressConfig.mimic_logits) needs the adapter's head(), which "
+                f"this adapter lacks; set mimic_logits to 0"
+            )
+        return forward_head(tokens)
+
     def tail_modules(self, model: nn.Module) -> list[nn.Module]:
         """Modules after the last block (final norm, pooling, head): always frozen in mimicking."""
         raise NotImplementedError

@@ -86,6 +86,9 @@ class TorchvisionSwinAdapter(Adapter):
     def features(self, model, x: torch.Tensor) -> torch.Tensor:
         return model.norm(model.features(x))  # (B, H, W, C) tokens, before permute, pooling and head
 
+    def head(self, model, tokens):
+        return model.head(model.flatten(model.avgpool(model.permute(tokens))))
+
     def tail_modules(self, model):
         return [model.norm, model.head]
 

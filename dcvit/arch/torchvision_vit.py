@@ -46,6 +46,9 @@ class TorchvisionViTAdapter(Adapter):
         x = torch.cat([model.class_token.expand(x.shape[0], -1, -1), x], dim=1)
         return model.encoder(x)  # the encoder ends with its final LayerNorm
 
+    def head(self, model, tokens):
+        return model.heads(tokens[:, 0])
+
     def tail_modules(self, model):
         return [model.encoder.ln, model.heads]
 

@@ -1,0 +1,182 @@
+"""The few-shot recovery levers (CompressConfig.mimic_views / mimic_synthetic / mimic_logits / mimic_blocks /
+final_epochs / final_select): checked at construction, off by default, each doing what it says on small models."""
+
+import pytest
+import torch
+import torchvision
+from conftest import tiny_data, tiny_swin, tiny_vit
+
+import dcvit
+import synth
+from dcvit.accel import make_accelerator
+from dcvit.arch import get_adapter
+from dcvit.checks import ArgumentError
+from dcvit.config import CompressConfig
+from dcvit.driver import compress
+from dcvit.engine import Engine
+from dcvit.mimic import FewShotImages, TeacherTokens, mimic
+from dcvit.recovery import block_loss, final_epochs, logit_kl, model_outputs
+from dcvit.scoring import kl_score
+from dcvit.views import get_view, view_names
+
+FAST = CompressConfig(epochs=2, batch_size=8, synth_images=8, synth_iterations=5, structure="dcvit", progress=False)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"mimic_views": "rotate"}, r"mimic_views must be one of \('none', 'crop'"),
+        ({"mimic_logits": -1.0}, r"mimic_logits must be a finite number >= 0"),
+        ({"mimic_blocks": float("inf")}, r"mimic_blocks must be a finite number >= 0"),
+        ({"final_epochs": -1}, r"final_epochs must be an integer between 0"),
+        ({"final_select": 1}, r"final_select must be True or False"),
+        ({"final_select": True}, r"final_select selects among the epochs .* set final_epochs >= 1"),
+        ({"mimic_synthetic": True, "augment": True}, r"mimic_synthetic cannot be combined with augment=True"),
+    ],
+)
+def test_bad_recovery_settings_are_refused_in_one_line(bad, match):
+    with pytest.raises(ArgumentError, match=match) as err:
+        CompressConfig(**bad)
+    assert "\n" not in str(err.value)
+
+
+def test_every_lever_is_off_by_default():
+    c = CompressConfig()
+    assert (c.mimic_views, c.mimic_synthetic, c.mimic_logits, c.mimic_blocks, c.final_epochs, c.final_select) == (
+        "none", False, 0.0, 0.0, 0, False,
+    )  # fmt: skip
+    assert not c.needs_synthetic_inputs
+
+
+# --- views ---------------------------------------------------------------------------------------------------
+def batch(n=6):
+    return torch.randn(n, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("name", view_names())
+def test_views_keep_the_shape_and_repeat_for_a_seed(name):
+    x = batch()
+    a = get_view(name)(x, torch.Generator().manual_seed(0))
+    b = get_view(name)(x, torch.Generator().manual_seed(0))
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert torch.equal(a, x) == (not get_view(name).random)
+
+
+def test_mixup_blends_and_cutmix_pastes_pixels_of_the_batch():
+    x = batch()
+    mixed = get_view("mixup")(x, torch.Generator().manual_seed(0))
+    lo, hi = x.min(0).values, x.max(0).values  # a convex blend stays within the batch's range at every pixel
+    assert bool(((mixed >= lo - 1e-6) & (mixed <= hi + 1e-6)).all())
+    cut = get_view("cutmix")(x, torch.Generator().manual_seed(0))
+    assert bool((cut.unsqueeze(1) == x.unsqueeze(0)).any(1).all())  # every pixel is one of the batch's own
+    same = x[:1].expand(4, -1, -1, -1)
+    assert torch.allclose(get_view("mixup")(same, torch.Generator().manual_seed(1)), same, atol=1e-6)
+
+
+def test_a_crop_of_a_flat_image_is_flat_and_crops_differ_from_the_input():
+    flat = torch.full((3, 1, 16, 16), 0.7)
+    assert torch.allclose(get_view("crop")(flat, torch.Generator().manual_seed(0)), flat)
+    assert not torch.equal(get_view("crop")(batch(), torch.Generator().manual_seed(0)), batch())
+
+
+# --- richer targets ------------------------------------------------------------------------------------------
+def tv_vit():
+    torch.manual_seed(0)
+    return torchvision.models.VisionTransformer(16, 4, 2, 2, 16, 32, num_classes=5).eval()
+
+
+def tv_swin():
+    torch.manual_seed(0)
+    return torchvision.models.swin_transformer.SwinTransformer([4, 4], 24, [2, 2], [2, 2], [7, 7], num_classes=5).eval()
+
+
+@pytest.mark.parametrize(
+    "make, size", [(tiny_vit, (1, 16, 16)), (tiny_swin, (3, 56, 56)), (tv_vit, (3, 16, 16)), (tv_swin, (3, 56, 56))]
+)
+def test_one_pass_gives_the_models_logits_and_every_block_output(make, size):
+    model = make()
+    x = torch.randn(2, *size)
+    with torch.no_grad():
+        out = model_outputs(get_adapter(model), model, x, logits=True, blocks=True)
+        assert torch.allclose(out.logits, model(x), atol=1e-5)
+    assert len(out.blocks) == len(get_adapter(model).blocks(model))
+
+
+def test_logit_and_block_losses_are_zero_only_for_the_teacher_itself():
+    teacher = tiny_vit(depth=3)
+    x = batch(4)
+    student = dcvit.drop_blocks(teacher, [1])
+    with torch.no_grad():
+        t = model_outputs(get_adapter(teacher), teacher, x, True, True)
+        s = model_outputs(get_adapter(student), student, x, True, True)
+    assert logit_kl(t.logits, t.logits).item() == pytest.approx(0, abs=1e-6)
+    assert block_loss(t.blocks, t.blocks).item() == 0
+    assert logit_kl(s.logits, t.logits).item() > 1e-4 and block_loss(s.blocks, t.blocks).item() > 1e-5
+
+
+def fine_tune(config, epochs=4):
+    """Mimic a tiny teacher with one of its blocks dropped; returns (result, student)."""
+    teacher = tiny_vit(depth=3)
+    accelerator = make_accelerator("no")
+    images = FewShotImages(tiny_data(16), teacher, augment=False)
+    targets = TeacherTokens(teacher, images, accelerator, config)
+    student = dcvit.drop_blocks(teacher, [1])
+    return mimic(student, targets, images, config, epochs=epochs, upto=2, seed=0, accelerator=accelerator), student
+
+
+@pytest.mark.parametrize(
+    "change", [{"mimic_views": "crop-mixup"}, {"mimic_views": "cutmix"}, {"mimic_logits": 1.0}, {"mimic_blocks": 1.0}]
+)
+def test_each_loss_lever_trains_and_repeats_for_a_seed(change):
+    config = CompressConfig(batch_size=8, progress=False, **change)
+    (a, sa), (b, sb) = fine_tune(config), fine_tune(config)
+    assert a.losses == b.losses and all(torch.equal(p, q) for p, q in zip(sa.parameters(), sb.parameters()))
+    assert a.losses[-1] < a.losses[0]
+    base, _ = fine_tune(CompressConfig(batch_size=8, progress=False))
+    assert a.losses != base.losses  # the lever changed the fine-tune
+
+
+def test_targets_are_cached_only_when_the_inputs_repeat():
+    teacher, accelerator = tiny_vit(depth=2), make_accelerator("no")
+    images = FewShotImages(tiny_data(8), teacher, augment=False)
+    assert TeacherTokens(teacher, images, accelerator, CompressConfig()).cached is not None
+    fresh = TeacherTokens(teacher, images, accelerator, CompressConfig(mimic_views="mixup"))
+    assert fresh.cached is None
+    plain = TeacherTokens(teacher, images, accelerator)  # tokens only, cached: it serves none of the levers
+    for change in ({"mimic_views": "mixup"}, {"mimic_logits": 1.0}, {"mimic_blocks": 0.5}):
+        with pytest.raises(ValueError, match="targets were made for another config"):
+            mimic(tiny_vit(depth=2), plain, images, CompressConfig(**change), epochs=1, upto=1, seed=0,
+                  accelerator=accelerator)  # fmt: skip
+
+
+# --- synthetic inputs ----------------------------------------------------------------------------------------
+def test_synthetic_images_join_the_mimicking_inputs_not_the_shots():
+    model = tiny_vit(depth=3)
+    engine = Engine(model, tiny_data(16), FAST.replace(mimic_synthetic=True, metric="train_loss"))
+    assert engine.metric_set is not None  # made for the lever although the ranking does not need it
+    assert len(engine.images) == 16 and len(engine.inputs) == 16 + FAST.synth_images
+    assert torch.equal(engine.inputs.fixed[16:], engine.metric_set.images)
+    assert engine.targets.cached.tokens.shape[0] == 16 + FAST.synth_images
+
+
+# --- the final recovery --------------------------------------------------------------------------------------
+def test_final_epochs_grow_with_the_macs_removed():
+    config = CompressConfig(final_epochs=3)
+    assert [final_epochs(config, m, 100) for m in (100, 92, 60, 30)] == [0, 2, 12, 21]
+    assert final_epochs(CompressConfig(), 30, 100) == 0
+
+
+def test_final_recovery_keeps_the_structure_and_its_best_epoch_by_synthetic_kl():
+    model = tiny_vit(depth=3)
+    metric_set = synth.synthesize(model, 8, iterations=5, seed=0, image_size=(1, 16, 16), progress=False)
+    plain = compress(model, 0.8, tiny_data(), FAST, metric_set=metric_set)
+    final = compress(model, 0.8, tiny_data(), FAST.replace(final_epochs=1, final_select=True), metric_set=metric_set)
+    meta = final.history[-1]
+    assert meta["final"] and meta["epochs"] == round(10 * (1 - plain.macs / plain.plan.macs_original))
+    assert (
+        final.macs == plain.macs and final.structure == plain.structure and len(final.history) == len(plain.history) + 1
+    )
+    logits = model(metric_set.images)
+    # the start (the finished model without the final fine-tune) is among the candidates: never a worse KL
+    assert kl_score(logits, final.model, metric_set.images) <= kl_score(logits, plain.model, metric_set.images) + 1e-7
+    assert 0 <= meta["selected_epoch"] <= meta["epochs"] and "final" in final.seconds
