@@ -4,7 +4,7 @@ final_epochs / final_select): checked at construction, off by default, each doin
 import pytest
 import torch
 import torchvision
-from conftest import tiny_data, tiny_swin, tiny_vit
+from helpers.models import tiny_data, tiny_swin, tiny_vit
 
 import dcvit
 import synth

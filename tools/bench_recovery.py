@@ -34,11 +34,11 @@ from dcvit.config import CompressConfig
 from dcvit.data import CALIBRATION_SIZE, eval_transform, few_shot_subset, load_dataset
 from dcvit.driver import CompressionResult, compress_family, final_recovery
 from dcvit.engine import Engine, metric_set_inputs
+from dcvit.evaluation import evaluate, loader_for
 from dcvit.factory import resolve_model
 from dcvit.files import load
 from dcvit.macs import count_macs
 from dcvit.storage import read_json
-from dcvit.studies.evaluate import evaluate, loader_for
 
 sys.path.insert(0, str(Path(__file__).parent))  # the benchmark settings: one definition
 from bench_compression import config_for, read_rows  # noqa: E402
