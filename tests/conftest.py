@@ -1,3 +1,8 @@
+import atexit
+import os
+import shutil
+import tempfile
+
 import pytest
 import torch
 
@@ -5,6 +10,12 @@ import dcvit  # noqa: F401  registers the shipped models
 
 # Tiny models are overhead-bound: one thread is faster and immune to a busy machine's oversubscription.
 torch.set_num_threads(1)
+
+# The metric-set cache of the runs under test (the CLI's subprocesses inherit it): one per test process, removed
+# at exit, never the user's ~/.cache.
+_CACHE = tempfile.mkdtemp(prefix="dcvit-test-metric-sets-")
+atexit.register(shutil.rmtree, _CACHE, True)
+os.environ["DCVIT_METRIC_CACHE"] = _CACHE
 
 
 def small_vit(depth=6, dim=48, heads=3, img=32, patch=8, chans=3, **kwargs):
