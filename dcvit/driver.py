@@ -12,6 +12,7 @@ block-dropping baseline run the steps above (`progressive_run`), the structure s
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Sequence
@@ -172,14 +173,13 @@ def _progressive(engine: Engine, plan: Plan, order: list[int]) -> tuple[nn.Modul
     history = [{"blocks": order[:1], **engine.workspace.meta(first)}]
     for i in range(1, len(order)):
         key = _step_key(plan, order[: i + 1], surgery, True)
-        if not engine.workspace.has(key):
-            _save_step(
-                engine,
-                key,
-                order[: i + 1],
-                *engine.build_and_tune(key, model, plan, [order[i]], order[: i + 1], engine.config.epochs),
+        if engine.workspace.has(key):  # done before a resume: read back
+            model = engine.workspace.load(key)
+        else:  # the step's model goes on in memory; its checkpoint serves a resume
+            model, fit, seconds = engine.build_and_tune(
+                key, model, plan, [order[i]], order[: i + 1], engine.config.epochs
             )
-        model = engine.workspace.load(key)
+            _save_step(engine, key, order[: i + 1], model, fit, seconds)
         history.append(engine.workspace.meta(key))
     return model, history
 
@@ -187,14 +187,13 @@ def _progressive(engine: Engine, plan: Plan, order: list[int]) -> tuple[nn.Modul
 def _all_at_once(engine: Engine, plan: Plan, order: list[int]) -> tuple[nn.Module, list[dict]]:
     """Top-k ablation and PRACTISE-style dropping: all n blocks at once, fine-tuned for n steps' epochs."""
     key = _step_key(plan, sorted(order), engine.config.structure, False)
-    if not engine.workspace.has(key):
-        _save_step(
-            engine,
-            key,
-            order,
-            *engine.build_and_tune(key, engine.teacher, plan, order, order, engine.config.epochs * len(order)),
-        )
-    return engine.workspace.load(key), [engine.workspace.meta(key)]
+    if engine.workspace.has(key):
+        return engine.workspace.load(key), [engine.workspace.meta(key)]
+    model, fit, seconds = engine.build_and_tune(
+        key, engine.teacher, plan, order, order, engine.config.epochs * len(order)
+    )
+    _save_step(engine, key, order, model, fit, seconds)
+    return model, [engine.workspace.meta(key)]
 
 
 def make_result(
@@ -208,7 +207,12 @@ def make_result(
     scores: dict[int, float] | None = None,
     trials: dict[int, Trial] | None = None,
 ) -> CompressionResult:
-    """A structure's finished run as a CompressionResult: its MACs and per-block structure measured on `model`."""
+    """A structure's finished run as a CompressionResult: its MACs and per-block structure measured on `model`,
+    given back as dcvit.load gives a checkpoint (on the CPU, trainable), whether it was read back or kept in
+    memory."""
+    if model is engine.teacher:  # the engine's frozen copy stays as it is for the family's other targets
+        model = copy.deepcopy(model)
+    model = model.cpu().requires_grad_(True).eval()
     return CompressionResult(
         model=model,
         plan=plan,

@@ -331,7 +331,9 @@ class Search:
             "images_per_second": fit.images_per_second,
         }
         self.engine.workspace.save(key, new, meta)
-        return self.engine.workspace.load(key), meta
+        # Go on with the model in memory: the checkpoint is for a resume, and it reloads as this very network
+        # (the save checks that), so reading it back would only cost a rebuild.
+        return new, meta
 
     def run(self) -> tuple[nn.Module, list[dict]]:
         model = self.engine.teacher
