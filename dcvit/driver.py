@@ -56,7 +56,7 @@ class CompressionResult:
             "blocks": list(self.blocks), "structure_kind": plan.structure, "structure": list(self.structure),
             "describe": self.describe(), "plan": plan.describe(), **plan.record(),
             "scores": {str(b): s for b, s in self.scores.items()}, "seconds": self.seconds,
-            "history": list(self.history), **extra,
+            "history": list(self.history), "notes": self.notes(), **extra,
         })  # fmt: skip
 
     def save(self, folder: str | Path, **extra) -> dict:
@@ -76,7 +76,14 @@ class CompressionResult:
             f"{self.plan.macs_original / 1e6:.2f}M), structure '{self.plan.structure}':"
         ]
         lines += [f"  block {s['block']:>2}: {s['edit']}" for s in self.structure if s["edit"] != "kept"]
+        lines += [f"  note: {note}" for note in self.notes()]
         return "\n".join(lines)
+
+    def notes(self) -> list[str]:
+        """What a reader of the result should know, e.g. why a search landed well below its target."""
+        from .search import landing_note
+
+        return [landing_note(h["landing"], self.plan.macs_original) for h in self.history if "landing" in h]
 
 
 def strict_json(value):

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from .arch.base import Adapter
 from .macs import MacsProfile, count_macs, macs_profile
 from .scoring import kl_of_logits, kl_score
 from .surgery import DroppedBlock, block_heads, block_state, edit_block, edit_blocks, random_units
@@ -48,6 +49,7 @@ HEAD_FRACTIONS = (0.75, 0.5, 0.25)
 # float32): a 28-px model's whole menu at once, a few edits at a time at 224 px.
 STACKED_ELEMENTS = 2**24
 KNAPSACK_RESOLUTION = 1000  # MACs buckets: savings are rounded down to need / 1000, so the target always holds
+LANDING_TOLERANCE = 0.01  # of the original MACs: a search landing further below its target says why
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,44 @@ class Stacked(nn.Module):
         self.versions = nn.ModuleList(blocks)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return torch.cat([block(x, *args, **kwargs) for block in self.versions])
+        outs = [block(x, *args, **kwargs) for block in self.versions]
+        if not all(isinstance(out, torch.Tensor) for out in outs):  # e.g. a transformers layer's tuple
+            raise NotStackable
+        return torch.cat(outs)
+
+
+class NotStackable(Exception):
+    """A block whose output is not one tensor: its edits are scored one forward pass at a time."""
+
+
+def _knapsack(edits: Sequence[Edit], need: int, unit: int, top: int) -> tuple[list[float], list[list]]:
+    """Multiple-choice knapsack over savings in buckets of `unit` MACs (an edit's saving rounded down, so a
+    chosen set never saves less than its bucket says): best[j] is the least total score of a set (at most one
+    edit per block) filling exactly j buckets, bucket `top` standing for `top` or more; `back` rebuilds it."""
+    inf = float("inf")
+    best = [0.0] + [inf] * top
+    back: list[list] = []
+    for block in sorted({e.block for e in edits}):
+        new, choice = list(best), [None] * (top + 1)
+        for e in (e for e in edits if e.block == block):
+            step = e.saved // unit
+            cost = max(e.score, 0.0) + 1e-9 * e.saved / need  # ties: the smaller edit
+            for j in range(top + 1):
+                if best[j] < inf and best[j] + cost < new[min(top, j + step)]:
+                    new[min(top, j + step)] = best[j] + cost
+                    choice[min(top, j + step)] = (e, j)
+        back.append(choice)
+        best = new
+    return best, back
+
+
+def _rebuild(back: list[list], j: int) -> list[Edit]:
+    chosen = []
+    for choice in reversed(back):
+        if choice[j] is not None:
+            e, j = choice[j]
+            chosen.append(e)
+    return sorted(chosen, key=lambda e: e.block)
 
 
 def choose(edits: Sequence[Edit], need: int) -> list[Edit]:
@@ -184,29 +223,51 @@ def choose(edits: Sequence[Edit], need: int) -> list[Edit]:
         return []
     unit = max(1, math.ceil(need / KNAPSACK_RESOLUTION))
     cap = math.ceil(need / unit)
-    inf = float("inf")
-    best = [0.0] + [inf] * cap  # least score that saves >= j buckets
-    back: list[list[tuple[Edit, int] | None]] = []
-    for block in sorted({e.block for e in edits}):
-        options = [e for e in edits if e.block == block]
-        new, choice = list(best), [None] * (cap + 1)
-        for e in options:
-            step = e.saved // unit  # rounded down, so a chosen set is never short of the target
-            cost = max(e.score, 0.0) + 1e-9 * e.saved / need  # ties: the smaller edit
-            for j in range(cap + 1):
-                if best[j] < inf and best[j] + cost < new[min(cap, j + step)]:
-                    new[min(cap, j + step)] = best[j] + cost
-                    choice[min(cap, j + step)] = (e, j)
-        back.append(choice)
-        best = new
-    if best[cap] == inf:
+    best, back = _knapsack(edits, need, unit, cap)
+    if best[cap] == float("inf"):
         raise ValueError(f"the candidate blocks cannot save {need} more MACs; the target is below what they reach")
-    chosen, j = [], cap
-    for choice in reversed(back):
-        if choice[j] is not None:
-            e, j = choice[j]
-            chosen.append(e)
-    return sorted(chosen, key=lambda e: e.block)
+    return _rebuild(back, cap)
+
+
+def choose_within(edits: Sequence[Edit], need: int, slack: int) -> list[Edit] | None:
+    """The least-score set saving between `need` and about `need + slack` MACs, or None when no set of
+    `edits` lands there (the bound is on the rounded-down buckets: it may pass by a few buckets' MACs)."""
+    unit = max(1, math.ceil(need / KNAPSACK_RESOLUTION))
+    cap = math.ceil(need / unit)
+    top = cap + slack // unit + 1  # the last bucket holds every set that saves more than need + slack
+    best, back = _knapsack(edits, need, unit, top)
+    j = min(range(cap, top), key=lambda j: best[j])
+    return None if best[j] == float("inf") else _rebuild(back, j)
+
+
+def landing(edits: Sequence[Edit], chosen: Sequence[Edit], need: int, tolerance: int) -> dict | None:
+    """Why the last step lands more than `tolerance` MACs past the target, or None when it does not: the
+    least-score set saves more than needed, so record what a set within the tolerance would have scored."""
+    over = sum(e.saved for e in chosen) - need
+    if over <= tolerance:
+        return None
+    closest = choose_within(edits, need, tolerance)
+    return {
+        "over": over,
+        "tolerance": tolerance,
+        "score": sum(e.score for e in chosen),
+        "closest_score": None if closest is None else sum(e.score for e in closest),
+        "closest_saved": None if closest is None else sum(e.saved for e in closest),
+    }
+
+
+def landing_note(record: dict, macs_original: int) -> str:
+    """One line for the output: how far past the target a search landed and why."""
+    over = 100 * record["over"] / macs_original
+    tolerance = 100 * record["tolerance"] / macs_original
+    why = (
+        "no set of the offered edits (MLP widths of 3/4, 1/2, 1/4, 1/8 or none of the original, attention "
+        f"removed, whole blocks dropped) lands within {tolerance:.0f} point"
+        if record["closest_score"] is None
+        else f"the best set within {tolerance:.0f} point scores {record['closest_score']:.4f} on the synthetic "
+        f"set against {record['score']:.4f}, and the search keeps the lower"
+    )
+    return f"lands {over:.1f} points of the MACs below the target: {why}"
 
 
 class Search:
@@ -294,13 +355,18 @@ class Search:
 
     def _logits(self, model: nn.Module, index: int, blocks: list[nn.Module], cached: torch.Tensor, x: torch.Tensor):
         """The model's logits with block `index` replaced by each of `blocks` in turn, one tensor per block."""
-        if len(blocks) > 1:
-            with starting_at(model, self.adapter, index, Stacked(blocks), cached):
-                out = model.eval()(x)
-            if isinstance(out, torch.Tensor) and out.shape[0] == len(blocks) * len(x):
-                return out.split(len(x))
+        # Stacking puts the versions in the model as they are: an adapter that wraps the blocks it sets (the
+        # transformers ones, whose layers take keywords dcvit's blocks do not) scores one edit at a time.
+        if len(blocks) > 1 and type(self.adapter).set_block is Adapter.set_block:
+            try:
+                with starting_at(model, self.adapter, index, Stacked(blocks), cached):
+                    out = model.eval()(x)
+                if isinstance(out, torch.Tensor) and out.shape[0] == len(blocks) * len(x):
+                    return out.split(len(x))
+            except NotStackable:
+                pass
         outs = []
-        for block in blocks:  # one at a time: a single edit, or a model whose output is not one logits tensor
+        for block in blocks:  # one at a time: a single edit, or a block or model whose output is not one tensor
             with starting_at(model, self.adapter, index, block, cached):
                 outs.append(model.eval()(x))
         return outs
@@ -365,6 +431,8 @@ class Search:
         if index == 0 and self.engine.metric.confirms_search:
             edits = self.confirm(model, edits, importance)
         chosen = choose(edits, need)
+        tolerance = math.floor(LANDING_TOLERANCE * self.plan.macs_original)
+        past = landing(edits, chosen, need, tolerance) if index == self.plan.steps - 1 else None
         new = self._apply(model, chosen, importance)
         fit = self.engine.fine_tune(new, [e.block for e in chosen] or [0], self.config.epochs, key)
         meta = {
@@ -377,6 +445,8 @@ class Search:
             "seconds": time.perf_counter() - start,
             "images_per_second": fit.images_per_second,
         }
+        if past is not None:
+            meta["landing"] = past
         self.engine.workspace.save(key, new, meta)
         # Go on with the model in memory: the checkpoint is for a resume, and it reloads as this very network
         # (the save checks that), so reading it back would only cost a rebuild.

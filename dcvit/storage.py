@@ -63,6 +63,17 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def read_json_object(path: str | os.PathLike, remedy: str) -> dict[str, Any]:
+    """A JSON object this project wrote, or a one-line ValueError naming the file, what is wrong and `remedy`."""
+    try:
+        value = read_json(path)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); {remedy}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds a JSON {type(value).__name__}, not the object dcvit writes; {remedy}")
+    return value
+
+
 def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> None:
     # safetensors refuses shared or non-contiguous storage; clone so any state dict can be saved.
     flat = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}

@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from .files import load, save
-from .storage import read_json, write_json
+from .storage import read_json_object, write_json
 
 # settings.json's "format" (Engine writes it): bumped whenever what the settings fingerprint changes, so a folder
 # of an older format is never resumed.
@@ -43,6 +43,9 @@ def _check_layout(root: Path, settings_file: Path) -> None:
         raise ValueError(f"{settings_file} is not a file (a folder?); {accepted}")
 
 
+_UNREADABLE_RUN = "this run cannot be resumed: start a new one in another folder"
+
+
 class Workspace:
     def __init__(self, root: Path | None, settings: dict[str, Any], resume: bool = False, is_main: bool = True):
         self.temporary = root is None
@@ -58,7 +61,7 @@ class Workspace:
                     f"{self.root} already holds a run; pass resume=True (--resume) to continue it, "
                     f"or choose another folder"
                 )
-            saved = read_json(settings_file)
+            saved = read_json_object(settings_file, _UNREADABLE_RUN)
             if saved != settings:
                 changed = _differences(saved, settings)
                 raise ValueError(
@@ -77,7 +80,7 @@ class Workspace:
         settings_file = Path(root) / "settings.json"
         if not settings_file.is_file():
             raise FileNotFoundError(f"{root} holds no compression run (no settings.json)")
-        return cls(Path(root), read_json(settings_file), resume=True)
+        return cls(Path(root), read_json_object(settings_file, _UNREADABLE_RUN), resume=True)
 
     def has(self, key: str) -> bool:
         return (self.root / key / "meta.json").is_file()
@@ -88,7 +91,8 @@ class Workspace:
         self.finished = True
 
     def meta(self, key: str) -> dict[str, Any]:
-        return read_json(self.root / key / "meta.json")
+        remedy = f"delete the folder {self.root / key} to redo that step, or start a new run"
+        return read_json_object(self.root / key / "meta.json", remedy)
 
     def load(self, key: str) -> nn.Module:
         return load(self.root / key / "model")

@@ -154,9 +154,11 @@ class SyntheticSet:
             raise FileNotFoundError(
                 f"{src} is not a saved SyntheticSet: expected a directory with {TENSORS_FILE} and {META_FILE}"
             )
+        meta = _read_meta(meta_path)
         tensors = load_file(str(tensors_path), device=str(device))
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
+        missing = sorted({"images", "labels", "losses"} - tensors.keys())
+        if missing:
+            raise ValueError(f"{tensors_path} lacks {', '.join(missing)}: not a file written by SyntheticSet.save")
         total = meta.get("total_loss")
         return cls(
             images=tensors["images"],
@@ -202,6 +204,24 @@ class SyntheticSet:
         out = Path(png_path)
         _atomic_write(out, lambda tmp: image.save(tmp, format="PNG"))
         return out
+
+
+def _read_meta(path: Path) -> dict:
+    """meta.json as SyntheticSet.save writes it, or a one-line ValueError saying what is wrong with it."""
+    accepted = "accepted: the meta.json SyntheticSet.save writes (an object with 'mean' and 'std' lists)"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); {accepted}") from None
+    numbers = (int, float)
+    ok = isinstance(meta, dict) and all(
+        isinstance(meta.get(k), list) and all(isinstance(v, numbers) for v in meta[k]) for k in ("mean", "std")
+    )
+    ok = ok and isinstance(meta.get("total_loss", 0.0), (*numbers, type(None)))
+    ok = ok and isinstance(meta.get("config") or {}, dict)
+    if not ok:
+        raise ValueError(f"{path} is not a synthetic set's meta.json; {accepted}")
+    return meta
 
 
 def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> SyntheticSet:

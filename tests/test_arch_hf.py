@@ -1,5 +1,5 @@
-"""Hugging Face transformers ViTs (dcvit/arch/hf_vit.py): plan, compress, save/load and export on a tiny random-init
-ViTForImageClassification built from a config (no download). Skipped where transformers is not installed."""
+"""Hugging Face transformers models (dcvit/arch/hf_*.py): ViT, DeiT, DINOv2 and Swin built tiny from configs (random
+init, no download) through plan, compress, save/load and export; edits checked exact. Skipped without transformers."""
 
 import json
 import logging
@@ -100,7 +100,11 @@ def test_a_bad_spec_is_refused_in_one_line(tmp_path):
     assert "\n" not in str(err.value)
 
 
-def test_an_unsupported_hf_class_is_named():
-    model = transformers.ViTModel(tiny_hf().config)
-    with pytest.raises(UnsupportedModelError, match="ViTModel"):
+def test_an_unsupported_hf_class_is_named_with_the_supported_ones():
+    model = transformers.ViTForMaskedImageModeling(tiny_hf().config)
+    with pytest.raises(UnsupportedModelError) as err:
         get_adapter(model)
+    message = str(err.value)
+    assert message.startswith("transformers ViTForMaskedImageModeling is not supported") and "\n" not in message
+    for name in ("ViTForImageClassification", "DeiTForImageClassificationWithTeacher", "Dinov2Model", "SwinModel"):
+        assert name in message

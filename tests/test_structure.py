@@ -13,7 +13,7 @@ import dcvit
 from dcvit.arch import get_adapter
 from dcvit.config import CompressConfig
 from dcvit.macs import macs_profile
-from dcvit.search import Edit, block_savings, choose, menu
+from dcvit.search import Edit, block_savings, choose, choose_within, landing, landing_note, menu
 from dcvit.surgery import MlpOnlyBlock, ZeroMlp, block_state, edit_blocks
 
 # (attention kept, kept MLP units: None = all, [] = none)
@@ -140,6 +140,43 @@ def test_knapsack_matches_brute_force():
         got = choose(edits, need)
         assert sum(e.saved for e in got) >= need and len({e.block for e in got}) == len(got)
         assert sum(e.score for e in got) == pytest.approx(best, abs=1e-6)
+
+
+def test_choose_within_matches_brute_force():
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(30):
+        edits = [
+            Edit(b, True, u, int(torch.randint(1, 50, (1,), generator=gen)), float(torch.rand(1, generator=gen)))
+            for b in range(4)
+            for u in range(3)
+        ]
+        need, slack = int(torch.randint(10, 120, (1,), generator=gen)), int(torch.randint(0, 10, (1,), generator=gen))
+        best = None
+        for pick in itertools.product(*[[None] + [e for e in edits if e.block == b] for b in range(4)]):
+            chosen = [e for e in pick if e]
+            if need <= sum(e.saved for e in chosen) <= need + slack:
+                cost = sum(e.score for e in chosen)
+                best = cost if best is None else min(best, cost)
+        got = choose_within(edits, need, slack)
+        if best is None:
+            assert got is None
+            continue
+        assert got is not None and need <= sum(e.saved for e in got) <= need + slack
+        assert sum(e.score for e in got) == pytest.approx(best, abs=1e-6)
+
+
+def test_landing_says_why_a_search_passes_its_target():
+    # the cheap edit saves far more than needed; the one that lands close scores worse
+    edits = [Edit(0, True, 0, 300, 0.01), Edit(1, True, 0, 105, 0.5)]
+    chosen = choose(edits, 100)
+    assert [e.block for e in chosen] == [0]
+    record = landing(edits, chosen, 100, tolerance=10)
+    assert record is not None and record["over"] == 200 and record["closest_score"] == pytest.approx(0.5)
+    note = landing_note(record, macs_original=1000)
+    assert "20.0 points" in note and "0.5000" in note and "0.0100" in note
+    assert landing(edits, [edits[1]], 100, tolerance=10) is None  # within the tolerance: nothing to say
+    lone = landing([edits[0]], [edits[0]], 100, tolerance=10)
+    assert lone is not None and lone["closest_score"] is None and "no set" in landing_note(lone, 1000)
 
 
 def test_menu_respects_the_structure():

@@ -31,6 +31,10 @@ def get_adapter(model: nn.Module) -> Adapter:
             return cls()
     if load_plugins():  # an installed plugin's adapter may match: retry once they are imported
         return get_adapter(model)
+    for cls in _ADAPTERS:
+        reason = cls.refusal(model)
+        if reason:
+            raise UnsupportedModelError(reason)
     raise UnsupportedModelError(
         f"unsupported architecture {type(model).__name__}: no adapter found; dcvit needs a transformer "
         f"whose blocks have an attention module and an MLP (supported: {', '.join(_families())}; "
@@ -86,6 +90,9 @@ def load_plugins() -> bool:
 
 
 from . import (  # noqa: E402,F401  register the built-in adapters
+    hf_deit,
+    hf_dinov2,
+    hf_swin,
     hf_vit,
     timm_beit,
     timm_cait,

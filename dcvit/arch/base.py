@@ -42,6 +42,12 @@ class Adapter:
     def matches(cls, model: nn.Module) -> bool:
         raise NotImplementedError
 
+    @classmethod
+    def refusal(cls, model: nn.Module) -> str | None:
+        """Why no adapter takes `model`, in one line, where this adapter can tell (a class of its library that
+        no adapter supports, say); None otherwise. get_adapter says it instead of its general message."""
+        return None
+
     # --- blocks -----------------------------------------------------------------------------
     def block_containers(self, model: nn.Module) -> list[tuple[nn.Module, int]]:
         """(parent container, index in it) for every transformer block, in forward order."""

@@ -5,6 +5,8 @@ and the gate halves of the hidden layer, chunked), and `SwiGLU` (fc1_x value, fc
 column j of fc2 and, before it, row j of each branch (rows j and H + j of a packed fc1) and entry j of the norm
 over the hidden units (EVA-02's and NormFormer's `scale_mlp`), so keeping units keeps those, in every branch.
 A norm over fewer units normalises over the kept ones: the edit is well defined, not an exact sub-computation.
+transformers' gated MLPs (DINOv2's SwiGLU FFN) name their layers gate_proj, up_proj and down_proj and compute
+down_proj(act(gate_proj(x)) * up_proj(x)): unit j is row j of gate_proj and up_proj and column j of down_proj.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from .blocks import ZeroMlp
 LAYOUTS = (Mlp, GluMlp, SwiGLU)
 SUPPORTED = "Mlp, GluMlp / SwiGLUPacked, SwiGLU (Linear layers; a LayerNorm/RmsNorm over the hidden units or none)"
 HIDDEN_NORMS = (nn.LayerNorm, RmsNorm, RmsNormFp32, SimpleNorm, SimpleNormFp32)
+GATED_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")  # transformers' gated MLP, in this order
 
 
 def _branches(mlp: nn.Module) -> tuple[nn.Module, ...]:
@@ -50,8 +53,13 @@ def hidden_width(mlp: nn.Module) -> int:
 
 
 def narrow(mlp: nn.Module, units: Sequence[int]) -> bool:
-    """Keep hidden `units` of a timm MLP in place, in every branch and the hidden norm; False (nothing done)
-    for any other MLP, which the caller narrows as a plain fc1/fc2 pair."""
+    """Keep hidden `units` of a timm MLP or a transformers gated MLP in place, in every branch and the hidden
+    norm; False (nothing done) for any other MLP, which the caller narrows as a plain fc1/fc2 pair."""
+    if all(type(getattr(mlp, name, None)) is nn.Linear for name in GATED_PROJECTIONS):
+        idx = torch.as_tensor(list(units), dtype=torch.long, device=mlp.down_proj.weight.device)
+        mlp.gate_proj, mlp.up_proj = keep_rows(mlp.gate_proj, idx), keep_rows(mlp.up_proj, idx)
+        mlp.down_proj = keep_columns(mlp.down_proj, idx)
+        return True
     if not isinstance(mlp, LAYOUTS):
         return False
     idx = torch.as_tensor(list(units), dtype=torch.long, device=mlp.fc2.weight.device)
