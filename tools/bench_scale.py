@@ -44,27 +44,28 @@ class Phases:
 
     def __init__(self):
         self.seconds = dict.fromkeys(PHASES, 0.0)
+        self.cpu_seconds = dict.fromkeys(PHASES, 0.0)  # the process's CPU time, all threads: steadier under load
         self.work = dict.fromkeys(PHASES, 0)
-        self.stack, self.mark = ["other"], time.perf_counter()
+        self.stack, self.mark = ["other"], (time.perf_counter(), time.process_time())
+
+    def _charge(self, name: str) -> None:
+        now = (time.perf_counter(), time.process_time())
+        self.seconds[name] += now[0] - self.mark[0]
+        self.cpu_seconds[name] += now[1] - self.mark[1]
+        self.mark = now
 
     @contextmanager
     def enter(self, name: str, work: int = 0):
-        now = time.perf_counter()
-        self.seconds[self.stack[-1]] += now - self.mark
+        self._charge(self.stack[-1])
         self.stack.append(name)
-        self.mark = now
         self.work[name] += work
         try:
             yield
         finally:
-            now = time.perf_counter()
-            self.seconds[self.stack.pop()] += now - self.mark
-            self.mark = now
+            self._charge(self.stack.pop())
 
     def close(self) -> None:
-        now = time.perf_counter()
-        self.seconds[self.stack[-1]] += now - self.mark
-        self.mark = now
+        self._charge(self.stack[-1])
 
 
 def _wrap(owner, attr: str, phases: Phases, name, work=lambda *a, **k: 0) -> None:
@@ -115,6 +116,7 @@ def run_cell(model_name: str, fraction: float, shots: int, schedule: dict, devic
     import dcvit
     from dcvit.data import few_shot_subset
 
+    load_before = os.getloadavg()
     phases = Phases()
     instrument(phases)
     torch.manual_seed(0)
@@ -124,10 +126,10 @@ def run_cell(model_name: str, fraction: float, shots: int, schedule: dict, devic
         sys.exit("--device cuda: no CUDA device is visible to torch here; accepted: cpu, or cuda on a GPU machine")
     config = dcvit.CompressConfig(progress=False, **schedule)
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as work:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         result = dcvit.compress(teacher, fraction, data, config, workdir=Path(work) / "checkpoints", metric_cache=False)
         result.save(Path(work) / "result")
-        total = time.perf_counter() - start
+        total, cpu = time.perf_counter() - start, time.process_time() - cpu
     phases.close()
     row = {
         "model": model_name,
@@ -138,15 +140,18 @@ def run_cell(model_name: str, fraction: float, shots: int, schedule: dict, devic
         "macs_result": result.macs,
         "steps": len(result.history),
         "seconds": {k: round(v, 2) for k, v in phases.seconds.items()},
+        "cpu_seconds": {k: round(v, 2) for k, v in phases.cpu_seconds.items()},
         "work": phases.work,
         "total_seconds": round(total, 2),
+        "total_cpu_seconds": round(cpu, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "device": device,
         "device_name": _device_name(device),
         "threads": threads,
         "torch": torch.__version__,
         "date": date.today().isoformat(),
-        "load_before": [round(x, 2) for x in os.getloadavg()],
+        "load_before": [round(x, 2) for x in load_before],
+        "load_after": [round(x, 2) for x in os.getloadavg()],
     }
     if device.startswith("cuda"):
         row["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -221,17 +226,19 @@ def _fit(points: list[tuple[float, float]]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
 
 
-def slopes(rows: list[dict], phase: str) -> tuple[float | None, float | None]:
+def _phase(r: dict, phase: str, basis: str) -> float:
+    """A row's seconds (basis "seconds": wall; "cpu_seconds": CPU time of all threads) in `phase` or in total."""
+    return r[f"total_{basis}"] if phase == "total" else r[basis][phase]
+
+
+def slopes(rows: list[dict], phase: str, basis: str = "cpu_seconds") -> tuple[float | None, float | None]:
     """(growth with teacher MACs at fixed fraction and shots, growth with shots at fixed model and fraction),
     each the mean of the per-group log-log slopes."""
-
-    def t(r):
-        return r["total_seconds"] if phase == "total" else r["seconds"][phase]
 
     def mean_slope(key, x):
         groups: dict = {}
         for r in rows:
-            groups.setdefault(key(r), []).append((x(r), t(r)))
+            groups.setdefault(key(r), []).append((x(r), _phase(r, phase, basis)))
         found = [s for s in (_fit(g) for g in groups.values()) if s is not None]
         return sum(found) / len(found) if found else None
 
@@ -241,56 +248,61 @@ def slopes(rows: list[dict], phase: str) -> tuple[float | None, float | None]:
 
 
 def table(rows: list[dict]) -> str:
-    shown = ("synthesis", "edit scoring", "trials", "fine-tuning", "saving", "macs", "other")
-    head = "| model | GMACs | MACs kept | shots | steps | " + " | ".join(shown) + " | total s | peak RSS GB |"
+    """Per cell and phase: wall seconds / CPU seconds (all threads); then the slopes of the CPU seconds."""
+    rows = [r for r in rows if "cpu_seconds" in r]
+    head = "| model | GMACs | MACs kept | shots | steps | " + " | ".join(PHASES) + " | total | peak RSS GB | load |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        cells = [f"{r['seconds'][p]:.0f}" for p in shown]
+        cells = [f"{r['seconds'][p]:.0f} / {r['cpu_seconds'][p]:.0f}" for p in PHASES]
+        load = f"{r['load_before'][0]:.1f}-{r['load_after'][0]:.1f}"
         lines.append(
             f"| {r['model']} | {r['macs_teacher'] / 1e9:.2f} | {100 * r['macs_result'] / r['macs_teacher']:.1f}% "
-            f"| {r['shots']} | {r['steps']} | " + " | ".join(cells) + f" | {r['total_seconds']:.0f} "
-            f"| {r['peak_rss_mb'] / 1024:.2f} |"
+            f"| {r['shots']} | {r['steps']} | " + " | ".join(cells) + f" | {r['total_seconds']:.0f} / "
+            f"{r['total_cpu_seconds']:.0f} | {r['peak_rss_mb'] / 1024:.2f} | {load} |"
         )
-    lines += ["", "| phase | slope with MACs | slope with shots |", "|---|---|---|"]
-    for p in (*shown, "total"):
+    lines += ["", "| phase | CPU s slope with MACs | CPU s slope with shots |", "|---|---|---|"]
+    for p in (*PHASES, "total"):
         a, b = slopes(rows, p)
         lines.append(f"| {p} | {'-' if a is None else f'{a:.2f}'} | {'-' if b is None else f'{b:.2f}'} |")
     return "\n".join(lines)
 
 
 def project(rows: list[dict], macs: float, shots: int, fraction: float) -> str:
-    """Seconds per unit of work (synthesis: image x iteration; trials, fine-tuning: shot x epoch) fitted
-    log-log on the teacher's MACs, taken to `macs` and to the paper's schedule; the rest scaled by MACs and shots
-    with the measured slopes. A projection: no cell of this size was run."""
+    """CPU seconds per unit of work (synthesis: image x iteration; trials, fine-tuning: shot x epoch), taken
+    to `macs` with the fitted MACs slope (1 where one model was run: cost in proportion to MACs) and to the
+    paper's schedule; the other phases scaled by MACs and shots with their slopes (1 and 0 where unmeasured).
+    A projection: no cell of this size was run. CPU seconds on 2 cores are at least twice the wall time."""
+    rows = [r for r in rows if "cpu_seconds" in r]
     near = [r for r in rows if r["fraction"] == fraction] or rows
     lines, total = [], 0.0
-    for phase, units in (
-        ("synthesis", PAPER["synth_images"] * PAPER["synth_iterations"]),
-        ("trials", None),
-        ("fine-tuning", None),
-    ):
-        per_unit = [(r["macs_teacher"], r["seconds"][phase] / r["work"][phase]) for r in near if r["work"][phase]]
+    for phase in ("synthesis", "trials", "fine-tuning"):
+        measured = [r for r in near if r["work"][phase]]
+        per_unit = [(r["macs_teacher"], r["cpu_seconds"][phase] / r["work"][phase]) for r in measured]
         slope = _fit(per_unit) or 1.0
-        ref_macs, ref_rate = max(per_unit)
-        rate = ref_rate * (macs / ref_macs) ** slope
-        if units is None:  # fine-tunes: trials as many as measured, steps as measured, each shots x epochs
-            ref = max((r for r in near if r["work"][phase]), key=lambda r: r["macs_teacher"])
+        ref = max(measured, key=lambda r: (r["macs_teacher"], r["shots"]))
+        rate = ref["cpu_seconds"][phase] / ref["work"][phase] * (macs / ref["macs_teacher"]) ** slope
+        if phase == "synthesis":
+            units = PAPER["synth_images"] * PAPER["synth_iterations"]
+        else:  # as many fine-tunes as measured, each shots x the paper's epochs
             units = ref["work"][phase] / (ref["shots"] * ref["schedule"][_epoch_key(phase)])
             units *= shots * PAPER[_epoch_key(phase)]
-        seconds = rate * units
-        total += seconds
-        lines.append(f"| {phase} | {rate:.3g} s/unit (MACs slope {slope:.2f}) | {units:.3g} | {seconds / 3600:.1f} h |")
-    rest = 0.0
+        total += rate * units
+        lines.append(f"| {phase} | {rate:.3g} (MACs slope {slope:.2f}) | {units:.3g} | {rate * units / 3600:.1f} h |")
     ref = max(near, key=lambda r: (r["macs_teacher"], r["shots"]))
+    rest = 0.0
     for phase in ("edit scoring", "saving", "macs", "other"):
         a, b = slopes(rows, phase)
-        rest += (
-            ref["seconds"][phase] * (macs / ref["macs_teacher"]) ** (a or 1.0) * (shots / ref["shots"]) ** (b or 0.0)
-        )
+        scale = (macs / ref["macs_teacher"]) ** (a or 1.0) * (shots / ref["shots"]) ** (b or 0.0)
+        if phase == "edit scoring":  # one pass of the metric set per edit: in proportion to its images
+            scale *= PAPER["synth_images"] / ref["schedule"]["synth_images"]
+        rest += ref["cpu_seconds"][phase] * scale
     total += rest
-    lines.append(f"| scoring, saving, macs, other | scaled by the slopes | - | {rest / 3600:.2f} h |")
-    lines.append(f"| **total (projected)** | | | **{total / 3600:.0f} h ({total / 86400:.1f} days)** |")
-    return "\n".join(["| phase | rate | units | projected |", "|---|---|---|---|", *lines])
+    lines.append(f"| edit scoring, saving, macs, other | scaled by the slopes | - | {rest / 3600:.1f} h |")
+    lines.append(f"| **total CPU time (projected)** | | | **{total / 3600:.0f} h** |")
+    lines.append(
+        f"| **wall on 2 cores, at best (projected)** | | | **{total / 7200:.0f} h ({total / 7200 / 24:.1f} days)** |"
+    )
+    return "\n".join(["| phase | CPU s per unit | units | projected |", "|---|---|---|---|", *lines])
 
 
 def _epoch_key(phase: str) -> str:
