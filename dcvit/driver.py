@@ -83,15 +83,21 @@ def compress(
     workdir: str | Path | None = None,
     resume: bool = False,
     metric_set=None,
+    metric_cache: str | Path | bool | None = None,
 ) -> CompressionResult:
     """Compress `model` to `target_macs` (fraction in (0, 1) or absolute MACs, or the Plan that
     plan_for(model, target, config) already returned) with the unlabeled few-shot `data`.
 
     `data` yields (image, label) pairs, or is an N x C x H x W tensor or a list of images; labels are ignored. PIL images get the model's transforms (and
     augmentation when `config.augment`); tensors are used as they are. `workdir` keeps checkpoints.
-    `metric_set` (a synth.SyntheticSet) reuses a synthetic metric set instead of making one.
+    `metric_set` (a synth.SyntheticSet) reuses a synthetic metric set instead of making one. `metric_cache`: the
+    folder of the metric-set cache, False or "off" for none; None: $DCVIT_METRIC_CACHE, else
+    $XDG_CACHE_HOME/dcvit/metric-sets (dcvit.metric_cache). Results are the same with or without it.
     """
-    return compress_family(model, [target_macs], data, config, workdir=workdir, resume=resume, metric_set=metric_set)[0]
+    return compress_family(
+        model, [target_macs], data, config, workdir=workdir, resume=resume, metric_set=metric_set,
+        metric_cache=metric_cache,
+    )[0]  # fmt: skip
 
 
 def compress_family(
@@ -103,6 +109,7 @@ def compress_family(
     workdir: str | Path | None = None,
     resume: bool = False,
     metric_set=None,
+    metric_cache: str | Path | bool | None = None,
 ) -> list[CompressionResult]:
     """A dense family: one result per target, sharing the synthetic set, teacher tokens and any trial
     whose plan (width, attention) matches. A target may be a Plan from plan_for with the same config, so a
@@ -117,7 +124,7 @@ def compress_family(
     # Fail on bad targets before any work.
     plans = [t if isinstance(t, BasePlan) else plan_for(model, t, config) for t in targets]
     with api_logging(config.progress):  # a script calling this sees progress lines without configuring logging
-        engine = Engine(model, data, config, Path(workdir) if workdir else None, resume, metric_set)
+        engine = Engine(model, data, config, Path(workdir) if workdir else None, resume, metric_set, metric_cache)
         try:
             structures = [get_structure(p.structure) for p in plans]
             planned = [s.planned_epochs(p, engine.config) for s, p in zip(structures, plans)]

@@ -22,6 +22,8 @@ import synth
 from .accel import announce, make_accelerator
 from .arch import get_adapter, is_headless
 from .config import CompressConfig
+from .metric_cache import MetricSetCache, digest, key_fields
+from .metric_cache import resolve as resolve_cache
 from .metrics import get_metric
 from .mimic import FewShotImages, MimicResult, TeacherTokens, mimic
 from .progress import RunClock, bar, logger, progress
@@ -92,6 +94,7 @@ class Engine:
         workdir: Path | None = None,
         resume: bool = False,
         metric_set: synth.SyntheticSet | None = None,
+        metric_cache: str | Path | bool | None = None,
     ):
         if len(data) == 0:
             raise ValueError("the few-shot set is empty; give at least one image")
@@ -104,6 +107,7 @@ class Engine:
         self.metric = get_metric(config.metric)
         self.clock = RunClock(start, enabled=config.progress and self.accelerator.is_main_process)
         self.timings: dict[str, float] = {}
+        self.metric_cache = resolve_cache(metric_cache)  # None: off
         self.images = FewShotImages(data, teacher, config.augment)
         settings = self._settings(teacher, len(data), metric_set)
         self.workspace = Workspace.shared(workdir, settings, resume, self.accelerator)
@@ -118,6 +122,7 @@ class Engine:
         """Everything that determines the result, so a resume never mixes checkpoints of different runs
         (a synthesized metric set follows from the teacher and the config; a given one is hashed)."""
         given = None if metric_set is None else tensor_sha256({"images": metric_set.images})
+        self.teacher_sha256 = tensor_sha256(teacher.state_dict())
         return {
             "format": FORMAT,
             # the precision in force (None follows the environment), so a resume under another one is refused
@@ -128,7 +133,7 @@ class Engine:
             },
             "shots": shots,
             "teacher_macs_blocks": len(get_adapter(teacher).blocks(teacher)),
-            "teacher_sha256": tensor_sha256(teacher.state_dict()),
+            "teacher_sha256": self.teacher_sha256,
             "few_shot_sha256": tensor_sha256({"fixed": self.images.fixed}),
             "metric_set_sha256": given,
         }
@@ -157,7 +162,8 @@ class Engine:
                 )
 
     def _metric_set(self) -> synth.SyntheticSet:
-        """The synthetic metric set (Eq. 4-5): made once by the main process, shared through the workspace."""
+        """The synthetic metric set (Eq. 4-5): made once by the main process (or taken from the metric-set
+        cache, dcvit.metric_cache), shared through the workspace."""
         path = self.workspace.root / "metric_set"
         self.workspace.main_only(lambda: self._synthesize(path))
         return synth.load(path)
@@ -165,18 +171,31 @@ class Engine:
     def _synthesize(self, path: Path) -> None:
         if (path / "meta.json").is_file():  # a resumed run's
             return
-        start = time.perf_counter()
-        made = synth.synthesize(
-            self.teacher,
-            self.config.synth_images,
-            iterations=self.config.synth_iterations,
-            jitter=self.config.synth_jitter,
-            seed=self.config.seed,
-            progress=bar if self.config.progress else False,  # log lines, not \r, in a redirected log
+        self._cached_or_synthesized().save(path)
+
+    def _cached_or_synthesized(self) -> synth.SyntheticSet:
+        settings = {
+            "num_images": self.config.synth_images,
+            "iterations": self.config.synth_iterations,
+            "jitter": self.config.synth_jitter,
+            "seed": self.config.seed,
             **metric_set_inputs(self.teacher),
-        )
+        }
+        cache = None if self.metric_cache is None else MetricSetCache(self.metric_cache)
+        fields = None
+        if cache is not None:
+            fields = key_fields(self.teacher, self.teacher_sha256, settings, self.accelerator.device)
+            cached = cache.get(fields)
+            if cached is not None:
+                logger.info(f"metric set taken from the cache {cache.root / digest(fields)} (no synthesis)")
+                return cached
+        start = time.perf_counter()
+        # log lines, not \r, in a redirected log
+        made = synth.synthesize(self.teacher, progress=bar if self.config.progress else False, **settings)
         self.timings["synth"] = time.perf_counter() - start
-        made.save(path)
+        if cache is not None and fields is not None:
+            cache.put(fields, made)
+        return made
 
     def progress(self, items: Iterable, desc: str):
         return progress(list(items), desc, enabled=self.config.progress and self.accelerator.is_main_process)

@@ -3,6 +3,7 @@ trial scores and the progressive history; `make_result` builds one for any struc
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -118,7 +119,12 @@ def make_result(
     scores: dict[int, float] | None = None,
     trials: dict[int, Trial] | None = None,
 ) -> CompressionResult:
-    """A structure's finished run as a CompressionResult: its MACs and per-block structure measured on `model`."""
+    """A structure's finished run as a CompressionResult: its MACs and per-block structure measured on `model`,
+    given back as dcvit.load gives a checkpoint (on the CPU, trainable), whether it was read back or kept in
+    memory."""
+    if model is engine.teacher:  # the engine's frozen copy stays as it is for the family's other targets
+        model = copy.deepcopy(model)
+    model = model.cpu().requires_grad_(True).eval()
     return CompressionResult(
         model=model,
         plan=plan,

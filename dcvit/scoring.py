@@ -28,7 +28,13 @@ class Trial:
 @torch.no_grad()
 def kl_score(teacher_logits: torch.Tensor, model: nn.Module, images: torch.Tensor) -> float:
     """Eq. 6: (1/|S|) sum_i KL(softmax(teacher(x_i)) || softmax(model(x_i)))."""
-    log_q = F.log_softmax(model.eval()(images).float(), dim=1)
+    return kl_of_logits(teacher_logits, model.eval()(images))
+
+
+@torch.no_grad()
+def kl_of_logits(teacher_logits: torch.Tensor, logits: torch.Tensor) -> float:
+    """Eq. 6 from the candidate's logits on the synthetic set (kl_score without the forward pass)."""
+    log_q = F.log_softmax(logits.float(), dim=1)
     return F.kl_div(log_q, F.log_softmax(teacher_logits.float(), dim=1), log_target=True, reduction="batchmean").item()
 
 

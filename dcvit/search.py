@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from .arch.base import Adapter
 from .macs import MacsProfile, count_macs, macs_profile
-from .scoring import kl_score
+from .scoring import kl_of_logits, kl_score
 from .surgery import DroppedBlock, block_heads, block_state, edit_block, edit_blocks, random_units
 from .workspace import Workspace
 
@@ -45,6 +46,9 @@ if TYPE_CHECKING:  # pragma: no cover
 WIDTHS = (0.75, 0.5, 0.25, 0.125, 0.0)
 # Attention heads a head edit may leave, as fractions of the block's original head count (at least one).
 HEAD_FRACTIONS = (0.75, 0.5, 0.25)
+# Scoring stacks the edits of a block on the batch axis up to this many elements of the block input (64 MB in
+# float32): a 28-px model's whole menu at once, a few edits at a time at 224 px.
+STACKED_ELEMENTS = 2**24
 KNAPSACK_RESOLUTION = 1000  # MACs buckets: savings are rounded down to need / 1000, so the target always holds
 LANDING_TOLERANCE = 0.01  # of the original MACs: a search landing further below its target says why
 
@@ -163,6 +167,25 @@ def starting_at(model: nn.Module, adapter, index: int, block: nn.Module, cached:
         hook.remove()
         for i in range(index + 1):
             adapter.set_block(model, i, saved[i])
+
+
+class Stacked(nn.Module):
+    """Several versions of one block run on the same input, their outputs stacked on the batch axis: the blocks
+    after it then see one batch per version."""
+
+    def __init__(self, blocks: Sequence[nn.Module]):
+        super().__init__()
+        self.versions = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        outs = [block(x, *args, **kwargs) for block in self.versions]
+        if not all(isinstance(out, torch.Tensor) for out in outs):  # e.g. a transformers layer's tuple
+            raise NotStackable
+        return torch.cat(outs)
+
+
+class NotStackable(Exception):
+    """A block whose output is not one tensor: its edits are scored one forward pass at a time."""
 
 
 def _knapsack(edits: Sequence[Edit], need: int, unit: int, top: int) -> tuple[list[float], list[list]]:
@@ -297,17 +320,54 @@ class Search:
 
     @torch.no_grad()
     def zero_shot(self, model: nn.Module, profile: MacsProfile, importance: dict) -> list[Edit]:
+        """Each edit's KL increase. The edits of one block share the blocks after it: their edited blocks run
+        side by side on the cached block input and the rest of the model once on the stacked outputs
+        (images are independent, so each edit's logits are those of its own forward pass)."""
         x, logits = self.engine.metric_images, self.engine.metric_logits
         base = kl_score(logits, model, x)
         inputs = block_inputs(model, self.adapter, x)
-        edits = []
-        for e in self.engine.progress(self.candidates(model, profile), "scoring edits"):
-            current = self.adapter.blocks(model)[e.block]
-            edited = edit_block(self.adapter, current, *self.change(model, e, importance))
-            edited = edited.to(self.engine.accelerator.device)
-            with starting_at(model, self.adapter, e.block, edited, inputs[e.block]):
-                edits.append(replace(e, score=kl_score(logits, model, x) - base))
-        return edits
+        edits = self.candidates(model, profile)
+        scored = []
+        for group in self.engine.progress(self._groups(edits, inputs), "scoring edits"):
+            index = group[0].block
+            blocks = [self._edited(model, e, importance) for e in group]
+            for e, out in zip(group, self._logits(model, index, blocks, inputs[index], x)):
+                scored.append(replace(e, score=kl_of_logits(logits, out) - base))
+        return scored
+
+    @staticmethod
+    def _groups(edits: list[Edit], inputs: list[torch.Tensor]) -> list[list[Edit]]:
+        """The edits by block, in their order, each block's cut to at most STACKED_ELEMENTS of stacked input."""
+        groups = []
+        for b in dict.fromkeys(e.block for e in edits):
+            mine = [e for e in edits if e.block == b]
+            size = max(1, STACKED_ELEMENTS // max(inputs[b].numel(), 1))
+            groups += [mine[i : i + size] for i in range(0, len(mine), size)]
+        return groups
+
+    def _edited(self, model: nn.Module, edit: Edit, importance: dict) -> nn.Module:
+        current = self.adapter.blocks(model)[edit.block]
+        return edit_block(self.adapter, current, *self.change(model, edit, importance)).to(
+            self.engine.accelerator.device
+        )
+
+    def _logits(self, model: nn.Module, index: int, blocks: list[nn.Module], cached: torch.Tensor, x: torch.Tensor):
+        """The model's logits with block `index` replaced by each of `blocks` in turn, one tensor per block."""
+        # Stacking puts the versions in the model as they are: an adapter that wraps the blocks it sets (the
+        # transformers ones, whose layers take keywords dcvit's blocks do not) scores one edit at a time.
+        if len(blocks) > 1 and type(self.adapter).set_block is Adapter.set_block:
+            try:
+                with starting_at(model, self.adapter, index, Stacked(blocks), cached):
+                    out = model.eval()(x)
+                if isinstance(out, torch.Tensor) and out.shape[0] == len(blocks) * len(x):
+                    return out.split(len(x))
+            except NotStackable:
+                pass
+        outs = []
+        for block in blocks:  # one at a time: a single edit, or a block or model whose output is not one tensor
+            with starting_at(model, self.adapter, index, block, cached):
+                outs.append(model.eval()(x))
+        return outs
 
     def importance(self, model: nn.Module) -> dict:
         """{} for random choice, else one forward pass on the few shots giving, per block b, each MLP unit's
@@ -392,7 +452,9 @@ class Search:
         if past is not None:  # the result's notes read it (CompressionResult.notes)
             meta["landing"] = {**past, "note": landing_note(past, self.plan.macs_original)}
         self.engine.workspace.save(key, new, meta)
-        return self.engine.workspace.load(key), meta
+        # Go on with the model in memory: the checkpoint is for a resume, and it reloads as this very network
+        # (the save checks that), so reading it back would only cost a rebuild.
+        return new, meta
 
     def run(self) -> tuple[nn.Module, list[dict]]:
         model = self.engine.teacher

@@ -1,6 +1,9 @@
 """Fixtures the test files share; shared functions are in tests/helpers/ (imported as `helpers.NAME`)."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -13,6 +16,12 @@ import dcvit
 
 # Tiny models are overhead-bound: one thread is faster and immune to a busy machine's oversubscription.
 torch.set_num_threads(1)
+
+# The metric-set cache of the runs under test (the CLI's subprocesses inherit it): one per test process, removed
+# at exit, never the user's ~/.cache.
+_CACHE = tempfile.mkdtemp(prefix="dcvit-test-metric-sets-")
+atexit.register(shutil.rmtree, _CACHE, True)
+os.environ["DCVIT_METRIC_CACHE"] = _CACHE
 
 
 @pytest.fixture

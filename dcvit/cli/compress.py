@@ -85,6 +85,13 @@ def _engine_arguments(p: argparse.ArgumentParser) -> None:
         help="after a successful run, delete its checkpoints (OUT/checkpoints: trial and step models, the "
         "synthetic set) and keep the model and result.json; a failed run keeps them for --resume",
     )
+    p.add_argument(
+        "--metric-cache",
+        default=None,
+        metavar="DIR|off",
+        help="folder of the synthetic metric-set cache, or off (default: $DCVIT_METRIC_CACHE, else "
+        "$XDG_CACHE_HOME/dcvit/metric-sets); results are the same either way",
+    )
 
 
 def _config(args):
@@ -122,7 +129,9 @@ def _run_targets(args, targets: list[str]) -> list[dict]:
     plans = [plan_for(model, t, config) for t in targets]
     data = few_shot_subset(args.data, args.shots, seed=args.seed, calibration_size=args.calibration_size)
     claim_out(out, args.command)  # after the data loaded: a bad --data leaves no folder behind
-    results = compress_family(model, plans, data, config, workdir=out / "checkpoints", resume=args.resume)
+    results = compress_family(
+        model, plans, data, config, workdir=out / "checkpoints", resume=args.resume, metric_cache=args.metric_cache
+    )
     main = is_main_process()  # under `accelerate launch` only the main process writes OUT and prints
     summaries = []
     for target, result in zip(targets, results):

@@ -76,16 +76,14 @@ def _progressive(engine: Engine, plan: Plan, order: list[int]) -> tuple[nn.Modul
     history = [{"blocks": order[:1], **engine.workspace.meta(first)}]
     for i in range(1, len(order)):
         key = Workspace.step_key(surgery, plan, order[: i + 1], progressive=True)
-        if engine.workspace.has(key):
+        if engine.workspace.has(key):  # done before a resume: read back
             engine.skip(engine.config.epochs)
-        else:
-            _save_step(
-                engine,
-                key,
-                order[: i + 1],
-                *engine.build_and_tune(key, model, plan, [order[i]], order[: i + 1], engine.config.epochs),
+            model = engine.workspace.load(key)
+        else:  # the step's model goes on in memory; its checkpoint serves a resume
+            model, fit, seconds = engine.build_and_tune(
+                key, model, plan, [order[i]], order[: i + 1], engine.config.epochs
             )
-        model = engine.workspace.load(key)
+            _save_step(engine, key, order[: i + 1], model, fit, seconds)
         history.append(engine.workspace.meta(key))
     return model, history
 
@@ -95,14 +93,12 @@ def _all_at_once(engine: Engine, plan: Plan, order: list[int]) -> tuple[nn.Modul
     key = Workspace.step_key(engine.config.structure, plan, sorted(order), progressive=False)
     if engine.workspace.has(key):
         engine.skip(engine.config.epochs * len(order))
-    else:
-        _save_step(
-            engine,
-            key,
-            order,
-            *engine.build_and_tune(key, engine.teacher, plan, order, order, engine.config.epochs * len(order)),
-        )
-    return engine.workspace.load(key), [engine.workspace.meta(key)]
+        return engine.workspace.load(key), [engine.workspace.meta(key)]
+    model, fit, seconds = engine.build_and_tune(
+        key, engine.teacher, plan, order, order, engine.config.epochs * len(order)
+    )
+    _save_step(engine, key, order, model, fit, seconds)
+    return model, [engine.workspace.meta(key)]
 
 
 def progressive_run(engine: Engine, plan: Plan) -> CompressionResult:

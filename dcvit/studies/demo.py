@@ -57,6 +57,9 @@ class DemoSettings:
     saver_epochs: int = 5
     config: CompressConfig = CompressConfig()
     seed: int = 0
+    # One synthetic metric set for the three families (same teacher and settings), kept in
+    # OUT/checkpoints/metric-sets across reruns (dcvit.metric_cache); False: each family synthesizes its own.
+    metric_cache: bool = True
 
     @classmethod
     def fast(cls) -> DemoSettings:
@@ -92,18 +95,25 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings = DemoSetting
         int(f * teacher_macs) for f in settings.extra_targets
     ]
     checkpoints = fresh_checkpoints(out)
+    cache = checkpoints / "metric-sets" if settings.metric_cache else False
     _log(
         f"structure search (auto) at {[round(t / teacher_macs, 3) for t in targets]} of the teacher's MACs, "
         f"{settings.shots} shots"
     )
-    auto = compress_family(teacher, targets, shots, config.replace(structure=AUTO), workdir=checkpoints / AUTO)
+    auto = compress_family(
+        teacher, targets, shots, config.replace(structure=AUTO), workdir=checkpoints / AUTO, metric_cache=cache
+    )
     _log("DC-ViT (the paper's structure) at the same MACs")
-    family = compress_family(teacher, targets, shots, config.replace(structure=DCVIT), workdir=checkpoints / DCVIT)
+    family = compress_family(
+        teacher, targets, shots, config.replace(structure=DCVIT), workdir=checkpoints / DCVIT, metric_cache=cache
+    )
     test = load_dataset("fashion-mnist", train=False, transform=eval_transform(teacher))
     candidate_figure = _candidate_study(family[0], checkpoints / DCVIT, test, out, settings.candidate_eval_images)
     _log("block-dropping baseline (PRACTISE-style selection, same fine-tune budget)")
     # One family: every drop target ranks the same single-block trials, so they run once.
-    drops = compress_family(teacher, targets, shots, config.replace(**BLOCK_DROP), workdir=checkpoints / DROP)
+    drops = compress_family(
+        teacher, targets, shots, config.replace(**BLOCK_DROP), workdir=checkpoints / DROP, metric_cache=cache
+    )
 
     models = {
         TEACHER: teacher,
