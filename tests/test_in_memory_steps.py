@@ -3,7 +3,7 @@ a run killed in its last step and resumed from the checkpoints still ends with e
 
 import pytest
 import torch
-from conftest import tiny_data, tiny_vit
+from helpers.models import tiny_data, tiny_vit
 
 import dcvit
 from dcvit import CompressConfig

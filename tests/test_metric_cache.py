@@ -6,7 +6,7 @@ import logging
 
 import pytest
 import torch
-from conftest import tiny_data, tiny_vit
+from helpers.models import tiny_data, tiny_vit
 
 import synth
 from dcvit import CompressConfig, compress
