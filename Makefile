@@ -23,7 +23,7 @@ demo: setup
 
 # pytest-randomly (a dev extra) runs the tests in a new random order each time; -p no:randomly keeps file order.
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 tests
 
 # Everything except the tests marked slow (demo, README examples, multi-process runs).
 test-fast: setup
