@@ -147,7 +147,7 @@ def calibrate(
     for evidence of a gain: a saver that does not beat the big model on the samples it would answer lets
     nothing exit (thresholds 1.0), so allow a small drop (e.g. 0.001) for such savers.
     Search: 2 and 3 models, exact: every observed confidence of each stage, all pairs for 3 models (time
-    O(n^2) for n distinct confidences, measured in BENCHMARKS.md, "Threshold search time"; memory bounded;
+    O(n^2) for n distinct confidences, measured in docs/engineering.md, "Threshold search time"; memory bounded;
     see cascade._three for why this finds the optimum over all thresholds in [0, 1]). 4 or more models: the product of per-stage
     grids (all distinct confidences, or grid_size quantiles when there are more), whose time and memory grow
     as grid_size ** (N - 1), fine for N = 4; grid_size is used only there, and lowered where the product would

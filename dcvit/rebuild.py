@@ -23,7 +23,7 @@ from .surgery import replay_edits
 # Largest output difference allowed, as a fraction of the output's largest magnitude (float32; 16 units in the
 # last place for lower precisions). Not torch.equal: the same weights may meet other kernels in a fresh module
 # (an attention's fused_attn flag set by hand; GPU algorithm choice), while another network is farther off
-# (another activation or LayerNorm eps): how far each lands is measured in BENCHMARKS.md, "Save check cost".
+# (another activation or LayerNorm eps): how far each lands is measured in docs/engineering.md, "Save check cost".
 TOLERANCE = 1e-5
 HINT = (
     "it would load as a different network. Likely cause: the model was built or changed in a way its spec does "

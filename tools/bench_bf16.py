@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Seconds per training step of fmnist_vit12 (256 images, AdamW), float32 vs bfloat16 autocast on CPU,
-1 thread, mean of 3 steps (BENCHMARKS.md, "bfloat16 training on CPU"; why train_teacher.py's --bf16 is off
+1 thread, mean of 3 steps (docs/engineering.md, "bfloat16 training on CPU"; why train_teacher.py's --bf16 is off
 on CPUs without AVX512-BF16).
 
     python tools/bench_bf16.py

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How far other networks and other kernels land from a random-init vit_tiny_patch16_224 with the same
 weights, in the rebuild check's measure (largest output difference over the output's largest magnitude;
-dcvit/rebuild.py TOLERANCE = 1e-5). BENCHMARKS.md, "Save check cost".
+dcvit/rebuild.py TOLERANCE = 1e-5). docs/engineering.md, "Save check cost".
 
     python tools/bench_rebuild_tolerance.py
 """

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Seconds per dcvit.save, median of 3, without and with the rebuild check (dcvit/rebuild.py), 1 thread
-(BENCHMARKS.md, "Save check cost"). Prints the table's rows.
+(docs/engineering.md, "Save check cost"). Prints the table's rows.
 
     python tools/bench_save_check.py [MODEL ...]
 """

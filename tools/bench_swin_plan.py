@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """DC-ViT's Eq. 1-2 plan on Swin-T at 75% and 50% of the MACs: the kept MLP widths, and the MACs measured
-when the plan's blocks are those saving least and those saving most (BENCHMARKS.md, "Swin planning").
+when the plan's blocks are those saving least and those saving most (docs/engineering.md, "Swin planning").
 
     python tools/bench_swin_plan.py
 """

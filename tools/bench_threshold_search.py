@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Time of cascade.calibrate's exact three-stage threshold search on random confidences (about 5,000
-distinct values per stage), 1 thread (BENCHMARKS.md, "Threshold search time"). Prints the table's rows.
+distinct values per stage), 1 thread (docs/engineering.md, "Threshold search time"). Prints the table's rows.
 
     python tools/bench_threshold_search.py
 """

@@ -96,7 +96,7 @@ def main() -> None:
         "--bf16",
         action="store_true",
         help="bfloat16 autocast for the forward pass: worth it only on CPUs with AVX512-BF16 or AMX, much SLOWER "
-        'without (BENCHMARKS.md, "bfloat16 training on CPU")',
+        'without (docs/engineering.md, "bfloat16 training on CPU")',
     )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data", default=str(DEBIAN_FMNIST), help="Fashion-MNIST root (idx files)")
