@@ -47,7 +47,9 @@ def test_every_phase_of_a_compression_is_timed(structure):
     timed = json.loads(done.stdout.strip().splitlines()[-1])
     assert timed["work"]["synthesis"] == 4 * 3  # images x iterations
     assert timed["work"]["trials"] > 0 and timed["work"]["fine-tuning"] > 0
-    phases = ["synthesis", "trials", "fine-tuning", "saving", "macs"] + (["edit scoring"] if structure == "auto" else [])
+    phases = ["synthesis", "trials", "fine-tuning", "saving", "macs"] + (
+        ["edit scoring"] if structure == "auto" else []
+    )
     assert all(timed["seconds"][p] > 0 for p in phases), timed["seconds"]
 
 
@@ -65,11 +67,7 @@ def _row(macs, shots, fraction=0.75, cpu=None):
 
 def test_slopes_recover_known_power_laws(tool):
     # trials grow as MACs^1 x shots^0.5; synthesis as MACs^1 and not with shots
-    rows = [
-        _row(m, s, cpu={"trials": m * s**0.5, "synthesis": 3.0 * m})
-        for m in (1e9, 4e9, 16e9)
-        for s in (16, 64)
-    ]
+    rows = [_row(m, s, cpu={"trials": m * s**0.5, "synthesis": 3.0 * m}) for m in (1e9, 4e9, 16e9) for s in (16, 64)]
     by_macs, by_shots = tool.slopes(rows, "trials")
     assert by_macs == pytest.approx(1.0) and by_shots == pytest.approx(0.5)
     by_macs, by_shots = tool.slopes(rows, "synthesis")
