@@ -17,11 +17,18 @@ import dcvit
 # Tiny models are overhead-bound: one thread is faster and immune to a busy machine's oversubscription.
 torch.set_num_threads(1)
 
-# The metric-set cache of the runs under test (the CLI's subprocesses inherit it): one per test process, removed
-# at exit, never the user's ~/.cache.
+# The metric-set cache of the runs under test (the CLI's subprocesses inherit it): never the user's ~/.cache.
+# This one is for code outside a test (collection); each test gets its own below.
 _CACHE = tempfile.mkdtemp(prefix="dcvit-test-metric-sets-")
 atexit.register(shutil.rmtree, _CACHE, True)
 os.environ["DCVIT_METRIC_CACHE"] = _CACHE
+
+
+@pytest.fixture(autouse=True)
+def _own_metric_cache(tmp_path_factory, monkeypatch):
+    """A metric-set cache per test: a set another test cached would otherwise skip a synthesis this test
+    counts or patches, depending on the order the tests ran in."""
+    monkeypatch.setenv("DCVIT_METRIC_CACHE", str(tmp_path_factory.mktemp("metric-sets")))
 
 
 @pytest.fixture
