@@ -87,6 +87,23 @@ def loader_for(dataset: Dataset, batch_size: int = 256, limit: int | None = None
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
 
 
+# A split whose images take at most this many bytes is decoded once and kept as batches (eval_batches).
+IN_MEMORY_BYTES = 1 << 30
+
+
+def eval_batches(dataset: Dataset, batch_size: int = 256, limit: int | None = None) -> DataLoader | list:
+    """The batches of loader_for(dataset, batch_size, limit), made once and kept in memory when the images fit
+    in IN_MEMORY_BYTES, else the loader itself. Several models evaluated on one split then share one pass of
+    decoding and transforms (per image, this costs more than a small model's forward pass); the batches are
+    the same tensors the loader gives, so every result is the same."""
+    loader = loader_for(dataset, batch_size, limit)
+    images = len(loader.dataset)  # type: ignore[arg-type]
+    first = loader.dataset[0][0] if images else None
+    if isinstance(first, torch.Tensor) and first.numel() * first.element_size() * images <= IN_MEMORY_BYTES:
+        return list(loader)
+    return loader
+
+
 @torch.no_grad()
 def throughput(model: nn.Module, input_size, batch_size: int = 256, seconds: float = 2.0) -> float:
     """Images per second of forward passes on random input (after one warm-up pass)."""

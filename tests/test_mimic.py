@@ -13,27 +13,51 @@ import dcvit
 from dcvit.accel import make_accelerator
 from dcvit.config import CompressConfig
 from dcvit.driver import compress
-from dcvit.mimic import BadTeacherError, FewShotImages, TeacherTokens, mimic
+from dcvit.mimic import BadTeacherError, FewShotImages, TeacherTokens, check_finite, mimic
 
 FAST = CompressConfig(
     epochs=1, trial_epochs=1, batch_size=8, synth_images=8, synth_iterations=5, structure="dcvit", progress=False
 )
 
 
-def fine_tune(lr: float, teacher=None):
-    """Mimic a tiny teacher with one of its blocks dropped, 3 epochs of 16 images; returns the result."""
+def fine_tune(lr: float, teacher=None, student=None):
+    """Mimic a tiny teacher with one of its blocks dropped (or `student`), 3 epochs of 16 images; returns the result."""
     teacher = teacher or tiny_vit(depth=2)
     accelerator = make_accelerator("no")
     images = FewShotImages(tiny_data(16), teacher, augment=False)
     targets = TeacherTokens(teacher, images, accelerator)
     config = CompressConfig(lr=lr, batch_size=8, progress=False)
-    student = dcvit.drop_blocks(teacher, [1])
+    student = student or dcvit.drop_blocks(teacher, [1])
     return mimic(student, targets, images, config, epochs=3, upto=1, seed=0, accelerator=accelerator)
 
 
 def test_a_good_lr_converges():
     result = fine_tune(3e-4)
     assert result.losses[-1] < result.losses[0]
+
+
+def test_foreach_adamw_gives_the_weights_of_the_per_tensor_loop(monkeypatch):
+    # mimic's AdamW runs foreach (one kernel over all tensors) for speed; the demo's figures rely on it
+    # computing exactly what torch's per-tensor loop, the CPU default, computes
+    teacher = tiny_vit(depth=2)
+    fast, loop = dcvit.drop_blocks(teacher, [1]), dcvit.drop_blocks(teacher, [1])
+    fine_tune(3e-4, teacher, fast)
+    real = torch.optim.AdamW
+    monkeypatch.setattr(torch.optim, "AdamW", lambda params, **kw: real(params, **{**kw, "foreach": False}))
+    fine_tune(3e-4, teacher, loop)
+    moved = [not torch.equal(a, b) for a, b in zip(fast.parameters(), teacher.parameters())]
+    assert any(moved)
+    assert all(torch.equal(a, b) for a, b in zip(fast.parameters(), loop.parameters()))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_weight_stops_the_fine_tune(bad):
+    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.ones(2, 2))]
+    check_finite(1, 0.5, params, 1e-4)  # all finite: nothing raised
+    with torch.no_grad():
+        params[1][1, 0] = bad
+    with pytest.raises(ValueError, match=r"diverged at epoch 1 \(loss 0.5, non-finite weights\)"):
+        check_finite(1, 0.5, params, 1e-4)
 
 
 @pytest.mark.parametrize("lr", [0.1, 10.0, 1e3])

@@ -68,10 +68,10 @@ def main() -> None:
         times = {"single": [], "stacked": []}
         scores = {}
         for _ in range(args.repeats):
-            for name, elements in (("single", 1), ("stacked", dcvit.search.STACKED_ELEMENTS)):
-                previous, dcvit.search.STACKED_ELEMENTS = dcvit.search.STACKED_ELEMENTS, elements
+            for name, stack in (("single", False), ("stacked", True)):  # stacking: off on a CPU by default
+                previous, dcvit.search.STACK_ON_CPU = dcvit.search.STACK_ON_CPU, stack
                 seconds, edits = _timed(lambda: search.zero_shot(model, profile, importance))
-                dcvit.search.STACKED_ELEMENTS = previous
+                dcvit.search.STACK_ON_CPU = previous
                 times[name].append(seconds)
                 scores[name] = [e.score for e in edits]
         engine.workspace.cleanup()

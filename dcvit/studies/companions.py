@@ -18,7 +18,7 @@ from torch.utils.data import Subset
 import cascade
 
 from ..data import CALIBRATION_SIZE, calibration_indices, eval_transform, load_dataset
-from ..evaluation import check_classes, loader_for
+from ..evaluation import check_classes, eval_batches
 from ..macs import count_macs, default_input_size
 from ..progress import progress as progress_bar
 from .cascades import first_images, time_cascades
@@ -95,8 +95,8 @@ def cascade_splits(
 
 
 def record_split(models: Mapping[str, nn.Module], dataset, batch_size: int = 256, progress: bool = True):
-    """{name: Recorded(probs, labels)}: each model runs once over the split."""
-    loader = loader_for(dataset, batch_size)
+    """{name: Recorded(probs, labels)}: each model runs once over the split (decoded once, dcvit.evaluation.eval_batches)."""
+    loader = eval_batches(dataset, batch_size)
     return {  # dcvit's progress (a bar on a terminal, log lines elsewhere) instead of cascade.record's tqdm
         name: cascade.record(model.eval(), progress_bar(loader, f"record {name}", enabled=progress), progress=False)
         for name, model in models.items()

@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scipy.stats import spearmanr
-from torch.utils.data import Subset
 
 from ..cascade_files import save_cascade
 from ..config import BLOCK_DROP, CompressConfig
 from ..data import CALIBRATION_SIZE, eval_transform, few_shot_subset, load_dataset, unlabeled_subset
 from ..driver import compress_family
-from ..evaluation import evaluate, loader_for
+from ..evaluation import eval_batches, evaluate
 from ..factory import resolve_model
 from ..macs import count_macs
 from ..mimic import refine
@@ -165,9 +164,8 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings = DemoSetting
         exit_fractions=None if cal.fallback else cal.test_exit_ratios,  # on the test split (info: report)
     )
     _log(f"chosen cascade {' -> '.join(chosen.members)} written to {shipped} (`dcvit eval --model {shipped}`)")
-    drop_top1 = [
-        evaluate(r.model, loader_for(test, limit=settings.test_limit), progress=progress)["top1"] for r in drops
-    ]
+    test_batches = eval_batches(test, limit=settings.test_limit)  # decoded once for the five models
+    drop_top1 = [evaluate(r.model, test_batches, progress=progress)["top1"] for r in drops]
 
     test_images = min(settings.test_limit or len(test), len(test))
     report = _report_json(
@@ -231,13 +229,13 @@ def family_name(structure: str, result, teacher_macs: int) -> str:
 
 def _candidate_study(result, root: Path, test, out: Path, images: int) -> dict:
     """Fig. 4 at our scale: do the trial's synthetic-set scores track the candidates' real test error?"""
-    test = Subset(test, range(min(images, len(test))))
+    test_batches = eval_batches(test, limit=images)
     blocks = list(result.trials)  # candidate order
     scores = [result.trials[b].score for b in blocks]
     losses = [result.trials[b].train_loss for b in blocks]
     trials = Workspace.existing(root)
     errors = [
-        1 - evaluate(trials.load(Workspace.trial_key(DCVIT, result.plan, b)), loader_for(test), progress=False)["top1"]
+        1 - evaluate(trials.load(Workspace.trial_key(DCVIT, result.plan, b)), test_batches, progress=False)["top1"]
         for b in blocks
     ]
     rho_metric = float(spearmanr(scores, errors).statistic)
@@ -248,7 +246,7 @@ def _candidate_study(result, root: Path, test, out: Path, images: int) -> dict:
         "kl_scores": scores,
         "train_losses": losses,
         "test_errors": errors,
-        "test_images": images,
+        "test_images": min(images, len(test)),
         "spearman_metric": rho_metric,
         "spearman_train_loss": rho_loss,
         "path": str(path),
