@@ -40,18 +40,26 @@ def plan_for(model: nn.Module, target_macs: float, config: CompressConfig) -> Ba
 
 
 # --- the final recovery (docs/method.md §6, "Recovery levers") ---------------------------------------------
+def planned_final_epochs(config: CompressConfig, plan: BasePlan) -> int:
+    """The final recovery's epochs as planned, from the target MACs (the run corrects it for the MACs reached)."""
+    return final_epochs(config, plan.macs_target, plan.macs_original)
+
+
 def final_recovery(engine: Engine, result: CompressionResult) -> CompressionResult:
     """`result` with its model fine-tuned once more (blocks up to the one after the last edited block train);
     checkpointed like every step, so a resumed run repeats it exactly."""
     epochs = final_epochs(engine.config, result.macs, result.plan.macs_original)
     edited = [row["block"] for row in result.structure if row["edit"] != "kept"]
-    if not epochs or not edited:
+    epochs = epochs if edited else 0
+    engine.clock.plan(epochs - planned_final_epochs(engine.config, result.plan))  # the plan had the target's
+    if not epochs:
         return result
     key = Workspace.final_key(result.plan.structure, result.macs, epochs)
     workspace = engine.workspace
 
     def recover() -> None:
         if workspace.has(key):
+            engine.skip(epochs)  # a resumed run: this recovery is done
             return
         start = time.perf_counter()
         model = result.model  # the run's own model object: fine-tuned in place, then saved
@@ -128,7 +136,8 @@ def compress_family(
         try:
             structures = [get_structure(p.structure) for p in plans]
             planned = [s.planned_epochs(p, engine.config) for s, p in zip(structures, plans)]
-            engine.clock.plan(None if None in planned else sum(planned))  # type: ignore[arg-type]
+            finals = sum(planned_final_epochs(engine.config, p) for p in plans)
+            engine.clock.plan(None if None in planned else sum(planned) + finals)  # type: ignore[arg-type]
             results = [final_recovery(engine, s.run(engine, p)) for s, p in zip(structures, plans)]
         finally:
             engine.workspace.cleanup()

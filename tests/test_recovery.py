@@ -1,6 +1,8 @@
 """The few-shot recovery levers (CompressConfig.mimic_views / mimic_synthetic / mimic_logits / mimic_blocks /
 final_epochs / final_select): checked at construction, off by default, each doing what it says on small models."""
 
+import logging
+
 import pytest
 import torch
 import torchvision
@@ -164,6 +166,17 @@ def test_final_epochs_grow_with_the_macs_removed():
     config = CompressConfig(final_epochs=3)
     assert [final_epochs(config, m, 100) for m in (100, 92, 60, 30)] == [0, 2, 12, 21]
     assert final_epochs(CompressConfig(), 30, 100) == 0
+
+
+def test_the_run_clock_plans_the_final_recovery(caplog):
+    # its epochs are in the run's plan: "all planned fine-tuning done" comes once, at the very end
+    model = tiny_vit(depth=3)
+    metric_set = synth.synthesize(model, 8, iterations=5, seed=0, image_size=(1, 16, 16), progress=False)
+    with caplog.at_level(logging.INFO, logger="dcvit"):
+        compress(model, 0.8, tiny_data(), FAST.replace(final_epochs=1, progress=True), metric_set=metric_set)
+    clock = [m for m in caplog.messages if m.startswith("run: ") and "fine-tuning" in m]
+    assert len(clock) >= 2 and "all planned fine-tuning done" in clock[-1]
+    assert not any("all planned" in m for m in clock[:-1])
 
 
 def test_final_recovery_keeps_the_structure_and_its_best_epoch_by_synthetic_kl():

@@ -6,9 +6,14 @@ images of 200 iterations, the auto plan at 75.1% of the MACs):
 - metric set: Engine set-up synthesizing (and storing) the set against taking it from the cache;
 - reload: a step's checkpoint read back (dcvit.load) against going on with the model in memory (0 s);
 - scoring: zero-shot scores of every edit of step 0, one forward pass per edit against a block's edits stacked
-  (the scores must be identical).
+  (the scores must be identical; stacking is now off on a CPU, so "after" is the former default); with
+  --at-224 the same on a random-init deit_tiny_patch16_224;
+- evaluation: five models (the teacher and four copies) over the 10,000 test images, the split decoded for each
+  model (a DataLoader per model) against decoded once (dcvit.evaluation.eval_batches); top-1 must be identical;
+- fine-tune: 20 mimicking epochs of the teacher with every second MLP unit of block 5 kept, torch's per-tensor AdamW (the CPU
+  default) against foreach AdamW; the weights must be identical.
 
-    python tools/bench_speedups.py [--repeats 3] [--threads 2]
+    python tools/bench_speedups.py [--repeats 3] [--threads 2] [--at-224]
 """
 
 from __future__ import annotations
@@ -28,10 +33,97 @@ def _timed(fn) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
+def _scoring(search, model, name: str, repeats: int) -> tuple[str, list[float], list[float]]:
+    """Zero-shot scores of every edit of the search's first step: one pass per edit, then stacked."""
+    import dcvit.search
+    from dcvit.macs import macs_profile
+
+    profile, importance = macs_profile(model), search.importance(model)
+    times: dict[str, list[float]] = {"single": [], "stacked": []}
+    scores = {}
+    for _ in range(repeats):
+        for kind, stack in (("single", False), ("stacked", True)):  # stacking: off on a CPU by default
+            previous, dcvit.search.STACK_ON_CPU = dcvit.search.STACK_ON_CPU, stack
+            seconds, edits = _timed(lambda: search.zero_shot(model, profile, importance))
+            dcvit.search.STACK_ON_CPU = previous
+            times[kind].append(seconds)
+            scores[kind] = [e.score for e in edits]
+    assert scores["single"] == scores["stacked"], "stacked scores differ from one pass per edit"
+    return f"{name} ({len(scores['single'])} edits, stacked against one pass each)", times["single"], times["stacked"]
+
+
+def _scoring_224(repeats: int) -> tuple[str, list[float], list[float]]:
+    """_scoring on a random-init deit_tiny at 224 px (16 shots, a metric set of 16 images x 5 iterations)."""
+    import dcvit
+    from dcvit import CompressConfig, plan_for
+    from dcvit.data import few_shot_subset
+    from dcvit.engine import Engine
+    from dcvit.search import Search
+
+    torch.manual_seed(0)
+    teacher = dcvit.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=10).eval()
+    config = CompressConfig(structure="auto", progress=False, synth_iterations=5, synth_images=16, lr=1e-5)
+    engine = Engine(teacher, few_shot_subset("fashion-mnist", 16, 0, 0), config, metric_cache=False)
+    try:
+        search = Search(engine, plan_for(teacher, 0.75, config))
+        return _scoring(search, engine.teacher, "zero-shot scoring at 224 px, deit_tiny", repeats)
+    finally:
+        engine.workspace.cleanup()
+
+
+def _evaluation(teacher, repeats: int) -> tuple[str, list[float], list[float]]:
+    import copy
+
+    from dcvit.data import eval_transform, load_dataset
+    from dcvit.evaluation import eval_batches, evaluate, loader_for
+
+    test = load_dataset("fashion-mnist", train=False, transform=eval_transform(teacher))
+    models = [teacher] + [copy.deepcopy(teacher) for _ in range(4)]
+    times: dict[str, list[float]] = {"per model": [], "once": []}
+    for _ in range(repeats):
+        before, top1 = _timed(lambda: [evaluate(m, loader_for(test), progress=False)["top1"] for m in models])
+        after, again = _timed(
+            lambda: [evaluate(m, b, progress=False)["top1"] for b in [eval_batches(test)] for m in models]
+        )
+        assert top1 == again, "evaluating on the kept batches changed a top-1"
+        times["per model"].append(before)
+        times["once"].append(after)
+    return "evaluation of 5 models on 10,000 test images", times["per model"], times["once"]
+
+
+def _fine_tune(teacher, shots, config, repeats: int) -> tuple[str, list[float], list[float]]:
+
+    from dcvit.engine import Engine
+    from dcvit.surgery import compress_blocks
+
+    engine = Engine(teacher, shots, config.replace(synth_images=4, synth_iterations=2), metric_cache=False)
+    real = torch.optim.AdamW
+    loop_adamw, foreach_adamw = lambda params, **kw: real(params, **{**kw, "foreach": False}), None
+    times: dict[str, list[float]] = {"loop": [], "foreach": []}
+    weights = {}
+    try:
+        for _ in range(repeats):
+            for name, adamw in (("loop", loop_adamw), ("foreach", foreach_adamw)):
+                student = compress_blocks(engine.teacher, {5: list(range(0, 384, 2))}, False)  # a copy
+                if adamw is not None:
+                    torch.optim.AdamW = adamw
+                try:
+                    seconds, _ = _timed(lambda s=student: engine.fine_tune(s, [5], 20, "bench-adamw"))
+                finally:
+                    torch.optim.AdamW = real
+                times[name].append(seconds)
+                weights[name] = [p.detach().clone() for p in student.parameters()]
+            assert all(torch.equal(a, b) for a, b in zip(weights["loop"], weights["foreach"])), "AdamW foreach differs"
+    finally:
+        engine.workspace.cleanup()
+    return "fine-tune, 20 epochs on 100 shots (AdamW)", times["loop"], times["foreach"]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--at-224", action="store_true", help="also time the scoring on deit_tiny at 224 px (minutes)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     import dcvit.search
@@ -39,7 +131,6 @@ def main() -> None:
     from dcvit.data import few_shot_subset
     from dcvit.engine import Engine
     from dcvit.factory import resolve_model
-    from dcvit.macs import macs_profile
     from dcvit.search import Search
 
     config = CompressConfig(structure="auto", progress=False)
@@ -64,20 +155,13 @@ def main() -> None:
             loads = [_timed(lambda: dcvit.load(Path(work) / "m"))[0] for _ in range(args.repeats)]
         rows.append(("reload of a step's checkpoint", loads, [0.0] * len(loads)))
 
-        profile, importance = macs_profile(model, (1, 28, 28)), search.importance(model)
-        times = {"single": [], "stacked": []}
-        scores = {}
-        for _ in range(args.repeats):
-            for name, stack in (("single", False), ("stacked", True)):  # stacking: off on a CPU by default
-                previous, dcvit.search.STACK_ON_CPU = dcvit.search.STACK_ON_CPU, stack
-                seconds, edits = _timed(lambda: search.zero_shot(model, profile, importance))
-                dcvit.search.STACK_ON_CPU = previous
-                times[name].append(seconds)
-                scores[name] = [e.score for e in edits]
+        rows.append(_scoring(search, model, "zero-shot scoring, step 0", args.repeats))
         engine.workspace.cleanup()
-        assert scores["single"] == scores["stacked"], "stacked scores differ from one pass per edit"
-        rows.append((f"zero-shot scoring, step 0 ({len(scores['single'])} edits)", times["single"], times["stacked"]))
+    if args.at_224:
+        rows.append(_scoring_224(args.repeats))
 
+    rows.append(_evaluation(teacher, args.repeats))
+    rows.append(_fine_tune(teacher, shots, config, args.repeats))
     print(f"threads {args.threads}, torch {torch.__version__}")
     print("| change | before s (median) | after s (median) | after / before | runs |")
     print("|---|---|---|---|---|")
