@@ -57,10 +57,10 @@ def final_recovery(engine: Engine, result: CompressionResult) -> CompressionResu
     key = Workspace.final_key(result.plan.structure, result.macs, epochs)
     workspace = engine.workspace
 
-    def recover() -> None:
-        if workspace.has(key):
-            engine.skip(epochs)  # a resumed run: this recovery is done
-            return
+    def recover() -> nn.Module:
+        if workspace.has(key):  # a resumed run, or another process after the main one: read back
+            engine.skip(epochs)
+            return workspace.load(key)
         start = time.perf_counter()
         model = result.model  # the run's own model object: fine-tuned in place, then saved
         select = engine.synthetic_kl if engine.config.final_select else None
@@ -75,11 +75,14 @@ def final_recovery(engine: Engine, result: CompressionResult) -> CompressionResu
             "images_per_second": fit.images_per_second,
         }
         workspace.save(key, model, meta)
+        return model  # in memory: the checkpoint serves a resume (the save checked it reloads as this network)
 
-    workspace.main_only(recover)
+    model = workspace.main_first(recover)
     meta = workspace.meta(key)
     seconds = {**result.seconds, "final": meta["seconds"]}
-    return replace(result, model=workspace.load(key), history=(*result.history, meta), seconds=seconds)
+    return replace(
+        result, model=model.cpu().requires_grad_(True).eval(), history=(*result.history, meta), seconds=seconds
+    )
 
 
 def compress(

@@ -37,5 +37,5 @@ def test_the_report_pairs_each_variant_with_the_default_of_its_seed(tool, tmp_pa
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     tool.report(tmp_path)
     out = capsys.readouterr().out
-    assert "screen, auto, 100 shots" in out and "| default | 2 | 87.00 | 1.00 |" in out
+    assert "screen, auto, 100 shots" in out and "| default (no final recovery) | 2 | 87.00 | 1.00 |" in out
     assert "| final | 2 | 88.50 (+1.50) | 1.15 |" in out  # (1.2 + 1.1) / 2

@@ -113,7 +113,7 @@ def test_family_reuses_trials_and_the_metric_set_and_is_dense(monkeypatch, confi
     blocks alike (the baseline's plans all drop whole blocks, so 3 targets share 4 trials)."""
     tuned, synthesized = [], []
     real_tune, real_synth = Engine.fine_tune, synth.synthesize
-    monkeypatch.setattr(Engine, "fine_tune", lambda self, *a: tuned.append(a[-1]) or real_tune(self, *a))
+    monkeypatch.setattr(Engine, "fine_tune", lambda self, *a, **k: tuned.append(a[3]) or real_tune(self, *a, **k))
     monkeypatch.setattr(synth, "synthesize", lambda *a, **k: synthesized.append(1) or real_synth(*a, **k))
     # no cache: a set another test left there would be taken from it (the count below is the family's own)
     results = compress_family(tiny_vit(depth=6), [0.9, 0.8, 0.7], tiny_data(), config, metric_cache=False)

@@ -32,7 +32,7 @@ FAST = CompressConfig(epochs=2, batch_size=8, synth_images=8, synth_iterations=5
         ({"mimic_blocks": float("inf")}, r"mimic_blocks must be a finite number >= 0"),
         ({"final_epochs": -1}, r"final_epochs must be an integer between 0"),
         ({"final_select": 1}, r"final_select must be True or False"),
-        ({"final_select": True}, r"final_select selects among the epochs .* set final_epochs >= 1"),
+        ({"final_select": True, "final_epochs": 0}, r"final_select selects among the epochs .* set final_epochs >= 1"),
         ({"mimic_synthetic": True, "augment": True}, r"mimic_synthetic cannot be combined with augment=True"),
     ],
 )
@@ -42,11 +42,12 @@ def test_bad_recovery_settings_are_refused_in_one_line(bad, match):
     assert "\n" not in str(err.value)
 
 
-def test_every_lever_is_off_by_default():
+def test_only_the_final_recovery_is_on_by_default():
     c = CompressConfig()
     assert (c.mimic_views, c.mimic_synthetic, c.mimic_logits, c.mimic_blocks, c.final_epochs, c.final_select) == (
-        "none", False, 0.0, 0.0, 0, False,
+        "none", False, 0.0, 0.0, 5, False,
     )  # fmt: skip
+    assert CompressConfig.paper().final_epochs == 0  # the paper's settings: no final recovery
     assert not c.needs_synthetic_inputs
 
 
@@ -165,7 +166,8 @@ def test_synthetic_images_join_the_mimicking_inputs_not_the_shots():
 def test_final_epochs_grow_with_the_macs_removed():
     config = CompressConfig(final_epochs=3)
     assert [final_epochs(config, m, 100) for m in (100, 92, 60, 30)] == [0, 2, 12, 21]
-    assert final_epochs(CompressConfig(), 30, 100) == 0
+    assert final_epochs(CompressConfig(), 30, 100) == 35
+    assert final_epochs(CompressConfig(final_epochs=0), 30, 100) == 0
 
 
 def test_the_run_clock_plans_the_final_recovery(caplog):
@@ -182,7 +184,7 @@ def test_the_run_clock_plans_the_final_recovery(caplog):
 def test_final_recovery_keeps_the_structure_and_its_best_epoch_by_synthetic_kl():
     model = tiny_vit(depth=3)
     metric_set = synth.synthesize(model, 8, iterations=5, seed=0, image_size=(1, 16, 16), progress=False)
-    plain = compress(model, 0.8, tiny_data(), FAST, metric_set=metric_set)
+    plain = compress(model, 0.8, tiny_data(), FAST.replace(final_epochs=0), metric_set=metric_set)
     final = compress(model, 0.8, tiny_data(), FAST.replace(final_epochs=1, final_select=True), metric_set=metric_set)
     meta = final.history[-1]
     assert meta["final"] and meta["epochs"] == round(10 * (1 - plain.macs / plain.plan.macs_original))

@@ -10,6 +10,9 @@
           in the same invocation, so the compress wall times compare as a ratio under the same load.
   report  markdown tables from OUT/results.jsonl
 
+"default" in the cell names and tables is the benchmark settings without a final recovery (final_epochs=0): the
+default until the final recovery (final_epochs=5, the "final" row) became it, on this benchmark's evidence.
+
 Every finished cell is appended to OUT/results.jsonl and skipped on a rerun (the default members are saved under
 OUT/members), so an interrupted run resumes.
 
@@ -181,7 +184,7 @@ def report(out: Path) -> None:
         names = list(dict.fromkeys(r["cell"].split("/")[1] for r in mine))
         names = [n for n in names if not n.startswith("default")]
         default = {(r["budget"], r["seed"]): r for r in mine if r["cell"].split("/")[1] == "default"}
-        label, own = "default", True
+        label, own = "default (no final recovery)", True
         if mode == "full" and not default:
             label, own = (
                 "default (the screen's members)",

@@ -34,6 +34,7 @@ from pathlib import Path
 MODELS = ("deit_tiny_patch16_224", "deit_small_patch16_224", "vit_base_patch16_224")
 PHASES = ("synthesis", "edit scoring", "trials", "fine-tuning", "saving", "macs", "other")
 SCHEDULE = {"epochs": 2, "trial_epochs": 1, "synth_images": 16, "synth_iterations": 20, "batch_size": 32, "lr": 1e-5}
+SCHEDULE["final_epochs"] = 0  # no final recovery: the table was measured before it became a default
 # lr: a random-init teacher's weights are tiny (std 0.02), and one Adam step at the default 3e-4 moves them far: a
 # deit_small trial ended at 93x its starting loss and was refused as diverged. The cost does not depend on lr.
 # The paper's schedule (CompressConfig.paper(), docs/method.md §4, §6) for --project: fine-tunes of 2000 epochs

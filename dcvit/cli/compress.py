@@ -39,6 +39,13 @@ def _engine_arguments(p: argparse.ArgumentParser) -> None:
         default=d.trial_epochs,
         help=f"epochs per block-wise trial candidate (default {d.trial_epochs})",
     )
+    p.add_argument(
+        "--final-epochs",
+        type=int,
+        default=d.final_epochs,
+        help=f"a last fine-tune of the finished model, this many epochs per tenth of the MACs removed (default "
+        f"{d.final_epochs}: 30 epochs at 40%% of the MACs; 0: none, as in the paper)",
+    )
     p.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr})")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--augment", action="store_true", help="RandomResizedCrop + flip + RandAugment on the few shots")
@@ -100,6 +107,7 @@ def _config(args):
     config = CompressConfig(
         epochs=args.epochs,
         trial_epochs=args.trial_epochs,
+        final_epochs=args.final_epochs,
         lr=args.lr,
         batch_size=args.batch_size,
         augment=args.augment,
