@@ -46,12 +46,11 @@ if TYPE_CHECKING:  # pragma: no cover
 WIDTHS = (0.75, 0.5, 0.25, 0.125, 0.0)
 # Attention heads a head edit may leave, as fractions of the block's original head count (at least one).
 HEAD_FRACTIONS = (0.75, 0.5, 0.25)
-# Scoring can stack the edits of a block on the batch axis, up to this many elements of the block input (64 MB
-# in float32): a 28-px model's whole menu at once, a few edits at a time at 224 px. On a CPU that is slower
-# than one pass per edit (1.14x on fmnist_vit12, 1.12x on deit_tiny at 224; BENCHMARKS.md, "Cost at scale"),
-# so it stacks on accelerators only (not timed there yet), unless STACK_ON_CPU. Scores are the same either way.
+# Scoring stacks the edits of a block on the batch axis up to this many elements of the block input (64 MB in
+# float32): a 28-px model's whole menu at once, a few edits at a time at 224 px. On 2 CPU cores it takes 0.99x
+# (28 px) and 0.92x (224 px) the time of one pass per edit when idle, 0.47x / 0.79x under load (BENCHMARKS.md,
+# "Cost at scale"); 1 scores one edit per pass.
 STACKED_ELEMENTS = 2**24
-STACK_ON_CPU = False
 KNAPSACK_RESOLUTION = 1000  # MACs buckets: savings are rounded down to need / 1000, so the target always holds
 LANDING_TOLERANCE = 0.01  # of the original MACs: a search landing further below its target says why
 
@@ -331,8 +330,7 @@ class Search:
         inputs = block_inputs(model, self.adapter, x)
         edits = self.candidates(model, profile)
         scored = []
-        elements = STACKED_ELEMENTS if STACK_ON_CPU or self.engine.accelerator.device.type != "cpu" else 1
-        for group in self.engine.progress(self._groups(edits, inputs, elements), "scoring edits"):
+        for group in self.engine.progress(self._groups(edits, inputs), "scoring edits"):
             index = group[0].block
             blocks = [self._edited(model, e, importance) for e in group]
             for e, out in zip(group, self._logits(model, index, blocks, inputs[index], x)):
@@ -340,12 +338,12 @@ class Search:
         return scored
 
     @staticmethod
-    def _groups(edits: list[Edit], inputs: list[torch.Tensor], elements: int) -> list[list[Edit]]:
-        """The edits by block, in their order, each block's cut to at most `elements` of stacked input."""
+    def _groups(edits: list[Edit], inputs: list[torch.Tensor]) -> list[list[Edit]]:
+        """The edits by block, in their order, each block's cut to at most STACKED_ELEMENTS of stacked input."""
         groups = []
         for b in dict.fromkeys(e.block for e in edits):
             mine = [e for e in edits if e.block == b]
-            size = max(1, elements // max(inputs[b].numel(), 1))
+            size = max(1, STACKED_ELEMENTS // max(inputs[b].numel(), 1))
             groups += [mine[i : i + size] for i in range(0, len(mine), size)]
         return groups
 

@@ -26,13 +26,12 @@ def test_stacked_scores_equal_one_pass_per_edit(family, monkeypatch):
     monkeypatch.setattr(
         dcvit.search.Stacked, "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k)
     )
-    monkeypatch.setattr(dcvit.search, "STACK_ON_CPU", True)  # off by default on a CPU: slower there
     try:
         search = Search(engine, plan_for(model, 0.6, CONFIG))
         current = engine.teacher
         profile, importance = macs_profile(current, size), search.importance(current)
         stacked = search.zero_shot(current, profile, importance)
-        monkeypatch.setattr(dcvit.search, "STACK_ON_CPU", False)  # one edit per forward pass
+        monkeypatch.setattr(dcvit.search, "STACKED_ELEMENTS", 1)  # one edit per forward pass
         single = search.zero_shot(current, profile, importance)
     finally:
         engine.workspace.cleanup()
@@ -42,20 +41,3 @@ def test_stacked_scores_equal_one_pass_per_edit(family, monkeypatch):
     assert [(e.block, e.attention, e.units, e.heads) for e in stacked] == [
         (e.block, e.attention, e.units, e.heads) for e in single
     ]
-
-
-def test_a_cpu_scores_one_edit_per_pass_by_default(monkeypatch):
-    model = _families()["timm ViT"]
-    size = macs_profile(model).input_size
-    shots = torch.utils.data.TensorDataset(torch.randn(4, *size), torch.zeros(4, dtype=torch.long))
-    engine = Engine(model, shots, CONFIG, metric_cache=False)
-    calls, forward = [], dcvit.search.Stacked.forward
-    monkeypatch.setattr(
-        dcvit.search.Stacked, "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k)
-    )
-    try:
-        search = Search(engine, plan_for(model, 0.6, CONFIG))
-        search.zero_shot(engine.teacher, macs_profile(engine.teacher, size), search.importance(engine.teacher))
-    finally:
-        engine.workspace.cleanup()
-    assert not calls

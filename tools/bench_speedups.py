@@ -6,8 +6,7 @@ images of 200 iterations, the auto plan at 75.1% of the MACs):
 - metric set: Engine set-up synthesizing (and storing) the set against taking it from the cache;
 - reload: a step's checkpoint read back (dcvit.load) against going on with the model in memory (0 s);
 - scoring: zero-shot scores of every edit of step 0, one forward pass per edit against a block's edits stacked
-  (the scores must be identical; stacking is now off on a CPU, so "after" is the former default); with
-  --at-224 the same on a random-init deit_tiny_patch16_224;
+  (the scores must be identical); with --at-224 the same on a random-init deit_tiny_patch16_224;
 - evaluation: five models (the teacher and four copies) over the 10,000 test images, the split decoded for each
   model (a DataLoader per model) against decoded once (dcvit.evaluation.eval_batches); top-1 must be identical;
 - fine-tune: 20 mimicking epochs of the teacher with every second MLP unit of block 5 kept, torch's per-tensor AdamW (the CPU
@@ -42,10 +41,10 @@ def _scoring(search, model, name: str, repeats: int) -> tuple[str, list[float], 
     times: dict[str, list[float]] = {"single": [], "stacked": []}
     scores = {}
     for _ in range(repeats):
-        for kind, stack in (("single", False), ("stacked", True)):  # stacking: off on a CPU by default
-            previous, dcvit.search.STACK_ON_CPU = dcvit.search.STACK_ON_CPU, stack
+        for kind, elements in (("single", 1), ("stacked", dcvit.search.STACKED_ELEMENTS)):
+            previous, dcvit.search.STACKED_ELEMENTS = dcvit.search.STACKED_ELEMENTS, elements
             seconds, edits = _timed(lambda: search.zero_shot(model, profile, importance))
-            dcvit.search.STACK_ON_CPU = previous
+            dcvit.search.STACKED_ELEMENTS = previous
             times[kind].append(seconds)
             scores[kind] = [e.score for e in edits]
     assert scores["single"] == scores["stacked"], "stacked scores differ from one pass per edit"
