@@ -8,7 +8,7 @@
 The members' own format is the caller's (this package depends on torch only), so `save` takes a
 save_member(module, folder) function and `load` a load_member(folder) -> module one; dcvit passes its
 pickle-free model files (dcvit.cascade_files). Without one, `load` reads program files (cascade.programs:
-torch.export, TorchScript, ONNX) and dcvit's model files, importing dcvit only for those. The folder is written atomically: everything goes into a
+torch.export, TorchScript, ONNX) and dcvit's model files, with the reader dcvit declares as an entry point. The folder is written atomically: everything goes into a
 temporary folder next to the destination, which is renamed into place only when complete, so an error
 never leaves half a cascade (a cascade already there is kept until the new one is whole). A save killed
 outright leaves its temporary folder; the next save of that path removes it (cascade.scratch says how it
@@ -29,6 +29,8 @@ from typing import Any
 
 from torch import nn
 
+from .errors import CascadeFileError
+from .programs import load_member as load_program_or_dcvit_member
 from .routing import Cascade
 from .scratch import NEW, install, remove_stale, scratch_folder
 from .validate import KEYS, preprocessing_problem
@@ -48,13 +50,6 @@ ROUTING_RULE = (
 PREPROCESSING_KEYS = KEYS
 SAVE_SUFFIX = ".cascade-tmp"  # the temporary folder of a save in progress: .NAME.XXXXXXXX.cascade-tmp
 _FOLDER = re.compile(r"stage\d{1,3}-[A-Za-z0-9._-]{1,64}")
-
-
-class CascadeFileError(ValueError):
-    """A cascade folder that cannot be used (missing, corrupt or mistyped cascade.json), in one line."""
-
-    def __init__(self, message: str):
-        super().__init__(" ".join(message.split()))
 
 
 @dataclass(frozen=True)
@@ -160,11 +155,10 @@ def load(path: str | os.PathLike, load_member: Callable[[Path], nn.Module] | Non
     """The Cascade saved in folder `path`, members read by load_member(folder), in eval mode. Its `spec`
     attribute holds the checked cascade.json (CascadeSpec: names, kinds, MACs, preprocessing, info).
     The default load_member (cascade.programs.load_member) reads exported programs (`dcvit export`) with torch
-    alone, and dcvit's model files with dcvit, imported then (dcvit.load_cascade also checks their MACs)."""
+    alone, and dcvit's model files with the reader dcvit declares (dcvit.load_cascade also checks their MACs)."""
     path = Path(path)
     spec = read_spec(path)
-    if load_member is None:
-        from .programs import load_member  # imported here: programs reads errors from this module
+    load_member = load_member or load_program_or_dcvit_member
     models = []
     for m in spec.members:
         folder = path / m.folder

@@ -19,7 +19,7 @@ import json
 import os
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,13 +27,15 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from .files import CascadeFileError
+from .errors import CascadeFileError
 
 # format -> the program's file name in its folder
 PROGRAMS = {"pt2": "model.pt2", "torchscript": "model.ts", "onnx": "model.onnx"}
 FORMATS = tuple(PROGRAMS)
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # torch.onnx's exporter needs the first two, serving the last
-DCVIT_FILES = ("spec.json", "member.json")  # dcvit's model files, read by dcvit (imported only then)
+DCVIT_FILES = ("spec.json", "member.json")  # dcvit's model files, read by dcvit's reader (below)
+# Installed packages declare member readers here (name -> "module:function"); dcvit declares "dcvit".
+READERS_GROUP = "cascade.member_readers"
 RTOL, ATOL = 1e-4, 1e-4  # a program's logits against the eager member's (float32 reorderings, ONNX kernels)
 
 
@@ -221,7 +223,8 @@ class OnnxProgram(nn.Module):
 
 def load_member(folder: str | os.PathLike) -> nn.Module:
     """cascade.load's default member reader: the one program in `folder` (torch only; ONNX with onnxruntime),
-    or a dcvit model file read by dcvit, imported here so that cascade itself never needs it."""
+    or a dcvit model file read by the reader dcvit declares (entry point group READERS_GROUP), loaded only then:
+    cascade itself never imports dcvit."""
     folder = Path(folder)
     found = [name for name in PROGRAMS.values() if (folder / name).is_file()]
     if len(found) > 1:
@@ -230,7 +233,7 @@ def load_member(folder: str | os.PathLike) -> nn.Module:
         return load_program(folder / found[0])
     if any((folder / name).is_file() for name in DCVIT_FILES):
         try:
-            from dcvit.cascade_files import load_member as load_dcvit_member
+            load_dcvit_member = _declared_reader("dcvit")
         except ImportError as err:
             raise CascadeFileError(
                 f"{folder} holds a dcvit model file, which needs the dcvit package to read ({_first_line(err)}); "
@@ -241,6 +244,15 @@ def load_member(folder: str | os.PathLike) -> nn.Module:
         f"{folder} holds no member cascade.load can read (accepted: one of {', '.join(PROGRAMS.values())}, or a "
         f"dcvit model file: {' or '.join(DCVIT_FILES)}); pass load_member to read another format"
     )
+
+
+def _declared_reader(name: str) -> Callable[[Path], nn.Module]:
+    """The member reader an installed package declared under `name`; ImportError when none is (or it fails)."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=READERS_GROUP, name=name):
+        return entry.load()
+    raise ImportError(f"no package declares a {name!r} reader in the entry-point group {READERS_GROUP}")
 
 
 def _first_line(err: BaseException) -> str:
