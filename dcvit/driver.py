@@ -27,7 +27,7 @@ from .macs import macs_profile
 from .planning import BasePlan
 from .progress import api_logging, duration, logger
 from .recovery import final_epochs
-from .result import CompressionResult, make_result
+from .result import CompressionResult, as_loaded, make_result
 from .structures.registry import get_structure
 from .workspace import Workspace
 
@@ -80,9 +80,7 @@ def final_recovery(engine: Engine, result: CompressionResult) -> CompressionResu
     model = workspace.main_first(recover)
     meta = workspace.meta(key)
     seconds = {**result.seconds, "final": meta["seconds"]}
-    return replace(
-        result, model=model.cpu().requires_grad_(True).eval(), history=(*result.history, meta), seconds=seconds
-    )
+    return replace(result, model=as_loaded(model), history=(*result.history, meta), seconds=seconds)
 
 
 def compress(

@@ -108,6 +108,12 @@ def block_structure(model: nn.Module, original: nn.Module) -> tuple[dict, ...]:
     return tuple(rows)
 
 
+def as_loaded(model: nn.Module) -> nn.Module:
+    """`model` as dcvit.load gives a checkpoint (on the CPU, trainable, in eval mode), in place: a run's result is
+    the same whether its model was read back or kept in memory."""
+    return model.cpu().requires_grad_(True).eval()
+
+
 def make_result(
     engine: Engine,
     plan: BasePlan,
@@ -124,7 +130,7 @@ def make_result(
     memory."""
     if model is engine.teacher:  # the engine's frozen copy stays as it is for the family's other targets
         model = copy.deepcopy(model)
-    model = model.cpu().requires_grad_(True).eval()
+    model = as_loaded(model)
     return CompressionResult(
         model=model,
         plan=plan,

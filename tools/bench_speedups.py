@@ -81,35 +81,37 @@ def _evaluation(teacher, repeats: int) -> tuple[str, list[float], list[float]]:
     times: dict[str, list[float]] = {"per model": [], "once": []}
     for _ in range(repeats):
         before, top1 = _timed(lambda: [evaluate(m, loader_for(test), progress=False)["top1"] for m in models])
-        after, again = _timed(
-            lambda: [evaluate(m, b, progress=False)["top1"] for b in [eval_batches(test)] for m in models]
-        )
+        after, again = _timed(lambda: _top1s(models, eval_batches(test)))
         assert top1 == again, "evaluating on the kept batches changed a top-1"
         times["per model"].append(before)
         times["once"].append(after)
     return "evaluation of 5 models on 10,000 test images", times["per model"], times["once"]
 
 
+def _top1s(models, batches) -> list[float]:
+    from dcvit.evaluation import evaluate
+
+    return [evaluate(m, batches, progress=False)["top1"] for m in models]
+
+
 def _fine_tune(teacher, shots, config, repeats: int) -> tuple[str, list[float], list[float]]:
+    from contextlib import nullcontext
+    from unittest import mock
 
     from dcvit.engine import Engine
     from dcvit.surgery import compress_blocks
 
     engine = Engine(teacher, shots, config.replace(synth_images=4, synth_iterations=2), metric_cache=False)
-    real = torch.optim.AdamW
-    loop_adamw, foreach_adamw = lambda params, **kw: real(params, **{**kw, "foreach": False}), None
+    real = torch.optim.AdamW  # mimic asks for foreach=True; "loop" overrides it with torch's CPU default
+    per_tensor = mock.patch("torch.optim.AdamW", lambda params, **kw: real(params, **{**kw, "foreach": False}))
     times: dict[str, list[float]] = {"loop": [], "foreach": []}
     weights = {}
     try:
         for _ in range(repeats):
-            for name, adamw in (("loop", loop_adamw), ("foreach", foreach_adamw)):
+            for name, patched in (("loop", per_tensor), ("foreach", nullcontext())):
                 student = compress_blocks(engine.teacher, {5: list(range(0, 384, 2))}, False)  # a copy
-                if adamw is not None:
-                    torch.optim.AdamW = adamw
-                try:
+                with patched:
                     seconds, _ = _timed(lambda s=student: engine.fine_tune(s, [5], 20, "bench-adamw"))
-                finally:
-                    torch.optim.AdamW = real
                 times[name].append(seconds)
                 weights[name] = [p.detach().clone() for p in student.parameters()]
             assert all(torch.equal(a, b) for a, b in zip(weights["loop"], weights["foreach"])), "AdamW foreach differs"
