@@ -69,7 +69,7 @@ class CompressionResult:
 
     def notes(self) -> list[str]:
         """What a reader of the result should know, recorded by the steps (e.g. why a search landed well below
-        its target: dcvit.search.landing)."""
+        its target: dcvit.knapsack.landing)."""
         return [h["landing"]["note"] for h in self.history if "note" in h.get("landing", {})]
 
 

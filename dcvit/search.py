@@ -1,9 +1,10 @@
 """Structure search (docs/method.md §11): the synthetic metric set chooses what each block loses.
 
 DC-ViT always removes attention and narrows the MLPs of the blocks it picks. Which part of a block is
-redundant depends on the model, so the auto structure (dcvit.structures.auto) lets the metric decide, per block, among: keep; narrow
-the MLP; remove the MLP (attention kept); remove the attention (the MLP maybe narrowed); drop the block; and,
-with `CompressConfig.prune_heads`, keep only some whole attention heads (where the adapter can prune them).
+redundant depends on the model, so the auto structure (dcvit.structures.auto) lets the metric decide, per
+block, among: keep; narrow the MLP; remove the MLP (attention kept); remove the attention (the MLP maybe
+narrowed); drop the block; and, with `CompressConfig.prune_heads`, keep only some whole attention heads (where
+the adapter can prune them). These edits and their MACs are dcvit.edits.
 
 The design, in `plan.steps` progressive steps (CompressConfig.search_steps; by default one per block's
 worth of MACs removed) (Algorithm 1's shape, with the structure chosen per step):
@@ -13,9 +14,10 @@ worth of MACs removed) (Algorithm 1's shape, with the structure chosen per step)
    as many trials as DC-ViT runs) with the block-wise trial: a short mimicking fine-tune, then Eq. 6 again.
    A confirmed edit is scored by its KL after recovery; the others keep their KL before recovery, an upper
    bound of it.
-3. Choose the edits of this step with a multiple-choice knapsack: the least total KL increase among sets
-   (at most one edit per block) that save this step's share of the MACs still to remove. Scores are summed,
-   the usual first-order assumption; the next step re-scores on the fine-tuned model, which corrects it.
+3. Choose the edits of this step with a multiple-choice knapsack (dcvit.knapsack): the least total KL increase
+   among sets (at most one edit per block) that save this step's share of the MACs still to remove. Scores
+   are summed, the usual first-order assumption; the next step re-scores on the fine-tuned model, which
+   corrects it.
 4. Apply them, fine-tune by feature mimicking (Eq. 3), checkpoint, repeat until the target is met.
 Labels and test data are never used.
 """
@@ -26,13 +28,15 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .arch.base import Adapter
+from .edits import Edit, block_savings, head_menu, menu
+from .knapsack import choose, landing, landing_note
 from .macs import MacsProfile, count_macs, macs_profile
 from .scoring import kl_of_logits, kl_score
 from .surgery import DroppedBlock, block_heads, block_state, edit_block, edit_blocks, random_units
@@ -42,73 +46,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
     from .planning import SearchPlan
 
-# MLP widths an edit may leave, as fractions of the block's original width (0: MLP removed).
-WIDTHS = (0.75, 0.5, 0.25, 0.125, 0.0)
-# Attention heads a head edit may leave, as fractions of the block's original head count (at least one).
-HEAD_FRACTIONS = (0.75, 0.5, 0.25)
 # Scoring stacks the edits of a block on the batch axis up to this many elements of the block input (64 MB in
 # float32): a 28-px model's whole menu at once, a few edits at a time at 224 px. On 2 CPU cores it takes 0.99x
 # (28 px) and 0.92x (224 px) the time of one pass per edit when idle, 0.47x / 0.79x under load (BENCHMARKS.md,
 # "Cost at scale"); 1 scores one edit per pass.
 STACKED_ELEMENTS = 2**24
-KNAPSACK_RESOLUTION = 1000  # MACs buckets: savings are rounded down to need / 1000, so the target always holds
 LANDING_TOLERANCE = 0.01  # of the original MACs: a search landing further below its target says why
-
-
-@dataclass(frozen=True)
-class Edit:
-    """One candidate change of one block: keep attention or not, keep `units` MLP hidden units."""
-
-    block: int
-    attention: bool
-    units: int
-    saved: int  # MACs it saves on the current model (from the MACs profile, exact for these layers)
-    score: float  # KL increase on the synthetic set (Eq. 6): zero-shot, or after a trial fine-tune
-    confirmed: bool = False
-    heads: int | None = None  # attention heads kept (a head edit); None: the attention's heads unchanged
-
-    def describe(self, width: int) -> str:
-        if not self.attention and self.units == 0:
-            return "drop"
-        mlp = "MLP removed" if self.units == 0 else f"MLP {width}->{self.units}" if self.units < width else ""
-        heads = f"{self.heads} heads kept" if self.heads is not None else ""
-        return ", ".join(part for part in ("attention removed" if not self.attention else "", heads, mlp) if part)
-
-
-def block_savings(
-    profile: MacsProfile,
-    block: int,
-    has_attention: bool,
-    width: int,
-    attention: bool,
-    units: int,
-    heads_now: int = 0,
-    heads: int | None = None,
-) -> int:
-    """MACs saved when a block at (has_attention, width, heads_now) becomes (attention, units, heads)."""
-    if not attention and units == 0:
-        return profile.blocks[block]
-    saved = profile.attn[block] if has_attention and not attention else 0
-    if heads is not None:  # every head costs the same: its share of qkv, of the attention products and of proj
-        saved += round(profile.head(block) * (heads_now - heads))
-    saved += round(profile.mlp_unit(block) * (width - units))
-    if units == 0 and width > 0:  # norm2 goes with the MLP
-        saved += profile.blocks[block] - profile.attn[block] - profile.mlp[block]
-    return int(saved)
-
-
-def menu(has_attention: bool, width: int, original: int, mlp_only: bool) -> list[tuple[bool, int]]:
-    """(attention, units) edits reachable from a block's state: fewer MLP units and/or no attention."""
-    widths = sorted({round(f * original) for f in WIDTHS if round(f * original) < width}, reverse=True)
-    edits = [(has_attention, w) for w in widths if (has_attention or w > 0 or not mlp_only)]
-    if has_attention and not mlp_only:
-        edits += [(False, w) for w in [width, *widths]]
-    return [e for e in edits if e != (has_attention, width) and not (mlp_only and not e[0] and has_attention)]
-
-
-def head_menu(heads_now: int, original: int) -> list[int]:
-    """Head counts a head edit may leave: fractions of the original count, fewer than now, at least one."""
-    return sorted({h for h in (max(1, round(f * original)) for f in HEAD_FRACTIONS) if h < heads_now}, reverse=True)
 
 
 @torch.no_grad()
@@ -188,89 +131,6 @@ class Stacked(nn.Module):
 
 class NotStackable(Exception):
     """A block whose output is not one tensor: its edits are scored one forward pass at a time."""
-
-
-def _knapsack(edits: Sequence[Edit], need: int, unit: int, top: int) -> tuple[list[float], list[list]]:
-    """Multiple-choice knapsack over savings in buckets of `unit` MACs (an edit's saving rounded down, so a
-    chosen set never saves less than its bucket says): best[j] is the least total score of a set (at most one
-    edit per block) filling exactly j buckets, bucket `top` standing for `top` or more; `back` rebuilds it."""
-    inf = float("inf")
-    best = [0.0] + [inf] * top
-    back: list[list] = []
-    for block in sorted({e.block for e in edits}):
-        new, choice = list(best), [None] * (top + 1)
-        for e in (e for e in edits if e.block == block):
-            step = e.saved // unit
-            cost = max(e.score, 0.0) + 1e-9 * e.saved / need  # ties: the smaller edit
-            for j in range(top + 1):
-                if best[j] < inf and best[j] + cost < new[min(top, j + step)]:
-                    new[min(top, j + step)] = best[j] + cost
-                    choice[min(top, j + step)] = (e, j)
-        back.append(choice)
-        best = new
-    return best, back
-
-
-def _rebuild(back: list[list], j: int) -> list[Edit]:
-    chosen = []
-    for choice in reversed(back):
-        if choice[j] is not None:
-            e, j = choice[j]
-            chosen.append(e)
-    return sorted(chosen, key=lambda e: e.block)
-
-
-def choose(edits: Sequence[Edit], need: int) -> list[Edit]:
-    """Multiple-choice knapsack: at most one edit per block, total saving >= need, least total score."""
-    if need <= 0:
-        return []
-    unit = max(1, math.ceil(need / KNAPSACK_RESOLUTION))
-    cap = math.ceil(need / unit)
-    best, back = _knapsack(edits, need, unit, cap)
-    if best[cap] == float("inf"):
-        raise ValueError(f"the candidate blocks cannot save {need} more MACs; the target is below what they reach")
-    return _rebuild(back, cap)
-
-
-def choose_within(edits: Sequence[Edit], need: int, slack: int) -> list[Edit] | None:
-    """The least-score set saving between `need` and about `need + slack` MACs, or None when no set of
-    `edits` lands there (the bound is on the rounded-down buckets: it may pass by a few buckets' MACs)."""
-    unit = max(1, math.ceil(need / KNAPSACK_RESOLUTION))
-    cap = math.ceil(need / unit)
-    top = cap + slack // unit + 1  # the last bucket holds every set that saves more than need + slack
-    best, back = _knapsack(edits, need, unit, top)
-    j = min(range(cap, top), key=lambda j: best[j])
-    return None if best[j] == float("inf") else _rebuild(back, j)
-
-
-def landing(edits: Sequence[Edit], chosen: Sequence[Edit], need: int, tolerance: int) -> dict | None:
-    """Why the last step lands more than `tolerance` MACs past the target, or None when it does not: the
-    least-score set saves more than needed, so record what a set within the tolerance would have scored."""
-    over = sum(e.saved for e in chosen) - need
-    if over <= tolerance:
-        return None
-    closest = choose_within(edits, need, tolerance)
-    return {
-        "over": over,
-        "tolerance": tolerance,
-        "score": sum(e.score for e in chosen),
-        "closest_score": None if closest is None else sum(e.score for e in closest),
-        "closest_saved": None if closest is None else sum(e.saved for e in closest),
-    }
-
-
-def landing_note(record: dict, macs_original: int) -> str:
-    """One line for the output: how far past the target a search landed and why."""
-    over = 100 * record["over"] / macs_original
-    tolerance = 100 * record["tolerance"] / macs_original
-    why = (
-        "no set of the offered edits (MLP widths of 3/4, 1/2, 1/4, 1/8 or none of the original, attention "
-        f"removed, whole blocks dropped) lands within {tolerance:.0f} point"
-        if record["closest_score"] is None
-        else f"the best set within {tolerance:.0f} point scores {record['closest_score']:.4f} on the synthetic "
-        f"set against {record['score']:.4f}, and the search keeps the lower"
-    )
-    return f"lands {over:.1f} points of the MACs below the target: {why}"
 
 
 class Search:

@@ -15,8 +15,8 @@ import dcvit
 from dcvit.arch import UnsupportedModelError, get_adapter
 from dcvit.cli import main
 from dcvit.config import CompressConfig
+from dcvit.edits import block_savings
 from dcvit.macs import macs_profile
-from dcvit.search import block_savings
 from dcvit.storage import ModelFileError
 from dcvit.surgery import apply_plan, block_state, edit_blocks
 

@@ -13,8 +13,9 @@ from torch import nn
 import dcvit
 from dcvit.arch import UnsupportedModelError, get_adapter
 from dcvit.config import CompressConfig
+from dcvit.edits import block_savings
 from dcvit.macs import macs_profile
-from dcvit.search import block_inputs, block_savings, starting_at
+from dcvit.search import block_inputs, starting_at
 from dcvit.surgery import activation_units, block_state, edit_block, edit_blocks
 
 SMALL = dict(embed_dim=48, depth=4, num_heads=3, num_classes=10)

@@ -10,8 +10,8 @@ from helpers.models import small_vit, tiny_data, tiny_swin, tiny_vit
 import dcvit
 from dcvit.arch import get_adapter
 from dcvit.config import CompressConfig
+from dcvit.edits import Edit, block_savings, head_menu
 from dcvit.macs import macs_profile
-from dcvit.search import Edit, block_savings, head_menu
 from dcvit.surgery import block_heads, block_state, edit_blocks
 
 

@@ -12,8 +12,9 @@ from torch import nn
 import dcvit
 from dcvit.arch import get_adapter
 from dcvit.config import CompressConfig
+from dcvit.edits import Edit, block_savings, menu
+from dcvit.knapsack import choose, choose_within, landing, landing_note
 from dcvit.macs import macs_profile
-from dcvit.search import Edit, block_savings, choose, choose_within, landing, landing_note, menu
 from dcvit.surgery import MlpOnlyBlock, ZeroMlp, block_state, edit_blocks
 
 # (attention kept, kept MLP units: None = all, [] = none)
