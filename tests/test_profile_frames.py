@@ -1,4 +1,4 @@
-"""tools/profile_frames.py: inclusive seconds per function from py-spy raw lines, and OUTER/INNER pairs."""
+"""tools/profile_frames.py: inclusive seconds per function from py-spy raw lines, OUTER/INNER pairs, own time."""
 
 import importlib.util
 from pathlib import Path
@@ -23,3 +23,8 @@ def test_seconds_are_inclusive_and_pairs_need_the_inner_frame_below():
     total, found = _tool().seconds(lines, ["main", "record", "forward", "record/next", "nothing"], rate=10)
     assert total == 7.0
     assert found == {"main": 7.0, "record": 7.0, "forward": 2.0, "record/next": 4.0, "nothing": 0.0}
+
+
+def test_own_time_counts_the_innermost_frame_only():
+    lines = ["main (a.py:1);record (b.py:2);next (c.py:3) 40", "main (a.py:1);record (b.py:2) 10", "\n"]
+    assert _tool().leaves(lines, rate=10) == {"next": 4.0, "record": 1.0}
