@@ -107,6 +107,9 @@ class Engine:
         self.metric = get_metric(config.metric)
         self.clock = RunClock(start, enabled=config.progress and self.accelerator.is_main_process)
         self.timings: dict[str, float] = {}
+        # Results a family's targets share within this run, by key (e.g. the search's scores of its first step,
+        # which starts from the teacher whatever the target): computed by the first target that needs them.
+        self.shared: dict = {}
         self.metric_cache = resolve_cache(metric_cache)  # None: off
         self.images = FewShotImages(data, teacher, config.augment)
         settings = self._settings(teacher, len(data), metric_set)

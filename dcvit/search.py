@@ -197,6 +197,22 @@ class Search:
                 scored.append(replace(e, score=kl_of_logits(logits, out) - base))
         return scored
 
+    def scores(self, model: nn.Module, profile: MacsProfile, index: int) -> tuple[dict, list[Edit]]:
+        """The unit importance and every edit's zero-shot score at step `index`. The first step edits the teacher
+        whatever the target, so a family's targets score it once (kept in the engine for the run)."""
+
+        def compute() -> tuple[dict, list[Edit]]:
+            importance = self.importance(model)
+            return importance, self.zero_shot(model, profile, importance)
+
+        if index:
+            return compute()
+        key = ("search-first-step", self.plan.structure, tuple(self.plan.candidate_blocks))
+        found = self.engine.shared.get(key)
+        if found is None:
+            found = self.engine.shared[key] = compute()
+        return found
+
     @staticmethod
     def _groups(edits: list[Edit], inputs: list[torch.Tensor]) -> list[list[Edit]]:
         """The edits by block, in their order, each block's cut to at most STACKED_ELEMENTS of stacked input."""
@@ -292,8 +308,7 @@ class Search:
         profile = macs_profile(model, self.plan.input_size)  # one trace: the need and every edit's saving
         steps_left = self.plan.steps - index
         need = math.ceil((profile.total - self.plan.macs_target) / steps_left)
-        importance = self.importance(model)
-        edits = self.zero_shot(model, profile, importance)
+        importance, edits = self.scores(model, profile, index)
         if confirms:
             edits = self.confirm(model, edits, importance)
         chosen = choose(edits, need)

@@ -209,6 +209,22 @@ def test_search_meets_a_dense_target_reports_its_structure_and_resumes(tmp_path,
     assert torch.equal(fresh.model(x), result.model(x))  # deterministic for a seed
 
 
+def test_a_family_scores_the_first_step_once_and_equals_its_targets_run_alone(monkeypatch):
+    """Every target's first step scores the teacher's edits; a family does it once, with unchanged members."""
+    from dcvit.search import Search
+
+    model, targets, config = tiny_vit(depth=4), [0.8, 0.62], SEARCH.replace(final_epochs=0)
+    alone = [dcvit.compress(model, t, tiny_data(), config, metric_cache=False) for t in targets]
+    scored, real = [], Search.zero_shot
+    monkeypatch.setattr(Search, "zero_shot", lambda self, *a: scored.append(1) or real(self, *a))
+    family = dcvit.compress_family(model, targets, tiny_data(), config, metric_cache=False)
+    steps = sum(len(r.history) for r in family)
+    assert len(scored) == steps - (len(targets) - 1)
+    x = torch.randn(2, 1, 16, 16)
+    for one, member in zip(alone, family):
+        assert one.structure == member.structure and torch.equal(one.model(x), member.model(x))
+
+
 def test_search_plan_refuses_targets_below_its_floor():
     model = tiny_vit(depth=4)
     with pytest.raises(ValueError, match="every candidate MLP removed"):

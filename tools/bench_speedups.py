@@ -9,10 +9,12 @@ images of 200 iterations, the auto plan at 75.1% of the MACs):
   (the scores must be identical); with --at-224 the same on a random-init deit_tiny_patch16_224;
 - evaluation: five models (the teacher and four copies) over the 10,000 test images, the split decoded for each
   model (a DataLoader per model) against decoded once (dcvit.evaluation.eval_batches); top-1 must be identical;
+- family scoring (--family, minutes): the auto family at the demo's five targets (final recovery off), every
+  target scoring its first step (the teacher's edits) against the family scoring it once; members must be equal;
 - fine-tune: 20 mimicking epochs of the teacher with every second MLP unit of block 5 kept, torch's per-tensor AdamW (the CPU
   default) against foreach AdamW; the weights must be identical.
 
-    python tools/bench_speedups.py [--repeats 3] [--threads 2] [--at-224]
+    python tools/bench_speedups.py [--repeats 3] [--threads 2] [--at-224] [--family]
 """
 
 from __future__ import annotations
@@ -120,11 +122,45 @@ def _fine_tune(teacher, shots, config, repeats: int) -> tuple[str, list[float], 
     return "fine-tune, 20 epochs on 100 shots (AdamW)", times["loop"], times["foreach"]
 
 
+class _Forgetful(dict):
+    """An engine's shared results that keep nothing: every target of a family computes its own."""
+
+    def __setitem__(self, key, value) -> None:
+        pass
+
+
+def _family_scoring(teacher, shots, config, metric_set) -> tuple[str, list[float], list[float]]:
+    from unittest import mock
+
+    from dcvit import compress_family
+    from dcvit.engine import Engine
+    from dcvit.macs import count_macs
+    from dcvit.planning import block_drop_macs
+
+    macs = count_macs(teacher)
+    targets = [block_drop_macs(teacher, k) for k in (1, 3, 5)] + [int(f * macs) for f in (0.4, 0.3)]
+    config = config.replace(final_epochs=0)
+    real_init = Engine.__init__
+
+    def forgetful_init(self, *a, **k) -> None:
+        real_init(self, *a, **k)
+        self.shared = _Forgetful()
+
+    with mock.patch.object(Engine, "__init__", forgetful_init):
+        before, alone = _timed(lambda: compress_family(teacher, targets, shots, config, metric_set=metric_set))
+    after, shared = _timed(lambda: compress_family(teacher, targets, shots, config, metric_set=metric_set))
+    for a, b in zip(alone, shared):
+        sa, sb = a.model.state_dict(), b.model.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[n], sb[n]) for n in sa), "a member differs"
+    return "auto family, 5 targets (first-step scores per target against once)", [before], [after]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--at-224", action="store_true", help="also time the scoring on deit_tiny at 224 px (minutes)")
+    p.add_argument("--family", action="store_true", help="also time an auto family of 5 targets twice (minutes)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     import dcvit.search
@@ -158,11 +194,14 @@ def main() -> None:
 
         rows.append(_scoring(search, model, "zero-shot scoring, step 0", args.repeats))
         engine.workspace.cleanup()
+        metric_set = engine.metric_set
     if args.at_224:
         rows.append(_scoring_224(args.repeats))
 
     rows.append(_evaluation(teacher, args.repeats))
     rows.append(_fine_tune(teacher, shots, config, args.repeats))
+    if args.family:
+        rows.append(_family_scoring(teacher, shots, config, metric_set))
     print(f"threads {args.threads}, torch {torch.__version__}")
     print("| change | before s (median) | after s (median) | after / before | runs |")
     print("|---|---|---|---|---|")
