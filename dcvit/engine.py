@@ -109,7 +109,7 @@ class Engine:
         self.timings: dict[str, float] = {}
         # Results a family's targets share within this run, by key (e.g. the search's scores of its first step,
         # which starts from the teacher whatever the target): computed by the first target that needs them.
-        self.shared: dict = {}
+        self.memo: dict = {}
         self.metric_cache = resolve_cache(metric_cache)  # None: off
         self.images = FewShotImages(data, teacher, config.augment)
         settings = self._settings(teacher, len(data), metric_set)

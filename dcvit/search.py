@@ -208,9 +208,9 @@ class Search:
         if index:
             return compute()
         key = ("search-first-step", self.plan.structure, tuple(self.plan.candidate_blocks))
-        found = self.engine.shared.get(key)
+        found = self.engine.memo.get(key)
         if found is None:
-            found = self.engine.shared[key] = compute()
+            found = self.engine.memo[key] = compute()
         return found
 
     @staticmethod

@@ -123,7 +123,7 @@ def _fine_tune(teacher, shots, config, repeats: int) -> tuple[str, list[float], 
 
 
 class _Forgetful(dict):
-    """An engine's shared results that keep nothing: every target of a family computes its own."""
+    """An engine memo that keeps nothing: every target of a family computes its own."""
 
     def __setitem__(self, key, value) -> None:
         pass
@@ -144,7 +144,7 @@ def _family_scoring(teacher, shots, config, metric_set) -> tuple[str, list[float
 
     def forgetful_init(self, *a, **k) -> None:
         real_init(self, *a, **k)
-        self.shared = _Forgetful()
+        self.memo = _Forgetful()
 
     with mock.patch.object(Engine, "__init__", forgetful_init):
         before, alone = _timed(lambda: compress_family(teacher, targets, shots, config, metric_set=metric_set))
