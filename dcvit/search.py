@@ -199,19 +199,21 @@ class Search:
 
     def scores(self, model: nn.Module, profile: MacsProfile, index: int) -> tuple[dict, list[Edit]]:
         """The unit importance and every edit's zero-shot score at step `index`. The first step edits the teacher
-        whatever the target, so a family's targets score it once (kept in the engine for the run)."""
+        whatever the target, so a family's targets score it once (kept in the engine for the run); the key holds
+        every plan field the scores read (the config's are the same for the whole run)."""
 
         def compute() -> tuple[dict, list[Edit]]:
             importance = self.importance(model)
             return importance, self.zero_shot(model, profile, importance)
 
-        if index:
+        if index or model is not self.engine.teacher:
             return compute()
-        key = ("search-first-step", self.plan.structure, tuple(self.plan.candidate_blocks))
+        plan = self.plan
+        key = ("search-first-step", plan.structure, tuple(plan.candidate_blocks), tuple(plan.input_size))
         found = self.engine.memo.get(key)
         if found is None:
             found = self.engine.memo[key] = compute()
-        return found
+        return found[0], list(found[1])
 
     @staticmethod
     def _groups(edits: list[Edit], inputs: list[torch.Tensor]) -> list[list[Edit]]:
