@@ -300,7 +300,8 @@ class Search:
         return edit_blocks(model, {e.block: self.change(model, e, importance) for e in edits})
 
     def step(self, model: nn.Module, index: int) -> tuple[nn.Module, dict]:
-        key = Workspace.search_step_key(self.plan.structure, self.plan.macs_target, index)
+        plan = self.plan
+        key = Workspace.search_step_key(plan.structure, plan.macs_target, index, plan.steps, plan.candidate_blocks)
         confirms = index == 0 and self.engine.metric.confirms_search
         if self.engine.workspace.has(key):  # done: neither its fine-tune nor its trials are left to do
             trials = len(self.plan.candidate_blocks) * self.config.epochs_per_trial if confirms else 0

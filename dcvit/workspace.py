@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -133,9 +134,11 @@ class Workspace:
         return key + (f"-h{heads}" if heads is not None else "")
 
     @staticmethod
-    def search_step_key(structure: str, macs_target: int, index: int) -> str:
-        """A structure search's step `index` towards `macs_target`."""
-        return f"{structure}-{macs_target}-step{index}"
+    def search_step_key(structure: str, macs_target: int, index: int, steps: int, candidates: Sequence[int]) -> str:
+        """A structure search's step `index` of `steps` towards `macs_target` over the `candidates` blocks (a
+        checksum): two plans of one family that differ in any of them never share a step."""
+        blocks = zlib.crc32(",".join(map(str, candidates)).encode())
+        return f"{structure}-{macs_target}-step{index}of{steps}-c{blocks:08x}"
 
     @staticmethod
     def final_key(structure: str, macs: int, epochs: int) -> str:

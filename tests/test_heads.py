@@ -95,7 +95,7 @@ def test_search_with_head_pruning_offers_and_records_head_edits(tmp_path):
     )
     result = dcvit.compress(model, 0.9, tiny_data(), config, workdir=tmp_path / "run")
     assert result.macs <= result.plan.macs_target
-    step = json.loads(next((tmp_path / "run").glob("*-step0")).joinpath("meta.json").read_text())
+    step = json.loads(next((tmp_path / "run").glob("*-step0of*")).joinpath("meta.json").read_text())
     offered = [e for e in step["scored"] if e["heads"] is not None]
     assert offered and all(e["heads"] == 1 and e["attention"] for e in offered)
     assert {s.get("heads") for s in result.structure} <= {1, 2}

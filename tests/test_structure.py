@@ -223,10 +223,11 @@ def test_a_family_scores_the_first_step_once_and_equals_its_targets_run_alone(mo
     x = torch.randn(2, 1, 16, 16)
     for one, member in zip(alone, family):
         assert one.structure == member.structure and torch.equal(one.model(x), member.model(x))
-    scored.clear()  # other candidate blocks: other first-step scores
-    plans = [dcvit.plan_for(model, t, config.replace(candidate_blocks=b)) for t, b in [(0.8, None), (0.7, (1, 2, 3))]]
+    scored.clear()  # other candidate blocks: other first-step scores and steps, even at the same target
+    plans = [dcvit.plan_for(model, t, config.replace(candidate_blocks=b)) for t, b in [(0.8, None), (0.8, (1, 2, 3))]]
     family = dcvit.compress_family(model, plans, tiny_data(), config, metric_cache=False)
-    assert len(scored) == sum(len(r.history) for r in family)
+    assert len(scored) == sum(len(r.history) for r in family)  # the same target, yet no step shared
+    assert all(s["edit"] == "kept" for s in family[1].structure if s["block"] not in (1, 2, 3))
 
 
 def test_search_plan_refuses_targets_below_its_floor():

@@ -29,7 +29,9 @@ def test_checkpoint_names_are_those_of_existing_runs():
     assert Workspace.step_key("drop", dropped, [1, 2], progressive=False) == "topk-drop-h0-a1-1-2"
     assert Workspace.search_trial_key("auto", 3, False, 0, None) == "auto-trial-b3-a0-u0"
     assert Workspace.search_trial_key("auto", 2, True, 128, 1) == "auto-trial-b2-a1-u128-h1"
-    assert Workspace.search_step_key("mlp", 705235, 1) == "mlp-705235-step1"
+    assert Workspace.search_step_key("mlp", 705235, 1, 3, (0, 1)) == "mlp-705235-step1of3-cb3c55716"
+    keys = {Workspace.search_step_key("mlp", 705235, 1, s, c) for s in (3, 4) for c in ((0, 1), (0, 1, 2))}
+    assert len(keys) == 4 and all(k.startswith("mlp-705235-step1of") for k in keys)
 
 
 class FakeAccelerator:
