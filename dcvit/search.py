@@ -318,7 +318,10 @@ class Search:
         tolerance = math.floor(LANDING_TOLERANCE * self.plan.macs_original)
         past = landing(edits, chosen, need, tolerance) if index == self.plan.steps - 1 else None
         new = self._apply(model, chosen, importance)
-        fit = self.engine.fine_tune(new, [e.block for e in chosen] or [0], self.config.epochs, key)
+        # The fine-tune's seed comes from the step's name as it was before the key held the steps and candidate
+        # blocks, so every member (and every figure measured) stays the same.
+        seed_name = f"{plan.structure}-{plan.macs_target}-step{index}"
+        fit = self.engine.fine_tune(new, [e.block for e in chosen] or [0], self.config.epochs, seed_name)
         meta = {
             "step": index,
             "need": need,
