@@ -9,7 +9,7 @@ setup: .venv/.installed $(FMNIST)/.checked
 .venv/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,hf]'
 	touch $@
 
 # Debian ships real Fashion-MNIST; install it when we can (root) and it is missing.

@@ -131,6 +131,7 @@ def test_a_begun_run_is_refused_without_resume_before_any_work(capsys, tmp_path,
     (out / ".dcvit-compress").touch()
     (out / "checkpoints" / "settings.json").write_text("{}")
     monkeypatch.setattr("dcvit.factory.resolve_model", lambda *a, **k: pytest.fail("loaded the model"))
+    capsys.readouterr()  # the API runs' progress lines (printed or not, by the tests run before: random order)
     code, _, err = compress_cli(capsys, cli_env, out)
     one_line_error(code, err, "already holds a run (checkpoints/settings.json); pass --resume")
     assert (out / "checkpoints" / "settings.json").read_text() == "{}"
