@@ -1,11 +1,10 @@
 """tools/bench_peer.py: Torch-Pruning MLP width pruning to a MACs budget, recovered by Eq. 3 mimicking."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from helpers.tools import load_tool
 from torch.utils.data import TensorDataset
 
 pytest.importorskip("torch_pruning")
@@ -14,15 +13,10 @@ import dcvit  # noqa: E402
 from dcvit.arch import get_adapter  # noqa: E402
 from dcvit.config import CompressConfig  # noqa: E402
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_peer.py"
-
 
 @pytest.fixture(scope="module")
 def peer():
-    spec = importlib.util.spec_from_file_location("bench_peer", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("bench_peer")
 
 
 def tiny():

@@ -1,20 +1,14 @@
 """tools/bench_recovery.py: its combination syntax and its report (the model work is the benchmark's)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_recovery.py"
+from helpers.tools import load_tool
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("bench_recovery", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("bench_recovery")
 
 
 def test_a_combination_is_parsed_into_typed_config_changes(tool):

@@ -1,24 +1,20 @@
 """tools/bench_scale.py: its phase timers reach the functions each phase runs in, and its slopes and projection
 are what the rows say (the 224-px cells themselves are the benchmark's)."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers.tools import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
-TOOL = ROOT / "tools" / "bench_scale.py"
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("bench_scale", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("bench_scale")
 
 
 # In a process of its own: instrument() replaces module attributes for the rest of the process.

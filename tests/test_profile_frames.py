@@ -1,16 +1,10 @@
 """tools/profile_frames.py: inclusive seconds per function from py-spy raw lines, OUTER/INNER pairs, own time."""
 
-import importlib.util
-from pathlib import Path
-
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "profile_frames.py"
+from helpers.tools import load_tool
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("profile_frames", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("profile_frames")
 
 
 def test_seconds_are_inclusive_and_pairs_need_the_inner_frame_below():
