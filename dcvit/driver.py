@@ -54,7 +54,10 @@ def final_recovery(engine: Engine, result: CompressionResult) -> CompressionResu
     engine.clock.plan(epochs - planned_final_epochs(engine.config, result.plan))  # the plan had the target's
     if not epochs:
         return result
-    key = Workspace.final_key(result.plan.structure, result.macs, epochs)
+    key = Workspace.final_key(result.plan.structure, result.macs, epochs, result.plan.as_dict())
+    # The fine-tune's seed keeps the key's former name (before the plan's checksum joined it): every member
+    # made since stays as it was.
+    seed_name = f"final-{result.plan.structure}-{result.macs}-e{epochs}"
     workspace = engine.workspace
 
     def recover() -> nn.Module:
@@ -64,7 +67,7 @@ def final_recovery(engine: Engine, result: CompressionResult) -> CompressionResu
         start = time.perf_counter()
         model = result.model  # the run's own model object: fine-tuned in place, then saved
         select = engine.synthetic_kl if engine.config.final_select else None
-        fit = engine.fine_tune(model, edited, epochs, key, select=select)
+        fit = engine.fine_tune(model, edited, epochs, seed_name, select=select)
         meta = {
             "final": True,
             "epochs": epochs,

@@ -11,6 +11,7 @@ others join afterwards and read its checkpoints (`Workspace.shared`, `main_first
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import zlib
@@ -141,9 +142,12 @@ class Workspace:
         return f"{structure}-{macs_target}-step{index}of{steps}-c{blocks:08x}"
 
     @staticmethod
-    def final_key(structure: str, macs: int, epochs: int) -> str:
-        """The final recovery (dcvit.driver.final_recovery) of a `structure` result of `macs` MACs."""
-        return f"final-{structure}-{macs}-e{epochs}"
+    def final_key(structure: str, macs: int, epochs: int, plan: dict) -> str:
+        """The final recovery (dcvit.driver.final_recovery) of a `structure` result of `macs` MACs made by the
+        plan with the fields `plan` (a checksum): plans of one family whose results reach the same MACs (other
+        candidate blocks, built by hand) never share it."""
+        fields = zlib.crc32(json.dumps(plan, sort_keys=True, default=str).encode())
+        return f"final-{structure}-{macs}-e{epochs}-p{fields:08x}"
 
     @classmethod
     def existing(cls, root: Path) -> Workspace:

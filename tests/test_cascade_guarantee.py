@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.tools import load_tool
 from torch import nn
 
 import cascade
@@ -190,17 +191,11 @@ def test_cascade_json_committee_is_checked(tmp_path):
 
 def test_bench_guarantee_runs_on_saved_records(tmp_path):
     """tools/bench_guarantee.py end to end on a tiny pool: a row per rule and saver, the table and the PNG."""
-    import importlib.util
     import json
-    from pathlib import Path
 
     from dcvit.studies.guaranteed import save_records
 
-    spec = importlib.util.spec_from_file_location(
-        "bench_guarantee", Path(__file__).parents[1] / "tools/bench_guarantee.py"
-    )
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_tool("bench_guarantee")
     probs, labels = _population(600, gain=0.0, seed=1)
     split = {"big": probs[1], "fmnist_cnn": probs[0]}
     records = {
@@ -218,14 +213,9 @@ def test_bench_guarantee_runs_on_saved_records(tmp_path):
 
 def test_bench_own_family_prints_an_oracle_bound(tmp_path, capsys):
     """tools/bench_own_family.py: a member that equals the teacher can save exactly its cost's complement."""
-    import importlib.util
-    from pathlib import Path
-
     from dcvit.studies.guaranteed import save_records
 
-    spec = importlib.util.spec_from_file_location("own", Path(__file__).parents[1] / "tools/bench_own_family.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_tool("bench_own_family")
     probs, labels = _population(200, gain=0.0, seed=2)
     recs = {n: cascade.Recorded(p, labels) for n, p in {"big": probs[1], "copy": probs[1].clone()}.items()}
     path = save_records(tmp_path / "r.safetensors", {"calibration": recs, "test": recs},

@@ -3,17 +3,11 @@ family plans within 1% of 75%, compresses, saves and loads exactly, drops blocks
 blocks are refused in one line."""
 
 import functools
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
+from helpers.tools import load_tool
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "coverage.py"
-spec = importlib.util.spec_from_file_location("coverage_tool", TOOL)
-coverage = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = coverage  # its dataclasses look their module up
-spec.loader.exec_module(coverage)
+coverage = load_tool("coverage", module="coverage_tool")  # not the coverage package
 
 
 @functools.cache

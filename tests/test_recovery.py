@@ -195,3 +195,17 @@ def test_final_recovery_keeps_the_structure_and_its_best_epoch_by_synthetic_kl()
     # the start (the finished model without the final fine-tune) is among the candidates: never a worse KL
     assert kl_score(logits, final.model, metric_set.images) <= kl_score(logits, plain.model, metric_set.images) + 1e-7
     assert 0 <= meta["selected_epoch"] <= meta["epochs"] and "final" in final.seconds
+
+
+def test_plans_whose_members_reach_the_same_macs_do_not_share_a_final_recovery():
+    """Two hand-built dcvit plans at one target over other candidate blocks compress other blocks to the same
+    MACs; in one family each must end as it ends alone, not with the other's final model."""
+    model = tiny_vit(depth=4)
+    config = FAST.replace(trial_epochs=1, final_epochs=2)
+    plans = [dcvit.plan_for(model, 0.8, config.replace(candidate_blocks=b)) for b in [(0, 1), (2, 3)]]
+    family = dcvit.compress_family(model, plans, tiny_data(), config, metric_cache=False)
+    assert family[0].macs == family[1].macs and family[0].blocks != family[1].blocks
+    x = torch.randn(2, 1, 16, 16)
+    for plan, member in zip(plans, family):
+        alone = dcvit.compress_family(model, [plan], tiny_data(), config, metric_cache=False)[0]
+        assert alone.blocks == member.blocks and torch.equal(alone.model(x), member.model(x))
