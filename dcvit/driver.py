@@ -55,9 +55,7 @@ def final_recovery(engine: Engine, result: CompressionResult) -> CompressionResu
     if not epochs:
         return result
     key = Workspace.final_key(result.plan.structure, result.macs, epochs, result.plan.as_dict())
-    # The fine-tune's seed keeps the key's former name (before the plan's checksum joined it): every member
-    # made since stays as it was.
-    seed_name = f"final-{result.plan.structure}-{result.macs}-e{epochs}"
+    seed_name = Workspace.final_seed(result.plan.structure, result.macs, epochs)
     workspace = engine.workspace
 
     def recover() -> nn.Module:

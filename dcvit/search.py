@@ -318,9 +318,7 @@ class Search:
         tolerance = math.floor(LANDING_TOLERANCE * self.plan.macs_original)
         past = landing(edits, chosen, need, tolerance) if index == self.plan.steps - 1 else None
         new = self._apply(model, chosen, importance)
-        # The fine-tune's seed comes from the step's name as it was before the key held the steps and candidate
-        # blocks, so every member (and every figure measured) stays the same.
-        seed_name = f"{plan.structure}-{plan.macs_target}-step{index}"
+        seed_name = Workspace.search_step_seed(plan.structure, plan.macs_target, index)
         fit = self.engine.fine_tune(new, [e.block for e in chosen] or [0], self.config.epochs, seed_name)
         meta = {
             "step": index,

@@ -135,19 +135,30 @@ class Workspace:
         return key + (f"-h{heads}" if heads is not None else "")
 
     @staticmethod
+    def search_step_seed(structure: str, macs_target: int, index: int) -> str:
+        """The name a structure search's step `index` draws its fine-tune seed from (dcvit.engine.derived_seed):
+        its key before the key held the steps and candidates, kept so every member made since stays the same."""
+        return f"{structure}-{macs_target}-step{index}"
+
+    @staticmethod
     def search_step_key(structure: str, macs_target: int, index: int, steps: int, candidates: Sequence[int]) -> str:
         """A structure search's step `index` of `steps` towards `macs_target` over the `candidates` blocks (a
         checksum): two plans of one family that differ in any of them never share a step."""
-        blocks = zlib.crc32(",".join(map(str, candidates)).encode())
-        return f"{structure}-{macs_target}-step{index}of{steps}-c{blocks:08x}"
+        seed = Workspace.search_step_seed(structure, macs_target, index)
+        return f"{seed}of{steps}-c{_checksum(','.join(map(str, candidates)))}"
+
+    @staticmethod
+    def final_seed(structure: str, macs: int, epochs: int) -> str:
+        """The name the final recovery draws its fine-tune seed from: its key before the key held the plan."""
+        return f"final-{structure}-{macs}-e{epochs}"
 
     @staticmethod
     def final_key(structure: str, macs: int, epochs: int, plan: dict) -> str:
         """The final recovery (dcvit.driver.final_recovery) of a `structure` result of `macs` MACs made by the
         plan with the fields `plan` (a checksum): plans of one family whose results reach the same MACs (other
         candidate blocks, built by hand) never share it."""
-        fields = zlib.crc32(json.dumps(plan, sort_keys=True, default=str).encode())
-        return f"final-{structure}-{macs}-e{epochs}-p{fields:08x}"
+        fields = json.dumps(plan, sort_keys=True, default=str)
+        return f"{Workspace.final_seed(structure, macs, epochs)}-p{_checksum(fields)}"
 
     @classmethod
     def existing(cls, root: Path) -> Workspace:
@@ -177,6 +188,12 @@ class Workspace:
         holds nothing worth resuming; left behind, its settings.json would refuse a corrected rerun."""
         if self.temporary or (self.created and not self.finished):
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _checksum(text: str) -> str:
+    """A short stable checksum for a checkpoint name (crc32, 8 hex digits): names stay readable, and two
+    plans that differ get different names."""
+    return f"{zlib.crc32(text.encode()):08x}"
 
 
 def _ours(entry: Path) -> bool:
