@@ -95,6 +95,8 @@ class CompressConfig:
     mimic_blocks: float = 0.0  # weight of the block outputs' MSE (each relative to the teacher's mean square)
     final_epochs: int = 5  # a last fine-tune of the finished model: this many epochs per tenth of MACs removed
     final_select: bool = False  # ... keeping its epoch with the least synthetic-set KL (Eq. 6), the start included
+    final_average: float = 0.0  # ... ending with the mean of its weights after each of this last fraction of its
+    # epochs (a tail weight average, as stochastic weight averaging; 0: the last epoch's weights)
     seed: int = 0
     progress: bool = True
 
@@ -121,6 +123,9 @@ class CompressConfig:
             "mimic_logits": checks.number(f + "mimic_logits", self.mimic_logits, nonneg, lambda v: 0 <= v < math.inf),
             "mimic_blocks": checks.number(f + "mimic_blocks", self.mimic_blocks, nonneg, lambda v: 0 <= v < math.inf),
             "final_epochs": checks.integer(f + "final_epochs", self.final_epochs, 0, MAX_COUNT),
+            "final_average": checks.number(
+                f + "final_average", self.final_average, "a number in [0, 1]", lambda v: 0 <= v <= 1
+            ),
             "seed": checks.seed(f + "seed", self.seed),
         }
         if self.synth_jitter is not None:
@@ -154,6 +159,16 @@ class CompressConfig:
             raise checks.ArgumentError(
                 "CompressConfig.final_select",
                 "CompressConfig.final_select selects among the epochs of the final fine-tune: set final_epochs >= 1",
+            )
+        if self.final_average and not self.final_epochs:
+            raise checks.ArgumentError(
+                "CompressConfig.final_average",
+                "CompressConfig.final_average averages the epochs of the final fine-tune: set final_epochs >= 1",
+            )
+        if self.final_average and self.final_select:
+            raise checks.ArgumentError(
+                "CompressConfig.final_average",
+                "CompressConfig.final_average and final_select both choose the final fine-tune's weights: set one",
             )
 
     @property

@@ -26,7 +26,7 @@ from .fingerprint import check_plan_for
 from .macs import macs_profile
 from .planning import BasePlan
 from .progress import api_logging, duration, logger
-from .recovery import final_epochs
+from .recovery import averaged_epochs, final_epochs
 from .result import CompressionResult, as_loaded, make_result
 from .structures.registry import get_structure
 from .workspace import Workspace
@@ -65,12 +65,14 @@ def final_recovery(engine: Engine, result: CompressionResult) -> CompressionResu
         start = time.perf_counter()
         model = result.model  # the run's own model object: fine-tuned in place, then saved
         select = engine.synthetic_kl if engine.config.final_select else None
-        fit = engine.fine_tune(model, edited, epochs, seed_name, select=select)
+        average = averaged_epochs(engine.config, epochs)
+        fit = engine.fine_tune(model, edited, epochs, seed_name, select=select, average=average)
         meta = {
             "final": True,
             "epochs": epochs,
             "train_loss": fit.final_loss,
             "selected_epoch": fit.selected_epoch,
+            "averaged_epochs": average,
             "kl": engine.synthetic_kl(model) if engine.metric_set is not None else None,
             "seconds": time.perf_counter() - start,
             "images_per_second": fit.images_per_second,

@@ -217,8 +217,11 @@ class Engine:
         fit = self.fine_tune(model, trained_blocks, epochs, key)
         return model, fit, time.perf_counter() - start
 
-    def fine_tune(self, model: nn.Module, compressed: Sequence[int], epochs: int, key: str, select=None) -> MimicResult:
-        """Eq. 3, training the blocks up to the one right after the last compressed block (`select`: see mimic)."""
+    def fine_tune(
+        self, model: nn.Module, compressed: Sequence[int], epochs: int, key: str, select=None, average: int = 0
+    ) -> MimicResult:
+        """Eq. 3, training the blocks up to the one right after the last compressed block (`select`, `average`:
+        see mimic)."""
         last = len(self.adapter.blocks(model)) - 1
         upto = min(max(compressed) + 1, last)
         fit = mimic(
@@ -232,6 +235,7 @@ class Engine:
             accelerator=self.accelerator,
             desc=key,
             select=select,
+            average=average,
         )
         self.clock.advance(epochs)
         return fit

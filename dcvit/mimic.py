@@ -33,7 +33,7 @@ from .config import CompressConfig
 from .data import eval_transform, train_transform
 from .progress import interactive
 from .rebuild import restored_modes
-from .recovery import Best, Outputs, block_loss, logit_kl, model_outputs
+from .recovery import Best, Outputs, TailAverage, block_loss, logit_kl, model_outputs
 from .views import get_view
 
 
@@ -260,10 +260,13 @@ def mimic(
     accelerator,
     desc: str = "mimicking",
     select: Callable[[nn.Module], float] | None = None,
+    average: int = 0,
 ) -> MimicResult:
     """Fine-tune `student` in place by Eq. 3; deterministic for a seed on CPU. With `select` (a label-free
     score, lower is better: the synthetic-set KL), the student ends with the weights of its best-scoring epoch,
-    the start included."""
+    the start included; with `average`, with the mean of its weights after each of its last `average` epochs."""
+    if select and average:
+        raise ValueError("mimic: select keeps one epoch's weights and average the mean of several: pass one")
     if not targets.serves(config, images):
         raise ValueError("the teacher's targets were made for another config (logits, block outputs or views)")
     gen = seed_everything(seed)
@@ -287,7 +290,7 @@ def mimic(
     cls_index = adapter.class_token_index(student)
     losses, start, step = [], time.perf_counter(), 0
     probe = Probe(student, targets, images, config, trainer)  # the loss before any update
-    best = Best(student, select)
+    keeper = TailAverage(epochs, min(average, epochs)) if average else Best(student, select)
     # A bar per fine-tune on a terminal only: in a log, the run's own progress lines say enough.
     shown = config.progress and trainer.is_main_process and interactive()
     bar = tqdm(range(epochs), desc=desc, leave=False, disable=not shown)
@@ -315,8 +318,8 @@ def mimic(
         losses.append(running / len(images))
         check_finite(epoch + 1, losses[-1], params, config.lr)
         bar.set_postfix(loss=f"{losses[-1]:.4g}")
-        best.update(student, epoch + 1)
-    best.restore(student)
+        keeper.update(student, epoch + 1)
+    keeper.restore(student)
     student.eval().requires_grad_(False)
     check_converged(probe.loss(), probe.start, probe.scale, config.lr)
     seconds = time.perf_counter() - start
@@ -325,7 +328,7 @@ def mimic(
         tuple(losses),
         seconds,
         epochs * len(images) / max(seconds, 1e-9),
-        best.epoch if select else None,
+        keeper.epoch if select else None,
     )
 
 

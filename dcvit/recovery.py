@@ -1,7 +1,8 @@
 """Recovery levers beyond Eq. 3 (docs/method.md §6, "Recovery levers"): the richer targets (logits, block
 outputs) one forward pass gives, the best-epoch keeper, and the length of the final recovery: one more Eq. 3
 fine-tune of a finished model, longer the more MACs were removed (CompressConfig.final_epochs per tenth), optionally
-keeping its epoch with the least synthetic-set KL (Eq. 6; CompressConfig.final_select); every structure gets it,
+keeping its epoch with the least synthetic-set KL (Eq. 6; CompressConfig.final_select) or ending with the mean of
+its last epochs' weights (CompressConfig.final_average); every structure gets it,
 after its own run (dcvit.driver.final_recovery). The views of the shots are dcvit.views.
 """
 
@@ -83,6 +84,40 @@ class Best:
     def restore(self, student: nn.Module) -> None:
         if self.state is not None:
             student.load_state_dict(self.state)
+
+
+class TailAverage:
+    """The mean of the weights after each of the last `count` of `epochs` epochs (the tail average of stochastic
+    weight averaging, Izmailov et al., UAI 2018: a point nearer the middle of the flat region the last steps
+    circle). Integer buffers keep their last value; `restore` loads the mean."""
+
+    def __init__(self, epochs: int, count: int):
+        self.first, self.seen, self.mean = epochs - count + 1, 0, None
+        self.epoch = None  # no single epoch is kept
+
+    @torch.no_grad()
+    def update(self, student: nn.Module, epoch: int) -> None:
+        if epoch < self.first:
+            return
+        self.seen += 1
+        state = student.state_dict()
+        if self.mean is None:
+            self.mean = {k: v.detach().clone() for k, v in state.items()}
+            return
+        for k, v in state.items():  # a running mean: mean += (x - mean) / n
+            if v.is_floating_point():
+                self.mean[k].add_(v.detach() - self.mean[k], alpha=1 / self.seen)
+            else:
+                self.mean[k].copy_(v)
+
+    def restore(self, student: nn.Module) -> None:
+        if self.seen > 1:  # one epoch's mean is that epoch's weights: nothing to load
+            student.load_state_dict(self.mean)
+
+
+def averaged_epochs(config, epochs: int) -> int:
+    """How many of the final recovery's `epochs` final_average averages (at least one when it is on)."""
+    return max(1, round(config.final_average * epochs)) if config.final_average and epochs else 0
 
 
 def final_epochs(config, macs: int, macs_original: int) -> int:

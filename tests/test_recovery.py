@@ -17,7 +17,7 @@ from dcvit.config import CompressConfig
 from dcvit.driver import compress
 from dcvit.engine import Engine
 from dcvit.mimic import FewShotImages, TeacherTokens, mimic
-from dcvit.recovery import block_loss, final_epochs, logit_kl, model_outputs
+from dcvit.recovery import TailAverage, averaged_epochs, block_loss, final_epochs, logit_kl, model_outputs
 from dcvit.scoring import kl_score
 from dcvit.views import get_view, view_names
 
@@ -34,6 +34,9 @@ FAST = CompressConfig(epochs=2, batch_size=8, synth_images=8, synth_iterations=5
         ({"final_select": 1}, r"final_select must be True or False"),
         ({"final_select": True, "final_epochs": 0}, r"final_select selects among the epochs .* set final_epochs >= 1"),
         ({"mimic_synthetic": True, "augment": True}, r"mimic_synthetic cannot be combined with augment=True"),
+        ({"final_average": 1.5}, r"final_average must be a number in \[0, 1\]"),
+        ({"final_average": 0.5, "final_epochs": 0}, r"final_average averages the epochs .* set final_epochs >= 1"),
+        ({"final_average": 0.5, "final_select": True}, r"final_average and final_select both choose"),
     ],
 )
 def test_bad_recovery_settings_are_refused_in_one_line(bad, match):
@@ -44,9 +47,8 @@ def test_bad_recovery_settings_are_refused_in_one_line(bad, match):
 
 def test_only_the_final_recovery_is_on_by_default():
     c = CompressConfig()
-    assert (c.mimic_views, c.mimic_synthetic, c.mimic_logits, c.mimic_blocks, c.final_epochs, c.final_select) == (
-        "none", False, 0.0, 0.0, 5, False,
-    )  # fmt: skip
+    assert (c.mimic_views, c.mimic_synthetic, c.mimic_logits, c.mimic_blocks, c.final_epochs, c.final_select,
+            c.final_average) == ("none", False, 0.0, 0.0, 5, False, 0.0)  # fmt: skip
     assert CompressConfig.paper().final_epochs == 0  # the paper's settings: no final recovery
     assert not c.needs_synthetic_inputs
 
@@ -195,6 +197,37 @@ def test_final_recovery_keeps_the_structure_and_its_best_epoch_by_synthetic_kl()
     # the start (the finished model without the final fine-tune) is among the candidates: never a worse KL
     assert kl_score(logits, final.model, metric_set.images) <= kl_score(logits, plain.model, metric_set.images) + 1e-7
     assert 0 <= meta["selected_epoch"] <= meta["epochs"] and "final" in final.seconds
+
+
+def test_the_tail_average_is_the_mean_of_the_last_epochs_weights():
+    net = torch.nn.Linear(3, 2)
+    net.register_buffer("count", torch.zeros((), dtype=torch.long))
+    keeper, states = TailAverage(epochs=4, count=2), []
+    for epoch in range(1, 5):
+        with torch.no_grad():
+            net.weight.normal_(), net.bias.normal_(), net.count.fill_(epoch)
+        states.append({k: v.clone() for k, v in net.state_dict().items()})
+        keeper.update(net, epoch)
+    keeper.restore(net)
+    assert torch.allclose(net.weight, (states[2]["weight"] + states[3]["weight"]) / 2)
+    assert torch.allclose(net.bias, (states[2]["bias"] + states[3]["bias"]) / 2)
+    assert net.count.item() == 4  # integer buffers keep their last value
+    assert [averaged_epochs(CompressConfig(final_average=f), 30) for f in (0.0, 0.01, 0.5, 1.0)] == [0, 1, 15, 30]
+
+
+def test_the_final_recovery_can_end_on_the_mean_of_its_last_epochs():
+    model = tiny_vit(depth=3)
+    metric_set = synth.synthesize(model, 8, iterations=5, seed=0, image_size=(1, 16, 16), progress=False)
+    run = lambda average: compress(
+        model, 0.8, tiny_data(), FAST.replace(final_epochs=2, final_average=average), metric_set=metric_set
+    )
+    last, one, half = run(0.0), run(0.01), run(0.5)
+    epochs = last.history[-1]["epochs"]
+    assert epochs >= 2 and half.history[-1]["averaged_epochs"] == round(epochs / 2)
+    assert one.history[-1]["averaged_epochs"] == 1 and last.history[-1]["averaged_epochs"] == 0
+    weights = lambda r: torch.cat([p.flatten() for p in r.model.parameters()])
+    assert torch.equal(weights(one), weights(last))  # the mean of one epoch is that epoch's weights
+    assert not torch.equal(weights(half), weights(last)) and half.structure == last.structure
 
 
 def test_plans_whose_members_reach_the_same_macs_do_not_share_a_final_recovery():

@@ -22,7 +22,6 @@ Example:  python tools/bench_recovery.py screen --seeds 2021 && python tools/ben
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import sys
@@ -59,6 +58,7 @@ LEVERS: dict[str, dict] = {
     "mixup": {"mimic_views": "mixup"},
     "crop": {"mimic_views": "crop"},
     "cutmix": {"mimic_views": "cutmix"},
+    "average": {"final_average": 0.5},
 }
 
 
@@ -152,13 +152,7 @@ class Bench:
     def recover(self, engine: Engine, lever: str, seed: int, budget: float) -> None:
         """The lever as the final recovery of the default member at `budget`."""
         folder = self.out / "members" / f"screen/default{self.tag}/f{budget}/s{self.shots}/seed{seed}"
-        summary = read_json(folder / "result.json")
-        model = load(folder / "model")
-        plan = SimpleNamespace(
-            macs_original=summary["macs_original"], macs_target=summary["macs"], structure=summary["structure_kind"]
-        )
-        member = CompressionResult(model=copy.deepcopy(model), plan=plan, blocks=(), scores={}, trials={}, history=(),
-                                   macs=summary["macs"], structure=tuple(summary["structure"]))  # fmt: skip
+        member, summary = saved_member(folder)
         start = time.perf_counter()
         done = final_recovery(engine, member)
         seconds = time.perf_counter() - start
@@ -167,6 +161,18 @@ class Bench:
                     "budget": budget, "top1": self.top1(done.model), "macs_fraction": summary["macs_fraction"],
                     "seconds": seconds, "epochs": meta["epochs"], "selected_epoch": meta["selected_epoch"],
                     "kl": meta["kl"], "config": engine.config.as_dict()})  # fmt: skip
+
+
+def saved_member(folder: Path) -> tuple[CompressionResult, dict]:
+    """A member saved by `family` as what final_recovery takes, and its result.json. The plan is a stand-in: the
+    final recovery reads its MACs and structure kind, and names its checkpoint by a checksum of as_dict() (here
+    the member's folder, one per member)."""
+    summary = read_json(folder / "result.json")
+    plan = SimpleNamespace(macs_original=summary["macs_original"], macs_target=summary["macs"],
+                           structure=summary["structure_kind"], as_dict=lambda: {"member": str(folder)})  # fmt: skip
+    member = CompressionResult(model=load(folder / "model"), plan=plan, blocks=(), scores={}, trials={}, history=(),
+                               macs=summary["macs"], structure=tuple(summary["structure"]))  # fmt: skip
+    return member, summary
 
 
 def report(out: Path) -> None:
