@@ -94,6 +94,8 @@ class CompressConfig:
     mimic_logits: float = 0.0  # weight of KL(teacher || student) on the logits beside Eq. 3's token MSE
     mimic_blocks: float = 0.0  # weight of the block outputs' MSE (each relative to the teacher's mean square)
     final_epochs: int = 5  # a last fine-tune of the finished model: this many epochs per tenth of MACs removed
+    final_views: str = "none"  # ... with these views of the shots (dcvit.views; mimic_views is every other fine-tune's)
+    final_batch_size: int | None = None  # ... in batches of this many images (None: batch_size)
     final_select: bool = False  # ... keeping its epoch with the least synthetic-set KL (Eq. 6), the start included
     final_average: float = 0.0  # ... ending with the mean of its weights after each of this last fraction of its
     # epochs (a tail weight average, as stochastic weight averaging; 0: the last epoch's weights)
@@ -123,6 +125,7 @@ class CompressConfig:
             "mimic_logits": checks.number(f + "mimic_logits", self.mimic_logits, nonneg, lambda v: 0 <= v < math.inf),
             "mimic_blocks": checks.number(f + "mimic_blocks", self.mimic_blocks, nonneg, lambda v: 0 <= v < math.inf),
             "final_epochs": checks.integer(f + "final_epochs", self.final_epochs, 0, MAX_COUNT),
+            "final_batch_size": checks.optional_integer(f + "final_batch_size", self.final_batch_size, 1, MAX_COUNT),
             "final_average": checks.number(
                 f + "final_average", self.final_average, "a number in [0, 1]", lambda v: 0 <= v <= 1
             ),
@@ -143,6 +146,7 @@ class CompressConfig:
         checks.choice(f + "unit_choice", self.unit_choice, (*UNIT_CHOICES, None))
         fixed["device"] = device_form(self.device, f + "device")  # whether this machine has it: make_accelerator
         checks.choice(f + "mimic_views", self.mimic_views, view_names())
+        checks.choice(f + "final_views", self.final_views, view_names())
         self._check_recovery()
         for name, value in fixed.items():  # plain ints and floats (numpy's too): settings.json stays JSON
             object.__setattr__(self, name, value)
@@ -185,6 +189,10 @@ class CompressConfig:
     @property
     def epochs_per_trial(self) -> int:
         return self.trial_epochs or self.epochs
+
+    def for_final_recovery(self) -> CompressConfig:
+        """This config as the final recovery fine-tunes: its own views and batch size."""
+        return self.replace(mimic_views=self.final_views, batch_size=self.final_batch_size or self.batch_size)
 
     def for_structure(self, structure: str) -> CompressConfig:
         """This config compressing with `structure`, with the settings that structure brings (the baseline's

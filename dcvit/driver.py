@@ -66,7 +66,8 @@ def final_recovery(engine: Engine, result: CompressionResult) -> CompressionResu
         model = result.model  # the run's own model object: fine-tuned in place, then saved
         select = engine.synthetic_kl if engine.config.final_select else None
         average = averaged_epochs(engine.config, epochs)
-        fit = engine.fine_tune(model, edited, epochs, seed_name, select=select, average=average)
+        config = engine.config.for_final_recovery()
+        fit = engine.fine_tune(model, edited, epochs, seed_name, select=select, average=average, config=config)
         meta = {
             "final": True,
             "epochs": epochs,

@@ -218,17 +218,25 @@ class Engine:
         return model, fit, time.perf_counter() - start
 
     def fine_tune(
-        self, model: nn.Module, compressed: Sequence[int], epochs: int, key: str, select=None, average: int = 0
+        self,
+        model: nn.Module,
+        compressed: Sequence[int],
+        epochs: int,
+        key: str,
+        select=None,
+        average: int = 0,
+        config: CompressConfig | None = None,
     ) -> MimicResult:
         """Eq. 3, training the blocks up to the one right after the last compressed block (`select`, `average`:
-        see mimic)."""
+        see mimic), with `config`'s views and batch size (the run's config by default)."""
+        config = config or self.config
         last = len(self.adapter.blocks(model)) - 1
         upto = min(max(compressed) + 1, last)
         fit = mimic(
             model,
-            self.targets,
+            self.targets_for(config),
             self.inputs,
-            self.config,
+            config,
             epochs=epochs,
             upto=upto,
             seed=derived_seed(self.config.seed, key),
@@ -239,6 +247,13 @@ class Engine:
         )
         self.clock.advance(epochs)
         return fit
+
+    def targets_for(self, config: CompressConfig) -> TeacherTokens:
+        """The teacher's targets for a fine-tune under `config`: the run's cached ones, or fresh ones per step where
+        `config`'s views are random and the run's are not (the final recovery's own views)."""
+        if self.targets.serves(config, self.inputs):
+            return self.targets
+        return TeacherTokens(self.teacher, self.inputs, self.accelerator, config)
 
     def skip(self, epochs: int) -> None:
         """Fine-tuning epochs the run planned but will not spend here (a checkpoint has them, or another

@@ -35,6 +35,8 @@ FAST = CompressConfig(epochs=2, batch_size=8, synth_images=8, synth_iterations=5
         ({"final_select": True, "final_epochs": 0}, r"final_select selects among the epochs .* set final_epochs >= 1"),
         ({"mimic_synthetic": True, "augment": True}, r"mimic_synthetic cannot be combined with augment=True"),
         ({"final_average": 1.5}, r"final_average must be a number in \[0, 1\]"),
+        ({"final_views": "rotate"}, r"final_views must be one of \('none', 'crop'"),
+        ({"final_batch_size": 0}, r"final_batch_size must be an integer between 1 .* or None"),
         ({"final_average": 0.5, "final_epochs": 0}, r"final_average averages the epochs .* set final_epochs >= 1"),
         ({"final_average": 0.5, "final_select": True}, r"final_average and final_select both choose"),
     ],
@@ -228,6 +230,26 @@ def test_the_final_recovery_can_end_on_the_mean_of_its_last_epochs():
     weights = lambda r: torch.cat([p.flatten() for p in r.model.parameters()])
     assert torch.equal(weights(one), weights(last))  # the mean of one epoch is that epoch's weights
     assert not torch.equal(weights(half), weights(last)) and half.structure == last.structure
+
+
+def test_the_final_recovery_has_its_own_views_and_batch_size():
+    config = CompressConfig(batch_size=8, final_views="cutmix", final_batch_size=4)
+    final = config.for_final_recovery()
+    assert (final.mimic_views, final.batch_size) == ("cutmix", 4) and config.mimic_views == "none"
+    assert CompressConfig(batch_size=8).for_final_recovery().batch_size == 8  # None: the run's batch size
+    model = tiny_vit(depth=3)
+    metric_set = synth.synthesize(model, 8, iterations=5, seed=0, image_size=(1, 16, 16), progress=False)
+    run = lambda **changes: compress(
+        model, 0.8, tiny_data(), FAST.replace(final_epochs=1, **changes), metric_set=metric_set
+    )
+    plain, views, batches = run(), run(final_views="cutmix"), run(final_batch_size=4)
+    weights = lambda r: torch.cat([p.flatten() for p in r.model.parameters()])
+    # the structure's own run is the same (only the final recovery differs), the final recovery is not
+    untimed = lambda r: [
+        {k: v for k, v in h.items() if k not in ("seconds", "images_per_second")} for h in r.history[:-1]
+    ]
+    assert untimed(views) == untimed(plain) == untimed(batches)
+    assert not torch.equal(weights(views), weights(plain)) and not torch.equal(weights(batches), weights(plain))
 
 
 def test_plans_whose_members_reach_the_same_macs_do_not_share_a_final_recovery():

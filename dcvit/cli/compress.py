@@ -24,6 +24,7 @@ from .common import (
 def _engine_arguments(p: argparse.ArgumentParser) -> None:
     from ..config import CompressConfig
     from ..metrics import metric_names
+    from ..views import view_names
 
     d = CompressConfig()
     model_argument(p, input_size=False)
@@ -45,6 +46,18 @@ def _engine_arguments(p: argparse.ArgumentParser) -> None:
         default=d.final_epochs,
         help=f"a last fine-tune of the finished model, this many epochs per tenth of the MACs removed (default "
         f"{d.final_epochs}: 30 epochs at 40%% of the MACs; 0: none, as in the paper)",
+    )
+    p.add_argument(
+        "--final-views",
+        default=d.final_views,
+        choices=view_names(),
+        help=f"views of the shots in that last fine-tune, the same for teacher and student (default {d.final_views})",
+    )
+    p.add_argument(
+        "--final-batch-size",
+        type=int,
+        default=d.final_batch_size,
+        help=f"batch size of that last fine-tune (default {d.final_batch_size or 'as --batch-size'})",
     )
     p.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr})")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -108,6 +121,8 @@ def _config(args):
         epochs=args.epochs,
         trial_epochs=args.trial_epochs,
         final_epochs=args.final_epochs,
+        final_views=args.final_views,
+        final_batch_size=args.final_batch_size,
         lr=args.lr,
         batch_size=args.batch_size,
         augment=args.augment,
