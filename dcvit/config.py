@@ -94,7 +94,7 @@ class CompressConfig:
     mimic_logits: float = 0.0  # weight of KL(teacher || student) on the logits beside Eq. 3's token MSE
     mimic_blocks: float = 0.0  # weight of the block outputs' MSE (each relative to the teacher's mean square)
     final_epochs: int = 5  # a last fine-tune of the finished model: this many epochs per tenth of MACs removed
-    final_views: str = "none"  # ... with these views of the shots (dcvit.views; mimic_views is every other fine-tune's)
+    final_views: str | None = None  # ... with these views of the shots (dcvit.views; None: mimic_views)
     final_batch_size: int | None = None  # ... in batches of this many images (None: batch_size)
     final_select: bool = False  # ... keeping its epoch with the least synthetic-set KL (Eq. 6), the start included
     final_average: float = 0.0  # ... ending with the mean of its weights after each of this last fraction of its
@@ -146,7 +146,7 @@ class CompressConfig:
         checks.choice(f + "unit_choice", self.unit_choice, (*UNIT_CHOICES, None))
         fixed["device"] = device_form(self.device, f + "device")  # whether this machine has it: make_accelerator
         checks.choice(f + "mimic_views", self.mimic_views, view_names())
-        checks.choice(f + "final_views", self.final_views, view_names())
+        checks.choice(f + "final_views", self.final_views, (*view_names(), None))
         self._check_recovery()
         for name, value in fixed.items():  # plain ints and floats (numpy's too): settings.json stays JSON
             object.__setattr__(self, name, value)
@@ -191,8 +191,10 @@ class CompressConfig:
         return self.trial_epochs or self.epochs
 
     def for_final_recovery(self) -> CompressConfig:
-        """This config as the final recovery fine-tunes: its own views and batch size."""
-        return self.replace(mimic_views=self.final_views, batch_size=self.final_batch_size or self.batch_size)
+        """This config as the final recovery fine-tunes: its own views and batch size, where it has them."""
+        return self.replace(
+            mimic_views=self.final_views or self.mimic_views, batch_size=self.final_batch_size or self.batch_size
+        )
 
     def for_structure(self, structure: str) -> CompressConfig:
         """This config compressing with `structure`, with the settings that structure brings (the baseline's

@@ -35,7 +35,7 @@ FAST = CompressConfig(epochs=2, batch_size=8, synth_images=8, synth_iterations=5
         ({"final_select": True, "final_epochs": 0}, r"final_select selects among the epochs .* set final_epochs >= 1"),
         ({"mimic_synthetic": True, "augment": True}, r"mimic_synthetic cannot be combined with augment=True"),
         ({"final_average": 1.5}, r"final_average must be a number in \[0, 1\]"),
-        ({"final_views": "rotate"}, r"final_views must be one of \('none', 'crop'"),
+        ({"final_views": "rotate"}, r"final_views must be one of \('none', 'crop'.*None\)"),
         ({"final_batch_size": 0}, r"final_batch_size must be an integer between 1 .* or None"),
         ({"final_average": 0.5, "final_epochs": 0}, r"final_average averages the epochs .* set final_epochs >= 1"),
         ({"final_average": 0.5, "final_select": True}, r"final_average and final_select both choose"),
@@ -236,7 +236,9 @@ def test_the_final_recovery_has_its_own_views_and_batch_size():
     config = CompressConfig(batch_size=8, final_views="cutmix", final_batch_size=4)
     final = config.for_final_recovery()
     assert (final.mimic_views, final.batch_size) == ("cutmix", 4) and config.mimic_views == "none"
-    assert CompressConfig(batch_size=8).for_final_recovery().batch_size == 8  # None: the run's batch size
+    # None: the run's own
+    assert CompressConfig(batch_size=8).for_final_recovery().batch_size == 8
+    assert CompressConfig(mimic_views="mixup").for_final_recovery().mimic_views == "mixup"
     model = tiny_vit(depth=3)
     metric_set = synth.synthesize(model, 8, iterations=5, seed=0, image_size=(1, 16, 16), progress=False)
     run = lambda **changes: compress(

@@ -51,7 +51,8 @@ def _engine_arguments(p: argparse.ArgumentParser) -> None:
         "--final-views",
         default=d.final_views,
         choices=view_names(),
-        help=f"views of the shots in that last fine-tune, the same for teacher and student (default {d.final_views})",
+        help=f"views of the shots in that last fine-tune, the same for teacher and student (default "
+        f"{d.final_views or 'none, as every other fine-tune'})",
     )
     p.add_argument(
         "--final-batch-size",
