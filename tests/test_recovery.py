@@ -1,5 +1,6 @@
 """The few-shot recovery levers (CompressConfig.mimic_views / mimic_synthetic / mimic_logits / mimic_blocks /
-final_epochs / final_select): checked at construction, off by default, each doing what it says on small models."""
+final_epochs / final_views / final_batch_size / final_select / final_average): checked at construction, off by default
+but the final recovery, each doing what it says on small models."""
 
 import logging
 
@@ -50,7 +51,8 @@ def test_bad_recovery_settings_are_refused_in_one_line(bad, match):
 def test_only_the_final_recovery_is_on_by_default():
     c = CompressConfig()
     assert (c.mimic_views, c.mimic_synthetic, c.mimic_logits, c.mimic_blocks, c.final_epochs, c.final_select,
-            c.final_average) == ("none", False, 0.0, 0.0, 5, False, 0.0)  # fmt: skip
+            c.final_average) == ("none", False, 0.0, 0.0, 10, False, 0.0)  # fmt: skip
+    assert (c.final_views, c.final_batch_size) == ("cutmix", 16)  # the final recovery's own, measured best
     assert CompressConfig.paper().final_epochs == 0  # the paper's settings: no final recovery
     assert not c.needs_synthetic_inputs
 
@@ -170,7 +172,7 @@ def test_synthetic_images_join_the_mimicking_inputs_not_the_shots():
 def test_final_epochs_grow_with_the_macs_removed():
     config = CompressConfig(final_epochs=3)
     assert [final_epochs(config, m, 100) for m in (100, 92, 60, 30)] == [0, 2, 12, 21]
-    assert final_epochs(CompressConfig(), 30, 100) == 35
+    assert final_epochs(CompressConfig(), 30, 100) == 70  # the default, 10 per tenth
     assert final_epochs(CompressConfig(final_epochs=0), 30, 100) == 0
 
 
@@ -237,14 +239,15 @@ def test_the_final_recovery_has_its_own_views_and_batch_size():
     final = config.for_final_recovery()
     assert (final.mimic_views, final.batch_size) == ("cutmix", 4) and config.mimic_views == "none"
     # None: the run's own
-    assert CompressConfig(batch_size=8).for_final_recovery().batch_size == 8
-    assert CompressConfig(mimic_views="mixup").for_final_recovery().mimic_views == "mixup"
+    assert CompressConfig(batch_size=8, final_batch_size=None).for_final_recovery().batch_size == 8
+    assert CompressConfig(mimic_views="mixup", final_views=None).for_final_recovery().mimic_views == "mixup"
     model = tiny_vit(depth=3)
     metric_set = synth.synthesize(model, 8, iterations=5, seed=0, image_size=(1, 16, 16), progress=False)
     run = lambda **changes: compress(
         model, 0.8, tiny_data(), FAST.replace(final_epochs=1, **changes), metric_set=metric_set
     )
-    plain, views, batches = run(), run(final_views="cutmix"), run(final_batch_size=4)
+    plain = run(final_views=None, final_batch_size=None)  # the run's own: no views, batches of 8
+    views, batches = run(final_views="cutmix", final_batch_size=None), run(final_views=None, final_batch_size=4)
     weights = lambda r: torch.cat([p.flatten() for p in r.model.parameters()])
     # the structure's own run is the same (only the final recovery differs), the final recovery is not
     untimed = lambda r: [

@@ -50,9 +50,9 @@ IMAGE_PASSES = 2000  # per progressive step, whatever the number of shots: equal
 
 def config_for(shots: int, seed: int, **changes) -> CompressConfig:
     epochs = max(4, round(IMAGE_PASSES / shots))
-    # No final recovery unless asked: the tables of BENCHMARKS.md made with these settings predate it as a
-    # default (tools/bench_recovery.py measures it against them)
-    changes.setdefault("final_epochs", 0)
+    # No final recovery unless asked, and a plain one when asked (the run's views and batch size): the tables of
+    # BENCHMARKS.md made with these settings predate it as a default (tools/bench_recovery.py measures it against them)
+    changes = {"final_epochs": 0, "final_views": None, "final_batch_size": None, **changes}
     return CompressConfig(epochs=epochs, trial_epochs=max(1, epochs // 4), seed=seed, progress=False, **changes)
 
 

@@ -45,7 +45,7 @@ def _engine_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=d.final_epochs,
         help=f"a last fine-tune of the finished model, this many epochs per tenth of the MACs removed (default "
-        f"{d.final_epochs}: 30 epochs at 40%% of the MACs; 0: none, as in the paper)",
+        f"{d.final_epochs}: {6 * d.final_epochs} epochs at 40%% of the MACs; 0: none, as in the paper)",
     )
     p.add_argument(
         "--final-views",
