@@ -328,7 +328,7 @@ def mimic(
         tuple(losses),
         seconds,
         epochs * len(images) / max(seconds, 1e-9),
-        keeper.epoch if select else None,
+        keeper.epoch,  # the kept epoch (select), else None
     )
 
 

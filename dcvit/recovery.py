@@ -68,7 +68,7 @@ class Best:
     """The weights of the best-scoring epoch under `select` (nothing kept without it)."""
 
     def __init__(self, student: nn.Module, select: Callable[[nn.Module], float] | None):
-        self.select, self.epoch, self.state = select, 0, None
+        self.select, self.epoch, self.state = select, 0 if select else None, None
         self.score = self._score(student) if select else math.inf
         if select:
             self.state = copy.deepcopy(student.state_dict())

@@ -46,9 +46,9 @@ sys.path.insert(0, str(Path(__file__).parent))  # the benchmark settings: one de
 from bench_compression import config_for, read_rows  # noqa: E402
 
 TEACHER = "fmnist_vit12"  # the shipped teacher the goals are about; --teacher for another
-# screening: the plain final recovery ("final"), 5 epochs per tenth of the MACs removed (30 at 40%, 35 at 30%, 100
-# shots), with the run's views and batch size: every lever is a change to it, whatever CompressConfig's defaults
-PLAIN_FINAL = {"final_epochs": 5, "final_views": None, "final_batch_size": None}
+# screening: the plain final recovery ("final"), final-recovery epochs per tenth of the MACs removed (30 at 40%, 35 at
+# 30%, 100 shots); config_for keeps it plain (the run's views and batch size) whatever CompressConfig's defaults
+FINAL = 5
 # Each lever alone, as config changes on top of the plain final recovery ("final"); "default": no final recovery.
 LEVERS: dict[str, dict] = {
     "final": {},
@@ -141,7 +141,7 @@ class Bench:
         self.family(f"screen/default{self.tag}", seed, base, save=True)
         data = few_shot_subset("fashion-mnist", self.shots, seed, calibration_size=CALIBRATION_SIZE)
         for lever in levers:
-            config = base.replace(**{**PLAIN_FINAL, **LEVERS[lever]})  # a lever may set its own length
+            config = base.replace(**{"final_epochs": FINAL, **LEVERS[lever]})  # a lever may set its own length
             cell = f"screen/{lever}{self.tag}/f{{}}/s{self.shots}/seed{seed}"
             todo = [b for b in self.budgets if cell.format(b) not in self.done]
             if not todo:
