@@ -123,3 +123,15 @@ def test_cli_names_the_flag_of_a_refused_setting(capsys, tmp_path, folder):
     code, _, err = run_cli(capsys, *argv, "--lr", "inf")
     one_line_error(code, err, "--lr must be a finite number > 0; got inf")
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_offers_no_none_it_cannot_take(capsys, tmp_path, folder):
+    # the Python field takes None ("as --batch-size"); on the command line that is leaving the flag out
+    model = dcvit.save(tiny_vit(depth=3), tmp_path / "m")
+    argv = ["compress", "--model", model, "--data", f"imagefolder:{folder}", "--target-macs", "0.9"]
+    code, _, err = run_cli(capsys, *argv, "--shots", "4", "--final-batch-size", "0", "--out", tmp_path / "o")
+    one_line_error(code, err, "--final-batch-size must be an integer between 1 and", "got 0")
+    assert "None" not in err
+    api = r"^CompressConfig.final_batch_size must be an integer between 1 and \d+ or None; got 0$"
+    with pytest.raises(ValueError, match=api):  # the API keeps it: None is a value there
+        CompressConfig(final_batch_size=0)

@@ -65,11 +65,13 @@ def silence_known_noise() -> None:
 
 def flag_message(err: Exception, args: argparse.Namespace) -> str:
     """The error in one line; an API argument refused (dcvit.checks.ArgumentError) named as the command's flag
-    that set it ("calibration_size must be ..." -> "--calibration-size must be ...")."""
+    that set it ("calibration_size must be ..." -> "--calibration-size must be ..."), without the API's "or None":
+    a flag's None is leaving it out, which is no value to type."""
     message = str(err)
     argument = getattr(err, "argument", None)
     if argument and hasattr(args, argument) and message.startswith(err.what):
-        message = f"--{argument.replace('_', '-')}{message[len(err.what) :]}"
+        rest = message[len(err.what) :].replace(" or None; got", "; got", 1)
+        message = f"--{argument.replace('_', '-')}{rest}"
     return message
 
 
