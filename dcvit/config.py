@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, replace
 from . import checks
 from .accel import device_form
 from .metrics import metric_names
-from .structures.registry import BASELINE_STRUCTURE, DEFAULT_STRUCTURE, get_structure, structure_names
+from .structure_registry import BASELINE_STRUCTURE, DEFAULT_STRUCTURE, get_structure, structure_names
 from .views import view_names
 
 TOKENS = ("all", "cls")

@@ -28,7 +28,7 @@ from .planning import BasePlan
 from .progress import api_logging, duration, logger
 from .recovery import averaged_epochs, final_epochs
 from .result import CompressionResult, as_loaded, make_result
-from .structures.registry import get_structure
+from .structure_registry import get_structure
 from .workspace import Workspace
 
 __all__ = ["CompressionResult", "compress", "compress_family", "make_result", "plan_for"]

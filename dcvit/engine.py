@@ -28,7 +28,7 @@ from .metrics import get_metric
 from .mimic import FewShotImages, MimicResult, TeacherTokens, mimic
 from .progress import RunClock, bar, logger, progress
 from .scoring import Trial, kl_score
-from .structures.registry import get_structure
+from .structure_registry import get_structure
 from .workspace import FORMAT, Workspace
 
 

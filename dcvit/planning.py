@@ -19,7 +19,7 @@ from torch import nn
 from . import checks
 from .fingerprint import ModelFingerprint, fingerprint
 from .macs import MacsProfile, count_macs, macs_profile
-from .structures.registry import BASELINE_STRUCTURE, DEFAULT_STRUCTURE, PAPER_STRUCTURE, get_structure, structure_names
+from .structure_registry import BASELINE_STRUCTURE, DEFAULT_STRUCTURE, PAPER_STRUCTURE, get_structure, structure_names
 
 
 class BasePlan:

@@ -20,7 +20,7 @@ from .arch import get_adapter, mlps, runnable
 from .arch.base import Adapter, MlpParts
 from .arch.blocks import DroppedBlock, MlpOnlyBlock, ZeroMlp, is_edited
 from .fingerprint import check_plan_fits
-from .structures.registry import PAPER_STRUCTURE
+from .structure_registry import PAPER_STRUCTURE
 
 __all__ = ["DroppedBlock", "MlpOnlyBlock", "ZeroMlp"]  # re-exported: the blocks surgery makes live in dcvit.arch
 

@@ -13,12 +13,13 @@ from helpers.models import tiny_data, tiny_vit
 
 import dcvit
 from dcvit import metrics
+from dcvit import structure_registry as registry
 from dcvit.cli import main
 from dcvit.config import BLOCK_DROP, CompressConfig
 from dcvit.metrics import Metric, register_metric
 from dcvit.planning import Plan, SearchPlan
 from dcvit.result import make_result
-from dcvit.structures import Structure, get_structure, register_structure, registry, structure_names
+from dcvit.structures import Structure, get_structure, register_structure, structure_names
 
 TOY, TOY_METRIC = "test-first-blocks", "test-half-kl"
 TINY = CompressConfig(epochs=1, trial_epochs=1, batch_size=8, synth_images=2, synth_iterations=1, progress=False)

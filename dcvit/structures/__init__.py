@@ -1,4 +1,5 @@
-"""Structures: what a compressed block may lose, one registered class per structure (see registry.py).
+"""Structures: what a compressed block may lose, one registered class per structure (see
+dcvit/structure_registry.py).
 
 Built in: auto (the structure search over every edit, the default), mlp (the search over MLP edits),
 dcvit (the paper, Eq. 1-2) and drop (the block-dropping baseline), each a module of this package that the
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .registry import (
+from ..structure_registry import (
     BASELINE_STRUCTURE,
     DEFAULT_STRUCTURE,
     PAPER_STRUCTURE,

@@ -4,7 +4,7 @@ only some attention heads. The default structure."""
 
 from __future__ import annotations
 
-from .registry import DEFAULT_STRUCTURE, register_structure
+from ..structure_registry import DEFAULT_STRUCTURE, register_structure
 from .searching import SearchStructure
 
 

@@ -20,9 +20,9 @@ from ..planning import Plan
 from ..planning import plan as paper_plan
 from ..result import CompressionResult, make_result
 from ..scoring import Trial
+from ..structure_registry import PAPER_STRUCTURE, Structure, register_structure
 from ..surgery import activation_units, apply_plan, reinit_mlps
 from ..workspace import Workspace
-from .registry import PAPER_STRUCTURE, Structure, register_structure
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..engine import Engine

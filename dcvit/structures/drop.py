@@ -5,9 +5,9 @@ recovered with DC-ViT's total fine-tune budget. Algorithm 1's driver with whole-
 from __future__ import annotations
 
 from ..planning import plan_block_drop
+from ..structure_registry import BASELINE_STRUCTURE, register_structure
 from ..surgery import drop_blocks
 from .dcvit import Dcvit
-from .registry import BASELINE_STRUCTURE, register_structure
 
 
 @register_structure

@@ -3,7 +3,7 @@ attention always stays."""
 
 from __future__ import annotations
 
-from .registry import register_structure
+from ..structure_registry import register_structure
 from .searching import SearchStructure
 
 

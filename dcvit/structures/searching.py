@@ -11,7 +11,7 @@ from typing import ClassVar
 from ..planning import plan_search
 from ..result import make_result
 from ..search import Search
-from .registry import Structure
+from ..structure_registry import Structure
 
 
 class SearchStructure(Structure):

@@ -25,7 +25,7 @@ from ..macs import count_macs
 from ..mimic import refine
 from ..planning import block_drop_macs
 from ..storage import atomic_path, write_json
-from ..structures.registry import BASELINE_STRUCTURE, DEFAULT_STRUCTURE, PAPER_STRUCTURE
+from ..structure_registry import BASELINE_STRUCTURE, DEFAULT_STRUCTURE, PAPER_STRUCTURE
 from ..workspace import Workspace
 from .cascades import compare_cascades, first_images, time_cascades
 from .companions import cascade_study

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..structures.registry import DEFAULT_STRUCTURE as AUTO
-from ..structures.registry import PAPER_STRUCTURE as DCVIT
+from ..structure_registry import DEFAULT_STRUCTURE as AUTO
+from ..structure_registry import PAPER_STRUCTURE as DCVIT
 from .cascades import options_markdown
 from .report import study_markdown
 

@@ -5,10 +5,13 @@ dcvit.arch: CompressConfig checks its `structure` against the registry, `plan_fo
 registered class to plan and to run, and the CLI offers every registered name. A new structure is one
 module that subclasses `Structure` and decorates it with `register_structure`: a module in this package is
 found and imported on the first lookup (`_load_builtins`), one elsewhere when it is imported (a plug-in).
+The built-in structures live in the dcvit.structures package; this module sits beside it, not in it.
 
 The arrows point one way: the generic code (config, planning, engine, driver, the CLI) imports this module
 only, which imports nothing of dcvit, and finds the structures through it; the structure modules import the
 generic code they build on (planning, driver, search, surgery) and are imported by nothing but the lookup.
+Outside the package, the registry is a room of its own below the generic code: inside it, every importer of
+the registry would import the structures' room too, which sits above them.
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ def register_structure(cls: type[Structure]) -> type[Structure]:
 
 
 def _load_builtins() -> None:
-    """Import every module of this package once, registering the built-in structures. Called by the lookups,
+    """Import every module of dcvit.structures once, registering the built-in structures. Called by the lookups,
     never while a module loads (the structure modules import config, planning and driver, which import
     this one). A class registered earlier (a plug-in imported first) keeps its name."""
     global _loaded
@@ -99,8 +102,8 @@ def _load_builtins() -> None:
         return
     _loaded = True
     earlier = dict(_STRUCTURES)
-    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
-        importlib.import_module(f"{__package__}.{module.name}")
+    for module in pkgutil.iter_modules([str(Path(__file__).parent / "structures")]):
+        importlib.import_module(f"{__package__}.structures.{module.name}")
     _STRUCTURES.update(earlier)
 
 
